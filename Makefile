@@ -1,0 +1,37 @@
+# Two entry points on a fresh machine: `make demo` and `make test`.
+# Every install step the project needs lives here and in scripts/.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: test demo lint typecheck unit system-deps clean bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check snapshot_runtime exporters tests benchmarks scripts
+	$(VENV)/bin/ruff format --check snapshot_runtime exporters tests benchmarks scripts
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: $(STAMP) system-deps lint typecheck
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: $(STAMP) system-deps
+	$(PY) scripts/demo.py
+
+bench: $(STAMP) system-deps
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the system parts the demo and the test suite run on for real:
+# xfsprogs (xfs loop images), util-linux/e2fsprogs (loop devices, ext4),
+# and Azurite from npm, pinned to a version that runs on this machine's Node.
+# Idempotent: a second run installs nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+AZURITE_VERSION="${AZURITE_VERSION:-3.35.0}"   # 3.36+ needs Node >= 21; Debian 12 machines have Node 20
+apt_packages=()
+command -v mkfs.xfs >/dev/null 2>&1 || apt_packages+=(xfsprogs)
+command -v mkfs.ext4 >/dev/null 2>&1 || apt_packages+=(e2fsprogs)
+command -v losetup >/dev/null 2>&1 || apt_packages+=(mount)
+command -v node >/dev/null 2>&1 || apt_packages+=(nodejs npm)
+
+if [ "${#apt_packages[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "install-system-deps: need root to apt-get install ${apt_packages[*]}" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+fi
+
+azurite_bin=".tools/azurite/node_modules/.bin/azurite-blob"
+if [ ! -x "$azurite_bin" ] || ! grep -q "\"version\": \"$AZURITE_VERSION\"" .tools/azurite/node_modules/azurite/package.json 2>/dev/null; then
+    mkdir -p .tools/azurite
+    npm install --silent --no-audit --no-fund --prefix .tools/azurite "azurite@$AZURITE_VERSION" >/dev/null
+fi
+echo "system deps ready: $(mkfs.xfs -V 2>/dev/null | head -1); azurite $AZURITE_VERSION"

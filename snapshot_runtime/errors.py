@@ -1,0 +1,171 @@
+"""The product's error codes: one enum for status, metric labels and span error.type.
+
+Each member's value is its public name. The documented pre/post-script names
+(Pre-ScriptTimeout, ...) keep their spelling and the reference's numeric codes
+(VMBackup main/common.py, ExtensionErrorCodeHelper.py) so that a status consumer
+keyed on either the name or the number keeps working. Later phases add their own
+names with the reference's numbers where one exists.
+
+Pure module: no I/O.
+
+Exception tree::
+
+    SnapshotError (.code: ErrorCode, .exit_code)
+     +-- ConfigError          plugin config / settings invalid
+     +-- ScriptError          a pre/post-script could not be run to success
+     +-- FreezeError          FIFREEZE failed or timed out
+     +-- BlobError            a blob request failed (message never holds the SAS)
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "BlobError",
+    "ConfigError",
+    "ErrorCode",
+    "FreezeError",
+    "Health",
+    "ScriptError",
+    "SnapshotError",
+]
+
+
+class Health(enum.IntEnum):
+    """vmHealthStatusCode colours as the reference reports them."""
+
+    GREEN = 0
+    YELLOW = 128
+    RED = 256
+
+
+class ErrorCode(enum.Enum):
+    """Every failure the product reports. ``value`` is the public name."""
+
+    # Documented names (seeds), reference codes 300-309.
+    PRE_SCRIPT_FAILED = "Pre-ScriptExecutionFailed"
+    POST_SCRIPT_FAILED = "Post-ScriptExecutionFailed"
+    PRE_SCRIPT_NOT_FOUND = "Pre-ScriptNotFound"
+    POST_SCRIPT_NOT_FOUND = "Post-ScriptNotFound"
+    INCORRECT_PLUGINHOST_FILE = "IncorrectPluginhostFile"
+    INCORRECT_JSON_CONFIG = "IncorrectJSONConfigFile"
+    PRE_SCRIPT_PERMISSION = "InsufficientPermissionforPre-Script"
+    POST_SCRIPT_PERMISSION = "InsufficientPermissionforPost-Script"
+    PRE_SCRIPT_TIMEOUT = "Pre-ScriptTimeout"
+    POST_SCRIPT_TIMEOUT = "Post-ScriptTimeout"
+    # The job's own codes.
+    INVALID_SETTINGS = "InvalidSettings"
+    INVALID_DISK_LIST = "InvalidDiskList"
+    COMMAND_TOO_LATE = "CommandTooLate"
+    ALREADY_PROCESSED = "AlreadyProcessed"
+    JOB_ALREADY_RUNNING = "JobAlreadyRunning"
+    FS_FREEZE_FAILED = "FsFreezeFailed"
+    FS_FREEZE_TIMEOUT = "FsFreezeTimeout"
+    UNABLE_TO_OPEN_MOUNT = "UnableToOpenMount"
+    THAW_FAILED = "ThawFailed"
+    SNAPSHOT_FAILED = "SnapshotFailed"
+    SNAPSHOT_PARTIALLY_FAILED = "SnapshotPartiallyFailed"
+    SNAPSHOT_RATE_EXCEEDED = "SnapshotRateExceeded"
+    SNAPSHOT_LIMIT_REACHED = "SnapshotLimitReached"
+    STATUS_UPLOAD_FAILED = "StatusUploadFailed"
+    HANDLER_ENVIRONMENT_INVALID = "HandlerEnvironmentInvalid"
+    CERTIFICATE_NOT_FOUND = "CertificateNotFound"
+    PROTECTED_SETTINGS_INVALID = "ProtectedSettingsInvalid"
+    INTERNAL_ERROR = "InternalError"
+
+    @property
+    def code(self) -> int:
+        """The reference's numeric code (as reported in status ``code``)."""
+        return _NUMBERS[self]
+
+    @property
+    def health(self) -> Health:
+        return _HEALTH.get(self.code, Health.YELLOW)
+
+    @classmethod
+    def from_name(cls, name: str) -> ErrorCode:
+        return cls(name)
+
+
+_NUMBERS: dict[ErrorCode, int] = {
+    ErrorCode.PRE_SCRIPT_FAILED: 300,
+    ErrorCode.POST_SCRIPT_FAILED: 301,
+    ErrorCode.PRE_SCRIPT_NOT_FOUND: 302,
+    ErrorCode.POST_SCRIPT_NOT_FOUND: 303,
+    ErrorCode.INCORRECT_PLUGINHOST_FILE: 304,
+    ErrorCode.INCORRECT_JSON_CONFIG: 305,
+    ErrorCode.PRE_SCRIPT_PERMISSION: 306,
+    ErrorCode.POST_SCRIPT_PERMISSION: 307,
+    ErrorCode.PRE_SCRIPT_TIMEOUT: 308,
+    ErrorCode.POST_SCRIPT_TIMEOUT: 309,
+    ErrorCode.INVALID_SETTINGS: 11,
+    ErrorCode.INVALID_DISK_LIST: 17,
+    ErrorCode.COMMAND_TOO_LATE: 402,
+    ErrorCode.ALREADY_PROCESSED: 3,
+    ErrorCode.JOB_ALREADY_RUNNING: 14,
+    ErrorCode.FS_FREEZE_FAILED: 121,
+    ErrorCode.FS_FREEZE_TIMEOUT: 122,
+    ErrorCode.UNABLE_TO_OPEN_MOUNT: 123,
+    ErrorCode.THAW_FAILED: 2,
+    ErrorCode.SNAPSHOT_FAILED: 76,
+    ErrorCode.SNAPSHOT_PARTIALLY_FAILED: 761,
+    ErrorCode.SNAPSHOT_RATE_EXCEEDED: 173,
+    ErrorCode.SNAPSHOT_LIMIT_REACHED: 85,
+    ErrorCode.STATUS_UPLOAD_FAILED: 15,
+    ErrorCode.HANDLER_ENVIRONMENT_INVALID: 12,
+    ErrorCode.CERTIFICATE_NOT_FOUND: 16,
+    ErrorCode.PROTECTED_SETTINGS_INVALID: 16,
+    ErrorCode.INTERNAL_ERROR: 2,
+}
+
+# Reference ExtensionErrorCodeDict; every number not listed is yellow, which
+# also covers the reference's KeyError bug for unlisted codes (556).
+_HEALTH: dict[int, Health] = {
+    0: Health.GREEN,
+    1: Health.GREEN,
+    2: Health.GREEN,
+    3: Health.GREEN,
+    4: Health.GREEN,
+    12: Health.GREEN,
+    17: Health.GREEN,
+    173: Health.GREEN,
+    15: Health.RED,
+    76: Health.RED,
+    85: Health.RED,
+    402: Health.RED,
+    761: Health.RED,
+}
+
+
+class SnapshotError(Exception):
+    """Root of the product's exceptions; carries the error code to report."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def exit_code(self) -> int:
+        # Shell exit codes are 8-bit; the reference numbers can exceed that.
+        return 1 if self.code.code > 255 or self.code.code == 0 else self.code.code
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.message}"
+
+
+class ConfigError(SnapshotError):
+    """Plugin config or handler settings are invalid."""
+
+
+class ScriptError(SnapshotError):
+    """A pre/post-script could not be run to success."""
+
+
+class FreezeError(SnapshotError):
+    """FIFREEZE failed, timed out, or a mount could not be opened."""
+
+
+class BlobError(SnapshotError):
+    """A blob request failed; the message never holds the SAS."""

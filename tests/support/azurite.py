@@ -19,7 +19,9 @@ from tests.support.requirements import require
 
 ACCOUNT = "devstoreaccount1"
 # Azurite's published well-known development key (not a secret).
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+ACCOUNT_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AZURITE_BIN = REPO_ROOT / ".tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
 
@@ -111,13 +113,16 @@ def run_azurite() -> Iterator[Azurite]:
         proc = subprocess.Popen(
             [
                 str(AZURITE_BIN),
-                "--blobHost", "127.0.0.1",
-                "--blobPort", "0",
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                "0",
                 "--inMemoryPersistence",
                 "--disableTelemetry",
                 "--skipApiVersionCheck",
                 "--loose",
-                "--extentMemoryLimit", "512",
+                "--extentMemoryLimit",
+                "512",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

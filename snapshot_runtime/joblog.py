@@ -1,0 +1,223 @@
+"""Freeze-safe job logging (I1): JSON lines that never touch a frozen filesystem.
+
+Every sink of the job's logger sits behind one ``FreezeGate``. While the gate
+is closed (from just before the first FIFREEZE to just after the last FITHAW)
+a sink keeps formatted lines in memory, in order; ``FreezeGate.open()`` writes
+them out, then the sink writes directly again. This applies to the console
+too: stderr may be redirected to a file on a filesystem we are freezing.
+
+loguru runs sinks in the calling thread here (``enqueue=False`` on purpose:
+its queue is a pipe drained by a thread that would block on the frozen file,
+and then the pipe fills and blocks the caller; see docs/telemetry.md).
+
+Each line: ``{"time", "level", "message", "task_id", "trace_id", "span_id",
+"phase", ...extra}``; the message and every string field pass the job's
+redactor first (I5).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO
+
+from loguru import logger as _root_logger
+
+if TYPE_CHECKING:
+    from loguru import Logger, Message, Record
+
+__all__ = ["DEFAULT_LOG_PATH", "FreezeGate", "GatedSink", "JobLog"]
+
+DEFAULT_LOG_PATH = "/var/log/azure/Microsoft.Azure.RecoveryServices.VMSnapshotLinux/extension.log"
+
+_RESERVED = {"task_id", "trace_id", "span_id", "phase", "json", "job_log"}
+
+
+class FreezeGate:
+    """Closed while filesystems are frozen; sinks hold their lines meanwhile."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._closed = False
+        self._sinks: list[GatedSink] = []
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def register(self, sink: GatedSink) -> None:
+        with self._lock:
+            self._sinks.append(sink)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+    def open(self) -> None:
+        """Reopen and write out, in order, what every sink held."""
+        with self._lock:
+            self._closed = False
+            for sink in self._sinks:
+                sink.release()
+
+
+class GatedSink:
+    """A loguru sink writing to ``stream`` unless the gate is closed."""
+
+    def __init__(self, gate: FreezeGate, opener: Callable[[], TextIO]) -> None:
+        self._gate = gate
+        self._opener = opener
+        self._stream: TextIO | None = None
+        self._held: list[str] = []
+        self._lock = threading.Lock()
+        self.written = 0
+        gate.register(self)
+
+    def _out(self) -> TextIO:
+        if self._stream is None:
+            self._stream = self._opener()
+        return self._stream
+
+    def write(self, message: Message) -> None:
+        with self._lock:
+            if self._gate.closed:
+                self._held.append(str(message))
+                return
+            self._emit([str(message)])
+
+    def _emit(self, lines: list[str]) -> None:
+        out = self._out()
+        for line in lines:
+            out.write(line)
+        out.flush()
+        self.written += len(lines)
+
+    def release(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+            if held:
+                self._emit(held)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def stop(self) -> None:
+        self.release()
+        if self._stream is not None and self._stream not in (sys.stdout, sys.stderr):
+            self._stream.close()
+        self._stream = None
+
+
+def _json_line(record: Record) -> str:
+    extra = record["extra"]
+    doc: dict[str, Any] = {
+        "time": record["time"].astimezone(dt.UTC).isoformat(timespec="microseconds"),
+        "level": record["level"].name,
+        "message": record["message"],
+        "task_id": extra.get("task_id", ""),
+        "trace_id": extra.get("trace_id", ""),
+        "span_id": extra.get("span_id", ""),
+        "phase": extra.get("phase", ""),
+    }
+    for key, value in extra.items():
+        if key not in _RESERVED:
+            doc[key] = value
+    extra["json"] = json.dumps(doc, default=str, ensure_ascii=False)
+    return "{extra[json]}\n"
+
+
+def _console_line(record: Record) -> str:
+    record["extra"].setdefault("phase", "")
+    return "{time:HH:mm:ss.SSS} {level: <7} [{extra[phase]}] {message}\n"
+
+
+class JobLog:
+    """The job's logger: a JSON-lines file sink plus an optional console sink."""
+
+    def __init__(
+        self,
+        *,
+        path: str | None,
+        task_id: str,
+        redactor: Callable[[str], str],
+        gate: FreezeGate | None = None,
+        console: TextIO | None = None,
+        console_level: str = "INFO",
+    ) -> None:
+        self.gate = gate or FreezeGate()
+        self.path = path
+        self._redactor = redactor
+        self._handler_ids: list[int] = []
+        self.sinks: list[GatedSink] = []
+        self._trace_ids: Callable[[], tuple[str, str]] | None = None
+        if path:
+            directory = os.path.dirname(path)
+            if directory:
+                os.makedirs(directory, mode=0o755, exist_ok=True)
+            # Created before the freeze, so the first write after thaw only appends.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+            os.close(fd)
+            file_sink = GatedSink(self.gate, lambda: open(path, "a", encoding="utf-8"))  # noqa: SIM115
+            self.sinks.append(file_sink)
+            self._handler_ids.append(
+                _root_logger.add(
+                    file_sink.write,
+                    format=_json_line,
+                    level="DEBUG",
+                    colorize=False,
+                    backtrace=False,
+                    diagnose=False,
+                    catch=True,
+                    filter=lambda r: r["extra"].get("job_log") is self,
+                )
+            )
+        if console is not None:
+            stream = console
+            console_sink = GatedSink(self.gate, lambda: stream)
+            self.sinks.append(console_sink)
+            self._handler_ids.append(
+                _root_logger.add(
+                    console_sink.write,
+                    format=_console_line,
+                    level=console_level,
+                    colorize=False,
+                    backtrace=False,
+                    diagnose=False,
+                    catch=True,
+                    filter=lambda r: r["extra"].get("job_log") is self,
+                )
+            )
+        self.logger: Logger = _root_logger.patch(self._patch).bind(
+            job_log=self, task_id=task_id, phase=""
+        )
+
+    def set_trace_source(self, source: Callable[[], tuple[str, str]]) -> None:
+        """``source() -> (trace_id, span_id)`` of the current span, for correlation."""
+        self._trace_ids = source
+
+    def _patch(self, record: Record) -> None:
+        record["message"] = self._redactor(record["message"])
+        extra = record["extra"]
+        for key, value in list(extra.items()):
+            if isinstance(value, str):
+                extra[key] = self._redactor(value)
+        if self._trace_ids is not None:
+            trace_id, span_id = self._trace_ids()
+            extra.setdefault("trace_id", trace_id)
+            extra.setdefault("span_id", span_id)
+
+    def phase(self, name: str) -> Logger:
+        return self.logger.bind(phase=name)
+
+    def close(self) -> None:
+        self.gate.open()
+        for handler_id in self._handler_ids:
+            _root_logger.remove(handler_id)
+        self._handler_ids.clear()
+        for sink in self.sinks:
+            sink.stop()

@@ -1,0 +1,578 @@
+"""Handler settings: the job's inputs, parsed and validated once.
+
+``parse_handler_settings`` is pure: it takes the decoded JSON of a
+``<seq>.settings`` file and returns a frozen ``HandlerSettings`` or raises
+``ConfigError``. ``load_settings_file`` is the thin shell that reads the file.
+
+Accepted shapes:
+
+* the handler file: ``{"runtimeSettings": [{"handlerSettings": {...}}]}``
+  (exactly one runtime setting);
+* a flat ``{"publicSettings": {...}, "protectedSettings": {...}}``.
+
+``protectedSettings`` must be the plaintext object. The platform's encrypted
+form (a base64 CMS string) is refused with ``PROTECTED_SETTINGS_INVALID``: it
+has to be decrypted by the handler command first.
+
+Fields (reference ``ParameterParser``; stricter where noted):
+
+* public ``taskId``: required, 1..256 printable characters.
+* public ``commandToExecute``: required, must contain ``snapshot``
+  (case-insensitive), as the reference checks.
+* public ``commandStartTimeUTCTicks``: optional; .NET ticks (100 ns since
+  0001-01-01 UTC) as an int or a string of decimal digits, between
+  2000-01-01 and the end of 9999. Exponent forms such as ``"6.36458E+17"``
+  (the docs' example, a spreadsheet rendering) are refused: they keep six
+  significant digits, an error of up to ~2.8 h, which would make the 140 min
+  "command too late" guard meaningless; the reference's ``int()`` cannot
+  parse them either.
+* public ``vmType``, ``locale``: optional strings.
+* public ``objectStr``: optional base64 of JSON; its ``backupMetadata``
+  (``[{"Key", "Value"}]`` as the reference sends it, or an object) becomes
+  ``backup_metadata``. Keys must be metadata names (they become
+  ``x-ms-meta-<Key>`` headers) and values single-line strings.
+* protected ``objectStr``: base64 of JSON ``{"blobSASUri": [url, ...]}``, the
+  disk list: 1..65 unique blob URLs (an Azure VM has at most 64 data disks
+  plus its OS disk). Surrounding whitespace in a URL is tolerated.
+* ``logsBlobUri``, ``statusBlobUri``: optional; protected first, public as
+  the fallback (the reference reads public first; protected is where the
+  service puts them and where a SAS belongs).
+
+Every blob URL is ``https`` (``http`` only for 127.0.0.1/localhost/::1, the
+emulator, whose URLs are path-style ``/account/container/blob``), names a
+container and a blob, carries a SAS (``sig=``) and no user info.
+
+Errors are ``ConfigError``: ``INVALID_DISK_LIST`` for a missing, empty,
+non-list, oversized or duplicated disk list, ``PROTECTED_SETTINGS_INVALID``
+for missing or encrypted protected settings, ``INVALID_SETTINGS`` otherwise.
+Messages name the field; a URL appears only through ``strip_sas`` and no
+other protected value (nor a part of one) is ever echoed (invariant I5).
+
+``HandlerSettings.secrets`` lists every protected string value, every SAS
+query string and every ``sig`` value (raw and percent-decoded), for a
+``Redactor``. ``repr`` shows none of them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from snapshot_runtime.errors import ConfigError, ErrorCode
+from snapshot_runtime.redact import strip_sas
+
+__all__ = [
+    "EMULATOR_HOSTS",
+    "MAX_DISKS",
+    "MAX_SETTINGS_FILE_BYTES",
+    "MAX_TASK_ID_LENGTH",
+    "TICKS_AT_UNIX_EPOCH",
+    "TICKS_PER_SECOND",
+    "HandlerSettings",
+    "datetime_to_ticks",
+    "load_settings_file",
+    "parse_handler_settings",
+    "ticks_to_datetime",
+]
+
+TICKS_PER_SECOND = 10_000_000
+TICKS_AT_UNIX_EPOCH = 621355968000000000
+# DateTime.MaxValue.Ticks: 9999-12-31T23:59:59.9999999.
+_MAX_TICKS = 3155378975999999999
+_TICKS_PER_MICROSECOND = 10
+_TICKS_ZERO = datetime(1, 1, 1, tzinfo=UTC)
+
+MAX_SETTINGS_FILE_BYTES = 1024 * 1024
+MAX_TASK_ID_LENGTH = 256
+# 64 data disks (the largest Azure sizes) plus the OS disk.
+MAX_DISKS = 65
+# http is allowed only here: the local blob emulator.
+EMULATOR_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+_EARLIEST_START = datetime(2000, 1, 1, tzinfo=UTC)
+_DIGITS = re.compile(r"[0-9]+")
+# Blob metadata names must be C# identifiers (they become x-ms-meta-* headers).
+_METADATA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+_MAX_METADATA_VALUE = 8192
+
+
+# --- .NET ticks ---------------------------------------------------------------
+
+
+def ticks_to_datetime(ticks: int) -> datetime:
+    """.NET ticks -> UTC-aware datetime (truncated to microseconds).
+
+    Raises ValueError outside 0001-01-01 .. 9999-12-31T23:59:59.9999999.
+    """
+    if isinstance(ticks, bool) or not isinstance(ticks, int):
+        raise ValueError("ticks must be an int")
+    if not 0 <= ticks <= _MAX_TICKS:
+        raise ValueError(f"ticks {ticks} out of range 0..{_MAX_TICKS}")
+    return _TICKS_ZERO + timedelta(microseconds=ticks // _TICKS_PER_MICROSECOND)
+
+
+def datetime_to_ticks(dt: datetime) -> int:
+    """UTC-aware (or any aware) datetime -> .NET ticks. Naive is refused."""
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError("datetime must be timezone-aware")
+    # Integer arithmetic only: float seconds lose ticks at this magnitude.
+    delta = dt.astimezone(UTC) - _TICKS_ZERO
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return micros * _TICKS_PER_MICROSECOND
+
+
+_MIN_START_TICKS = datetime_to_ticks(_EARLIEST_START)
+
+
+# --- the result -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    """One job's validated settings. ``repr`` never shows a SAS or secret."""
+
+    task_id: str
+    command: str
+    command_start_ticks: int | None
+    command_start_utc: datetime | None
+    vm_type: str | None
+    locale: str | None
+    disk_sas_urls: tuple[str, ...] = field(repr=False)
+    logs_blob_uri: str | None = field(repr=False)
+    status_blob_uri: str | None = field(repr=False)
+    backup_metadata: Mapping[str, str] = field(repr=False)
+    secrets: tuple[str, ...] = field(repr=False)
+
+    def __repr__(self) -> str:
+        # Explicit, so a later field can never leak through the generated repr.
+        disks = [strip_sas(u) for u in self.disk_sas_urls]
+        logs = strip_sas(self.logs_blob_uri) if self.logs_blob_uri else None
+        status = strip_sas(self.status_blob_uri) if self.status_blob_uri else None
+        return (
+            f"HandlerSettings(task_id={self.task_id!r}, command={self.command!r}, "
+            f"command_start_ticks={self.command_start_ticks!r}, vm_type={self.vm_type!r}, "
+            f"locale={self.locale!r}, disks={disks!r}, logs_blob_uri={logs!r}, "
+            f"status_blob_uri={status!r}, backup_metadata_keys={sorted(self.backup_metadata)!r}, "
+            f"secrets=<{len(self.secrets)} hidden>)"
+        )
+
+    __str__ = __repr__
+
+
+# --- parsing --------------------------------------------------------------------
+
+
+def _invalid(message: str) -> ConfigError:
+    return ConfigError(ErrorCode.INVALID_SETTINGS, message)
+
+
+def _disk_list_error(message: str) -> ConfigError:
+    return ConfigError(ErrorCode.INVALID_DISK_LIST, message)
+
+
+def _handler_settings(doc: object) -> Mapping[str, Any]:
+    if not isinstance(doc, Mapping):
+        raise _invalid(f"settings must be a JSON object, not {_kind(doc)}")
+    if "runtimeSettings" in doc:
+        runtime = doc["runtimeSettings"]
+        if not isinstance(runtime, list) or len(runtime) != 1:
+            raise _invalid("runtimeSettings must be a list with exactly one entry")
+        entry = runtime[0]
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("handlerSettings"), Mapping):
+            raise _invalid("runtimeSettings[0].handlerSettings must be an object")
+        handler: Mapping[str, Any] = entry["handlerSettings"]
+        return handler
+    if "publicSettings" in doc or "protectedSettings" in doc:
+        return doc
+    raise _invalid("settings have neither runtimeSettings nor publicSettings/protectedSettings")
+
+
+def _kind(value: object) -> str:
+    # JSON type names, so messages describe the input, never its content.
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _optional_str(settings: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = settings.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _invalid(f"{where}.{key} must be a string, not {_kind(value)}")
+    value = value.strip()
+    return value or None
+
+
+def _task_id(public: Mapping[str, Any]) -> str:
+    value = public.get("taskId")
+    if not isinstance(value, str) or not value.strip():
+        raise _invalid("publicSettings.taskId is required and must be a non-empty string")
+    if len(value) > MAX_TASK_ID_LENGTH:
+        raise _invalid(
+            f"publicSettings.taskId is {len(value)} characters long, "
+            f"at most {MAX_TASK_ID_LENGTH} are allowed"
+        )
+    if not value.isprintable():
+        raise _invalid("publicSettings.taskId contains non-printable characters")
+    return value
+
+
+def _command(public: Mapping[str, Any]) -> str:
+    value = public.get("commandToExecute")
+    if not isinstance(value, str) or not value.strip():
+        raise _invalid("publicSettings.commandToExecute is required and must be a string")
+    if "snapshot" not in value.lower():
+        # The reference runs a snapshot only for this command; anything else is
+        # a request this product does not serve.
+        raise _invalid("publicSettings.commandToExecute must contain 'snapshot'")
+    return value
+
+
+def _start_ticks(public: Mapping[str, Any]) -> int | None:
+    value = public.get("commandStartTimeUTCTicks")
+    where = "publicSettings.commandStartTimeUTCTicks"
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise _invalid(f"{where} must be an integer number of .NET ticks, not a boolean")
+    if isinstance(value, int):
+        ticks = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if not _DIGITS.fullmatch(text) or len(text) > 19:
+            raise _invalid(
+                f"{where} must be a whole number of .NET ticks written in decimal digits "
+                "(exponent forms such as 6.36458E+17 lose hours of precision)"
+            )
+        ticks = int(text)
+    else:
+        raise _invalid(f"{where} must be an integer or a string of digits, not {_kind(value)}")
+    if not _MIN_START_TICKS <= ticks <= _MAX_TICKS:
+        raise _invalid(
+            f"{where} = {ticks} is out of range: it must lie between 2000-01-01 "
+            "and 9999-12-31 (.NET ticks are 100 ns since 0001-01-01 UTC)"
+        )
+    return ticks
+
+
+def _b64_json(value: object, where: str) -> object:
+    """Decode a base64-of-JSON field, never quoting its content in an error."""
+    if not isinstance(value, str):
+        raise _invalid(f"{where} must be a base64 string, not {_kind(value)}")
+    compact = "".join(value.split())
+    try:
+        raw = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise _invalid(f"{where} is not valid base64") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise _invalid(f"{where} does not decode to UTF-8 text") from None
+    # The reference strips whitespace and single quotes around the JSON.
+    text = text.strip().strip("'")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        # Position only: exc.doc would be the secret itself.
+        raise _invalid(
+            f"{where} does not hold valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise _invalid(f"{where} holds JSON nested too deeply") from None
+
+
+def _validate_blob_url(value: object, where: str) -> str:
+    """A blob URL with a SAS; returns it without surrounding whitespace."""
+    if not isinstance(value, str):
+        raise _invalid(f"{where} must be a URL string, not {_kind(value)}")
+    url = value.strip()
+    if not url:
+        raise _invalid(f"{where} is empty")
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise _invalid(f"{where} ({strip_sas(url)}) contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # parsing the port validates it
+    except ValueError:
+        raise _invalid(f"{where} is not a valid URL") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http") or not host:
+        raise _invalid(f"{where} is not an http(s) URL with a host")
+    if "@" in parts.netloc:
+        # Never echo the netloc: user info may be a credential.
+        raise _invalid(f"{where} must not contain user information (user@host)")
+    shown = strip_sas(url)
+    emulator = host.lower() in EMULATOR_HOSTS
+    if scheme == "http" and not emulator:
+        raise _invalid(
+            f"{where} ({shown}) must use https; http is allowed only for the local "
+            "emulator (127.0.0.1, localhost)"
+        )
+    segments = [s for s in parts.path.split("/") if s]
+    needed = 3 if emulator else 2
+    if len(segments) < needed:
+        layout = "/account/container/blob" if emulator else "/container/blob"
+        raise _invalid(f"{where} ({shown}) must name a container and a blob ({layout})")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    sig = [s for s in query.get("sig", []) if s]
+    if not sig:
+        raise _invalid(f"{where} ({shown}) has no SAS signature (sig=) in its query")
+    return url
+
+
+def _sas_secrets(url: str) -> Iterator[str]:
+    """The credential parts of a SAS URL: its query and each sig value."""
+    query = urlsplit(url).query
+    if query:
+        yield query
+        yield unquote(query)
+    for key, _, raw in (pair.partition("=") for pair in query.split("&")):
+        if key.lower() == "sig" and raw:
+            yield raw
+            yield unquote(raw)
+
+
+def _string_leaves(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _string_leaves(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _string_leaves(item)
+
+
+def _disk_urls(protected: Mapping[str, Any]) -> tuple[str, ...]:
+    where = "protectedSettings.objectStr"
+    raw = protected.get("objectStr")
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise _disk_list_error(f"{where} is missing: it carries the disk list (blobSASUri)")
+    obj = _b64_json(raw, where)
+    if not isinstance(obj, Mapping):
+        raise _invalid(f"{where} must decode to a JSON object, not {_kind(obj)}")
+    blobs = obj.get("blobSASUri")
+    if not isinstance(blobs, list):
+        raise _disk_list_error(
+            f"{where}.blobSASUri must be a list of blob URLs, not {_kind(blobs)}"
+        )
+    if not blobs:
+        raise _disk_list_error(f"{where}.blobSASUri is empty: there is no disk to snapshot")
+    if len(blobs) > MAX_DISKS:
+        raise _disk_list_error(
+            f"{where}.blobSASUri lists {len(blobs)} disks; at most {MAX_DISKS} are accepted "
+            "(an Azure VM has at most 64 data disks plus the OS disk)"
+        )
+    urls: list[str] = []
+    seen: dict[tuple[str, int | None, str], int] = {}
+    for index, item in enumerate(blobs):
+        url = _validate_blob_url(item, f"{where}.blobSASUri[{index}]")
+        parts = urlsplit(url)
+        # The same blob under two SAS tokens is still one disk.
+        identity = ((parts.hostname or "").lower(), parts.port, parts.path)
+        if identity in seen:
+            raise _disk_list_error(
+                f"{where}.blobSASUri[{index}] ({strip_sas(url)}) duplicates "
+                f"blobSASUri[{seen[identity]}]"
+            )
+        seen[identity] = index
+        urls.append(url)
+    return tuple(urls)
+
+
+def _blob_uri(public: Mapping[str, Any], protected: Mapping[str, Any], key: str) -> str | None:
+    for where, settings in (("protectedSettings", protected), ("publicSettings", public)):
+        value = settings.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        return _validate_blob_url(value, f"{where}.{key}")
+    return None
+
+
+def _backup_metadata(public: Mapping[str, Any]) -> tuple[Mapping[str, str], list[str]]:
+    """(metadata, extra secrets) from public objectStr; both empty when absent."""
+    where = "publicSettings.objectStr"
+    raw = public.get("objectStr")
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return MappingProxyType({}), []
+    obj = _b64_json(raw, where)
+    if not isinstance(obj, Mapping):
+        raise _invalid(f"{where} must decode to a JSON object, not {_kind(obj)}")
+    extra: list[str] = []
+    token = obj.get("snapshotTaskToken")
+    if isinstance(token, str) and token:
+        # A bearer-like token for the host snapshot path: treat it as secret.
+        extra.append(token)
+    meta = obj.get("backupMetadata")
+    pairs: list[tuple[object, object]]
+    if meta is None:
+        pairs = []
+    elif isinstance(meta, list):
+        pairs = []
+        for index, item in enumerate(meta):
+            if not isinstance(item, Mapping) or "Key" not in item or "Value" not in item:
+                raise _invalid(
+                    f"{where}.backupMetadata[{index}] must be an object with Key and Value"
+                )
+            pairs.append((item["Key"], item["Value"]))
+    elif isinstance(meta, Mapping):
+        pairs = list(meta.items())
+    else:
+        raise _invalid(
+            f"{where}.backupMetadata must be a list of {{Key, Value}}, not {_kind(meta)}"
+        )
+    result: dict[str, str] = {}
+    for key, raw_value in pairs:
+        value = str(raw_value) if _is_int(raw_value) else raw_value
+        if not isinstance(key, str) or not _METADATA_NAME.fullmatch(key):
+            raise _invalid(
+                f"{where}.backupMetadata has an invalid key: metadata names are letters, "
+                "digits and underscores, not starting with a digit"
+            )
+        if not isinstance(value, str):
+            raise _invalid(f"{where}.backupMetadata[{key!r}] must be a string, not {_kind(value)}")
+        if len(value) > _MAX_METADATA_VALUE or not value.isprintable():
+            raise _invalid(
+                f"{where}.backupMetadata[{key!r}] must be a single line of printable text "
+                f"of at most {_MAX_METADATA_VALUE} characters"
+            )
+        if key.lower() in (k.lower() for k in result):
+            raise _invalid(
+                f"{where}.backupMetadata repeats the key {key!r} (names are case-insensitive)"
+            )
+        result[key] = value
+    return MappingProxyType(result), extra
+
+
+def parse_handler_settings(doc: object) -> HandlerSettings:
+    """Validate decoded settings JSON. Pure; raises ``ConfigError``."""
+    handler = _handler_settings(doc)
+    public = handler.get("publicSettings")
+    if not isinstance(public, Mapping):
+        raise _invalid(f"publicSettings must be an object, not {_kind(public)}")
+    protected = handler.get("protectedSettings")
+    if isinstance(protected, str):
+        raise ConfigError(
+            ErrorCode.PROTECTED_SETTINGS_INVALID,
+            "encrypted protected settings need the handler command to decrypt them "
+            "(protectedSettingsCertThumbprint); this parser takes the plaintext object",
+        )
+    if not isinstance(protected, Mapping):
+        raise ConfigError(
+            ErrorCode.PROTECTED_SETTINGS_INVALID,
+            f"protectedSettings must be an object, not {_kind(protected)}",
+        )
+
+    task_id = _task_id(public)
+    command = _command(public)
+    ticks = _start_ticks(public)
+    vm_type = _optional_str(public, "vmType", "publicSettings")
+    locale = _optional_str(public, "locale", "publicSettings")
+    disks = _disk_urls(protected)
+    logs = _blob_uri(public, protected, "logsBlobUri")
+    status = _blob_uri(public, protected, "statusBlobUri")
+    metadata, extra = _backup_metadata(public)
+
+    secrets: dict[str, None] = {}  # ordered set
+    for value in _string_leaves(protected):
+        secrets[value] = None
+        secrets[value.strip()] = None
+    for url in (*disks, logs, status):
+        if url:
+            secrets.update(dict.fromkeys(_sas_secrets(url)))
+    secrets.update(dict.fromkeys(extra))
+    secrets.pop("", None)
+
+    return HandlerSettings(
+        task_id=task_id,
+        command=command,
+        command_start_ticks=ticks,
+        command_start_utc=ticks_to_datetime(ticks) if ticks is not None else None,
+        vm_type=vm_type,
+        locale=locale,
+        disk_sas_urls=disks,
+        logs_blob_uri=logs,
+        status_blob_uri=status,
+        backup_metadata=metadata,
+        secrets=tuple(secrets),
+    )
+
+
+# --- the file shell ---------------------------------------------------------------
+
+
+def load_settings_file(path: str) -> HandlerSettings:
+    """Read, decode and parse one settings file. Every failure is ``ConfigError``.
+
+    Refuses non-regular files (a FIFO would block) and files over
+    ``MAX_SETTINGS_FILE_BYTES``. Error messages never quote the content.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO must not hang; regular files ignore it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _invalid(f"cannot open settings file {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _invalid(f"settings file {path} is not a regular file")
+        if info.st_size > MAX_SETTINGS_FILE_BYTES:
+            raise _invalid(
+                f"settings file {path} is {info.st_size} bytes, "
+                f"larger than the {MAX_SETTINGS_FILE_BYTES}-byte limit"
+            )
+        chunks: list[bytes] = []
+        remaining = MAX_SETTINGS_FILE_BYTES + 1  # the file may grow after fstat
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except OSError as exc:
+        raise _invalid(f"cannot read settings file {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_SETTINGS_FILE_BYTES:
+        raise _invalid(f"settings file {path} is larger than {MAX_SETTINGS_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise _invalid(f"settings file {path} is not UTF-8") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _invalid(
+            f"settings file {path} is not valid JSON "
+            f"({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise _invalid(f"settings file {path} holds JSON nested too deeply") from None
+    return parse_handler_settings(doc)

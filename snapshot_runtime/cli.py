@@ -13,6 +13,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from loguru import logger
+
 from snapshot_runtime import __version__
 from snapshot_runtime.errors import ErrorCode
 from snapshot_runtime.job import DEFAULT_STATE_DIR, JobOptions, run_job
@@ -135,6 +137,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # loguru's default handler writes to stderr outside the freeze gate (I1):
+    # the job installs its own gated sinks.
+    logger.remove()
     try:
         if args.command == "validate":
             return _validate(args)

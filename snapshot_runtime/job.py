@@ -267,8 +267,8 @@ class _Job:
                 log.error("{}-script failed: {}", which, result.error_message)
             for stream in ("stdout", "stderr"):
                 text = getattr(result, stream)
-                if text:
-                    log.info("{}-script {}: {}", which, stream, text)
+                if text.strip():
+                    log.info("{}-script {}: {}", which, stream, text.rstrip())
             return result
 
     def write_status(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system parts the demo and the test suite run on for real:
 # xfsprogs (xfs loop images), util-linux/e2fsprogs (loop devices, ext4),
-# and Azurite from npm, pinned to a version that runs on this machine's Node.
+# Debian's prometheus (server + promtool: the sidecar's scrape test and rule
+# tests), and Azurite from npm, pinned to a version that runs on this machine's Node.
 # Idempotent: a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ command -v mkfs.xfs >/dev/null 2>&1 || apt_packages+=(xfsprogs)
 command -v mkfs.ext4 >/dev/null 2>&1 || apt_packages+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || apt_packages+=(mount)
 command -v node >/dev/null 2>&1 || apt_packages+=(nodejs npm)
+command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)
 
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -20,7 +22,15 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # policy-rc.d 101: packages with a service (prometheus) must not start it here;
+    # the tests start their own instances on free loopback ports.
+    policy_rc=/usr/sbin/policy-rc.d
+    created_policy=0
+    if [ ! -e "$policy_rc" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy_rc" && chmod 755 "$policy_rc" && created_policy=1
+    fi
     apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+    if [ "$created_policy" -eq 1 ]; then rm -f "$policy_rc"; fi
 fi
 
 azurite_bin=".tools/azurite/node_modules/.bin/azurite-blob"
@@ -28,4 +38,4 @@ if [ ! -x "$azurite_bin" ] || ! grep -q "\"version\": \"$AZURITE_VERSION\"" .too
     mkdir -p .tools/azurite
     npm install --silent --no-audit --no-fund --prefix .tools/azurite "azurite@$AZURITE_VERSION" >/dev/null
 fi
-echo "system deps ready: $(mkfs.xfs -V 2>/dev/null | head -1); azurite $AZURITE_VERSION"
+echo "system deps ready: $(mkfs.xfs -V 2>/dev/null | head -1); azurite $AZURITE_VERSION; $(prometheus --version 2>&1 | head -1)"

@@ -1,7 +1,10 @@
 """`snapshot-runtime`: the command line.
 
-Commands: ``validate`` (preflight, no freeze) and ``run`` (one snapshot job).
-The environment is read here only; everything below takes parameters.
+Commands: ``validate`` (preflight, no freeze), ``run`` (one snapshot job),
+``trace`` (a job's spans as a waterfall) and ``recover`` (close the records of
+jobs whose runtime died, replaying their spool log lines into the local log).
+The environment is read here only (``TRACEPARENT``, ``OTEL_EXPORTER_OTLP_*``;
+docs/telemetry.md); everything below takes parameters.
 Never prints a traceback: unexpected exceptions are reported as
 InternalError with a redacted one-line message.
 """
@@ -9,21 +12,82 @@ InternalError with a redacted one-line message.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
+import os
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from loguru import logger
 
 from snapshot_runtime import __version__
 from snapshot_runtime.errors import ErrorCode
-from snapshot_runtime.job import DEFAULT_STATE_DIR, JobOptions, run_job
 from snapshot_runtime.joblog import DEFAULT_LOG_PATH
-from snapshot_runtime.preflight import preflight
+from snapshot_runtime.paths import DEFAULT_SPOOL_DIR, DEFAULT_STATE_DIR
 from snapshot_runtime.redact import scrub
+from snapshot_runtime.spool import DEFAULT_MAX_BYTES, recover_interrupted
 from snapshot_runtime.summary import report_json, report_text, table
+from snapshot_runtime.trace_view import load_job, rows, waterfall
 
-__all__ = ["main"]
+__all__ = ["main", "otlp_traces_endpoint"]
+
+# Environment variables read by the CLI (docs/telemetry.md); the OTLP exporter
+# itself also reads OTEL_EXPORTER_OTLP_{,TRACES_}{HEADERS,CERTIFICATE,COMPRESSION}.
+TRACEPARENT = "TRACEPARENT"
+OTEL_SDK_DISABLED = "OTEL_SDK_DISABLED"
+OTEL_TRACES_EXPORTER = "OTEL_TRACES_EXPORTER"
+OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+OTEL_EXPORTER_OTLP_TIMEOUT = "OTEL_EXPORTER_OTLP_TIMEOUT"
+OTEL_EXPORTER_OTLP_TRACES_TIMEOUT = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
+DEFAULT_OTLP_TIMEOUT = 5.0
+MAX_OTLP_TIMEOUT = 30.0
+
+
+def otlp_traces_endpoint(env: Mapping[str, str]) -> str | None:
+    """The OTLP/HTTP traces URL the environment asks for, or None. Pure.
+
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is used verbatim;
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` gets ``/v1/traces`` appended (the OTLP
+    spec). ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none`` turn it off.
+    """
+    if env.get(OTEL_SDK_DISABLED, "").strip().lower() == "true":
+        return None
+    if env.get(OTEL_TRACES_EXPORTER, "").strip().lower() == "none":
+        return None
+    traces = env.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "").strip()
+    if traces:
+        return traces
+    base = env.get(OTEL_EXPORTER_OTLP_ENDPOINT, "").strip()
+    if base:
+        return base.rstrip("/") + "/v1/traces"
+    return None
+
+
+def _otlp_timeout(env: Mapping[str, str]) -> float:
+    """Seconds (the Python OTLP/HTTP exporter reads these variables as seconds), capped."""
+    for name in (OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, OTEL_EXPORTER_OTLP_TIMEOUT):
+        raw = env.get(name, "").strip()
+        if raw:
+            try:
+                value = float(raw)
+            except ValueError:
+                continue
+            if value > 0:
+                return min(value, MAX_OTLP_TIMEOUT)
+    return DEFAULT_OTLP_TIMEOUT
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a whole number of bytes") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return number
 
 
 def _mount_list(value: str) -> tuple[str, ...]:
@@ -86,10 +150,43 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-watchdog", action="store_true", help=argparse.SUPPRESS)
     r.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     r.add_argument("--quiet", action="store_true", help="no console log lines, only the summary")
+    r.add_argument(
+        "--spool", help=f"the sidecar hand-off directory (default {DEFAULT_SPOOL_DIR}; a tmpfs)"
+    )
+    r.add_argument(
+        "--spool-max-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_BYTES,
+        help="cap on the whole spool; beyond it log lines and spans are dropped and counted",
+    )
+    r.add_argument(
+        "--no-telemetry",
+        action="store_true",
+        help="no spans and no spool (the local log file stays)",
+    )
+
+    t = sub.add_parser("trace", help="show a job's spans as a waterfall (from the local record)")
+    t.add_argument("task_id", metavar="TASKID")
+    t.add_argument(
+        "--state-dir", default=None, help=f"state directory (default {DEFAULT_STATE_DIR})"
+    )
+    t.add_argument("--spool", help=f"spool directory (default {DEFAULT_SPOOL_DIR})")
+    t.add_argument("--json", action="store_true", help="print the record and spans as JSON")
+    t.add_argument("--width", type=int, default=None, help="line width (default: the terminal)")
+
+    c = sub.add_parser(
+        "recover", help="close records of jobs whose runtime died; replay their log lines"
+    )
+    c.add_argument("--spool", help=f"spool directory (default {DEFAULT_SPOOL_DIR})")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
 def _validate(args: argparse.Namespace) -> int:
+    # Imported per command: `trace` and `recover` need none of the job's
+    # dependencies (azure-storage-blob alone costs ~0.5 s to import).
+    from snapshot_runtime.preflight import preflight  # noqa: PLC0415
+
     report = preflight(
         config_path=args.config, run_scripts=args.run_scripts, include_mounts=args.mounts
     )
@@ -113,6 +210,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from snapshot_runtime.job import JobOptions, run_job  # noqa: PLC0415
+
+    env = os.environ
     log_path = None if args.no_log_file else (args.log_file or DEFAULT_LOG_PATH)
     options = JobOptions(
         settings_path=args.settings,
@@ -126,6 +226,12 @@ def _run(args: argparse.Namespace) -> int:
         status_path=args.status_file,
         use_watchdog=not args.no_watchdog,
         console=None if (args.quiet or args.json) else sys.stderr,
+        telemetry=not args.no_telemetry,
+        spool_dir=args.spool or DEFAULT_SPOOL_DIR,
+        spool_max_bytes=args.spool_max_bytes,
+        traceparent=env.get(TRACEPARENT) or None,
+        otlp_endpoint=otlp_traces_endpoint(env),
+        otlp_timeout_seconds=_otlp_timeout(env),
     )
     report = run_job(options)
     if args.json:
@@ -135,14 +241,70 @@ def _run(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _trace(args: argparse.Namespace) -> int:
+    view = load_job(
+        args.task_id,
+        state_dir=args.state_dir or DEFAULT_STATE_DIR,
+        spool_dir=args.spool or DEFAULT_SPOOL_DIR,
+    )
+    if view is None:
+        print(f"no record of task {args.task_id!r} in the state directory or the spool")
+        return 1
+    if args.json:
+        doc = {
+            "source": view.source,
+            "record": view.record,
+            "waterfall": [dataclasses.asdict(r) for r in rows(view.spans)],
+            "spans": view.spans,
+        }
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        width = args.width or shutil.get_terminal_size((100, 24)).columns
+        print(waterfall(view, width=width))
+    return 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    found = recover_interrupted(args.spool or DEFAULT_SPOOL_DIR)
+    if args.json:
+        print(json.dumps({"recovered": [dataclasses.asdict(f) for f in found]}, indent=2))
+    elif not found:
+        print("no interrupted job in the spool")
+    else:
+        print(
+            table(
+                ["task", "spool lines", "replayed", "log file", "note"],
+                [
+                    [
+                        f.task_id or "-",
+                        str(f.lines_in_spool),
+                        str(f.lines_replayed),
+                        f.log_file or "-",
+                        f.note or "",
+                    ]
+                    for f in found
+                ],
+            )
+        )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # loguru's default handler writes to stderr outside the freeze gate (I1):
     # the job installs its own gated sinks.
     logger.remove()
+    # The OTel SDK and exporter log through stdlib logging; without a handler the
+    # last-resort handler would print to stderr. Failures are in the job record.
+    logging.getLogger("opentelemetry").addHandler(logging.NullHandler())
+    logging.getLogger("opentelemetry").propagate = False
     try:
         if args.command == "validate":
             return _validate(args)
+        if args.command == "trace":
+            return _trace(args)
+        if args.command == "recover":
+            return _recover(args)
         return _run(args)
     except KeyboardInterrupt:
         return 130

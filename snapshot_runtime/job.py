@@ -8,8 +8,15 @@ final status. Decisions come from pure modules (``consistency``,
 
 Frozen window (I1): between ``FreezeSession.freeze()`` and the return of
 ``FreezeSession.thaw()`` this module calls nothing but
-``DiskSnapshotter.snapshot_all()``; the log gate is closed for the whole
-window so no sink writes anywhere.
+``DiskSnapshotter.snapshot_all()``, memory-only bookkeeping (phase records,
+spans) and one log line; the log gate is closed for the whole window so no
+sink writes to a filesystem that may be frozen. The only write in the window
+is the spool's ``log.jsonl`` append, on a never-frozen tmpfs (held too when
+the spool turns out to be on a frozen mount).
+
+Telemetry (``telemetry.JobTelemetry``, docs/telemetry.md): spans per phase,
+the spool hand-off and the job record; ``JobOptions(telemetry=False)`` turns
+spans and the spool off (the local log file stays).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, TextIO
+from typing import TYPE_CHECKING, Literal, TextIO
 
 from snapshot_runtime import __version__
 from snapshot_runtime.blobs import BlobOpError, BlobPolicy, upload_block_blob
@@ -37,26 +44,30 @@ from snapshot_runtime.errors import ConfigError, ErrorCode, FreezeError, Health,
 from snapshot_runtime.freeze import FreezeResult, FreezeSession
 from snapshot_runtime.joblog import DEFAULT_LOG_PATH, JobLog
 from snapshot_runtime.mounts import FreezePlan, parse_mountinfo, plan_freeze, read_mountinfo
+from snapshot_runtime.paths import DEFAULT_RUN_DIR, DEFAULT_STATE_DIR
 from snapshot_runtime.phases import PhaseRecord, PhaseRecorder
 from snapshot_runtime.plugin_config import PluginConfig, find_config_path, load_plugin_config
+from snapshot_runtime.record import RecordFacts
 from snapshot_runtime.redact import Redactor, strip_sas
 from snapshot_runtime.scripts import ScriptResult, run_script
 from snapshot_runtime.settings import HandlerSettings, load_settings_file
 from snapshot_runtime.snapshot import DiskSnapshot, DiskSnapshotter, SnapshotResult
+from snapshot_runtime.spool import DEFAULT_MAX_BYTES, recover_interrupted
 from snapshot_runtime.status import (
     render,
     status_document,
     status_file_document,
     write_status_file,
 )
+from snapshot_runtime.telemetry import JobTelemetry, TelemetryOptions, root_attributes
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["DEFAULT_RUN_DIR", "DEFAULT_STATE_DIR", "JobOptions", "JobReport", "run_job"]
 
 StatusName = Literal["transitioning", "success", "error"]
 
-DEFAULT_STATE_DIR = "/var/lib/snapshot-runtime"
-# tmpfs: never frozen, so the watchdog can report there right after a thaw.
-DEFAULT_RUN_DIR = "/run/snapshot-runtime"
 DEFAULT_FREEZE_TIMEOUT = 60.0
 # Snapshot requests must finish before the freeze deadline thaws underneath them.
 SNAPSHOT_DEADLINE_MARGIN = 10.0
@@ -78,6 +89,17 @@ class JobOptions:
     mountinfo_path: str = "/proc/self/mountinfo"
     blob_policy: BlobPolicy = field(default_factory=BlobPolicy)
     console: TextIO | None = None
+    # Telemetry (docs/telemetry.md). spool_dir None: <run_dir>/spool.
+    telemetry: bool = True
+    spool_dir: str | None = None
+    spool_max_bytes: int = DEFAULT_MAX_BYTES
+    traceparent: str | None = None
+    otlp_endpoint: str | None = None
+    otlp_timeout_seconds: float = 5.0
+    recover: bool = True
+
+    def spool_path(self) -> str:
+        return self.spool_dir or os.path.join(self.run_dir, "spool")
 
     def snapshot_deadline(self) -> float:
         if self.snapshot_deadline_seconds is not None:
@@ -107,6 +129,8 @@ class JobReport:
     status_upload: str
     started_at: float
     duration_seconds: float
+    trace_id: str | None = None
+    spool_job_dir: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -155,7 +179,7 @@ def _script_error(result: ScriptResult | None) -> ErrorCode | None:
 
 
 class _Job:
-    def __init__(self, options: JobOptions) -> None:
+    def __init__(self, options: JobOptions, *, span_exporter: SpanExporter | None = None) -> None:
         self.options = options
         self.redactor = Redactor()
         self.phases = PhaseRecorder()
@@ -163,12 +187,48 @@ class _Job:
         self.started_at = time.time()
         self.started = time.monotonic()
         self.machine_id = _machine_id()
+        self.recovered: list[str] = []
+        self.final: Verdict | None = None
+        if options.telemetry and options.recover:
+            # Before our own log exists: replayed lines precede this job's lines.
+            try:
+                for found in recover_interrupted(options.spool_path()):
+                    self.recovered.append(
+                        f"interrupted job {found.task_id}: {found.lines_in_spool} spool line(s), "
+                        f"{found.lines_replayed} replayed into {found.log_file or '-'}"
+                        + (f" ({found.note})" if found.note else "")
+                    )
+            except Exception as exc:  # recovery must never stop a new job
+                self.recovered.append(f"recovery failed: {type(exc).__name__}: {exc}")
         self.log = JobLog(
             path=options.log_path,
             task_id="",
             redactor=self.redactor,
             console=options.console,
         )
+        self.telemetry: JobTelemetry | None = None
+        if options.telemetry:
+            self.telemetry = JobTelemetry(
+                TelemetryOptions(
+                    spool_dir=options.spool_path(),
+                    max_bytes=options.spool_max_bytes,
+                    state_dir=options.state_dir,
+                    log_path=options.log_path,
+                    blob_policy=options.blob_policy,
+                    traceparent=options.traceparent,
+                    otlp_endpoint=options.otlp_endpoint,
+                    otlp_timeout_seconds=options.otlp_timeout_seconds,
+                    span_exporter=span_exporter,
+                    host_name=socket.gethostname(),
+                    host_id=self.machine_id,
+                ),
+                log=self.log,
+                phases=self.phases,
+                redactor=self.redactor,
+                facts=self.record_facts,
+                started_at=self.started_at,
+                started_monotonic=self.started,
+            )
 
     # -- phases ---------------------------------------------------------
 
@@ -184,6 +244,9 @@ class _Job:
             self.redactor.add(settings.secrets)
             self.state.settings = settings
             self.state.task_id = settings.task_id
+            ph.attributes["disk_count"] = len(settings.disk_sas_urls)
+            if self.telemetry is not None:
+                self.telemetry.begin(settings.task_id, logs_blob_uri=settings.logs_blob_uri)
             self.log.logger = self.log.logger.bind(task_id=settings.task_id)
             self.log.phase("settings").info(
                 "task {} command {}: {} disk(s)",
@@ -242,7 +305,13 @@ class _Job:
         def on_event(event: str, data: dict[str, object]) -> None:
             log.debug("{} {}", event, data)
 
+        extra_env = {"SNAPSHOT_MOUNTS": mounts}
         with self.phases.phase(f"{which}_script") as ph:
+            traceparent = (
+                self.telemetry.traceparent() if self.telemetry else self.options.traceparent
+            )
+            if traceparent:
+                extra_env["TRACEPARENT"] = traceparent
             result = run_script(
                 spec.path,
                 spec.params,
@@ -250,11 +319,13 @@ class _Job:
                 retries=spec.retries,
                 budget_seconds=float(config.timeout_seconds),
                 task_id=self.state.task_id,
-                extra_env={"SNAPSHOT_MOUNTS": mounts},
+                extra_env=extra_env,
                 redactor=self.redactor,
                 poll_seconds=float(config.poll_seconds),
                 on_event=on_event,
             )
+            if self.telemetry is not None:
+                self.telemetry.on_script(which, result)
             if result.ok:
                 log.info(
                     "{}-script ok after {} attempt(s) in {:.3f}s",
@@ -370,6 +441,8 @@ class _Job:
                 if freeze_enabled:
                     session = self._prepare_freeze()
                 ph.attributes["mounts"] = [m.mountpoint for m in self.state.plan.mounts]
+                ph.attributes["mount_count"] = len(self.state.plan.mounts)
+                ph.attributes["disk_count"] = len(settings.disk_sas_urls)
                 log.info(
                     "ready: {} mount(s) to freeze {}, {} disk(s)",
                     len(self.state.plan.mounts),
@@ -381,14 +454,12 @@ class _Job:
             elif self.state.freeze_attempted:
                 self._after_failed_freeze(snapshotter, len(settings.disk_sas_urls))
             else:
-                with self.phases.phase("snapshot") as ph:
-                    self.state.snapshot = snapshotter.snapshot_all()
-                    if self.state.snapshot.error:
-                        ph.fail(self.state.snapshot.error, self.state.snapshot.error_message)
+                self._snapshot_phase(snapshotter)
         finally:
-            self.log.gate.open()
+            # Thaw first (a no-op after a normal window), then release the held logs (I1).
             if session is not None and self.state.freeze is None:
                 self.state.freeze = session.thaw()
+            self.log.gate.open()
             snapshotter.close()
         self._log_freeze_outcome()
 
@@ -412,12 +483,16 @@ class _Job:
         if not plan.mounts:
             log.warning("no eligible filesystem to freeze: snapshot without a freeze")
             return None
-        os.makedirs(self.options.run_dir, mode=0o700, exist_ok=True)
+        report_dir = self.options.run_dir
+        spool = self.telemetry.spool if self.telemetry else None
+        if spool is not None:
+            report_dir = spool.watchdog_dir  # docs/spool.md: the sidecar reads it there
+        os.makedirs(report_dir, mode=0o700, exist_ok=True)
         session = FreezeSession(
             plan,
             timeout_seconds=self.options.freeze_timeout_seconds,
             use_watchdog=self.options.use_watchdog,
-            watchdog_report_dir=self.options.run_dir,
+            watchdog_report_dir=report_dir,
         )
         try:
             session.prepare()
@@ -439,10 +514,18 @@ class _Job:
             freeze_ok=False, freeze_error=self.state.freeze_error, disk_count=disks
         )
         if after.proceed:
-            with self.phases.phase("snapshot") as ph:
-                self.state.snapshot = snapshotter.snapshot_all()
-                if self.state.snapshot.error:
-                    ph.fail(self.state.snapshot.error, self.state.snapshot.error_message)
+            self._snapshot_phase(snapshotter)
+
+    def _snapshot_phase(self, snapshotter: DiskSnapshotter) -> None:
+        with self.phases.phase("snapshot") as ph:
+            result = snapshotter.snapshot_all()
+            self.state.snapshot = result
+            ph.attributes["disk_count"] = len(result.disks)
+            ph.attributes["disks_ok"] = result.ok_count
+            if result.error:
+                ph.fail(result.error, result.error_message)
+        if self.telemetry is not None:
+            self.telemetry.on_snapshot(result)
 
     def _frozen_window(
         self, session: FreezeSession, snapshotter: DiskSnapshotter, disks: int
@@ -451,7 +534,11 @@ class _Job:
         # the snapshot requests. Logs are held in memory by the closed gate.
         self.state.freeze_attempted = True
         self.log.gate.close()
+        plan = self.state.plan
         with self.phases.phase("freeze") as ph:
+            if plan is not None:
+                ph.attributes["mounts"] = [m.mountpoint for m in plan.mounts]
+                ph.attributes["mount_count"] = len(plan.mounts)
             self.state.freeze_ok = session.freeze()
             if not self.state.freeze_ok:
                 partial = session.thaw()
@@ -459,19 +546,25 @@ class _Job:
                 self.state.freeze_error = partial.error or ErrorCode.FS_FREEZE_FAILED
                 self.state.freeze_message = partial.error_message
                 ph.fail(self.state.freeze_error, partial.error_message)
+            else:
+                # Held in memory for the local log; appended to the tmpfs spool at
+                # once (the line a SIGKILL inside the window must not lose, I2).
+                self.log.phase("freeze").info(
+                    "filesystems frozen: snapshot of {} disk(s) started", disks
+                )
         after = decide_after_freeze(
             freeze_ok=self.state.freeze_ok,
             freeze_error=self.state.freeze_error,
             disk_count=disks,
         )
         if after.proceed:
-            with self.phases.phase("snapshot") as ph:
-                self.state.snapshot = snapshotter.snapshot_all()
-                if self.state.snapshot.error:
-                    ph.fail(self.state.snapshot.error, self.state.snapshot.error_message)
+            self._snapshot_phase(snapshotter)
         if self.state.freeze is None:
             with self.phases.phase("thaw") as ph:
                 self.state.freeze = session.thaw()
+                ph.attributes["frozen_window_seconds"] = self.state.freeze.window_seconds
+                ph.attributes["thawed_by"] = self.state.freeze.thawed_by
+                ph.attributes["freeze_timed_out"] = self.state.freeze.timed_out
                 if self.state.freeze.error:
                     ph.fail(self.state.freeze.error, self.state.freeze.error_message)
         self.log.gate.open()
@@ -516,26 +609,103 @@ class _Job:
     def run(self) -> JobReport:
         try:
             return self._run()
+        except BaseException:
+            self.end_telemetry(None)
+            self.close_telemetry()
+            raise
         finally:
             self.log.close()
 
+    # -- telemetry ------------------------------------------------------
+
+    def record_facts(self) -> RecordFacts:
+        """The job's part of the record (telemetry adds its own counters)."""
+        snap = self.state.snapshot
+        freeze = self.state.freeze
+        plan = self.state.plan
+        return RecordFacts(
+            task_id=self.state.task_id,
+            started_at=self.started_at,
+            updated_at=time.time(),
+            pid=os.getpid(),
+            ended_at=time.time(),
+            verdict=self.final,
+            phases=tuple(self.phases.records),
+            freeze=freeze,
+            mountpoints=tuple(m.mountpoint for m in plan.mounts) if plan else (),
+            pre=self.state.pre,
+            post=self.state.post,
+            disks=snap.disks if snap else tuple(self.state.preflight_failures),
+            redact=self.redactor,
+        )
+
+    def end_telemetry(self, final: Verdict | None) -> None:
+        """End the root span and export spans (before the "job done" line)."""
+        telemetry = self.telemetry
+        if telemetry is None or telemetry.ended:
+            return
+        self.final = final
+        freeze = self.state.freeze
+        snap = self.state.snapshot
+        settings = self.state.settings
+        try:
+            telemetry.end_job(
+                final,
+                root_attributes=root_attributes(
+                    verdict=final,
+                    frozen_window_seconds=freeze.window_seconds if freeze else 0.0,
+                    mounts=[m.mountpoint for m in freeze.mounts if m.frozen] if freeze else [],
+                    disk_count=len(settings.disk_sas_urls) if settings else 0,
+                    disks_ok=snap.ok_count if snap else 0,
+                ),
+                task_id=self.state.task_id,
+            )
+        except Exception as exc:  # telemetry never fails a job
+            self.log.phase("telemetry").warning("telemetry failed: {}", exc)
+
+    def close_telemetry(self) -> None:
+        """Mirror the log and write the final record (after the "job done" line)."""
+        telemetry = self.telemetry
+        if telemetry is None or telemetry.finished:
+            return
+        settings = self.state.settings
+        try:
+            telemetry.close(
+                task_id=self.state.task_id,
+                logs_blob_uri=settings.logs_blob_uri if settings else None,
+            )
+        except Exception as exc:  # telemetry never fails a job
+            self.log.phase("telemetry").warning("telemetry hand-off failed: {}", exc)
+
     def _run(self) -> JobReport:
-        if not self.load_settings():
+        settings_ok = self.load_settings()
+        for line in self.recovered:
+            self.log.phase("recover").warning("{}", line)
+        if not settings_ok:
             error = self.state.settings_error
             assert error is not None
             final = settings_rejected(error.code)
             self.write_status("error", final.status_code, error.message, final=final)
+            self.end_telemetry(final)
+            self.close_telemetry()
             return self.report(final, error.message)
         settings = self.state.settings
         assert settings is not None
         self.load_plugin_config()
-        with self.phases.phase("status_start"):
+        with self.phases.phase("status_start") as ph:
+            ph.attributes["status"] = "transitioning"
             self.write_status("transitioning", 4, "Transitioning state in extension", final=None)
+            ph.attributes["status_upload"] = self.state.status_upload
         try:
             self.state.plan = self.plan_mounts()
         except (OSError, ValueError) as exc:
             self.state.plan = FreezePlan(mounts=(), skipped=())
             self.state.freeze_message = f"mount discovery failed: {exc}"
+        if self.telemetry is not None and self.telemetry.check_spool_frozen(self.state.plan):
+            self.log.phase("prepare").warning(
+                "spool {} is on a filesystem being frozen: its writes wait for the thaw",
+                self.telemetry.options.spool_dir,
+            )
         config = self.state.config
         if config is not None:
             self.state.pre = self.run_script_phase("pre")
@@ -556,10 +726,14 @@ class _Job:
             # cancel: the pre-script may have quiesced the application.
             self.state.post = self.run_script_phase("post")
         final = self.verdict()
+        self.final = final
         message = self.final_message(final)
-        with self.phases.phase("status_end"):
+        with self.phases.phase("status_end") as ph:
             status: StatusName = "success" if final.snapshot_taken else "error"
+            ph.attributes["status"] = status
             self.write_status(status, final.status_code, message, final=final)
+            ph.attributes["status_upload"] = self.state.status_upload
+        self.end_telemetry(final)
         level = "info" if final.snapshot_taken and not final.warnings else "warning"
         self.log.phase("job").log(
             level.upper(),
@@ -569,6 +743,7 @@ class _Job:
             final.error.value if final.error else "none",
             time.monotonic() - self.started,
         )
+        self.close_telemetry()
         return self.report(final, message)
 
     def verdict(self) -> Verdict:
@@ -634,6 +809,8 @@ class _Job:
             status_upload=self.state.status_upload,
             started_at=self.started_at,
             duration_seconds=time.monotonic() - self.started,
+            trace_id=self.telemetry.trace_id if self.telemetry else None,
+            spool_job_dir=self.telemetry.job_dir if self.telemetry else None,
         )
 
 
@@ -646,10 +823,17 @@ def _safe_name(task_id: str) -> str:
 
 
 def run_job(
-    options: JobOptions, *, on_report: Callable[[JobReport], None] | None = None
+    options: JobOptions,
+    *,
+    on_report: Callable[[JobReport], None] | None = None,
+    span_exporter: SpanExporter | None = None,
 ) -> JobReport:
-    """Run one snapshot job to completion; never raises for job failures."""
-    report = _Job(options).run()
+    """Run one snapshot job to completion; never raises for job failures.
+
+    ``span_exporter`` receives every span of the job once, after the job
+    (after the thaw), in addition to the spool and OTLP (tests, embedders).
+    """
+    report = _Job(options, span_exporter=span_exporter).run()
     if on_report is not None:
         on_report(report)
     return report

@@ -11,8 +11,15 @@ its queue is a pipe drained by a thread that would block on the frozen file,
 and then the pipe fills and blocks the caller; see docs/telemetry.md).
 
 Each line: ``{"time", "level", "message", "task_id", "trace_id", "span_id",
-"phase", ...extra}``; the message and every string field pass the job's
-redactor first (I5).
+"phase", "seq", ...extra}``; the message and every string field pass the job's
+redactor first (I5). ``seq`` numbers the job's records 1, 2, 3... in emission
+order (assigned in the patcher, so every sink sees the same number).
+
+Line sinks (``JobLog.add_line_sink``) receive the finished JSON line, e.g. the
+spool's ``log.jsonl`` writer. A line sink is either gated like the file (held
+while frozen) or ungated (written at once, even inside the frozen window: only
+for a destination that is never frozen, such as a tmpfs spool); ``gated`` can
+be switched while the job runs, once it knows the freeze plan.
 """
 
 from __future__ import annotations
@@ -30,42 +37,64 @@ from loguru import logger as _root_logger
 if TYPE_CHECKING:
     from loguru import Logger, Message, Record
 
-__all__ = ["DEFAULT_LOG_PATH", "FreezeGate", "GatedSink", "JobLog"]
+__all__ = ["DEFAULT_LOG_PATH", "FreezeGate", "GatedSink", "JobLog", "LineSink"]
 
 DEFAULT_LOG_PATH = "/var/log/azure/Microsoft.Azure.RecoveryServices.VMSnapshotLinux/extension.log"
 
-_RESERVED = {"task_id", "trace_id", "span_id", "phase", "json", "job_log"}
+_RESERVED = {"task_id", "trace_id", "span_id", "phase", "seq", "json", "job_log"}
+
+
+class _Releasable:
+    def release(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
 
 
 class FreezeGate:
-    """Closed while filesystems are frozen; sinks hold their lines meanwhile."""
+    """Closed while filesystems are frozen; sinks hold their lines meanwhile.
+
+    ``on_open`` callbacks run after every ``open()`` (once the held lines are
+    out): deferred work such as the spool's record write. An exception from a
+    callback is swallowed and counted in ``callback_errors``: reopening the
+    gate must never fail.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._closed = False
-        self._sinks: list[GatedSink] = []
+        self._sinks: list[_Releasable] = []
+        self._callbacks: list[Callable[[], None]] = []
+        self.callback_errors: list[str] = []
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def register(self, sink: GatedSink) -> None:
+    def register(self, sink: _Releasable) -> None:
         with self._lock:
             self._sinks.append(sink)
+
+    def on_open(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            self._callbacks.append(callback)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
 
     def open(self) -> None:
-        """Reopen and write out, in order, what every sink held."""
+        """Reopen and write out, in order, what every sink held; then run callbacks."""
         with self._lock:
             self._closed = False
             for sink in self._sinks:
                 sink.release()
+            for callback in self._callbacks:
+                try:
+                    callback()
+                except Exception as exc:  # a broken observer must not break the job
+                    self.callback_errors.append(f"{type(exc).__name__}: {exc}")
 
 
-class GatedSink:
+class GatedSink(_Releasable):
     """A loguru sink writing to ``stream`` unless the gate is closed."""
 
     def __init__(self, gate: FreezeGate, opener: Callable[[], TextIO]) -> None:
@@ -113,6 +142,47 @@ class GatedSink:
         self._stream = None
 
 
+class LineSink(_Releasable):
+    """A loguru sink handing each finished line to ``write``; held while gated and closed.
+
+    ``write`` must not raise (the spool writer counts its own failures); if it
+    does, the error is counted in ``errors`` and the line is lost for that
+    destination only.
+    """
+
+    def __init__(self, gate: FreezeGate, write: Callable[[str], None], *, gated: bool) -> None:
+        self._gate = gate
+        self._write = write
+        self.gated = gated
+        self._held: list[str] = []
+        self._lock = threading.Lock()
+        self.errors = 0
+        gate.register(self)
+
+    def write(self, message: Message) -> None:
+        with self._lock:
+            if self.gated and self._gate.closed:
+                self._held.append(str(message))
+                return
+            self._emit(str(message))
+
+    def _emit(self, line: str) -> None:
+        try:
+            self._write(line)
+        except Exception:
+            self.errors += 1
+
+    def release(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+            for line in held:
+                self._emit(line)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+
 def _json_line(record: Record) -> str:
     extra = record["extra"]
     doc: dict[str, Any] = {
@@ -123,6 +193,7 @@ def _json_line(record: Record) -> str:
         "trace_id": extra.get("trace_id", ""),
         "span_id": extra.get("span_id", ""),
         "phase": extra.get("phase", ""),
+        "seq": extra.get("seq", 0),
     }
     for key, value in extra.items():
         if key not in _RESERVED:
@@ -154,7 +225,14 @@ class JobLog:
         self._redactor = redactor
         self._handler_ids: list[int] = []
         self.sinks: list[GatedSink] = []
+        self.line_sinks: list[LineSink] = []
         self._trace_ids: Callable[[], tuple[str, str]] | None = None
+        self._seq_lock = threading.Lock()
+        self.seq = 0
+        # One loguru handler formats each JSON line once and fans it out to the
+        # file and the line sinks (a loguru handler costs ~10 ms to add).
+        self._json_handler: int | None = None
+        self._file_sink: GatedSink | None = None
         if path:
             directory = os.path.dirname(path)
             if directory:
@@ -164,18 +242,8 @@ class JobLog:
             os.close(fd)
             file_sink = GatedSink(self.gate, lambda: open(path, "a", encoding="utf-8"))  # noqa: SIM115
             self.sinks.append(file_sink)
-            self._handler_ids.append(
-                _root_logger.add(
-                    file_sink.write,
-                    format=_json_line,
-                    level="DEBUG",
-                    colorize=False,
-                    backtrace=False,
-                    diagnose=False,
-                    catch=True,
-                    filter=lambda r: r["extra"].get("job_log") is self,
-                )
-            )
+            self._file_sink = file_sink
+            self._ensure_json_handler()
         if console is not None:
             stream = console
             console_sink = GatedSink(self.gate, lambda: stream)
@@ -196,11 +264,44 @@ class JobLog:
             job_log=self, task_id=task_id, phase=""
         )
 
+    def _ensure_json_handler(self) -> None:
+        if self._json_handler is not None:
+            return
+        self._json_handler = _root_logger.add(
+            self._fan_out,
+            format=_json_line,
+            level="DEBUG",
+            colorize=False,
+            backtrace=False,
+            diagnose=False,
+            catch=True,
+            filter=lambda r: r["extra"].get("job_log") is self,
+        )
+        self._handler_ids.append(self._json_handler)
+
+    def _fan_out(self, message: Message) -> None:
+        # Line sinks first (they never raise; the spool's append is what a
+        # SIGKILL must not lose), then the local file.
+        for sink in self.line_sinks:
+            sink.write(message)
+        if self._file_sink is not None:
+            self._file_sink.write(message)
+
+    def add_line_sink(self, write: Callable[[str], None], *, gated: bool) -> LineSink:
+        """Send every JSON line (DEBUG and up) to ``write`` too; see ``LineSink``."""
+        sink = LineSink(self.gate, write, gated=gated)
+        self.line_sinks.append(sink)
+        self._ensure_json_handler()
+        return sink
+
     def set_trace_source(self, source: Callable[[], tuple[str, str]]) -> None:
         """``source() -> (trace_id, span_id)`` of the current span, for correlation."""
         self._trace_ids = source
 
     def _patch(self, record: Record) -> None:
+        with self._seq_lock:
+            self.seq += 1
+            record["extra"]["seq"] = self.seq
         record["message"] = self._redactor(record["message"])
         extra = record["extra"]
         for key, value in list(extra.items()):
@@ -221,3 +322,5 @@ class JobLog:
         self._handler_ids.clear()
         for sink in self.sinks:
             sink.stop()
+        for line_sink in self.line_sinks:
+            line_sink.release()

@@ -22,6 +22,7 @@ import stat
 
 __all__ = [
     "check_config_mode",
+    "check_interpreter_mode",
     "check_parent_dir_mode",
     "check_script_mode",
     "describe_mode",
@@ -66,6 +67,22 @@ def check_script_mode(mode: int, uid: int) -> str | None:
         return f"has mode {describe_mode(mode)}: group and other must have no permission (use 700)"
     if mode & (stat.S_ISUID | stat.S_ISGID):
         return f"has mode {describe_mode(mode)}: setuid/setgid scripts are refused"
+    return None
+
+
+def check_interpreter_mode(mode: int, uid: int) -> str | None:
+    """Why a script's interpreter may not be trusted to run as root, or None.
+
+    The interpreter runs with root's rights, so whoever can replace it owns
+    the job: it must be root's and writable by no one else (755 is fine).
+    """
+    if not stat.S_ISREG(mode):
+        return f"is not a regular file (mode {stat.filemode(mode)})"
+    problem = _owner_problem(uid)
+    if problem:
+        return problem
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"has mode {describe_mode(mode)}: writable by group or other"
     return None
 
 

@@ -2,7 +2,10 @@
 
 The job calls ``PhaseRecorder.phase(name)`` around each phase; observers
 (telemetry, the job record) subscribe to phase start/end events. Recording is
-memory-only, so it is safe inside the frozen window.
+memory-only, so it is safe inside the frozen window. Listeners run in the
+job's thread, in subscription order; an exception from one is swallowed and
+kept in ``listener_errors`` (an observer must never break a phase, least of
+all inside the frozen window, where nothing may be logged).
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class PhaseRecorder:
         self._wall = wall
         self.records: list[PhaseRecord] = []
         self._listeners: list[PhaseListener] = []
+        self.listener_errors: list[str] = []
 
     def subscribe(self, listener: PhaseListener) -> None:
         """``listener(event, handle, record)``; event is "start" or "end"."""
@@ -84,8 +88,7 @@ class PhaseRecorder:
     def phase(self, name: str) -> Iterator[PhaseHandle]:
         handle = PhaseHandle(name)
         wall, start = self._wall(), self._clock()
-        for listener in self._listeners:
-            listener("start", handle, None)
+        self._notify("start", handle, None)
         try:
             yield handle
         except BaseException:
@@ -102,8 +105,15 @@ class PhaseRecorder:
                 detail=handle.detail,
             )
             self.records.append(record)
-            for listener in self._listeners:
-                listener("end", handle, record)
+            self._notify("end", handle, record)
+
+    def _notify(self, event: str, handle: PhaseHandle, record: PhaseRecord | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event, handle, record)
+            except Exception as exc:
+                if len(self.listener_errors) < 20:
+                    self.listener_errors.append(f"{event} {handle.name}: {type(exc).__name__}")
 
     def seconds(self, name: str) -> float:
         return sum(r.seconds for r in self.records if r.name == name)

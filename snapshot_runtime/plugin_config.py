@@ -10,80 +10,41 @@ Contract:
   which callers print in front ("PATH: message"). Every problem found is
   reported at once, separated by ``; ``. ``source`` becomes
   ``PluginConfig.source_path``.
-* ``load_plugin_config(path)`` is the I/O shell: it opens without following
-  a symlink and without blocking on a FIFO, ``fstat``s the open fd, refuses a
-  non-regular file, a file not owned by root or not mode 600/400
-  (``permissions.check_config_mode``) and a file over ``MAX_CONFIG_BYTES``
-  (before reading it), then parses at most ``MAX_CONFIG_BYTES + 1`` bytes.
-  Every refusal is the same ``ConfigError`` with a fix in the message.
+* ``load_plugin_config(path)`` is the thin shell: ``plugin_config_file``
+  opens and checks the file (no symlink, no FIFO, regular, root-owned, mode
+  600/400, at most ``MAX_CONFIG_BYTES``); every refusal is the same
+  ``ConfigError`` with a fix in the message. Then the bytes are parsed.
 * ``find_config_path(explicit)``: an explicit path wins, else the default
   path, else the legacy name, else None. Paths are keyword parameters so
   tests never touch /etc.
 
-Keys (names and spelling as in the reference template; case-sensitive):
-
-=================================  ==============  ==============================  ==========
-key                                JSON type       rule                            default
-=================================  ==============  ==============================  ==========
-pluginName                         string          exactly "ScriptRunner"          required
-preScriptLocation                  string          non-empty absolute path         required
-postScriptLocation                 string          non-empty absolute path         required
-preScriptParams                    list of string  each item one argv entry        []
-postScriptParams                   list of string  each item one argv entry        []
-preScriptNoOfRetries               integer         >= 0; above 10 lowered to 10    0
-postScriptNoOfRetries              integer         >= 0; above 10 lowered to 10    0
-timeoutInSeconds                   integer         1..1800, per script             30
-continueBackupOnFailure            boolean                                         true
-fsFreezeEnabled                    boolean                                         true
-ScriptsExecutionPollTimeSeconds    integer         1..5                            3
-appName                            string or null  telemetry label only            null
-=================================  ==============  ==============================  ==========
-
-Rules common to every key: integers must be JSON integers (not ``30.0``, not
-``"30"``, not ``true``); booleans must be JSON ``true``/``false`` (not
-``"true"``); ``null`` stands for "absent" only for ``appName`` (omit any
-other key to get its default). Strings must be valid Unicode; paths and
-params must not contain NUL (no argv or path can carry one). Duplicate keys
-(at any depth), ``NaN``/``Infinity``, a UTF-8 BOM, non-UTF-8 bytes and a
-top-level value other than an object are refused. Unknown keys are not an
-error, so a newer template still loads, but each one lands in ``warnings``
-with a "did you mean" hint when it is close to a known key.
-
-``timeoutInSeconds`` is one budget per script covering all its attempts
-(retries included), not per attempt. The template's ``["", ""]`` params are
-kept: the script gets two empty arguments, as under the reference.
-
-Where the reference (ScriptRunner.get_config) differs, on purpose:
-
-* ``timeoutInSeconds`` absent: the reference used 10; we use 30, the value
-  the template ships and every documented setup starts from. Above 1800 the
-  reference silently used min(value, 1800); we refuse it, so the operator
-  learns the script will not get the time they asked for.
-* ``ScriptsExecutionPollTimeSeconds`` outside 1..5: the reference silently
-  used 3; we refuse it.
-* ``NoOfRetries``: the reference never checked it (and its retries re-polled
-  the exited process instead of re-running the script, so any value was
-  harmless). We refuse negatives and lower values above 10 with a warning
-  rather than refusing them, so that existing configs keep working.
-* ``pluginName``: the reference took it from the host conf when absent; we
-  require it, as the template carries it.
-* Value types: the reference type-checks nothing (``timeoutInSeconds`` is
-  used as found, params are ``str()``-ed); we refuse wrong types.
+The keys (names, JSON types, ranges, defaults), the rules common to all of
+them, and where this parser deliberately differs from the reference
+(ScriptRunner.get_config) are tabulated for operators in docs/scripts.md; the
+code below is the authority (``_KNOWN_KEYS``, ``parse_plugin_config``). In
+short: known keys are case-sensitive; integers and booleans must be JSON
+integers and booleans; ``null`` means "absent" only for ``appName``;
+duplicate keys, ``NaN``/``Infinity``, a BOM, non-UTF-8 and a non-object are
+refused; unknown keys are warnings (with a "did you mean"); retries above
+``MAX_RETRIES`` are lowered with a warning; ``timeoutInSeconds`` is one
+budget per script covering all its attempts.
 """
 
 from __future__ import annotations
 
 import difflib
-import errno
 import json
-import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from snapshot_runtime.errors import ConfigError, ErrorCode
-from snapshot_runtime.permissions import check_config_mode
+from snapshot_runtime.plugin_config_file import (
+    DEFAULT_CONFIG_PATH,
+    LEGACY_CONFIG_PATH,
+    find_config_path,
+    read_config_file,
+)
 from snapshot_runtime.redact import scrub
 
 __all__ = [
@@ -99,9 +60,6 @@ __all__ = [
     "parse_plugin_config",
 ]
 
-DEFAULT_CONFIG_PATH = "/etc/azure/VMSnapshotScriptPluginConfig.json"
-# Older docs told operators to copy the template under its repository's name.
-LEGACY_CONFIG_PATH = "/etc/azure/VMSnapshotPluginConfig.json"
 MAX_CONFIG_BYTES = 1 * 1024 * 1024
 MAX_TIMEOUT_SECONDS = 1800
 # All attempts share one timeout budget, so more attempts only squeeze each
@@ -443,88 +401,6 @@ def parse_plugin_config(data: bytes, *, source: str = "<memory>") -> PluginConfi
     )
 
 
-def find_config_path(
-    explicit: str | None,
-    *,
-    default_path: str = DEFAULT_CONFIG_PATH,
-    legacy_path: str = LEGACY_CONFIG_PATH,
-) -> str | None:
-    """The config to load: ``explicit`` if given (even if missing), else default, else legacy.
-
-    An empty ``explicit`` counts as not given (an empty environment variable).
-    ``lexists``: a dangling symlink at the default path is reported by the
-    loader, rather than silently falling through to the legacy file.
-    """
-    if explicit:
-        return explicit
-    for candidate in (default_path, legacy_path):
-        if os.path.lexists(candidate):
-            return candidate
-    return None
-
-
-_FILE_KINDS = (
-    (stat.S_ISDIR, "is a directory"),
-    (stat.S_ISFIFO, "is a FIFO (named pipe)"),
-    (stat.S_ISSOCK, "is a socket"),
-    (stat.S_ISCHR, "is a character device"),
-    (stat.S_ISBLK, "is a block device"),
-)
-
-
-def _open_problem(exc: OSError) -> str:
-    if exc.errno == errno.ENOENT:
-        return "not found; copy the template there or pass the config path explicitly"
-    if exc.errno == errno.ELOOP:
-        return (
-            "is a symbolic link, which is refused (its target could be changed by "
-            "whoever owns it); replace it with the regular file itself"
-        )
-    if exc.errno == errno.ENOTDIR:
-        return "not found (a parent in the path is not a directory)"
-    return f"cannot be opened: {os.strerror(exc.errno) if exc.errno else exc}"
-
-
 def load_plugin_config(path: str) -> PluginConfig:
     """Open, check and parse the config at ``path``; raise ConfigError if unusable."""
-    try:
-        # NOFOLLOW refuses a symlinked file; NONBLOCK lets a FIFO open (then
-        # refused by fstat) instead of hanging until a writer appears.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise _fail(_open_problem(exc)) from None
-    except ValueError:  # an embedded NUL in the path
-        raise _fail("not found (the path contains a NUL character)") from None
-    try:
-        st = os.fstat(fd)
-        for is_kind, what in _FILE_KINDS:
-            if is_kind(st.st_mode):
-                raise _fail(f"{what}, must be a regular file")
-        problem = check_config_mode(st.st_mode, st.st_uid)
-        if problem:
-            chown = f"chown root:root {path} && " if st.st_uid != 0 else ""
-            raise _fail(f"{problem}; fix: {chown}chmod 600 {path}")
-        if st.st_size > MAX_CONFIG_BYTES:
-            raise _fail(
-                f"is {st.st_size} bytes, over the {MAX_CONFIG_BYTES}-byte limit for a plugin "
-                "config (the template is under 1 KiB); check that the right file is in place",
-            )
-        data = _read_at_most(fd, MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise _fail(f"cannot be read: {os.strerror(exc.errno) if exc.errno else exc}") from None
-    finally:
-        os.close(fd)
-    return parse_plugin_config(data, source=path)
-
-
-def _read_at_most(fd: int, limit: int) -> bytes:
-    # st_size can lie (a file growing, procfs); the cap holds regardless.
-    chunks: list[bytes] = []
-    remaining = limit
-    while remaining > 0:
-        chunk = os.read(fd, remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
+    return parse_plugin_config(read_config_file(path, max_bytes=MAX_CONFIG_BYTES), source=path)

@@ -39,8 +39,10 @@ Fields (reference ``ParameterParser``; stricter where noted):
   service puts them and where a SAS belongs).
 
 Every blob URL is ``https`` (``http`` only for 127.0.0.1/localhost/::1, the
-emulator, whose URLs are path-style ``/account/container/blob``), names a
-container and a blob, carries a SAS (``sig=``) and no user info.
+emulator), names a container and a blob, carries a SAS (``sig=``) and no user
+info (``blob_urls``). Ticks are converted by ``ticks``, the public
+``objectStr`` by ``backup_metadata``, and every value is described without
+being echoed (``settings_json``).
 
 Errors are ``ConfigError``: ``INVALID_DISK_LIST`` for a missing, empty,
 non-list, oversized or duplicated disk list, ``PROTECTED_SETTINGS_INVALID``
@@ -55,21 +57,28 @@ query string and every ``sig`` value (raw and percent-decoded), for a
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 import re
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from types import MappingProxyType
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import urlsplit
 
+from snapshot_runtime.backup_metadata import parse_backup_metadata
+from snapshot_runtime.blob_urls import EMULATOR_HOSTS, sas_secrets, validate_blob_url
 from snapshot_runtime.errors import ConfigError, ErrorCode
 from snapshot_runtime.redact import strip_sas
+from snapshot_runtime.settings_json import decode_b64_json, invalid_settings, json_type_name
+from snapshot_runtime.ticks import (
+    MAX_TICKS,
+    TICKS_AT_UNIX_EPOCH,
+    TICKS_PER_SECOND,
+    datetime_to_ticks,
+    ticks_to_datetime,
+)
 
 __all__ = [
     "EMULATOR_HOSTS",
@@ -85,53 +94,14 @@ __all__ = [
     "ticks_to_datetime",
 ]
 
-TICKS_PER_SECOND = 10_000_000
-TICKS_AT_UNIX_EPOCH = 621355968000000000
-# DateTime.MaxValue.Ticks: 9999-12-31T23:59:59.9999999.
-_MAX_TICKS = 3155378975999999999
-_TICKS_PER_MICROSECOND = 10
-_TICKS_ZERO = datetime(1, 1, 1, tzinfo=UTC)
-
 MAX_SETTINGS_FILE_BYTES = 1024 * 1024
 MAX_TASK_ID_LENGTH = 256
 # 64 data disks (the largest Azure sizes) plus the OS disk.
 MAX_DISKS = 65
-# http is allowed only here: the local blob emulator.
-EMULATOR_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 _EARLIEST_START = datetime(2000, 1, 1, tzinfo=UTC)
-_DIGITS = re.compile(r"[0-9]+")
-# Blob metadata names must be C# identifiers (they become x-ms-meta-* headers).
-_METADATA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
-_MAX_METADATA_VALUE = 8192
-
-
-# --- .NET ticks ---------------------------------------------------------------
-
-
-def ticks_to_datetime(ticks: int) -> datetime:
-    """.NET ticks -> UTC-aware datetime (truncated to microseconds).
-
-    Raises ValueError outside 0001-01-01 .. 9999-12-31T23:59:59.9999999.
-    """
-    if isinstance(ticks, bool) or not isinstance(ticks, int):
-        raise ValueError("ticks must be an int")
-    if not 0 <= ticks <= _MAX_TICKS:
-        raise ValueError(f"ticks {ticks} out of range 0..{_MAX_TICKS}")
-    return _TICKS_ZERO + timedelta(microseconds=ticks // _TICKS_PER_MICROSECOND)
-
-
-def datetime_to_ticks(dt: datetime) -> int:
-    """UTC-aware (or any aware) datetime -> .NET ticks. Naive is refused."""
-    if dt.tzinfo is None or dt.utcoffset() is None:
-        raise ValueError("datetime must be timezone-aware")
-    # Integer arithmetic only: float seconds lose ticks at this magnitude.
-    delta = dt.astimezone(UTC) - _TICKS_ZERO
-    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    return micros * _TICKS_PER_MICROSECOND
-
-
 _MIN_START_TICKS = datetime_to_ticks(_EARLIEST_START)
+_DIGITS = re.compile(r"[0-9]+")
 
 
 # --- the result -----------------------------------------------------------------
@@ -172,50 +142,27 @@ class HandlerSettings:
 # --- parsing --------------------------------------------------------------------
 
 
-def _invalid(message: str) -> ConfigError:
-    return ConfigError(ErrorCode.INVALID_SETTINGS, message)
-
-
 def _disk_list_error(message: str) -> ConfigError:
     return ConfigError(ErrorCode.INVALID_DISK_LIST, message)
 
 
 def _handler_settings(doc: object) -> Mapping[str, Any]:
     if not isinstance(doc, Mapping):
-        raise _invalid(f"settings must be a JSON object, not {_kind(doc)}")
+        raise invalid_settings(f"settings must be a JSON object, not {json_type_name(doc)}")
     if "runtimeSettings" in doc:
         runtime = doc["runtimeSettings"]
         if not isinstance(runtime, list) or len(runtime) != 1:
-            raise _invalid("runtimeSettings must be a list with exactly one entry")
+            raise invalid_settings("runtimeSettings must be a list with exactly one entry")
         entry = runtime[0]
         if not isinstance(entry, Mapping) or not isinstance(entry.get("handlerSettings"), Mapping):
-            raise _invalid("runtimeSettings[0].handlerSettings must be an object")
+            raise invalid_settings("runtimeSettings[0].handlerSettings must be an object")
         handler: Mapping[str, Any] = entry["handlerSettings"]
         return handler
     if "publicSettings" in doc or "protectedSettings" in doc:
         return doc
-    raise _invalid("settings have neither runtimeSettings nor publicSettings/protectedSettings")
-
-
-def _kind(value: object) -> str:
-    # JSON type names, so messages describe the input, never its content.
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    raise invalid_settings(
+        "settings have neither runtimeSettings nor publicSettings/protectedSettings"
+    )
 
 
 def _optional_str(settings: Mapping[str, Any], key: str, where: str) -> str | None:
@@ -223,7 +170,7 @@ def _optional_str(settings: Mapping[str, Any], key: str, where: str) -> str | No
     if value is None:
         return None
     if not isinstance(value, str):
-        raise _invalid(f"{where}.{key} must be a string, not {_kind(value)}")
+        raise invalid_settings(f"{where}.{key} must be a string, not {json_type_name(value)}")
     value = value.strip()
     return value or None
 
@@ -231,25 +178,25 @@ def _optional_str(settings: Mapping[str, Any], key: str, where: str) -> str | No
 def _task_id(public: Mapping[str, Any]) -> str:
     value = public.get("taskId")
     if not isinstance(value, str) or not value.strip():
-        raise _invalid("publicSettings.taskId is required and must be a non-empty string")
+        raise invalid_settings("publicSettings.taskId is required and must be a non-empty string")
     if len(value) > MAX_TASK_ID_LENGTH:
-        raise _invalid(
+        raise invalid_settings(
             f"publicSettings.taskId is {len(value)} characters long, "
             f"at most {MAX_TASK_ID_LENGTH} are allowed"
         )
     if not value.isprintable():
-        raise _invalid("publicSettings.taskId contains non-printable characters")
+        raise invalid_settings("publicSettings.taskId contains non-printable characters")
     return value
 
 
 def _command(public: Mapping[str, Any]) -> str:
     value = public.get("commandToExecute")
     if not isinstance(value, str) or not value.strip():
-        raise _invalid("publicSettings.commandToExecute is required and must be a string")
+        raise invalid_settings("publicSettings.commandToExecute is required and must be a string")
     if "snapshot" not in value.lower():
         # The reference runs a snapshot only for this command; anything else is
         # a request this product does not serve.
-        raise _invalid("publicSettings.commandToExecute must contain 'snapshot'")
+        raise invalid_settings("publicSettings.commandToExecute must contain 'snapshot'")
     return value
 
 
@@ -259,103 +206,33 @@ def _start_ticks(public: Mapping[str, Any]) -> int | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, bool):
-        raise _invalid(f"{where} must be an integer number of .NET ticks, not a boolean")
+        raise invalid_settings(f"{where} must be an integer number of .NET ticks, not a boolean")
     if isinstance(value, int):
         ticks = value
     elif isinstance(value, str):
         text = value.strip()
         if not _DIGITS.fullmatch(text) or len(text) > 19:
-            raise _invalid(
+            raise invalid_settings(
                 f"{where} must be a whole number of .NET ticks written in decimal digits "
                 "(exponent forms such as 6.36458E+17 lose hours of precision)"
             )
         ticks = int(text)
     else:
-        raise _invalid(f"{where} must be an integer or a string of digits, not {_kind(value)}")
-    if not _MIN_START_TICKS <= ticks <= _MAX_TICKS:
-        raise _invalid(
+        raise invalid_settings(
+            f"{where} must be an integer or a string of digits, not {json_type_name(value)}"
+        )
+    if not _MIN_START_TICKS <= ticks <= MAX_TICKS:
+        raise invalid_settings(
             f"{where} = {ticks} is out of range: it must lie between 2000-01-01 "
             "and 9999-12-31 (.NET ticks are 100 ns since 0001-01-01 UTC)"
         )
     return ticks
 
 
-def _b64_json(value: object, where: str) -> object:
-    """Decode a base64-of-JSON field, never quoting its content in an error."""
+def _blob_url(value: object, where: str) -> str:
     if not isinstance(value, str):
-        raise _invalid(f"{where} must be a base64 string, not {_kind(value)}")
-    compact = "".join(value.split())
-    try:
-        raw = base64.b64decode(compact, validate=True)
-    except (binascii.Error, ValueError):
-        raise _invalid(f"{where} is not valid base64") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise _invalid(f"{where} does not decode to UTF-8 text") from None
-    # The reference strips whitespace and single quotes around the JSON.
-    text = text.strip().strip("'")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        # Position only: exc.doc would be the secret itself.
-        raise _invalid(
-            f"{where} does not hold valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-        ) from None
-    except RecursionError:
-        raise _invalid(f"{where} holds JSON nested too deeply") from None
-
-
-def _validate_blob_url(value: object, where: str) -> str:
-    """A blob URL with a SAS; returns it without surrounding whitespace."""
-    if not isinstance(value, str):
-        raise _invalid(f"{where} must be a URL string, not {_kind(value)}")
-    url = value.strip()
-    if not url:
-        raise _invalid(f"{where} is empty")
-    if any(ch.isspace() or not ch.isprintable() for ch in url):
-        raise _invalid(f"{where} ({strip_sas(url)}) contains whitespace or control characters")
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        _ = parts.port  # parsing the port validates it
-    except ValueError:
-        raise _invalid(f"{where} is not a valid URL") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("https", "http") or not host:
-        raise _invalid(f"{where} is not an http(s) URL with a host")
-    if "@" in parts.netloc:
-        # Never echo the netloc: user info may be a credential.
-        raise _invalid(f"{where} must not contain user information (user@host)")
-    shown = strip_sas(url)
-    emulator = host.lower() in EMULATOR_HOSTS
-    if scheme == "http" and not emulator:
-        raise _invalid(
-            f"{where} ({shown}) must use https; http is allowed only for the local "
-            "emulator (127.0.0.1, localhost)"
-        )
-    segments = [s for s in parts.path.split("/") if s]
-    needed = 3 if emulator else 2
-    if len(segments) < needed:
-        layout = "/account/container/blob" if emulator else "/container/blob"
-        raise _invalid(f"{where} ({shown}) must name a container and a blob ({layout})")
-    query = parse_qs(parts.query, keep_blank_values=True)
-    sig = [s for s in query.get("sig", []) if s]
-    if not sig:
-        raise _invalid(f"{where} ({shown}) has no SAS signature (sig=) in its query")
-    return url
-
-
-def _sas_secrets(url: str) -> Iterator[str]:
-    """The credential parts of a SAS URL: its query and each sig value."""
-    query = urlsplit(url).query
-    if query:
-        yield query
-        yield unquote(query)
-    for key, _, raw in (pair.partition("=") for pair in query.split("&")):
-        if key.lower() == "sig" and raw:
-            yield raw
-            yield unquote(raw)
+        raise invalid_settings(f"{where} must be a URL string, not {json_type_name(value)}")
+    return validate_blob_url(value, where)
 
 
 def _string_leaves(value: object) -> Iterator[str]:
@@ -374,13 +251,13 @@ def _disk_urls(protected: Mapping[str, Any]) -> tuple[str, ...]:
     raw = protected.get("objectStr")
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         raise _disk_list_error(f"{where} is missing: it carries the disk list (blobSASUri)")
-    obj = _b64_json(raw, where)
+    obj = decode_b64_json(raw, where)
     if not isinstance(obj, Mapping):
-        raise _invalid(f"{where} must decode to a JSON object, not {_kind(obj)}")
+        raise invalid_settings(f"{where} must decode to a JSON object, not {json_type_name(obj)}")
     blobs = obj.get("blobSASUri")
     if not isinstance(blobs, list):
         raise _disk_list_error(
-            f"{where}.blobSASUri must be a list of blob URLs, not {_kind(blobs)}"
+            f"{where}.blobSASUri must be a list of blob URLs, not {json_type_name(blobs)}"
         )
     if not blobs:
         raise _disk_list_error(f"{where}.blobSASUri is empty: there is no disk to snapshot")
@@ -392,7 +269,7 @@ def _disk_urls(protected: Mapping[str, Any]) -> tuple[str, ...]:
     urls: list[str] = []
     seen: dict[tuple[str, int | None, str], int] = {}
     for index, item in enumerate(blobs):
-        url = _validate_blob_url(item, f"{where}.blobSASUri[{index}]")
+        url = _blob_url(item, f"{where}.blobSASUri[{index}]")
         parts = urlsplit(url)
         # The same blob under two SAS tokens is still one disk.
         identity = ((parts.hostname or "").lower(), parts.port, parts.path)
@@ -411,63 +288,8 @@ def _blob_uri(public: Mapping[str, Any], protected: Mapping[str, Any], key: str)
         value = settings.get(key)
         if value is None or (isinstance(value, str) and not value.strip()):
             continue
-        return _validate_blob_url(value, f"{where}.{key}")
+        return _blob_url(value, f"{where}.{key}")
     return None
-
-
-def _backup_metadata(public: Mapping[str, Any]) -> tuple[Mapping[str, str], list[str]]:
-    """(metadata, extra secrets) from public objectStr; both empty when absent."""
-    where = "publicSettings.objectStr"
-    raw = public.get("objectStr")
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return MappingProxyType({}), []
-    obj = _b64_json(raw, where)
-    if not isinstance(obj, Mapping):
-        raise _invalid(f"{where} must decode to a JSON object, not {_kind(obj)}")
-    extra: list[str] = []
-    token = obj.get("snapshotTaskToken")
-    if isinstance(token, str) and token:
-        # A bearer-like token for the host snapshot path: treat it as secret.
-        extra.append(token)
-    meta = obj.get("backupMetadata")
-    pairs: list[tuple[object, object]]
-    if meta is None:
-        pairs = []
-    elif isinstance(meta, list):
-        pairs = []
-        for index, item in enumerate(meta):
-            if not isinstance(item, Mapping) or "Key" not in item or "Value" not in item:
-                raise _invalid(
-                    f"{where}.backupMetadata[{index}] must be an object with Key and Value"
-                )
-            pairs.append((item["Key"], item["Value"]))
-    elif isinstance(meta, Mapping):
-        pairs = list(meta.items())
-    else:
-        raise _invalid(
-            f"{where}.backupMetadata must be a list of {{Key, Value}}, not {_kind(meta)}"
-        )
-    result: dict[str, str] = {}
-    for key, raw_value in pairs:
-        value = str(raw_value) if _is_int(raw_value) else raw_value
-        if not isinstance(key, str) or not _METADATA_NAME.fullmatch(key):
-            raise _invalid(
-                f"{where}.backupMetadata has an invalid key: metadata names are letters, "
-                "digits and underscores, not starting with a digit"
-            )
-        if not isinstance(value, str):
-            raise _invalid(f"{where}.backupMetadata[{key!r}] must be a string, not {_kind(value)}")
-        if len(value) > _MAX_METADATA_VALUE or not value.isprintable():
-            raise _invalid(
-                f"{where}.backupMetadata[{key!r}] must be a single line of printable text "
-                f"of at most {_MAX_METADATA_VALUE} characters"
-            )
-        if key.lower() in (k.lower() for k in result):
-            raise _invalid(
-                f"{where}.backupMetadata repeats the key {key!r} (names are case-insensitive)"
-            )
-        result[key] = value
-    return MappingProxyType(result), extra
 
 
 def parse_handler_settings(doc: object) -> HandlerSettings:
@@ -475,7 +297,7 @@ def parse_handler_settings(doc: object) -> HandlerSettings:
     handler = _handler_settings(doc)
     public = handler.get("publicSettings")
     if not isinstance(public, Mapping):
-        raise _invalid(f"publicSettings must be an object, not {_kind(public)}")
+        raise invalid_settings(f"publicSettings must be an object, not {json_type_name(public)}")
     protected = handler.get("protectedSettings")
     if isinstance(protected, str):
         raise ConfigError(
@@ -486,7 +308,7 @@ def parse_handler_settings(doc: object) -> HandlerSettings:
     if not isinstance(protected, Mapping):
         raise ConfigError(
             ErrorCode.PROTECTED_SETTINGS_INVALID,
-            f"protectedSettings must be an object, not {_kind(protected)}",
+            f"protectedSettings must be an object, not {json_type_name(protected)}",
         )
 
     task_id = _task_id(public)
@@ -497,7 +319,7 @@ def parse_handler_settings(doc: object) -> HandlerSettings:
     disks = _disk_urls(protected)
     logs = _blob_uri(public, protected, "logsBlobUri")
     status = _blob_uri(public, protected, "statusBlobUri")
-    metadata, extra = _backup_metadata(public)
+    metadata, extra = parse_backup_metadata(public)
 
     secrets: dict[str, None] = {}  # ordered set
     for value in _string_leaves(protected):
@@ -505,7 +327,7 @@ def parse_handler_settings(doc: object) -> HandlerSettings:
         secrets[value.strip()] = None
     for url in (*disks, logs, status):
         if url:
-            secrets.update(dict.fromkeys(_sas_secrets(url)))
+            secrets.update(dict.fromkeys(sas_secrets(url)))
     secrets.update(dict.fromkeys(extra))
     secrets.pop("", None)
 
@@ -537,13 +359,13 @@ def load_settings_file(path: str) -> HandlerSettings:
         # O_NONBLOCK: opening a FIFO must not hang; regular files ignore it.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise _invalid(f"cannot open settings file {path}: {exc.strerror}") from None
+        raise invalid_settings(f"cannot open settings file {path}: {exc.strerror}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise _invalid(f"settings file {path} is not a regular file")
+            raise invalid_settings(f"settings file {path} is not a regular file")
         if info.st_size > MAX_SETTINGS_FILE_BYTES:
-            raise _invalid(
+            raise invalid_settings(
                 f"settings file {path} is {info.st_size} bytes, "
                 f"larger than the {MAX_SETTINGS_FILE_BYTES}-byte limit"
             )
@@ -556,23 +378,25 @@ def load_settings_file(path: str) -> HandlerSettings:
             chunks.append(chunk)
             remaining -= len(chunk)
     except OSError as exc:
-        raise _invalid(f"cannot read settings file {path}: {exc.strerror}") from None
+        raise invalid_settings(f"cannot read settings file {path}: {exc.strerror}") from None
     finally:
         os.close(fd)
     data = b"".join(chunks)
     if len(data) > MAX_SETTINGS_FILE_BYTES:
-        raise _invalid(f"settings file {path} is larger than {MAX_SETTINGS_FILE_BYTES} bytes")
+        raise invalid_settings(
+            f"settings file {path} is larger than {MAX_SETTINGS_FILE_BYTES} bytes"
+        )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise _invalid(f"settings file {path} is not UTF-8") from None
+        raise invalid_settings(f"settings file {path} is not UTF-8") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _invalid(
+        raise invalid_settings(
             f"settings file {path} is not valid JSON "
             f"({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
     except RecursionError:
-        raise _invalid(f"settings file {path} holds JSON nested too deeply") from None
+        raise invalid_settings(f"settings file {path} holds JSON nested too deeply") from None
     return parse_handler_settings(doc)

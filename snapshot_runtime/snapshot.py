@@ -51,15 +51,15 @@ from snapshot_runtime.blobs import (
     BlobFailure,
     BlobOpError,
     BlobPolicy,
-    FailureKind,
     blob_client,
     call_with_retries,
     classify,
     sas_redactor,
     silenced_transport_logs,
 )
-from snapshot_runtime.errors import ErrorCode
 from snapshot_runtime.redact import Redactor, strip_sas
+from snapshot_runtime.snapshot_results import DiskSnapshot, SnapshotResult, aggregate
+from snapshot_runtime.worker_pool import WorkerPool
 
 __all__ = [
     "DiskSnapshot",
@@ -68,116 +68,10 @@ __all__ = [
     "aggregate",
 ]
 
-# Failing disks named in an aggregate message; the rest are counted.
-_MAX_LISTED = 8
 # Preflight failures that a snapshot request would meet too: the SAS is not
 # accepted at all, or the blob is not there. A permission mismatch is not one
 # of them: a SAS with c/w but without r cannot read properties but can snapshot.
 _DEFINITIVE_CODES = frozenset({"authenticationfailed", "authorizationfailure"})
-
-
-@dataclass(frozen=True)
-class DiskSnapshot:
-    """One disk's outcome. ``blob_url`` and ``snapshot_url`` carry no SAS."""
-
-    index: int
-    blob_url: str
-    ok: bool
-    snapshot: str | None
-    snapshot_url: str | None
-    attempts: int
-    started_at: float
-    duration_seconds: float
-    status_code: int | None
-    error: str | None
-    failure_kind: FailureKind | None
-
-
-@dataclass(frozen=True)
-class SnapshotResult:
-    """All disks' outcomes, in disk order, and the code to report."""
-
-    disks: tuple[DiskSnapshot, ...]
-    ok: bool
-    error: ErrorCode | None
-    error_message: str | None
-    duration_seconds: float
-    deadline_hit: bool
-
-    @property
-    def ok_count(self) -> int:
-        return sum(1 for d in self.disks if d.ok)
-
-    @property
-    def failed_count(self) -> int:
-        return sum(1 for d in self.disks if not d.ok)
-
-
-def aggregate(
-    disks: Sequence[DiskSnapshot], *, deadline_hit: bool
-) -> tuple[ErrorCode | None, str | None]:
-    """The error code and message for a set of disk outcomes. Pure.
-
-    All ok: none. All failed: ``SNAPSHOT_LIMIT_REACHED`` or
-    ``SNAPSHOT_RATE_EXCEEDED`` when every failure is of that kind, else
-    ``SNAPSHOT_FAILED``. Some failed: ``SNAPSHOT_PARTIALLY_FAILED``. No disks at
-    all is a failure: a job that snapshots nothing has not succeeded.
-    """
-    if not disks:
-        return ErrorCode.SNAPSHOT_FAILED, "no disks to snapshot"
-    failed = [d for d in disks if not d.ok]
-    if not failed:
-        return None, None
-    kinds = {d.failure_kind for d in failed}
-    if len(failed) < len(disks):
-        code = ErrorCode.SNAPSHOT_PARTIALLY_FAILED
-    elif kinds == {"limit"}:
-        code = ErrorCode.SNAPSHOT_LIMIT_REACHED
-    elif kinds == {"throttled"}:
-        code = ErrorCode.SNAPSHOT_RATE_EXCEEDED
-    else:
-        code = ErrorCode.SNAPSHOT_FAILED
-    listed = "; ".join(
-        f"disk {d.index} {strip_sas(d.blob_url)}: {d.error or d.failure_kind or 'failed'}"
-        for d in failed[:_MAX_LISTED]
-    )
-    more = f"; and {len(failed) - _MAX_LISTED} more" if len(failed) > _MAX_LISTED else ""
-    deadline = " (deadline reached)" if deadline_hit else ""
-    return code, f"{len(failed)} of {len(disks)} disk(s) failed{deadline}: {listed}{more}"
-
-
-class _Pool:
-    """Fixed daemon worker threads, all started up front (none inside the freeze).
-
-    Not ``ThreadPoolExecutor``: it starts threads lazily, on submit, and its
-    threads are joined at interpreter exit, so a request hanging past the
-    deadline would hold the process.
-    """
-
-    def __init__(self, size: int, name: str) -> None:
-        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self) -> None:
-        while True:
-            task = self._tasks.get()
-            if task is None:
-                return
-            task()  # tasks catch their own exceptions and report them
-
-    def submit(self, task: Callable[[], None]) -> None:
-        self._tasks.put(task)
-
-    def shutdown(self, wait_seconds: float) -> None:
-        for _ in self._threads:
-            self._tasks.put(None)
-        deadline = time.monotonic() + wait_seconds
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 @dataclass
@@ -231,7 +125,7 @@ class DiskSnapshotter:
         self._metadata = dict(metadata or {})
         self._clock = clock
         self._disks: list[_Disk] = []
-        self._pool: _Pool | None = None
+        self._pool: WorkerPool | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -258,7 +152,7 @@ class DiskSnapshotter:
             except BlobOpError as exc:
                 disk.preflight = self._failed(disk, exc.failure, attempts=0, started_at=now)
             self._disks.append(disk)
-        self._pool = _Pool(min(self._max_workers, len(self._disks)), "snapshot")
+        self._pool = WorkerPool(min(self._max_workers, len(self._disks)), "snapshot")
 
         done: queue.SimpleQueue[int] = queue.SimpleQueue()
         pending = [d for d in self._disks if d.client is not None]

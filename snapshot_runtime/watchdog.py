@@ -9,8 +9,8 @@ freezes in-process and this separate process is the backstop:
   in a new session (a signal to the runtime's process group does not reach
   it), cwd ``/``, PYTHONDONTWRITEBYTECODE=1 and PYTHONPATH set to this
   package's parent only, with stdin and stdout as pipes to the runtime. The
-  module imports only the stdlib (the client half lives in ``freeze`` so the
-  watchdog does not load subprocess/dataclasses): about 40 ms to "armed".
+  module imports only the stdlib (the client half lives in ``watchdog_client``
+  so the watchdog does not load subprocess/dataclasses): about 40 ms to "armed".
 * It opens every mountpoint itself (O_RDONLY|O_DIRECTORY), so it needs no path
   lookup later, and answers ``armed``. The runtime freezes only after that.
 * It thaws every mount, each FITHAW in its own thread (one stuck thaw cannot
@@ -38,7 +38,7 @@ runtime's ``time.monotonic()`` deadline is valid here.
 Exit codes: 0 disarmed, 2 bad start (message or mount open), 3 thawed on EOF,
 4 thawed at the deadline, 5 thawed on a signal or a garbled message.
 
-Client side (``freeze.WatchdogClient``): every call is bounded;
+Client side (``watchdog_client.WatchdogClient``): every call is bounded;
 ``leave_frozen`` is the only call made inside the frozen window and is one
 non-blocking pipe write. The client's pipe end is O_CLOEXEC, so exec'd
 children of the runtime do not keep it open; a fork()ed child that does not

@@ -234,7 +234,7 @@ def test_every_azure_core_exception_is_mapped() -> None:
     classes = _public_azure_exceptions()
     assert len(classes) >= 18
     unmapped = [cls.__name__ for cls in classes if cls not in AZURE_EXCEPTION_KINDS]
-    assert not unmapped, f"map these in blobs.AZURE_EXCEPTION_KINDS: {unmapped}"
+    assert not unmapped, f"map these in blob_errors.AZURE_EXCEPTION_KINDS: {unmapped}"
     kinds = set(get_args(FailureKind))
     for cls in classes:
         for exc in _instances(cls):

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -317,9 +316,7 @@ def test_load_refuses_big_file_without_reading(
         return real_read(fd, n)
 
     monkeypatch.setattr(os, "read", spy)
-    started = time.monotonic()
     message = load_refused(str(path))
-    assert time.monotonic() - started < 0.5
     assert "52428800 bytes" in message
     assert "limit" in message
     assert reads == []
@@ -354,13 +351,11 @@ def test_load_refuses_symlink(tmp_path: Path) -> None:
     assert "replace it" in message
 
 
-@pytest.mark.timeout(10)
+@pytest.mark.timeout(10)  # opening a FIFO for reading would block until a writer came
 def test_load_refuses_fifo_without_hanging(tmp_path: Path) -> None:
     fifo = tmp_path / "c.json"
     os.mkfifo(fifo, 0o600)
-    started = time.monotonic()
     assert "FIFO" in load_refused(str(fifo))
-    assert time.monotonic() - started < 1
 
 
 def test_load_refuses_char_device() -> None:

@@ -2,7 +2,10 @@
 
 Scripts live under /var/lib/snapshot-runtime-tests/<random>/ (root-owned,
 0755/0700): tmp_path sits under /tmp (1777), which the parent-directory rule
-rightly refuses. Run with ``-s`` to see the measured figures.
+rightly refuses. Speed is measured in benchmarks/script_latency.py, never
+asserted here: time bounds in these tests only tell one behaviour from another
+(killed at the budget vs. left to run 30 s; seen at once vs. after a poll
+period) and leave seconds of slack for a loaded machine.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from snapshot_runtime import scripts
+from snapshot_runtime import output_capture, proctree, script_check
 from snapshot_runtime.errors import ErrorCode
 from snapshot_runtime.redact import Redactor
 from snapshot_runtime.scripts import (
@@ -111,19 +114,19 @@ def test_build_script_env_is_exactly_the_contract() -> None:
     ],
 )
 def test_parse_shebang(head: bytes, expected: object) -> None:
-    assert scripts._parse_shebang(head) == expected
+    assert script_check.parse_shebang(head) == expected
 
 
 def test_excerpt_cuts_partial_lines_at_the_seam() -> None:
-    text = scripts._render_excerpt(b"one\ntwo sig=ab", b"cd%3D\nlast\n", 10)
+    text = output_capture.render_excerpt(b"one\ntwo sig=ab", b"cd%3D\nlast\n", 10)
     assert text == "one\n…[26 bytes omitted]…last\n"
-    assert scripts._render_excerpt(b"ab", b"cd", 0) == "abcd"
+    assert output_capture.render_excerpt(b"ab", b"cd", 0) == "abcd"
 
 
 def test_descendants_follow_ppid_links() -> None:
-    st = scripts._Stat
+    st = proctree.ProcStat
     table = {10: st(1, 0), 11: st(10, 0), 12: st(11, 0), 13: st(1, 0), 14: st(13, 0)}
-    assert scripts._descendants(table, [10, 99]) == {10, 11, 12}
+    assert proctree.descendants(table, [10, 99]) == {10, 11, 12}
 
 
 def test_misuse_raises_value_error() -> None:
@@ -219,10 +222,10 @@ def test_timeout_kills_whole_tree_including_setsid_grandchildren(sdir: Path) -> 
         kill_grace_seconds=grace, on_event=lambda n, d: events.append(n),
     )  # fmt: skip
     elapsed = time.monotonic() - t0
-    print(f"\ntimeout: budget {budget}s, returned after {elapsed:.3f}s ({r.error_message})")
     assert r.error is ErrorCode.PRE_SCRIPT_TIMEOUT and r.timed_out and not r.ok
     assert len(r.attempts) == 1 and r.attempts[0].timed_out  # no budget left to retry
-    assert budget <= elapsed < budget + grace + 0.5
+    # Not before the budget; and killed, not waited for (the script sleeps 30 s).
+    assert budget <= elapsed < 10
     assert "before-timeout" in r.stdout
     for f in (pid1, pid2):
         pid = int(f.read_text())
@@ -242,11 +245,11 @@ def test_sigterm_ignored_gets_sigkill_after_grace(sdir: Path) -> None:
     t0 = time.monotonic()
     r = run(path, phase="post", budget_seconds=0.5, kill_grace_seconds=0.5, on_event=on_event)
     elapsed = time.monotonic() - t0
-    print(f"\nSIGTERM ignored: returned after {elapsed:.3f}s (budget 0.5 + grace 0.5)")
     assert r.error is ErrorCode.POST_SCRIPT_TIMEOUT
     assert r.attempts[0].signal == signal.SIGKILL
     assert kills == ["SIGTERM", "SIGKILL"]
-    assert 1.0 <= elapsed < 1.6
+    # SIGKILL only after the whole grace; and long before the script's own 30 s.
+    assert 1.0 <= elapsed < 10
     assert "ready" in r.stdout
 
 
@@ -257,14 +260,23 @@ def test_interrupted_caller_kills_the_script(sdir: Path) -> None:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    def interrupt_once_running() -> None:
+        # Once the script has written its pid (it is running), not after a guessed delay.
+        until = time.monotonic() + 30
+        while not (pidfile.exists() and pidfile.read_text().strip()):
+            if time.monotonic() > until:
+                return
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGUSR2)
+
     old = signal.signal(signal.SIGUSR2, interrupt)
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR2))
-    timer.start()
+    trigger = threading.Thread(target=interrupt_once_running, daemon=True)
+    trigger.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            run(path, [str(pidfile)], kill_grace_seconds=0.5)
+            run(path, [str(pidfile)], budget_seconds=60.0, kill_grace_seconds=0.5)
     finally:
-        timer.cancel()
+        trigger.join(31)
         signal.signal(signal.SIGUSR2, old)
     assert not alive(int(pidfile.read_text()))
 
@@ -278,7 +290,7 @@ def test_background_descendant_holding_pipe_is_left_alone(sdir: Path) -> None:
     pid = int(pidfile.read_text())
     try:
         assert r.ok and "started" in r.stdout
-        assert elapsed < 0.5  # did not wait for the holder's EOF
+        assert elapsed < 10  # did not wait for the holder's EOF (30 s away)
         assert alive(pid)  # success never kills descendants
     finally:
         os.kill(pid, signal.SIGKILL)
@@ -286,22 +298,18 @@ def test_background_descendant_holding_pipe_is_left_alone(sdir: Path) -> None:
             os.waitpid(pid, 0)  # we are its subreaper now
 
 
-def test_detection_latency(sdir: Path) -> None:
+def test_completion_is_seen_as_it_happens_not_at_a_poll(sdir: Path) -> None:
+    # A runner that polled would return at the earliest one poll period (10 s)
+    # after the start. benchmarks/script_latency.py measures the real overhead.
     path = make(sdir, "quick.sh", "sleep 0.05\n")
-    run(path)  # warm the page cache
-    samples = []
-    for _ in range(5):
+    for _ in range(3):
+        events: list[str] = []
         t0 = time.monotonic()
-        r = run(path, poll_seconds=3.0)
-        samples.append(time.monotonic() - t0)
+        r = run(path, poll_seconds=10.0, on_event=lambda n, d, seen=events: seen.append(n))
+        elapsed = time.monotonic() - t0
         assert r.ok
-    print(
-        "\nlatency, 50 ms script: run_script took "
-        + ", ".join(f"{s * 1000:.1f}" for s in samples)
-        + f" ms (min overhead {(min(samples) - 0.05) * 1000:.1f} ms)"
-    )
-    assert min(samples) < 0.05 + 0.1
-    assert sorted(samples)[2] < 0.05 + 0.1
+        assert elapsed < 5, f"took {elapsed:.2f}s: completion waited for a poll"
+        assert "script.running" not in events  # no poll tick came before the exit
 
 
 def test_heartbeat_follows_poll_seconds(sdir: Path) -> None:
@@ -311,7 +319,9 @@ def test_heartbeat_follows_poll_seconds(sdir: Path) -> None:
     assert r.ok
     names = [n for n, _ in events]
     assert names[0] == "script.attempt.start" and names[-1] == "script.attempt.end"
-    assert 2 <= names.count("script.running") <= 4
+    # One beat per 0.1 s the script ran (at least 0.35 s), however slow the machine.
+    ran = r.attempts[0].duration_seconds
+    assert 2 <= names.count("script.running") <= ran / 0.1 + 1
     assert all(d["phase"] == "pre" for _, d in events)
 
 
@@ -327,20 +337,20 @@ def test_observer_exception_is_ignored(sdir: Path) -> None:
 def test_100mb_output_is_bounded(sdir: Path) -> None:
     path = make(sdir, "chatty.sh", "head -c 104857600 /dev/zero | tr '\\0' a\necho tail-end >&2\n")
     probe = (
-        "import json, time\n"
+        "import json\n"
         "from snapshot_runtime.scripts import run_script\n"
         "def hwm():\n"
         "    for line in open('/proc/self/status'):\n"
         "        if line.startswith('VmHWM:'):\n"
         "            return int(line.split()[1]) * 1024\n"
         f"run_script({path!r}, [], phase='pre', retries=0, budget_seconds=5)  # warm up\n"
-        "before = hwm(); t0 = time.monotonic()\n"
+        "before = hwm()\n"
         f"r = run_script({path!r}, [], phase='pre', retries=0, budget_seconds=60)\n"
         "print(json.dumps({'ok': r.ok, 'bytes': r.output_bytes, 'len': len(r.stdout),\n"
         "    'stdout_head': r.stdout[:3], 'stderr': r.stderr, 'omitted': '…[' in r.stdout,\n"
-        "    'seconds': time.monotonic() - t0, 'growth': hwm() - before, 'before': before}))\n"
+        "    'growth': hwm() - before}))\n"
     )
-    # The warm-up run also times the 100 MB once; the budget is generous.
+    # The warm-up run maps what a first run maps; the budget is generous.
     out = subprocess.run(
         [sys.executable, "-c", probe],
         capture_output=True,
@@ -351,14 +361,10 @@ def test_100mb_output_is_bounded(sdir: Path) -> None:
         timeout=120,
     )
     m = json.loads(out.stdout)
-    print(
-        f"\n100 MB output: {m['seconds']:.2f}s, peak RSS growth {m['growth'] / 2**20:.2f} MiB "
-        f"(baseline VmHWM {m['before'] / 2**20:.1f} MiB), excerpt {m['len']} chars"
-    )
     assert m["ok"] and m["bytes"] == 104857600 + len("tail-end\n")
     assert m["omitted"] and m["len"] <= 2 * 64 * 1024 + 100
     assert m["stdout_head"] == "aaa" and m["stderr"] == "tail-end\n"
-    assert m["growth"] < 50 * 2**20
+    assert m["growth"] < 50 * 2**20  # half the output: it was not all kept (see the benchmark)
 
 
 def test_invalid_utf8_is_replaced(sdir: Path) -> None:
@@ -454,6 +460,49 @@ def test_missing_shebang_interpreter_is_reported(sdir: Path) -> None:
     ):
         check = check_script(make(sdir, "s.sh", body), phase="post")
         assert check.error is ErrorCode.POST_SCRIPT_NOT_FOUND and needle in check.message
+
+
+@pytest.mark.parametrize("phase", ["pre", "post"])
+def test_interpreter_a_user_could_replace_is_refused(sdir: Path, phase: str) -> None:
+    # A root-owned 700 script is worthless if its shebang names a program
+    # someone else can replace: that program would run as root.
+    user_dir = sdir / "userbin"
+    user_dir.mkdir(mode=0o755)
+    os.chown(user_dir, 1000, 1000)
+    interp = user_dir / "tool"
+    interp.write_text("#!/bin/sh\ntouch " + str(sdir / "pwned") + "\n")
+    interp.chmod(0o755)
+    direct = make(sdir, "direct.sh", f"#!{interp}\necho hi\n")
+    r = run(direct, phase=phase)
+    assert r.error is PERMISSION[phase] and r.attempts == ()
+    assert "not trusted to run as root" in (r.error_message or "")
+    assert "uid 1000" in (r.error_message or "")
+    assert not (sdir / "pwned").exists()
+
+    # Root-owned but group-writable interpreter in a root directory: refused too.
+    os.chown(user_dir, 0, 0)
+    os.chown(interp, 0, 0)
+    interp.chmod(0o775)
+    check = check_script(direct, phase=phase)
+    assert check.error is PERMISSION[phase] and "writable by group or other" in check.message
+
+
+def test_env_shebang_command_is_checked_too(sdir: Path) -> None:
+    # #!/usr/bin/env CMD resolves CMD on the script PATH; a user-owned CMD
+    # there would run as root. /usr/local/bin is first on SAFE_PATH.
+    tool = Path("/usr/local/bin") / f"snaprt-test-{os.getpid()}"
+    tool.write_text("#!/bin/sh\necho tool\n")
+    tool.chmod(0o755)
+    try:
+        os.chown(tool, 1000, 1000)
+        path = make(sdir, "env.sh", f"#!/usr/bin/env {tool.name}\necho hi\n")
+        check = check_script(path, phase="pre")
+        assert check.error is ErrorCode.PRE_SCRIPT_PERMISSION
+        assert tool.name in check.message and "uid 1000" in check.message
+        os.chown(tool, 0, 0)
+        assert check_script(path, phase="pre").ok
+    finally:
+        tool.unlink()
 
 
 def test_check_script_ok_reports_owner_mode_interpreter(sdir: Path) -> None:

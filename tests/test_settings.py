@@ -148,6 +148,7 @@ def test_datetime_to_ticks_needs_aware_and_converts_zones() -> None:
     assert datetime_to_ticks(plus2) == datetime_to_ticks(datetime(2020, 1, 1, tzinfo=UTC))
 
 
+@settings(deadline=None)  # no per-example time limit: a timing, not a behaviour
 @given(st.integers(0, 3155378975999999999 // 10).map(lambda us: us * 10))
 def test_ticks_round_trip(ticks: int) -> None:
     assert datetime_to_ticks(ticks_to_datetime(ticks)) == ticks

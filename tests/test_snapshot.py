@@ -1,4 +1,9 @@
-"""snapshot.py against a real Azurite; aggregate() as a pure table."""
+"""snapshot.py against a real Azurite; aggregate() as a pure table.
+
+Wall times are measured in benchmarks/frozen_window.py, never asserted here:
+time bounds in these tests only tell parallel from sequential, or a cut at
+the deadline from a wait for the read timeout, with seconds of slack.
+"""
 
 from __future__ import annotations
 
@@ -115,34 +120,23 @@ def test_more_disks_than_workers_queue(disks) -> None:
     assert result.ok and result.ok_count == 6
 
 
-@pytest.mark.parametrize("n", [1, 4, 16])
-def test_wall_time_figures(disks, n: int) -> None:
-    _, result, wall = run(disks(n))
-    assert result.ok
-    slowest = max(d.duration_seconds for d in result.disks)
-    print(
-        f"\nsnapshot_all {n:2d} disk(s): wall {wall * 1000:.1f} ms, "
-        f"slowest disk {slowest * 1000:.1f} ms"
-    )
-    assert wall < 2.0
+def test_one_disk(disks) -> None:
+    _, result, _ = run(disks(1))
+    assert result.ok and result.ok_count == 1 and result.disks[0].attempts == 1
 
 
 def test_slow_disks_do_not_serialise_the_others(disks, proxy: FaultProxy) -> None:
+    latency = 3.0
     fast = disks(4)
     slow = disks(2, endpoint=proxy.endpoint())
-    proxy.set_latency(1.5, match="comp=snapshot")
-    _, result, wall = run(fast + slow)
+    proxy.set_latency(latency, match="comp=snapshot")
+    _, result, wall = run(fast + slow, policy=dataclasses.replace(FAST, request_timeout=10.0))
     assert result.ok
     fast_d = [d.duration_seconds for d in result.disks[:4]]
     slow_d = [d.duration_seconds for d in result.disks[4:]]
-    print(
-        f"\nslow disks: wall {wall:.2f} s; fast disks max {max(fast_d) * 1000:.0f} ms; "
-        f"slow disks {', '.join(f'{s:.2f}' for s in slow_d)} s "
-        f"(sum of all {sum(fast_d + slow_d):.2f} s)"
-    )
-    assert max(fast_d) < 0.5
-    assert min(slow_d) >= 1.5
-    assert wall < 2.4  # about the slowest disk, not 3 s and more of a sequential run
+    assert max(fast_d) < latency  # no fast disk waited behind a slow one
+    assert min(slow_d) >= latency
+    assert wall < 2 * latency  # the two slow requests overlapped: not one after the other
 
 
 # -- I1: nothing but the snapshot requests inside the freeze ---------------------
@@ -279,20 +273,22 @@ def test_snapshot_limit_is_not_retried(disks, proxy: FaultProxy) -> None:
 
 def test_a_hanging_disk_is_cut_at_the_deadline(disks, proxy: FaultProxy) -> None:
     urls = disks(3) + disks(1, endpoint=proxy.endpoint())
-    with DiskSnapshotter(urls, policy=FAST, deadline_seconds=1.0) as snapper:
+    # The stuck request would hold its thread for the 10 s read timeout.
+    policy = dataclasses.replace(FAST, request_timeout=10.0)
+    with DiskSnapshotter(urls, policy=policy, deadline_seconds=1.0) as snapper:
         snapper.prepare()
         proxy.drop()
         t0 = time.monotonic()
         result = snapper.snapshot_all()
         wall = time.monotonic() - t0
         t1 = time.monotonic()
-    assert time.monotonic() - t1 < 1.0  # close() does not wait for the stuck thread
-    assert 0.95 <= wall < 1.4
+    assert time.monotonic() - t1 < 5.0  # close() does not wait for the stuck thread
+    assert 0.95 <= wall < 5.0  # cut at the deadline, not at the read timeout
     assert result.deadline_hit
     assert result.error is ErrorCode.SNAPSHOT_PARTIALLY_FAILED
     stuck = result.disks[3]
     assert (stuck.ok, stuck.failure_kind, stuck.attempts) == (False, "timeout", 1)
-    assert 0.9 <= stuck.duration_seconds < 1.4
+    assert 0.9 <= stuck.duration_seconds < 5.0
     assert all(d.ok for d in result.disks[:3])
     assert_clean(result, urls)
 

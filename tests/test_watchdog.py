@@ -1,8 +1,10 @@
 """The thaw watchdog (I4): a separate process thaws when the runtime cannot.
 
 Runtime stand-ins are child processes (``python -m tests.freeze_support drive``)
-freezing real loop filesystems; the test kills or stops them and measures how
-soon the filesystem accepts a write+fsync again.
+freezing real loop filesystems; the test kills or stops them and checks which
+path thawed the filesystem (EOF, deadline) and that it accepts a write+fsync
+again. How fast the watchdog arms is measured in benchmarks/watchdog_arm.py;
+time bounds here only tell one path from another, with seconds of slack.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from snapshot_runtime.errors import ErrorCode, FreezeError
-from snapshot_runtime.freeze import WATCHDOG_GRACE_SECONDS, FreezeSession, WatchdogClient
+from snapshot_runtime.freeze import FreezeSession, WatchdogClient
 from snapshot_runtime.mounts import parse_mountinfo, plan_freeze, read_mountinfo
 from snapshot_runtime.watchdog import (
     EXIT_BAD_START,
@@ -73,20 +74,15 @@ def _kill(proc: subprocess.Popen[str]) -> None:
 # -- the protocol, no freezing --------------------------------------------------
 
 
-def test_watchdog_arms_fast_and_disarms(tmp_path) -> None:
-    samples = []
-    for _ in range(5):
+def test_watchdog_arms_and_disarms(tmp_path) -> None:
+    for _ in range(3):
         client = WatchdogClient([str(tmp_path)], report_dir=str(tmp_path))
-        samples.append(client.start(time.monotonic() + 60))
+        arm_seconds = client.start(time.monotonic() + 60)
+        assert arm_seconds > 0 and client.alive()  # start() returned because it is armed
         pid = client.pid
         outcome = client.disarm()
         assert outcome.exit_code == EXIT_DISARMED and not outcome.thawed
         assert pid is not None and _gone(pid)
-    print(
-        f"\nwatchdog start-to-armed: median {statistics.median(samples) * 1000:.1f} ms, "
-        f"max {max(samples) * 1000:.1f} ms"
-    )
-    assert statistics.median(samples) < 0.5
     assert _reports(tmp_path) == []  # disarmed: no report
 
 
@@ -105,17 +101,20 @@ def test_eof_without_disarm_thaws_and_reports(tmp_path) -> None:
 def test_deadline_fires_without_the_runtime(tmp_path) -> None:
     client = WatchdogClient([str(tmp_path)])
     client.start(time.monotonic() + 0.3)
-    time.sleep(0.6)
+    until = time.monotonic() + 10
+    while client.alive() and time.monotonic() < until:  # acts without being told
+        time.sleep(0.01)
     outcome = client.disarm()  # too late: it has already acted
     assert outcome.exit_code == EXIT_THAWED_DEADLINE and outcome.reason == "deadline"
 
 
 def test_rearm_moves_the_deadline(tmp_path) -> None:
     client = WatchdogClient([str(tmp_path)])
-    client.start(time.monotonic() + 0.3)
+    first_deadline = time.monotonic() + 1.0
+    client.start(first_deadline)
     client.rearm(time.monotonic() + 60)
-    time.sleep(0.5)
-    assert client.alive()
+    time.sleep(max(0.0, first_deadline + 0.5 - time.monotonic()))
+    assert client.alive()  # the first deadline has passed and it did not fire
     assert client.disarm().exit_code == EXIT_DISARMED
 
 
@@ -139,7 +138,7 @@ def test_bad_start_is_reported(tmp_path) -> None:
 
 
 @pytest.mark.root
-def test_sigkill_of_the_runtime_thaws_within_a_second(tmp_path) -> None:
+def test_sigkill_of_the_runtime_thaws_on_eof(tmp_path) -> None:
     with loop_filesystem("ext4") as fs:
         proc, info = start_driver(
             "drive", "--mount", fs.mountpoint, "--timeout", "30", "--report-dir", str(tmp_path)
@@ -156,8 +155,7 @@ def test_sigkill_of_the_runtime_thaws_within_a_second(tmp_path) -> None:
         finally:
             _kill(proc)
         assert _gone(info["watchdog_pid"])
-    print(f"\nSIGKILL -> write+fsync succeeded: {latency * 1000:.1f} ms")
-    assert latency < 1.0
+    assert latency < 15  # on EOF, not at the 30 s deadline
     (report,) = _reports(tmp_path)
     assert report["reason"] == "eof" and report["runtime_pid"] == info["pid"]
     assert report["watchdog_pid"] == info["watchdog_pid"]
@@ -189,22 +187,21 @@ def test_watchdog_deadline_when_the_runtime_is_stopped(tmp_path) -> None:
         try:
             assert info["frozen"]
             write = TimedWrite(fs.mountpoint)
-            assert write.wait(5) and write.done_at is not None
-            thawed_after = write.done_at - info["frozen_at"]
+            assert write.wait(15) and write.done_at is not None
             assert _state(proc.pid) == "T"  # still stopped: the watchdog did it
+            continued_at = time.monotonic()
             os.kill(proc.pid, signal.SIGCONT)
             result = read_json_line(proc)
             assert proc.wait(5) == 0
         finally:
             _kill(proc)
-    print(f"\nruntime stopped; watchdog thawed {thawed_after:.3f}s after the freeze (timeout 1s)")
-    assert 1.0 <= thawed_after < 1.0 + WATCHDOG_GRACE_SECONDS + 0.5
     assert result["thawed_by"] == "watchdog" and result["timed_out"]
     assert result["error"] == ErrorCode.FS_FREEZE_TIMEOUT.value and not result["ok"]
-    assert 1.0 <= result["window_seconds"] < 2.0  # ends at the watchdog's thaw
+    assert result["window_seconds"] >= 1.0  # not before the deadline
+    assert result["last_thaw_at"] < continued_at  # ends at the watchdog's thaw
     assert result["mounts"][0]["probe_ok"] is True
     (report,) = _reports(tmp_path)
-    assert report["reason"] == "deadline" and 0 <= report["late_seconds"] < 0.2
+    assert report["reason"] == "deadline" and report["late_seconds"] >= 0
     assert report["mounts"][0]["result"] == "thawed"
 
 
@@ -288,3 +285,13 @@ def test_no_freeze_without_an_armed_watchdog() -> None:
     assert result.error is ErrorCode.FS_FREEZE_FAILED
     assert "not freezing unguarded" in (result.error_message or "")
     assert not result.mounts[0].frozen and result.window_seconds == 0
+
+
+def test_a_garbled_thaw_report_never_makes_thaw_raise() -> None:
+    from snapshot_runtime.watchdog_client import _thawed_outcome
+
+    for payload in ("{not json", "[]", '{"reason": "eof"}', '{"thawed_at_monotonic": "x"}'):
+        outcome = _thawed_outcome(payload, 3, "")
+        assert outcome.thawed and outcome.exit_code == 3
+    good = _thawed_outcome('{"reason": "eof", "thawed_at_monotonic": 1.5, "mounts": [{}]}', 3, "")
+    assert (good.reason, good.thawed_at, good.mounts) == ("eof", 1.5, ({},))

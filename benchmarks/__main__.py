@@ -1,0 +1,59 @@
+"""Run every benchmark module of this package, one after the other (``make bench``).
+
+Each module in ``benchmarks/`` with a ``main()`` is run with its own default
+arguments (``python -m benchmarks NAME...`` runs only those). A module that
+fails is reported and the others still run; the exit status says whether all
+of them completed. Figures only: benchmarks assert nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def _modules() -> list[str]:
+    here = str(Path(__file__).resolve().parent)
+    return sorted(
+        m.name for m in pkgutil.iter_modules([here]) if not m.name.startswith("_") and not m.ispkg
+    )
+
+
+def main(argv: list[str]) -> int:
+    names = argv or _modules()
+    unknown = sorted(set(names) - set(_modules()))
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(_modules())}")
+        return 2
+    failed = []
+    for name in names:
+        module = importlib.import_module(f"benchmarks.{name}")
+        entry = getattr(module, "main", None)
+        if entry is None:
+            continue
+        print(f"\n===== benchmarks.{name}", flush=True)
+        started = time.monotonic()
+        saved = sys.argv
+        sys.argv = [f"benchmarks.{name}"]  # each parses its own (default) arguments
+        try:
+            entry()
+        except (Exception, SystemExit) as exc:
+            if isinstance(exc, SystemExit) and exc.code in (None, 0):
+                pass
+            else:
+                traceback.print_exc()
+                failed.append(name)
+        finally:
+            sys.argv = saved
+        print(f"----- {name}: {time.monotonic() - started:.1f} s", flush=True)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

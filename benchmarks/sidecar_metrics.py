@@ -1,0 +1,204 @@
+"""The sidecar under a full spool: /metrics latency, RSS, ingest rate and ingest lag.
+
+Runs the real ``snapshot-sidecar`` process twice:
+
+* ``baseline``: on an empty spool (every series zero-initialised, nothing ingested);
+* ``loaded``: on a spool of N generated jobs (default 10,000; docs/spool.md
+  records with log lines and spans), once it has ingested them all.
+
+For each it measures the p50/p99 latency of ``GET /metrics`` (Prometheus text
+and OpenMetrics, sequential requests from this process) and the sidecar's RSS
+(/proc/<pid>/status VmRSS). Then, on the loaded sidecar, the ingest lag: one
+job at a time is completed (record.json renamed into place) and timed until a
+scrape shows it counted. Goals (issue 5): p99 ≤ 10 ms, RSS ≤ 80 MB.
+
+Prints figures and ratios; no assertions.
+Run: ``.venv/bin/python -m benchmarks.sidecar_metrics [--jobs N] [--requests N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from exporters.keys import Keys
+from tests.support.spoolgen import SpoolGen
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+
+
+def _start(spool: Path, state: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    out = open(log, "wb")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exporters.cli",
+            "--spool",
+            str(spool),
+            "--state-dir",
+            str(state),
+            "--listen",
+            "127.0.0.1:0",
+            "--keep-jobs",
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    out.close()
+    # The URL is logged at INFO; with WARNING we find the port from /proc instead.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        port = _listening_port(proc.pid)
+        if port:
+            return proc, f"http://127.0.0.1:{port}"
+        if proc.poll() is not None:
+            raise RuntimeError(log.read_text())
+        time.sleep(0.05)
+    raise RuntimeError("sidecar did not start listening")
+
+
+def _listening_port(pid: int) -> int | None:
+    try:
+        inodes = {
+            Path(f"/proc/{pid}/fd/{fd}").readlink().name[8:-1]
+            for fd in (p.name for p in Path(f"/proc/{pid}/fd").iterdir())
+            if Path(f"/proc/{pid}/fd/{fd}").readlink().name.startswith("socket:")
+        }
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                return int(fields[1].split(":")[1], 16)
+    except OSError:
+        return None
+    return None
+
+
+def _rss_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"VmRSS:\s+(\d+) kB", text)
+    return int(match.group(1)) / 1024 if match else float("nan")
+
+
+def _get(url: str, accept: str | None = None) -> bytes:
+    request = urllib.request.Request(url)
+    if accept:
+        request.add_header("Accept", accept)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return bytes(response.read())
+
+
+def _ingested(base: str) -> float:
+    text = _get(base + "/metrics").decode()
+    match = re.search(r"^vmsnap_sidecar_records_ingested_total ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) if match else -1.0
+
+
+def _latencies(base: str, n: int, accept: str | None) -> tuple[float, float, int]:
+    samples = []
+    size = 0
+    for _ in range(n):
+        start = time.perf_counter()
+        size = len(_get(base + "/metrics", accept))
+        samples.append(time.perf_counter() - start)
+    samples.sort()
+    p50 = statistics.median(samples) * 1000
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000
+    return p50, p99, size
+
+
+def _measure(label: str, base: str, pid: int, requests: int) -> dict[str, float]:
+    _latencies(base, 20, None)  # warm up
+    text50, text99, text_size = _latencies(base, requests, None)
+    om50, om99, om_size = _latencies(base, requests, OPENMETRICS)
+    rss = _rss_mb(pid)
+    print(
+        f"  {label:9s} text p50 {text50:6.2f} ms  p99 {text99:6.2f} ms ({text_size} B) | "
+        f"openmetrics p50 {om50:6.2f} ms  p99 {om99:6.2f} ms ({om_size} B) | RSS {rss:6.1f} MB"
+    )
+    return {"p99": max(text99, om99), "rss": rss}
+
+
+def _generate(spool: Path, jobs: int) -> float:
+    gen = SpoolGen(spool)
+    start = time.perf_counter()
+    for i in range(jobs):
+        job = gen.job(f"bench-{i:06d}", freeze_seconds=0.01 + (i % 50) / 100)
+        gen.log_lines(job, 5)
+        gen.span_lines(job, 3)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--lag-samples", type=int, default=10)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
+    try:
+        print(f"sidecar /metrics and memory, {args.requests} sequential scrapes per format")
+        empty_spool, empty_state = root / "empty-spool", root / "empty-state"
+        Keys.load_or_create(empty_state).publish(empty_spool)
+        proc, base = _start(empty_spool, empty_state, root / "empty.log")
+        try:
+            baseline = _measure("baseline", base, proc.pid, args.requests)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+        spool, state = root / "spool", root / "state"
+        Keys.load_or_create(state).publish(spool)
+        took = _generate(spool, args.jobs)
+        print(f"  generated {args.jobs} jobs in {took:.1f} s")
+        start = time.perf_counter()
+        proc, base = _start(spool, state, root / "loaded.log")
+        try:
+            while _ingested(base) < args.jobs:
+                if time.perf_counter() - start > 900:
+                    raise RuntimeError("ingest did not finish in 15 min")
+                time.sleep(0.2)
+            ingest = time.perf_counter() - start
+            print(f"  ingested {args.jobs} jobs in {ingest:.1f} s ({args.jobs / ingest:.0f} jobs/s)")
+            loaded = _measure("loaded", base, proc.pid, args.requests)
+
+            gen = SpoolGen(spool)
+            lags = []
+            for i in range(args.lag_samples):
+                job = gen.job(f"lag-{i}", complete=False)
+                target = _ingested(base) + 1
+                gen.complete(job)
+                t0 = time.perf_counter()
+                while _ingested(base) < target:
+                    time.sleep(0.005)
+                lags.append(time.perf_counter() - t0)
+            print(
+                f"  ingest lag after a job ends (poll interval 1 s): median "
+                f"{statistics.median(lags) * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms "
+                f"over {len(lags)} jobs"
+            )
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        print(
+            f"  ratios loaded/baseline: p99 x{loaded['p99'] / baseline['p99']:.2f}, "
+            f"RSS x{loaded['rss'] / baseline['rss']:.2f} "
+            f"(goals: p99 <= 10 ms -> {loaded['p99']:.2f} ms; RSS <= 80 MB -> "
+            f"{loaded['rss']:.1f} MB)"
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

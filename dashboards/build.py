@@ -1,0 +1,1333 @@
+"""The snapshot-runtime Grafana dashboards, as code.
+
+Built with grafana-foundation-sdk, pinned to its Grafana 11.6 flavour
+(pyproject.toml, test extra), and written as JSON to dashboards/json/ so that
+Grafana's file provisioning needs no Python (deploy/grafana/provisioning/).
+
+    .venv/bin/python dashboards/build.py           # (re)write dashboards/json/*.json
+    .venv/bin/python dashboards/build.py --check   # exit 1 if the committed JSON differs
+
+Three dashboards, each with a fixed uid (links, alerts and bookmarks use them):
+
+* vmsnap-fleet-freeze   fleet frozen-window quantiles, heatmap with job exemplars, top VMs
+* vmsnap-script-health  pre/post-script timeouts, retries, failures by error code, durations
+* vmsnap-job-detail     one VM: last success, phases, disk latency, consistency, sidecar
+
+Every metric name used here is in the sidecar's catalogue (exporters/metrics.py,
+docs/telemetry.md) or is a recording rule in deploy/prometheus/rules/;
+tests/test_dashboards.py checks both and that every expression parses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from grafana_foundation_sdk.builders import bargauge, heatmap, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders import common as common_b
+from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import heatmap as hm
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+__all__ = ["DASHBOARDS", "JSON_DIR", "main", "render"]
+
+JSON_DIR = Path(__file__).resolve().parent / "json"
+
+# The provisioned datasources (deploy/grafana/provisioning/datasources/vmsnap.yml).
+PROMETHEUS_UID = "vmsnap-prometheus"
+TAGS = ["vmsnap", "snapshot-runtime"]
+SIDECAR_JOB = "vmsnap-sidecar"  # the scrape job name (deploy/prometheus/*.yml)
+
+DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+
+# Label selectors shared by the panels. region/cluster come from scrape
+# relabelling; "All" is ".*", which also matches a target without the label.
+FLEET = 'region=~"$region", cluster=~"$cluster"'
+FLEET_VMS = 'region=~"$region", cluster=~"$cluster", instance=~"$instance"'
+ONE_VM = 'instance="$instance"'
+
+# Jobs are sparse (a few a day per VM): per-interval panels use a minimum
+# interval long enough for a cell to hold jobs, not one scrape.
+SPARSE_INTERVAL = "15m"
+# Sidecar self-metrics change any time, but a bar per scrape is noise.
+LIVE_INTERVAL = "5m"
+
+JOB_DETAIL_URL = "/d/vmsnap-job-detail/?var-instance=${__value.raw}&${__url_time_range}"
+
+
+# -- small builders --------------------------------------------------------------
+
+
+class _Ids:
+    """Sequential panel ids, so viewPanel=<id> links stay valid across rebuilds."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def __call__(self) -> int:
+        self._next += 1
+        return self._next
+
+
+def query(
+    expr: str,
+    legend: str = "",
+    ref: str = "A",
+    *,
+    instant: bool = False,
+    fmt: PromQueryFormat | None = None,
+    exemplar: bool = False,
+) -> prometheus.Dataquery:
+    q = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(DS)
+    if legend:
+        q = q.legend_format(legend)
+    q = q.instant() if instant else q.range()
+    if fmt is not None:
+        q = q.format(fmt)
+    if exemplar:
+        q = q.exemplar(True)
+    return q
+
+
+def thresholds(*steps: tuple[float | None, str]) -> dash.ThresholdsConfig:
+    return (
+        dash.ThresholdsConfig()
+        .mode(dm.ThresholdsMode.ABSOLUTE)
+        .steps([dm.Threshold(value=v, color=c) for v, c in steps])
+    )
+
+
+def stat_panel(
+    ids: _Ids,
+    title: str,
+    description: str,
+    target: prometheus.Dataquery,
+    *,
+    unit: str = "short",
+    steps: Sequence[tuple[float | None, str]] = ((None, "green"),),
+    width: int = 4,
+    no_value: str = "0",
+) -> stat.Panel:
+    return (
+        stat.Panel()
+        .id(ids())
+        .title(title)
+        .description(description)
+        .datasource(DS)
+        .with_target(target)
+        .unit(unit)
+        .no_value(no_value)
+        .thresholds(thresholds(*steps))
+        .color_mode(common.BigValueColorMode.VALUE)
+        .graph_mode(common.BigValueGraphMode.NONE)
+        .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .height(4)
+        .span(width)
+    )
+
+
+def series_panel(
+    ids: _Ids,
+    title: str,
+    description: str,
+    targets: Sequence[prometheus.Dataquery],
+    *,
+    unit: str = "short",
+    width: int = 12,
+    height: int = 8,
+    bars: bool = False,
+    stacked: bool = False,
+    log_scale: bool = False,
+    interval: str | None = None,
+) -> timeseries.Panel:
+    panel = (
+        timeseries.Panel()
+        .id(ids())
+        .title(title)
+        .description(description)
+        .datasource(DS)
+        .targets(list(targets))
+        .unit(unit)
+        .span(width)
+        .height(height)
+        .legend(
+            common_b.VizLegendOptions()
+            .display_mode(common.LegendDisplayMode.LIST)
+            .placement(common.LegendPlacement.BOTTOM)
+            .show_legend(True)
+        )
+        .tooltip(
+            common_b.VizTooltipOptions()
+            .mode(common.TooltipDisplayMode.MULTI)
+            .sort(common.SortOrder.DESCENDING)
+        )
+        .span_nulls(False)
+    )
+    if bars:
+        panel = (
+            panel.draw_style(common.GraphDrawStyle.BARS).fill_opacity(80).line_width(1)
+        ).bar_alignment(common.BarAlignment.CENTER)
+    else:
+        panel = (
+            panel.draw_style(common.GraphDrawStyle.LINE)
+            .line_width(2)
+            .show_points(common.VisibilityMode.AUTO)
+        )
+    if stacked:
+        panel = panel.stacking(common_b.StackingConfig().mode(common.StackingMode.NORMAL))
+    if log_scale:
+        panel = panel.scale_distribution(
+            common_b.ScaleDistributionConfig().type(common.ScaleDistribution.LOG).log(10)
+        )
+    if interval is not None:
+        panel = panel.interval(interval)
+    return panel
+
+
+def table_panel(
+    ids: _Ids,
+    title: str,
+    description: str,
+    targets: Sequence[prometheus.Dataquery],
+    *,
+    rename: dict[str, str],
+    sort_by: str,
+    width: int = 12,
+    height: int = 9,
+    link_instance: bool = True,
+) -> table.Panel:
+    """Instant queries in table format, merged on their labels into one row per series."""
+    panel = (
+        table.Panel()
+        .id(ids())
+        .title(title)
+        .description(description)
+        .datasource(DS)
+        .targets(list(targets))
+        .span(width)
+        .height(height)
+        .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            dm.DataTransformerConfig(
+                id_val="organize",
+                options={"excludeByName": {"Time": True}, "renameByName": rename},
+            )
+        )
+        .sort_by([common_b.TableSortByFieldState().display_name(sort_by).desc(True)])
+    )
+    if link_instance:
+        panel = panel.override_by_name(
+            "instance",
+            [
+                dm.DynamicConfigValue(
+                    id_val="links",
+                    value=[{"title": "Job detail for ${__value.raw}", "url": JOB_DETAIL_URL}],
+                )
+            ],
+        )
+    return panel
+
+
+def row(ids: _Ids, title: str) -> dash.Row:
+    return dash.Row(title).id(ids())
+
+
+def label_variable(name: str, label: str, query_: str, *, multi: bool = True) -> dash.QueryVariable:
+    var = (
+        dash.QueryVariable(name)
+        .label(label)
+        .datasource(DS)
+        .query(query_)
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
+    )
+    if multi:
+        var = (
+            var.multi(True)
+            .include_all(True)
+            .all_value(".*")
+            .current(dm.VariableOption(selected=True, text="All", value="$__all"))
+        )
+    return var
+
+
+def datasource_variable() -> dash.DatasourceVariable:
+    return (
+        dash.DatasourceVariable("datasource")
+        .label("Prometheus")
+        .type("prometheus")
+        .current(dm.VariableOption(selected=True, text="vmsnap-prometheus", value=PROMETHEUS_UID))
+    )
+
+
+def fleet_variables(*, with_instance: bool) -> list[Any]:
+    variables: list[Any] = [
+        datasource_variable(),
+        label_variable("region", "Region", "label_values(vmsnap_build_info, region)"),
+        label_variable(
+            "cluster", "Cluster", 'label_values(vmsnap_build_info{region=~"$region"}, cluster)'
+        ),
+    ]
+    if with_instance:
+        variables.append(
+            label_variable(
+                "instance",
+                "VM",
+                f"label_values(vmsnap_build_info{{{FLEET}}}, instance)",
+            )
+        )
+    return variables
+
+
+def window_variable(default: str = "6h") -> dash.CustomVariable:
+    return (
+        dash.CustomVariable("window")
+        .label("Window")
+        .description("Rate window: jobs are sparse, so quantiles need hours of them.")
+        .values("1h,6h,1d")
+        .current(dm.VariableOption(selected=True, text=default, value=default))
+    )
+
+
+def base(uid: str, title: str, description: str) -> dash.Dashboard:
+    return (
+        dash.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(TAGS)
+        .editable()
+        .time("now-7d", "now")
+        .timezone("browser")
+        .refresh("5m")
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .link(
+            dash.DashboardLink("snapshot-runtime")
+            .type(dm.DashboardLinkType.DASHBOARDS)
+            .tags(["vmsnap"])
+            .as_dropdown(True)
+            .include_vars(True)
+            .keep_time(True)
+        )
+    )
+
+
+# -- Fleet freeze times ----------------------------------------------------------
+
+
+def fleet_freeze() -> dash.Dashboard:
+    ids = _Ids()
+    freeze_bucket_range = (
+        f"increase(vmsnap_freeze_duration_seconds_bucket{{{FLEET_VMS}}}[$__range])"
+    )
+    recorded = f"cluster:vmsnap_freeze_duration_seconds_bucket:rate$window{{{FLEET}}}"
+    per_vm = "instance, region, cluster"
+    longest = f"topk(15, histogram_quantile(1, sum by ({per_vm}, le) ({freeze_bucket_range})))"
+    top_vms = f"and on ({per_vm}) {longest}"
+    d = base(
+        "vmsnap-fleet-freeze",
+        "snapshot-runtime / Fleet freeze times",
+        "How long filesystems stay frozen across the fleet: quantiles over time, the "
+        "distribution with a trace link per job, and the VMs with the longest windows.",
+    )
+    for variable in [*fleet_variables(with_instance=True), window_variable()]:
+        d = d.with_variable(variable)
+
+    d = d.with_row(row(ids, "Fleet"))
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "VMs reporting",
+            "Sidecars answering scrapes (vmsnap_build_info).",
+            query(f"count(vmsnap_build_info{{{FLEET_VMS}}})", instant=True),
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "Jobs",
+            "Snapshot jobs completed in the time range.",
+            query(
+                f"round(sum(increase(vmsnap_jobs_total{{{FLEET_VMS}}}[$__range])))",
+                instant=True,
+            ),
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "Successful jobs",
+            "Share of jobs in the time range that took a snapshot.",
+            query(
+                f'sum(increase(vmsnap_jobs_total{{{FLEET_VMS}, outcome="success"}}[$__range]))'
+                f" / sum(increase(vmsnap_jobs_total{{{FLEET_VMS}}}[$__range]))",
+                instant=True,
+            ),
+            unit="percentunit",
+            steps=((None, "red"), (0.95, "yellow"), (0.99, "green")),
+            no_value="-",
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "p99 frozen window",
+            "99th percentile of the frozen window (first FIFREEZE to last FITHAW) over "
+            "the time range, interpolated within histogram buckets.",
+            query(f"histogram_quantile(0.99, sum by (le) ({freeze_bucket_range}))", instant=True),
+            unit="s",
+            steps=((None, "green"), (5, "yellow"), (10, "red")),
+            no_value="-",
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "Longest frozen window (≤)",
+            "Upper bound of the histogram bucket holding the longest frozen window "
+            "in the time range.",
+            query(f"histogram_quantile(1, sum by (le) ({freeze_bucket_range}))", instant=True),
+            unit="s",
+            steps=((None, "green"), (5, "yellow"), (10, "red")),
+            no_value="-",
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "VMs without a success in 26 h",
+            "VMs whose last successful snapshot is older than 26 h (or that never had "
+            "one). VmsnapNoRecentSuccess alerts on the same condition.",
+            query(
+                f"count(time() - vmsnap_last_success_timestamp_seconds{{{FLEET_VMS}}}"
+                " > 26 * 3600) or vector(0)",
+                instant=True,
+            ),
+            steps=((None, "green"), (1, "red")),
+        )
+    )
+
+    d = d.with_row(row(ids, "Frozen window"))
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Frozen window p50 / p90 / p99 ($window rate)",
+            "Fleet quantiles from the recording rules "
+            "cluster:vmsnap_freeze_duration_seconds_bucket:rate<window>, per region and "
+            "cluster selection (the VM variable does not apply here).",
+            [
+                query(f"histogram_quantile(0.50, sum by (le) ({recorded}))", "p50", "A"),
+                query(f"histogram_quantile(0.90, sum by (le) ({recorded}))", "p90", "B"),
+                query(f"histogram_quantile(0.99, sum by (le) ({recorded}))", "p99", "C"),
+            ],
+            unit="s",
+            log_scale=True,
+            height=9,
+        )
+    )
+    d = d.with_panel(
+        heatmap.Panel()
+        .id(ids())
+        .title("Frozen window distribution (click a point: the job's trace)")
+        .description(
+            "Jobs per frozen-window bucket. The points are exemplars: each carries the "
+            "trace_id of a job in that bucket and opens its trace."
+        )
+        .datasource(DS)
+        .with_target(
+            query(
+                f"sum by (le) (increase(vmsnap_freeze_duration_seconds_bucket{{{FLEET_VMS}}}"
+                "[$__interval]))",
+                "{{le}}",
+                fmt=PromQueryFormat.HEATMAP,
+                exemplar=True,
+            )
+        )
+        .interval(SPARSE_INTERVAL)
+        .calculate(False)
+        .rows_frame(heatmap.RowsHeatmapOptions().layout(common.HeatmapCellLayout.LE))
+        .y_axis(heatmap.YAxisConfig().unit("s"))
+        .cell_values(heatmap.CellValues().unit("short").decimals(0))
+        .color(
+            heatmap.HeatmapColorOptions()
+            .mode(hm.HeatmapColorMode.SCHEME)
+            .scheme("Oranges")
+            .scale(hm.HeatmapColorScale.EXPONENTIAL)
+            .exponent(0.5)
+            .steps(64)
+        )
+        .exemplars_color("rgba(31,96,196,0.9)")
+        .filter_values(heatmap.FilterValueRange().le(1e-9))
+        .span(12)
+        .height(9)
+    )
+    d = d.with_panel(
+        table_panel(
+            ids,
+            "Top VMs by frozen window",
+            "The 15 VMs with the longest frozen window in the time range (bucket upper "
+            "bound), with their mean window and job count. Click a VM for its job detail.",
+            [
+                query(longest, ref="A", instant=True, fmt=PromQueryFormat.TABLE),
+                query(
+                    f"(sum by ({per_vm}) (increase(vmsnap_freeze_duration_seconds_sum"
+                    f"{{{FLEET_VMS}}}[$__range])) / sum by ({per_vm}) "
+                    f"(increase(vmsnap_freeze_duration_seconds_count{{{FLEET_VMS}}}[$__range])))"
+                    f" {top_vms}",
+                    ref="B",
+                    instant=True,
+                    fmt=PromQueryFormat.TABLE,
+                ),
+                query(
+                    f"round(sum by ({per_vm}) (increase(vmsnap_freeze_duration_seconds_count"
+                    f"{{{FLEET_VMS}}}[$__range]))) {top_vms}",
+                    ref="C",
+                    instant=True,
+                    fmt=PromQueryFormat.TABLE,
+                ),
+            ],
+            rename={
+                "Value #A": "longest (≤ s)",
+                "Value #B": "mean (s)",
+                "Value #C": "jobs",
+            },
+            sort_by="longest (≤ s)",
+            height=10,
+        )
+    )
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Frozen window, slowest VMs (mean per interval)",
+            "Mean frozen window of the 5 VMs with the longest mean over each interval.",
+            [
+                query(
+                    f"topk(5, sum by (instance) (increase(vmsnap_freeze_duration_seconds_sum"
+                    f"{{{FLEET_VMS}}}[$__interval])) / sum by (instance) "
+                    f"(increase(vmsnap_freeze_duration_seconds_count{{{FLEET_VMS}}}"
+                    "[$__interval])))",
+                    "{{instance}}",
+                )
+            ],
+            unit="s",
+            interval="1h",
+            height=10,
+        )
+    )
+
+    d = d.with_row(row(ids, "Jobs"))
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Jobs by outcome",
+            "Completed jobs per interval.",
+            [
+                query(
+                    f"sum by (outcome) (increase(vmsnap_jobs_total{{{FLEET_VMS}}}[$__interval]))",
+                    "{{outcome}}",
+                )
+            ],
+            bars=True,
+            stacked=True,
+            interval="1h",
+        )
+        .override_by_name("success", [_color("green")])
+        .override_by_name("failed", [_color("red")])
+    )
+    d = d.with_panel(consistency_panel(ids, FLEET_VMS, "1h"))
+
+    d = d.with_row(row(ids, "Thaw layers and sidecars"))
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Freezes not ended by the runtime",
+            "Frozen windows ended by the runtime's deadline timer or its watchdog, and "
+            "filesystems thawed by the sidecar's backstop (I4 layers 2 and 3). Normally 0.",
+            [
+                query(
+                    f"sum by (thawed_by) (increase(vmsnap_freezes_total{{{FLEET_VMS}, "
+                    'thawed_by!="runtime"}[$__interval]))',
+                    "{{thawed_by}}",
+                    "A",
+                ),
+                query(
+                    f"sum(increase(vmsnap_backstop_thaws_total{{{FLEET_VMS}}}[$__interval]))",
+                    "backstop",
+                    "B",
+                ),
+            ],
+            bars=True,
+            stacked=True,
+            interval="1h",
+            width=8,
+        )
+    )
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Sidecars down",
+            "Targets of the vmsnap-sidecar scrape job that are not answering.",
+            [
+                query(
+                    f'count(up{{job="{SIDECAR_JOB}", {FLEET_VMS}}} == 0) or vector(0)',
+                    "down",
+                )
+            ],
+            width=8,
+        )
+    )
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Log mirror backlog (largest 5)",
+            "Job log bytes in the spool not yet mirrored to logsBlobUri.",
+            [
+                query(
+                    f"topk(5, vmsnap_sidecar_log_mirror_backlog_bytes{{{FLEET_VMS}}} > 0)",
+                    "{{instance}}",
+                )
+            ],
+            unit="bytes",
+            width=8,
+        )
+    )
+    return d
+
+
+def consistency_panel(ids: _Ids, selector: str, interval: str) -> timeseries.Panel:
+    return (
+        series_panel(
+            ids,
+            "Consistency achieved",
+            "Completed jobs per interval by the consistency verdict "
+            "(docs/consistency.md): application > filesystem > crash > none.",
+            [
+                query(
+                    f"sum by (consistency) (increase(vmsnap_jobs_total{{{selector}}}"
+                    "[$__interval])) > 0",
+                    "{{consistency}}",
+                )
+            ],
+            bars=True,
+            stacked=True,
+            interval=interval,
+        )
+        .override_by_name("application", [_color("green")])
+        .override_by_name("filesystem", [_color("blue")])
+        .override_by_name("crash", [_color("orange")])
+        .override_by_name("none", [_color("red")])
+    )
+
+
+def _color(name: str) -> dm.DynamicConfigValue:
+    return dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": name})
+
+
+# -- Script health ------------------------------------------------------------------
+
+
+def script_health() -> dash.Dashboard:
+    ids = _Ids()
+    d = base(
+        "vmsnap-script-health",
+        "snapshot-runtime / Script health",
+        "Pre/post-scripts across the fleet: timeouts, retries, failures by error code and "
+        "durations.",
+    )
+    for variable in [*fleet_variables(with_instance=True), window_variable()]:
+        d = d.with_variable(variable)
+
+    def share(numerator: str, script: str) -> str:
+        return (
+            f'sum(increase({numerator}{{{FLEET_VMS}, script="{script}"}}[$__range]))'
+            f' / sum(increase(vmsnap_script_runs_total{{{FLEET_VMS}, script="{script}"}}'
+            "[$__range]))"
+        )
+
+    d = d.with_row(row(ids, "Time range"))
+    timeout_steps = ((None, "green"), (0.01, "yellow"), (0.05, "red"))
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "Pre-script timeouts",
+            "Share of pre-script runs (every retry is a run) that hit timeoutInSeconds.",
+            query(share("vmsnap_script_timeouts_total", "pre"), instant=True),
+            unit="percentunit",
+            steps=timeout_steps,
+            no_value="-",
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "Post-script timeouts",
+            "Share of post-script runs that hit timeoutInSeconds. Each one may have left "
+            "an application quiesced.",
+            query(share("vmsnap_script_timeouts_total", "post"), instant=True),
+            unit="percentunit",
+            steps=((None, "green"), (1e-9, "red")),
+            no_value="-",
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "Pre-script retries",
+            "Retries per pre-script run.",
+            query(share("vmsnap_script_retries_total", "pre"), instant=True),
+            unit="percentunit",
+            steps=((None, "green"), (0.1, "yellow")),
+            no_value="-",
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "Post-script retries",
+            "Retries per post-script run.",
+            query(share("vmsnap_script_retries_total", "post"), instant=True),
+            unit="percentunit",
+            steps=((None, "green"), (0.1, "yellow")),
+            no_value="-",
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "Scripts failed",
+            "Pre/post-scripts that ended in an error after all their retries.",
+            query(
+                f"round(sum(increase(vmsnap_script_failures_total{{{FLEET_VMS}}}[$__range])))",
+                instant=True,
+            ),
+            steps=((None, "green"), (1, "orange")),
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "Jobs failed",
+            "Jobs that reported an error code (any phase).",
+            query(
+                f'round(sum(increase(vmsnap_jobs_total{{{FLEET_VMS}, outcome="failed"}}'
+                "[$__range])))",
+                instant=True,
+            ),
+            steps=((None, "green"), (1, "red")),
+        )
+    )
+
+    d = d.with_row(row(ids, "Rates"))
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Timeout share by script (6 h, as alerted)",
+            "Timeouts per run over 6 h, from the same recording rules as "
+            "VmsnapPreScriptTimeoutRateHigh (threshold 5%, dashed). Region/cluster only.",
+            [
+                query(
+                    f"sum by (script) (cluster:vmsnap_script_timeouts:increase6h{{{FLEET}}})"
+                    f" / sum by (script) (cluster:vmsnap_script_runs:increase6h{{{FLEET}}})",
+                    "{{script}}",
+                )
+            ],
+            unit="percentunit",
+        )
+        .thresholds(thresholds((None, "transparent"), (0.05, "red")))
+        .thresholds_style(
+            common_b.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.DASHED)
+        )
+    )
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Retries per run by script (6 h)",
+            "Each retry runs the script again inside the same budget. From the recording "
+            "rules cluster:vmsnap_script_*:increase6h; region/cluster only.",
+            [
+                query(
+                    f"sum by (script) (cluster:vmsnap_script_retries:increase6h{{{FLEET}}})"
+                    f" / sum by (script) (cluster:vmsnap_script_runs:increase6h{{{FLEET}}})",
+                    "{{script}}",
+                )
+            ],
+            unit="percentunit",
+        )
+    )
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Failed jobs by error code",
+            "Jobs per interval by the error code they reported (snapshot_runtime/errors.py).",
+            [
+                query(
+                    f"sum by (error) (increase(vmsnap_job_errors_total{{{FLEET_VMS}}}"
+                    "[$__interval])) > 0",
+                    "{{error}}",
+                )
+            ],
+            bars=True,
+            stacked=True,
+            interval="1h",
+        )
+    )
+    d = d.with_panel(
+        bargauge.Panel()
+        .id(ids())
+        .title("Error codes in the time range")
+        .description("Jobs by reported error code over the whole time range.")
+        .datasource(DS)
+        .with_target(
+            query(
+                f"sort_desc(round(sum by (error) (increase(vmsnap_job_errors_total"
+                f"{{{FLEET_VMS}}}[$__range]))) > 0)",
+                "{{error}}",
+                instant=True,
+            )
+        )
+        .display_mode(common.BarGaugeDisplayMode.BASIC)
+        .orientation(common.VizOrientation.HORIZONTAL)
+        .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .thresholds(thresholds((None, "orange")))
+        .unit("short")
+        .span(12)
+        .height(8)
+    )
+
+    d = d.with_row(row(ids, "Durations and VMs"))
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Script duration p50 / p99 ($window rate)",
+            "Wall time of a script, all attempts included. From the recording rules "
+            "cluster:vmsnap_script_duration_seconds_bucket:rate<window>; region/cluster only.",
+            [
+                query(
+                    "histogram_quantile(0.50, sum by (script, le) ("
+                    f"cluster:vmsnap_script_duration_seconds_bucket:rate$window{{{FLEET}}}))",
+                    "{{script}} p50",
+                    "A",
+                ),
+                query(
+                    "histogram_quantile(0.99, sum by (script, le) ("
+                    f"cluster:vmsnap_script_duration_seconds_bucket:rate$window{{{FLEET}}}))",
+                    "{{script}} p99",
+                    "B",
+                ),
+            ],
+            unit="s",
+            log_scale=True,
+        )
+    )
+    d = d.with_panel(
+        table_panel(
+            ids,
+            "VMs with script timeouts",
+            "VMs whose pre- or post-script timed out in the time range. Click a VM for "
+            "its job detail.",
+            [
+                query(
+                    "topk(20, round(sum by (instance, region, cluster, script) (increase("
+                    f"vmsnap_script_timeouts_total{{{FLEET_VMS}}}[$__range]))) > 0)",
+                    ref="A",
+                    instant=True,
+                    fmt=PromQueryFormat.TABLE,
+                )
+            ],
+            rename={"Value": "timeouts"},
+            sort_by="timeouts",
+        )
+    )
+    return d
+
+
+# -- Job detail -------------------------------------------------------------------
+
+
+def job_detail() -> dash.Dashboard:
+    ids = _Ids()
+    d = base(
+        "vmsnap-job-detail",
+        "snapshot-runtime / Job detail",
+        "One VM's snapshot jobs: age of the last success, phase breakdown, disk snapshot "
+        "latency, consistency over time, and the sidecar's own health.",
+    )
+    d = d.with_variable(datasource_variable())
+    d = d.with_variable(
+        label_variable("region", "Region", "label_values(vmsnap_build_info, region)")
+    )
+    d = d.with_variable(
+        label_variable(
+            "cluster", "Cluster", 'label_values(vmsnap_build_info{region=~"$region"}, cluster)'
+        )
+    )
+    d = d.with_variable(
+        label_variable(
+            "instance",
+            "VM",
+            f"label_values(vmsnap_build_info{{{FLEET}}}, instance)",
+            multi=False,
+        )
+    )
+    age_steps = ((None, "green"), (24 * 3600, "yellow"), (26 * 3600, "red"))
+
+    d = d.with_row(row(ids, "Now"))
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "Since last success",
+            "Time since the last successful snapshot job ended. VmsnapNoRecentSuccess "
+            "fires past 26 h.",
+            query(
+                f"time() - vmsnap_last_success_timestamp_seconds{{{ONE_VM}}}"
+                f" and vmsnap_last_success_timestamp_seconds{{{ONE_VM}}} > 0",
+                instant=True,
+            ),
+            unit="s",
+            steps=age_steps,
+            no_value="never",
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "Since last job",
+            "Time since the last job (any outcome) ended.",
+            query(
+                f"time() - vmsnap_last_job_timestamp_seconds{{{ONE_VM}}}"
+                f" and vmsnap_last_job_timestamp_seconds{{{ONE_VM}}} > 0",
+                instant=True,
+            ),
+            unit="s",
+            steps=age_steps,
+            no_value="never",
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "Successful jobs",
+            "Jobs that took a snapshot, in the time range.",
+            query(
+                f'round(sum(increase(vmsnap_jobs_total{{{ONE_VM}, outcome="success"}}[$__range])))',
+                instant=True,
+            ),
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "Failed jobs",
+            "Jobs that took no snapshot, in the time range.",
+            query(
+                f'round(sum(increase(vmsnap_jobs_total{{{ONE_VM}, outcome="failed"}}[$__range])))',
+                instant=True,
+            ),
+            steps=((None, "green"), (1, "red")),
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "Sidecar",
+            "Whether Prometheus can scrape this VM's snapshot-sidecar.",
+            query(f'up{{job="{SIDECAR_JOB}", {ONE_VM}}}', instant=True),
+            steps=((None, "red"), (1, "green")),
+            no_value="unknown",
+        ).mappings(
+            [
+                dm.ValueMap(
+                    options={
+                        "0": dm.ValueMappingResult(text="down", color="red"),
+                        "1": dm.ValueMappingResult(text="up", color="green"),
+                    }
+                )
+            ]
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            ids,
+            "Sidecar version",
+            "vmsnap_build_info{version}.",
+            query(f"vmsnap_build_info{{{ONE_VM}}}", "{{version}}", instant=True),
+            no_value="-",
+        ).text_mode(common.BigValueTextMode.NAME)
+    )
+
+    d = d.with_row(row(ids, "Jobs"))
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Phase breakdown per job",
+            "Mean duration of each phase over each interval (one job per interval, "
+            "normally). Phases: snapshot_runtime/phases.py.",
+            [
+                query(
+                    f"sum by (phase) (increase(vmsnap_phase_duration_seconds_sum{{{ONE_VM}}}"
+                    "[$__interval])) / sum by (phase) (increase("
+                    f"vmsnap_phase_duration_seconds_count{{{ONE_VM}}}[$__interval]))",
+                    "{{phase}}",
+                )
+            ],
+            unit="s",
+            bars=True,
+            stacked=True,
+            interval=SPARSE_INTERVAL,
+            width=16,
+            height=9,
+        )
+    )
+    d = d.with_panel(
+        bargauge.Panel()
+        .id(ids())
+        .title("Mean phase duration in the time range")
+        .description("Where a job's time goes, averaged over the time range.")
+        .datasource(DS)
+        .with_target(
+            query(
+                f"sum by (phase) (increase(vmsnap_phase_duration_seconds_sum{{{ONE_VM}}}"
+                "[$__range])) / sum by (phase) (increase("
+                f"vmsnap_phase_duration_seconds_count{{{ONE_VM}}}[$__range]))",
+                "{{phase}}",
+                instant=True,
+            )
+        )
+        .display_mode(common.BarGaugeDisplayMode.BASIC)
+        .orientation(common.VizOrientation.HORIZONTAL)
+        .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .thresholds(thresholds((None, "blue")))
+        .unit("s")
+        .span(8)
+        .height(9)
+    )
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Frozen window per job (click a point: the job's trace)",
+            "Mean frozen window per interval, and the upper bound of the bucket of the "
+            "longest one. The points are exemplars carrying the job's trace_id.",
+            [
+                query(
+                    f"sum(increase(vmsnap_freeze_duration_seconds_sum{{{ONE_VM}}}[$__interval]))"
+                    f" / sum(increase(vmsnap_freeze_duration_seconds_count{{{ONE_VM}}}"
+                    "[$__interval]))",
+                    "mean",
+                    "A",
+                ),
+                query(
+                    "histogram_quantile(1, sum by (le) (increase("
+                    f"vmsnap_freeze_duration_seconds_bucket{{{ONE_VM}}}[$__interval])))",
+                    "longest (bucket bound)",
+                    "B",
+                    exemplar=True,
+                ),
+            ],
+            unit="s",
+            interval=SPARSE_INTERVAL,
+        )
+    )
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Disk snapshot latency",
+            "Per disk, retries included: p50/p99 per interval, and failures by kind.",
+            [
+                query(
+                    "histogram_quantile(0.50, sum by (le) (increase("
+                    f"vmsnap_disk_snapshot_duration_seconds_bucket{{{ONE_VM}}}[$__interval])))",
+                    "p50",
+                    "A",
+                ),
+                query(
+                    "histogram_quantile(0.99, sum by (le) (increase("
+                    f"vmsnap_disk_snapshot_duration_seconds_bucket{{{ONE_VM}}}[$__interval])))",
+                    "p99",
+                    "B",
+                ),
+                query(
+                    f"sum by (kind) (increase(vmsnap_disk_snapshot_failures_total{{{ONE_VM}}}"
+                    "[$__interval])) > 0",
+                    "failed: {{kind}}",
+                    "C",
+                ),
+            ],
+            unit="s",
+            interval=SPARSE_INTERVAL,
+        ).override_by_query(
+            "C",
+            [
+                dm.DynamicConfigValue(id_val="unit", value="short"),
+                dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+                dm.DynamicConfigValue(id_val="custom.drawStyle", value="bars"),
+                _color("red"),
+            ],
+        )
+    )
+    d = d.with_panel(consistency_panel(ids, ONE_VM, SPARSE_INTERVAL))
+    d = d.with_panel(
+        table_panel(
+            ids,
+            "Error and warning codes in the time range",
+            "Error codes reported by failed jobs and warnings reported by any job.",
+            [
+                query(
+                    f"round(sum by (error) (increase(vmsnap_job_errors_total{{{ONE_VM}}}"
+                    "[$__range]))) > 0",
+                    ref="A",
+                    instant=True,
+                    fmt=PromQueryFormat.TABLE,
+                ),
+                query(
+                    "round(sum by (warning) (increase("
+                    f"vmsnap_job_warnings_total{{{ONE_VM}}}[$__range]))) > 0",
+                    ref="B",
+                    instant=True,
+                    fmt=PromQueryFormat.TABLE,
+                ),
+            ],
+            rename={"Value #A": "failed jobs", "Value #B": "warnings"},
+            sort_by="failed jobs",
+            link_instance=False,
+            height=8,
+        )
+    )
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Scripts",
+            "Script runs (attempts), retries and timeouts per interval.",
+            [
+                query(
+                    f"sum by (script) (increase(vmsnap_script_runs_total{{{ONE_VM}}}"
+                    "[$__interval])) > 0",
+                    "{{script}} runs",
+                    "A",
+                ),
+                query(
+                    f"sum by (script) (increase(vmsnap_script_retries_total{{{ONE_VM}}}"
+                    "[$__interval])) > 0",
+                    "{{script}} retries",
+                    "B",
+                ),
+                query(
+                    f"sum by (script) (increase(vmsnap_script_timeouts_total{{{ONE_VM}}}"
+                    "[$__interval])) > 0",
+                    "{{script}} timeouts",
+                    "C",
+                ),
+            ],
+            bars=True,
+            interval=SPARSE_INTERVAL,
+            width=24,
+            height=7,
+        )
+    )
+
+    d = d.with_row(row(ids, "Sidecar"))
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Thaw layers",
+            "Who ended each frozen window: runtime (normal), deadline, watchdog; the "
+            "watchdog's reports by trigger; and backstop thaws by the sidecar.",
+            [
+                query(
+                    f"sum by (thawed_by) (increase(vmsnap_freezes_total{{{ONE_VM}}}"
+                    "[$__interval])) > 0",
+                    "ended by {{thawed_by}}",
+                    "A",
+                ),
+                query(
+                    f"sum by (reason) (increase(vmsnap_watchdog_thaws_total{{{ONE_VM}}}"
+                    "[$__interval])) > 0",
+                    "watchdog: {{reason}}",
+                    "B",
+                ),
+                query(
+                    f"sum(increase(vmsnap_backstop_thaws_total{{{ONE_VM}}}[$__interval])) > 0",
+                    "backstop",
+                    "C",
+                ),
+            ],
+            bars=True,
+            interval=SPARSE_INTERVAL,
+            width=8,
+        )
+    )
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Log mirror",
+            "Bytes waiting to be mirrored to logsBlobUri, and failed mirror requests by kind.",
+            [
+                query(f"vmsnap_sidecar_log_mirror_backlog_bytes{{{ONE_VM}}}", "backlog", "A"),
+                query(
+                    f"sum by (error) (increase(vmsnap_sidecar_log_mirror_errors_total"
+                    f"{{{ONE_VM}}}[$__interval])) > 0",
+                    "errors: {{error}}",
+                    "B",
+                ),
+            ],
+            unit="bytes",
+            interval=LIVE_INTERVAL,
+            width=8,
+        ).override_by_query(
+            "B",
+            [
+                dm.DynamicConfigValue(id_val="unit", value="short"),
+                dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+                _color("red"),
+            ],
+        )
+    )
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Span export",
+            "spans.jsonl bytes not yet exported over OTLP, and failed export calls.",
+            [
+                query(f"vmsnap_sidecar_span_backlog_bytes{{{ONE_VM}}}", "backlog", "A"),
+                query(
+                    f"increase(vmsnap_sidecar_span_export_errors_total{{{ONE_VM}}}"
+                    "[$__interval]) > 0",
+                    "export errors",
+                    "B",
+                ),
+            ],
+            unit="bytes",
+            interval=LIVE_INTERVAL,
+            width=8,
+        ).override_by_query(
+            "B",
+            [
+                dm.DynamicConfigValue(id_val="unit", value="short"),
+                dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+                _color("red"),
+            ],
+        )
+    )
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Ingestion and losses",
+            "Job records ingested, invalid records, jobs whose runtime died before "
+            "completing its record, and spool drops (log lines, spans).",
+            [
+                query(
+                    f"increase(vmsnap_sidecar_records_ingested_total{{{ONE_VM}}}[$__interval])",
+                    "records ingested",
+                    "A",
+                ),
+                query(
+                    f"sum by (reason) (increase(vmsnap_sidecar_records_invalid_total"
+                    f"{{{ONE_VM}}}[$__interval])) > 0",
+                    "invalid: {{reason}}",
+                    "B",
+                ),
+                query(
+                    f"increase(vmsnap_jobs_abandoned_total{{{ONE_VM}}}[$__interval]) > 0",
+                    "abandoned jobs",
+                    "C",
+                ),
+                query(
+                    f"sum by (kind) (increase(vmsnap_spool_dropped_total{{{ONE_VM}}}"
+                    "[$__interval])) > 0",
+                    "dropped {{kind}}",
+                    "D",
+                ),
+            ],
+            bars=True,
+            interval=SPARSE_INTERVAL,
+            width=12,
+        )
+    )
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Sidecar memory and errors",
+            "Resident memory of the sidecar process, and errors its loops caught and "
+            "survived, by component.",
+            [
+                query(
+                    f'process_resident_memory_bytes{{job="{SIDECAR_JOB}", {ONE_VM}}}',
+                    "RSS",
+                    "A",
+                ),
+                query(
+                    f"sum by (component) (increase(vmsnap_sidecar_errors_total{{{ONE_VM}}}"
+                    "[$__interval])) > 0",
+                    "errors: {{component}}",
+                    "B",
+                ),
+            ],
+            unit="bytes",
+            interval=LIVE_INTERVAL,
+            width=12,
+        ).override_by_query(
+            "B",
+            [
+                dm.DynamicConfigValue(id_val="unit", value="short"),
+                dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+                dm.DynamicConfigValue(id_val="custom.drawStyle", value="bars"),
+                _color("red"),
+            ],
+        )
+    )
+    return d
+
+
+# -- output -------------------------------------------------------------------------
+
+DASHBOARDS = {
+    "vmsnap-fleet-freeze": fleet_freeze,
+    "vmsnap-script-health": script_health,
+    "vmsnap-job-detail": job_detail,
+}
+
+
+def render(uid: str) -> str:
+    """The dashboard's JSON text, byte-stable: sorted keys, 2-space indent, final newline."""
+    model = DASHBOARDS[uid]().build()
+    doc = json.loads(json.dumps(model, cls=JSONEncoder))
+    doc["id"] = None  # provisioning: Grafana assigns the numeric id, the uid is ours
+    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _outputs() -> Iterator[tuple[Path, str]]:
+    for uid in DASHBOARDS:
+        yield JSON_DIR / f"{uid}.json", render(uid)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--check", action="store_true", help="compare with dashboards/json/ instead of writing"
+    )
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in _outputs():
+        if args.check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(path.name)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+    if stale:
+        print(
+            "out of date (run .venv/bin/python dashboards/build.py): " + ", ".join(stale),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

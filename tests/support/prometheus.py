@@ -1,0 +1,140 @@
+"""A real Prometheus server (Debian's ``prometheus`` package) on 127.0.0.1.
+
+``run_prometheus(targets)`` writes a scrape config and a data directory into a
+temporary directory, starts ``prometheus`` on a free loopback port with
+exemplar storage on, waits for ``/-/ready`` and stops it afterwards.
+``Prometheus.query``/``wait_for`` use the HTTP API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.support.requirements import require
+
+__all__ = ["Prometheus", "run_prometheus"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Prometheus:
+    url: str
+    process: subprocess.Popen[bytes]
+    workdir: Path
+
+    def api(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=10) as r:
+            doc = json.loads(r.read())
+        if doc.get("status") != "success":
+            raise RuntimeError(f"prometheus {path}: {doc}")
+        return doc["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """Instant vector results: [{"metric": {...}, "value": [ts, "v"]}, ...]."""
+        return list(self.api("query", query=expr)["result"])
+
+    def value(self, expr: str) -> float | None:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    def wait_for(
+        self, expr: str, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 30
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        result: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            result = self.query(expr)
+            if predicate(result):
+                return result
+            time.sleep(0.2)
+        raise AssertionError(f"{expr}: still {result} after {timeout}s; log: {self.log()}")
+
+    def log(self) -> str:
+        return (self.workdir / "prometheus.log").read_text(errors="replace")[-3000:]
+
+
+@contextlib.contextmanager
+def run_prometheus(
+    targets: Sequence[str],
+    *,
+    scheme: str = "http",
+    basic_auth: tuple[str, str] | None = None,
+    ca_file: str | None = None,
+    scrape_interval: str = "1s",
+) -> Iterator[Prometheus]:
+    binary = shutil.which("prometheus")
+    require(binary is not None, "needs prometheus (scripts/install-system-deps.sh)")
+    assert binary is not None
+    workdir = Path(tempfile.mkdtemp(prefix="prometheus-"))
+    job: dict[str, Any] = {
+        "job_name": "snapshot-sidecar",
+        "scheme": scheme,
+        "static_configs": [{"targets": list(targets)}],
+    }
+    if basic_auth:
+        job["basic_auth"] = {"username": basic_auth[0], "password": basic_auth[1]}
+    if ca_file:
+        job["tls_config"] = {"ca_file": ca_file}
+    config = {
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+        "scrape_configs": [job],
+    }
+    (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+    port = _free_port()
+    log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--enable-feature=exemplar-storage",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=workdir,
+    )
+    instance = Prometheus(f"http://127.0.0.1:{port}", proc, workdir)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited: {instance.log()}")
+            try:
+                with urllib.request.urlopen(f"{instance.url}/-/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"prometheus not ready in 30s: {instance.log()}")
+            time.sleep(0.1)
+        yield instance
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,290 @@
+"""Prometheus rules and scrape configs (deploy/prometheus/), checked with the real promtool.
+
+* ``promtool check rules`` / ``check config`` on every file, ``promtool test rules``
+  on the unit tests;
+* every alert has a firing and a not-firing case, a runbook section in
+  docs/operations.md, and a runbook_url pointing at it;
+* every metric and label a rule uses is in the sidecar's catalogue
+  (exporters/metrics.py, documented in docs/telemetry.md), every recorded
+  name it uses is defined.
+
+The helpers at the top are shared with tests/test_dashboards.py.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+from exporters.metrics import FAMILIES
+from tests.support.requirements import require
+
+ROOT = Path(__file__).resolve().parent.parent
+PROM_DIR = ROOT / "deploy" / "prometheus"
+RULE_FILES = sorted((PROM_DIR / "rules").glob("*.yml"))
+RULE_TESTS = sorted((PROM_DIR / "tests").glob("*.test.yml"))
+CONFIGS = sorted(PROM_DIR.glob("prometheus.*.yml"))
+OPERATIONS = ROOT / "docs" / "operations.md"
+
+# Labels every sidecar series has or may have: the scrape's target labels
+# (deploy/prometheus/*.yml relabelling) plus le on histogram buckets.
+TARGET_LABELS = frozenset(
+    {"job", "instance", "region", "cluster", "resource_group", "subscription_id", "scale_set"}
+)
+
+# Series that are not in the catalogue but are on every scrape: Prometheus's own
+# up, prometheus-client's process collector, the sidecar's collector wrapper.
+EXTRA_SERIES: dict[str, frozenset[str]] = {
+    "up": frozenset(),
+    "process_resident_memory_bytes": frozenset(),
+    "process_cpu_seconds_total": frozenset(),
+    "process_start_time_seconds": frozenset(),
+    "vmsnap_sidecar_collector_success": frozenset({"collector"}),
+    "vmsnap_sidecar_collector_duration_seconds": frozenset({"collector"}),
+}
+
+PROMQL_WORDS = frozenset(
+    {
+        "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
+        "and", "or", "unless", "inf", "nan",
+    }
+)  # fmt: skip
+
+
+def catalogue() -> dict[str, frozenset[str]]:
+    """Every series name the sidecar exposes -> its label names (target labels included)."""
+    names: dict[str, frozenset[str]] = {}
+    for family in FAMILIES:
+        labels = frozenset(family.labels) | TARGET_LABELS
+        if family.kind == "histogram":
+            names[f"{family.name}_bucket"] = labels | {"le"}
+            names[f"{family.name}_sum"] = labels
+            names[f"{family.name}_count"] = labels
+        else:
+            names[family.name] = labels
+    for name, labels in EXTRA_SERIES.items():
+        names[name] = labels | TARGET_LABELS
+    return names
+
+
+_RECORDED = re.compile(r"\b(?:cluster|job):vmsnap_\w+:\w+")
+_SELECTOR = re.compile(r"([a-zA-Z_:][\w:]*)\s*\{([^}]*)\}")
+_MATCHER = re.compile(r"(\w+)\s*(?:=~|!~|!=|=)")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def recorded_names() -> set[str]:
+    names: set[str] = set()
+    for path in RULE_FILES:
+        names |= set(re.findall(r"^\s*- record:\s*(\S+)\s*$", path.read_text(), re.MULTILINE))
+    return names
+
+
+def rule_exprs() -> list[str]:
+    """Every expr: of every rule (block scalars included), as text."""
+    exprs: list[str] = []
+    for path in RULE_FILES:
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            m = re.match(r"^(\s*)expr:\s*(.*)$", line)
+            if not m:
+                continue
+            indent, rest = len(m.group(1)), m.group(2)
+            if rest not in {"|", ">", "|-", ">-"}:
+                exprs.append(rest)
+                continue
+            body = []
+            for follow in lines[i + 1 :]:
+                if follow.strip() and len(follow) - len(follow.lstrip()) <= indent:
+                    break
+                body.append(follow.strip())
+            exprs.append(" ".join(body))
+    return exprs
+
+
+def unknown_names(exprs: Iterable[str], recorded: set[str]) -> list[str]:
+    """Metric names, recorded names and label names in ``exprs`` that nothing defines."""
+    known = catalogue()
+    all_labels = frozenset().union(*known.values())
+    problems: list[str] = []
+    for expr in exprs:
+        for name in _RECORDED.findall(expr):
+            if name not in recorded:
+                problems.append(f"recorded series {name!r} is not defined ({expr})")
+        bare = _STRING.sub('""', expr)
+        for token in re.findall(r"(?<![\w:])(vmsnap_\w+|up|process_\w+)\b", bare):
+            if token not in known:
+                problems.append(f"metric {token!r} is not in the catalogue ({expr})")
+        for name, matchers in _SELECTOR.findall(_STRING.sub('""', expr)):
+            labels = set(_MATCHER.findall(matchers)) - {"__name__"}
+            allowed = known.get(name, all_labels if ":" in name else None)
+            if allowed is None:
+                continue  # an unknown name is reported above
+            for label in labels - allowed:
+                problems.append(f"label {label!r} is not on {name} ({expr})")
+        for group in _GROUPING.findall(bare):
+            for label in filter(None, (x.strip() for x in group.split(","))):
+                if label not in all_labels:
+                    problems.append(f"grouping label {label!r} exists on no series ({expr})")
+    return problems
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    require(path is not None, "needs promtool (Debian package prometheus)")
+    assert path is not None
+    return path
+
+
+def run_promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [promtool(), *map(str, args)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+# -- promtool ------------------------------------------------------------------------
+
+
+def test_there_are_rules_tests_and_configs() -> None:
+    assert {p.name for p in RULE_FILES} == {"vmsnap.rules.yml", "vmsnap.alerts.yml"}
+    assert RULE_TESTS and CONFIGS
+
+
+def test_promtool_check_rules() -> None:
+    result = run_promtool("check", "rules", *RULE_FILES)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_test_rules() -> None:
+    result = run_promtool("test", "rules", *RULE_TESTS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SUCCESS") == len(RULE_TESTS)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_promtool_check_config(config: Path) -> None:
+    result = run_promtool("check", "config", config)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_broken_expectation_fails(tmp_path: Path) -> None:
+    # promtool really evaluates: a case expecting silence from a firing alert fails.
+    rules = ", ".join(f'"{p}"' for p in RULE_FILES)
+    series = 'vmsnap_backstop_thaws_total{job="vmsnap-sidecar",instance="vm-a"}'
+    path = tmp_path / "broken.test.yml"
+    path.write_text(
+        f"rule_files: [{rules}]\n"
+        "evaluation_interval: 1m\n"
+        "tests:\n"
+        "  - interval: 1m\n"
+        f"    input_series: [{{series: '{series}', values: '0x29 1x100'}}]\n"
+        "    alert_rule_test:\n"
+        "      - {eval_time: 1h, alertname: VmsnapBackstopThaw, exp_alerts: []}\n"
+    )
+    result = run_promtool("test", "rules", path)
+    assert result.returncode != 0, result.stdout
+    assert "VmsnapBackstopThaw" in result.stdout + result.stderr
+
+
+# -- alerts: coverage, runbooks ------------------------------------------------------
+
+
+def alert_names() -> list[str]:
+    text = (PROM_DIR / "rules" / "vmsnap.alerts.yml").read_text()
+    return re.findall(r"^\s*- alert:\s*(\w+)\s*$", text, re.MULTILINE)
+
+
+def test_alert_list() -> None:
+    assert alert_names() == [
+        "VmsnapPreScriptTimeoutRateHigh",
+        "VmsnapPostScriptTimeout",
+        "VmsnapFrozenWindowTooLong",
+        "VmsnapFrozenWindowP99High",
+        "VmsnapBackstopThaw",
+        "VmsnapNoRecentSuccess",
+        "VmsnapLogMirrorFailing",
+        "VmsnapLogMirrorBacklogGrowing",
+        "VmsnapSidecarDown",
+    ]
+
+
+def test_every_alert_has_firing_and_not_firing_cases() -> None:
+    text = "\n".join(p.read_text() for p in RULE_TESTS)
+    cases = re.findall(r"alertname:\s*(\w+)\s*\n\s*exp_alerts:\s*(\[\])?", text)
+    firing = {name for name, empty in cases if not empty}
+    quiet = {name for name, empty in cases if empty}
+    for name in alert_names():
+        assert name in firing, f"{name}: no firing case"
+        assert name in quiet, f"{name}: no not-firing case"
+
+
+def test_every_alert_has_severity_and_runbook() -> None:
+    text = (PROM_DIR / "rules" / "vmsnap.alerts.yml").read_text()
+    blocks = re.split(r"^\s*- alert:\s*", text, flags=re.MULTILINE)[1:]
+    for block in blocks:
+        name = block.split()[0]
+        assert re.search(r"severity:\s*(critical|warning)\b", block), name
+        assert f'runbook_url: "docs/operations.md#{name.lower()}"' in block, name
+        assert "summary:" in block and "description:" in block, name
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    require(OPERATIONS.exists(), "docs/operations.md")
+    text = OPERATIONS.read_text()
+    assert "## Alerts runbook" in text
+    runbook = text.split("## Alerts runbook", 1)[1].split("\n## ", 1)[0]
+    headings = re.findall(r"^### (\w+)\s*$", runbook, re.MULTILINE)
+    assert headings == alert_names()
+
+
+# -- names ------------------------------------------------------------------------
+
+
+def test_rules_use_only_catalogued_metrics_and_labels() -> None:
+    exprs = rule_exprs()
+    assert len(exprs) == len(recorded_names()) + len(alert_names())
+    assert unknown_names(exprs, recorded_names()) == []
+
+
+def test_the_name_check_catches_unknown_names() -> None:
+    problems = unknown_names(
+        [
+            'rate(vmsnap_nonexistent_total{job="x"}[5m])',
+            'vmsnap_jobs_total{colour="red"}',
+            "sum by (flavour) (vmsnap_jobs_total)",
+            "cluster:vmsnap_undefined:rate1h",
+        ],
+        recorded_names(),
+    )
+    assert len(problems) == 4, problems
+
+
+def test_recording_rule_names_follow_level_metric_operations() -> None:
+    for name in recorded_names():
+        level, metric, ops = name.split(":")
+        assert level in {"cluster", "job"}, name
+        assert metric.startswith("vmsnap_") and ops, name
+
+
+def test_freeze_buckets_include_the_alert_thresholds() -> None:
+    # VmsnapFrozenWindowTooLong counts jobs above le=10 exactly: 10 must be a boundary.
+    freeze = next(f for f in FAMILIES if f.name == "vmsnap_freeze_duration_seconds")
+    assert 10.0 in freeze.buckets and 5.0 in freeze.buckets
+
+
+def test_docs_name_only_real_series() -> None:
+    # The runbook and the dashboards doc tell operators what to query: every
+    # vmsnap_* name they mention must exist (recorded names aside).
+    require(OPERATIONS.exists(), "docs/operations.md")
+    known = catalogue()
+    bases = {f.name for f in FAMILIES}
+    for doc in (OPERATIONS, ROOT / "docs" / "dashboards.md"):
+        text = re.sub(r"\b(?:cluster|job):vmsnap_\w+", "", doc.read_text())
+        for name in set(re.findall(r"\bvmsnap_[a-z0-9_]+", text)):
+            assert name in known or name in bases, f"{doc.name}: {name}"

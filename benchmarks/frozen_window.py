@@ -58,8 +58,10 @@ def main() -> None:
     with run_azurite() as azurite, loop_filesystem("ext4") as fs:
         container = azurite.container()
         print(f"frozen window, median of {args.rounds} rounds (ext4 loop fs, Azurite on loopback)")
-        print(f"{'disks':>5} {'empty ms':>9} {'parallel ms':>12} {'sequential ms':>14} "
-              f"{'par/empty':>10} {'seq/par':>8}")
+        print(
+            f"{'disks':>5} {'empty ms':>9} {'parallel ms':>12} {'sequential ms':>14} "
+            f"{'par/empty':>10} {'seq/par':>8}"
+        )
         for disks in (1, 4, 16):
             urls = [azurite.create_page_blob(container, f"b{disks}-{i}.vhd") for i in range(disks)]
             empty, parallel, sequential = [], [], []

@@ -4,7 +4,8 @@ Runs the real ``snapshot-sidecar`` process twice:
 
 * ``baseline``: on an empty spool (every series zero-initialised, nothing ingested);
 * ``loaded``: on a spool of N generated jobs (default 10,000; docs/spool.md
-  records with log lines and spans), once it has ingested them all.
+  records with log lines and spans), once it has ingested them all (and,
+  as in production, removed their handled directories).
 
 For each it measures the p50/p99 latency of ``GET /metrics`` (Prometheus text
 and OpenMetrics, sequential requests from this process) and the sidecar's RSS
@@ -19,6 +20,7 @@ Run: ``.venv/bin/python -m benchmarks.sidecar_metrics [--jobs N] [--requests N]`
 from __future__ import annotations
 
 import argparse
+import random
 import re
 import shutil
 import statistics
@@ -48,7 +50,6 @@ def _start(spool: Path, state: Path, log: Path) -> tuple[subprocess.Popen[bytes]
             str(state),
             "--listen",
             "127.0.0.1:0",
-            "--keep-jobs",
             "--log-level",
             "WARNING",
         ],
@@ -102,6 +103,12 @@ def _ingested(base: str) -> float:
     text = _get(base + "/metrics").decode()
     match = re.search(r"^vmsnap_sidecar_records_ingested_total ([0-9.e+]+)$", text, re.M)
     return float(match.group(1)) if match else -1.0
+
+
+def _gauge(base: str, name: str) -> float:
+    text = _get(base + "/metrics").decode()
+    match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+    return float(match.group(1)) if match else float("nan")
 
 
 def _latencies(base: str, n: int, accept: str | None) -> tuple[float, float, int]:
@@ -169,23 +176,34 @@ def main() -> None:
                     raise RuntimeError("ingest did not finish in 15 min")
                 time.sleep(0.2)
             ingest = time.perf_counter() - start
-            print(f"  ingested {args.jobs} jobs in {ingest:.1f} s ({args.jobs / ingest:.0f} jobs/s)")
+            print(
+                f"  ingested {args.jobs} jobs in {ingest:.1f} s ({args.jobs / ingest:.0f} jobs/s)"
+            )
+            while _gauge(base, "vmsnap_sidecar_spool_jobs") > 0:  # handled and removed
+                time.sleep(0.2)
+            handled = time.perf_counter() - start
+            print(f"  all {args.jobs} job directories handled and removed after {handled:.1f} s")
+            time.sleep(2.0)  # steady state: what a scrape meets between jobs
             loaded = _measure("loaded", base, proc.pid, args.requests)
 
             gen = SpoolGen(spool)
-            lags = []
+            lags: list[float] = []
+            own: list[float] = []
             for i in range(args.lag_samples):
                 job = gen.job(f"lag-{i}", complete=False)
                 target = _ingested(base) + 1
+                time.sleep(random.uniform(0.0, 1.0))  # do not run in step with the poll cycle
                 gen.complete(job)
                 t0 = time.perf_counter()
                 while _ingested(base) < target:
-                    time.sleep(0.005)
+                    time.sleep(0.02)
                 lags.append(time.perf_counter() - t0)
+                own.append(_gauge(base, "vmsnap_sidecar_ingest_lag_seconds"))
             print(
                 f"  ingest lag after a job ends (poll interval 1 s): median "
                 f"{statistics.median(lags) * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms "
-                f"over {len(lags)} jobs"
+                f"over {len(lags)} jobs (the sidecar's own vmsnap_sidecar_ingest_lag_seconds: "
+                f"median {statistics.median(own) * 1000:.0f} ms)"
             )
         finally:
             proc.terminate()

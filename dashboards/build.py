@@ -1037,7 +1037,8 @@ def job_detail() -> dash.Dashboard:
         series_panel(
             ids,
             "Disk snapshot latency",
-            "Per disk, retries included: p50/p99 per interval, and failures by kind.",
+            "Per disk, retries included: p50/p99 per interval, and failures by kind. "
+            "The points are exemplars: the trace of the latest job in that bucket.",
             [
                 query(
                     "histogram_quantile(0.50, sum by (le) (increase("
@@ -1050,6 +1051,7 @@ def job_detail() -> dash.Dashboard:
                     f"vmsnap_disk_snapshot_duration_seconds_bucket{{{ONE_VM}}}[$__interval])))",
                     "p99",
                     "B",
+                    exemplar=True,
                 ),
                 query(
                     f"sum by (kind) (increase(vmsnap_disk_snapshot_failures_total{{{ONE_VM}}}"

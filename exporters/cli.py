@@ -26,7 +26,8 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from exporters.backstop import Backstop
-from exporters.collectors import build_registry, default_collectors
+from exporters.collectors import build_registry, stable_collectors, volatile_registry
+from exporters.exposition import CachedExposition
 from exporters.keys import Keys
 from exporters.mirror import LogMirror, MirrorConfig
 from exporters.server import DEFAULT_LISTEN, BasicAuth, MetricsServer, hash_password, tls_context
@@ -220,10 +221,14 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         sidecar.mirror.close()
         return 0
 
-    registry = build_registry(default_collectors(lambda: ledger.published, __version__))
+    exposition = CachedExposition(
+        build_registry(stable_collectors(lambda: ledger.published, __version__)),
+        volatile_registry(),
+        lambda: ledger.version,
+    )
     try:
         server = MetricsServer(
-            registry,
+            exposition,
             args.listen,
             tls=tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None,
             auth=BasicAuth.from_file(args.basic_auth_file) if args.basic_auth_file else None,

@@ -154,6 +154,7 @@ class LogMirror:
         self.clock = clock
         self.stop = stop or threading.Event()
         self._jobs: dict[str, _Job] = {}
+        self._finished: list[tuple[str, str]] = []
 
     # -- the loop ------------------------------------------------------------------
 
@@ -175,6 +176,14 @@ class LogMirror:
                 self._retry_later(name, None)
                 with self.ledger.transaction() as state:
                     state.metrics.inc("vmsnap_sidecar_errors_total", ("mirror",))
+        if self._finished:
+            # Status-only changes of the pass: one commit (the writes committed each).
+            with self.ledger.transaction() as state:
+                for name, status in self._finished:
+                    job = state.jobs.get(name)
+                    if job is not None and job.log.status not in TERMINAL:
+                        job.log.status = status
+            self._finished.clear()
         self._forget_finished()
         self.update_backlog()
 
@@ -231,8 +240,7 @@ class LogMirror:
             chunk = self.reader.read_lines(name, LOG_FILE, job.log.offset, self.config.max_batch)
             if not chunk:
                 if finished:
-                    with self.ledger.transaction():
-                        job.log.status = "done"
+                    self._finished.append((name, "done"))
                     _log.info("job %s: log mirrored (%d lines)", name, job.log.lines)
                 return
             if not finished and len(chunk.data) < self.config.min_batch:
@@ -268,10 +276,7 @@ class LogMirror:
             if finished:
                 # No logsBlobUri for us: the runtime mirrored it itself, or the
                 # job had none. Nothing to do, ever.
-                with self.ledger.transaction() as state:
-                    job = state.jobs.get(name)
-                    if job is not None:
-                        job.log.status = "none"
+                self._finished.append((name, "none"))
             return False
         try:
             url = self.keys.open(sealed)

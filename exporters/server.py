@@ -4,10 +4,10 @@
   port open on every interface of a VM is an exposure nobody asked for. A
   Prometheus scraping over the network needs an explicit ``--listen``
   (and then TLS and basic auth are the sensible companions).
-* Format negotiation is prometheus-client's (``choose_encoder``): a scraper
-  that accepts ``application/openmetrics-text`` (Prometheus does) gets
-  OpenMetrics, the only format that carries the ``trace_id`` exemplars.
-  ``Accept-Encoding: gzip`` is honoured.
+* Format negotiation is prometheus-client's (``choose_encoder``, in
+  ``exposition``): a scraper that accepts ``application/openmetrics-text``
+  (Prometheus does) gets OpenMetrics, the only format that carries the
+  ``trace_id`` exemplars. ``Accept-Encoding: gzip`` is honoured.
 * TLS: an ``ssl.SSLContext`` (TLS 1.2+) from ``--tls-cert``/``--tls-key``.
 * Basic auth: ``--basic-auth-file`` holds ``user:scrypt$...`` lines
   (``snapshot-sidecar --hash-password`` makes one); verified with scrypt, a
@@ -37,7 +37,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.exposition import gzip_accepted
+
+from exporters.exposition import Exposition, RegistryExposition
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -166,8 +168,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         try:
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            body = encoder(self.server.registry)
+            body, content_type = self.server.exposition.render(self.headers.get("Accept", ""))
         except Exception:
             _log.exception("rendering /metrics failed")
             self._send(500, b"error\n", "text/plain; charset=utf-8")
@@ -195,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    registry: CollectorRegistry
+    exposition: Exposition
     auth: BasicAuth | None
     tls: ssl.SSLContext | None = None
 
@@ -219,11 +220,11 @@ class _Server6(_Server):
 
 
 class MetricsServer:
-    """Serves ``registry``; ``start()`` runs it on a daemon thread."""
+    """Serves an exposition (or a plain registry); ``start()`` runs it on a daemon thread."""
 
     def __init__(
         self,
-        registry: CollectorRegistry,
+        exposition: Exposition | CollectorRegistry,
         listen: str = DEFAULT_LISTEN,
         *,
         tls: ssl.SSLContext | None = None,
@@ -232,7 +233,9 @@ class MetricsServer:
         host, port = parse_listen(listen)
         cls = _Server6 if ":" in host else _Server
         self._server = cls((host, port), _Handler, bind_and_activate=True)
-        self._server.registry = registry
+        if isinstance(exposition, CollectorRegistry):
+            exposition = RegistryExposition(exposition)
+        self._server.exposition = exposition
         self._server.auth = auth
         self._server.tls = tls
         self.tls = tls is not None

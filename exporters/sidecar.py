@@ -46,12 +46,15 @@ _log = logging.getLogger("snapshot_sidecar")
 class SidecarConfig:
     """- poll_seconds: how often the spool is scanned (and workers idle between passes).
     - keep_jobs: never delete handled job directories (debugging).
+    - max_new_jobs_per_pass: new job directories taken on per ingest pass; a
+      larger spool is caught up over several passes (bounded memory, commits).
     - abandon_seconds: an incomplete job whose record names no pid is given up
       after this long without a record update.
     """
 
     poll_seconds: float = 1.0
     keep_jobs: bool = False
+    max_new_jobs_per_pass: int = 500
     abandon_seconds: float = 24 * 3600.0
     mirror: MirrorConfig = field(default_factory=MirrorConfig)
     spans: SpanConfig = field(default_factory=SpanConfig)
@@ -112,6 +115,11 @@ class Sidecar:
         self.stop = stop or threading.Event()
         self._throttle = _Throttle()
         self._invalid_seen: set[tuple[str, str]] = set()
+        # record.json (mtime, size, inode) when last read, per job directory.
+        self._stats: dict[str, tuple[int, int, int]] = {}
+        self._wakes = {"mirror": threading.Event(), "spans": threading.Event()}
+        self._new = 0  # jobs first seen in the last pass
+        self._more = False  # the last pass stopped at max_new_jobs_per_pass
 
     # -- passes ------------------------------------------------------------------------
 
@@ -136,17 +144,25 @@ class Sidecar:
             on_started()
         while not self.stop.is_set():
             self._guarded("ingest", self.cleanup)
-            if self.stop.wait(self.config.poll_seconds):
+            # A pass cut short by the per-pass bound goes on at once (catching up).
+            if self.stop.wait(0.05 if self._more else self.config.poll_seconds):
                 break
             self._guarded("ingest", self.ingest)
+            if self._new:
+                for wake in self._wakes.values():
+                    wake.set()
+        for wake in self._wakes.values():
+            wake.set()
         for worker in workers:
             worker.join(10.0)
         self.mirror.close()
 
     def _loop(self, component: str, step: Callable[[], None]) -> None:
+        wake = self._wakes[component]
         while not self.stop.is_set():
             self._guarded(component, step)
-            self.stop.wait(self.config.poll_seconds)
+            wake.wait(self.config.poll_seconds)  # new jobs wake the worker early
+            wake.clear()
 
     def _guarded(self, component: str, step: Callable[[], None]) -> None:
         try:
@@ -164,24 +180,31 @@ class Sidecar:
     # -- ingest ------------------------------------------------------------------------
 
     def ingest(self) -> None:
+        """One scan of the spool; every change of the pass is one commit."""
         names = self.reader.job_names()
         self.ledger.live("vmsnap_sidecar_spool_jobs", len(names))
-        for name in names:
-            if self.stop.is_set():
-                return
-            self._ingest_job(name)
-        self._ingest_watchdog_reports()
-        present = set(names)
-        with self.ledger.locked() as state:
-            gone = [n for n in state.jobs if n not in present]
-        if gone:
-            # Removed by us (see cleanup) or by someone else: nothing left to do.
-            with self.ledger.transaction() as state:
-                for name in gone:
-                    state.jobs.pop(name, None)
+        self._new, self._more = 0, False
+        with self.ledger.batch():
+            for name in names:
+                if self.stop.is_set():
+                    return
+                self._ingest_job(name)
+            self._ingest_watchdog_reports()
+            present = set(names)
+            gone = [n for n in self.ledger.state.jobs if n not in present]
+            if gone:
+                # Removed by us (see cleanup) or by someone else: nothing left to do.
+                with self.ledger.transaction() as state:
+                    for name in gone:
+                        state.jobs.pop(name, None)
+                        self._stats.pop(name, None)
 
     def _ingest_job(self, name: str) -> None:
         now = self.clock()
+        job = self.ledger.state.jobs.get(name)
+        stat = self.reader.record_stat(name)
+        if job is not None and job.complete and stat is not None and self._stats.get(name) == stat:
+            return  # counted, and its record has not changed since: nothing to read
         try:
             record = self.reader.read_record(name)
         except RecordError as exc:
@@ -191,12 +214,19 @@ class Sidecar:
                 with self.ledger.transaction() as state:
                     state.metrics.inc("vmsnap_sidecar_records_invalid_total", (exc.reason,))
             return
-        job = self.ledger.state.jobs.get(name)
-        if job is None:
-            with self.ledger.transaction() as state:
-                job = state.job(name, now=now)
         if record is None:
             return
+        if job is None:
+            # Bounded work per pass (and so bounded state and memory while a
+            # large spool is caught up): the rest waits for the next pass.
+            if self._new >= self.config.max_new_jobs_per_pass:
+                self._more = True
+                return
+            self._new += 1
+            with self.ledger.transaction() as state:
+                job = state.job(name, now=now)
+        if stat is not None:
+            self._stats[name] = stat
         if record.complete:
             if job.run != record.run_id:
                 self._count(name, job, record, now)
@@ -212,6 +242,18 @@ class Sidecar:
 
     def _count(self, name: str, job: JobState, record: JobRecord, now: float) -> None:
         # Exactly once: the values and the mark are committed in one write.
+        if record.raw.get("interrupted") is True:
+            # Completed on behalf of a dead runtime by the next run's recovery
+            # (docs/spool.md): one abandoned job, never a second outcome.
+            with self.ledger.transaction() as state:
+                if not job.abandoned:
+                    state.metrics.inc("vmsnap_jobs_abandoned_total")
+                    job.abandoned = True
+                job.run = record.run_id
+                job.complete = True
+                job.completed_at = job.completed_at or now
+            _log.warning("job %s: interrupted (completed by recovery); counted as abandoned", name)
+            return
         with self.ledger.transaction() as state:
             apply_record(state.metrics, record)
             job.run = record.run_id
@@ -300,15 +342,22 @@ class Sidecar:
                 if j.handled
                 and (j.complete or now - (j.completed_at or now) > self.config.abandon_seconds)
             ]
-        for name in done:
-            with self.ledger.transaction() as state:
+        if not done:
+            return
+        with self.ledger.transaction() as state:
+            for name in done:
                 state.jobs[name].removed = True
+        removed = []
+        for name in done:
             path = self.reader.job_path(name)
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(path)
             if not path.exists():
-                with self.ledger.transaction() as state:
-                    state.jobs.pop(name, None)
+                removed.append(name)
+        with self.ledger.transaction() as state:
+            for name in removed:
+                state.jobs.pop(name, None)
+                self._stats.pop(name, None)
 
 
 @contextlib.contextmanager

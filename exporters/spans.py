@@ -169,6 +169,7 @@ class SpanForwarder:
         self.stop = stop or threading.Event()
         self.next_try = 0.0
         self.backoff = 0.0
+        self._done: list[str] = []
         ledger.live("vmsnap_sidecar_span_backlog_max_bytes", config.backlog_bytes)
 
     def step(self) -> None:
@@ -185,6 +186,13 @@ class SpanForwarder:
             for name in names:
                 if self.stop.is_set() or not self._export_job(name):
                     break
+        if self._done:
+            with self.ledger.transaction() as state:
+                for name in self._done:
+                    job = state.jobs.get(name)
+                    if job is not None and job.spans.status not in TERMINAL:
+                        job.spans.status = "done"
+            self._done.clear()
         self.update_backlog()
 
     def _finished(self, name: str) -> bool:
@@ -201,9 +209,10 @@ class SpanForwarder:
 
     def _disabled(self, names: list[str]) -> None:
         # No exporter configured: spans stay in the spool only as long as the job.
-        for name in names:
-            if self._finished(name):
-                with self.ledger.transaction() as state:
+        finished = [name for name in names if self._finished(name)]
+        if finished:
+            with self.ledger.transaction() as state:
+                for name in finished:
                     job = state.jobs.get(name)
                     if job is not None:
                         job.spans.status = "none"
@@ -222,8 +231,7 @@ class SpanForwarder:
             )
             if not chunk:
                 if finished:
-                    with self.ledger.transaction():
-                        job.spans.status = "done"
+                    self._done.append(name)
                 return True
             spans, invalid = parse_lines(chunk.data)
             if spans:

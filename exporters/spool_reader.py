@@ -223,6 +223,14 @@ class SpoolReader:
             raise RecordError("json", f"{path}: not JSON: {exc}") from None
         return JobRecord.parse(doc)
 
+    def record_stat(self, name: str) -> tuple[int, int, int] | None:
+        """(mtime_ns, size, inode) of record.json: changes with every rewrite."""
+        try:
+            st = (self.job_path(name) / RECORD_FILE).stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
     def file_size(self, name: str, filename: str) -> int:
         try:
             return (self.job_path(name) / filename).stat().st_size

@@ -160,6 +160,9 @@ class Ledger:
         self.state = self._load()
         self.published: MetricValues = self.state.metrics.copy()
         self.commits = 0
+        # Changes whenever what a scrape shows may change (commit, live gauge):
+        # the exposition caches its rendering per version.
+        self.version = 0
 
     def _load(self) -> SidecarState:
         try:
@@ -191,6 +194,18 @@ class Ledger:
                 self._commit()
 
     @contextlib.contextmanager
+    def batch(self) -> Iterator[SidecarState]:
+        """Group transactions: one commit at the end, and none if nothing changed."""
+        with self._lock:
+            self._depth += 1
+            try:
+                yield self.state
+            finally:
+                self._depth -= 1
+            if self._depth == 0 and self._dirty:
+                self._commit()
+
+    @contextlib.contextmanager
     def locked(self) -> Iterator[SidecarState]:
         """Read the state consistently (no commit): e.g. to list jobs."""
         with self._lock:
@@ -199,8 +214,11 @@ class Ledger:
     def live(self, name: str, value: float) -> None:
         """Set a live (not persisted) gauge; visible at the next scrape."""
         with self._lock:
+            if self.published.gauges[name].get((), None) == value:
+                return
             self.state.metrics.set(name, value)
             self.published.set(name, value)
+            self.version += 1
 
     def _commit(self) -> None:
         doc = self.state.to_json()
@@ -225,3 +243,4 @@ class Ledger:
         self._dirty = False
         self.commits += 1
         self.published = self.state.metrics.copy()
+        self.version += 1

@@ -28,9 +28,10 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
     created_policy=0
     if [ ! -e "$policy_rc" ]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy_rc" && chmod 755 "$policy_rc" && created_policy=1
+        trap 'rm -f "$policy_rc"' EXIT
     fi
     apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
-    if [ "$created_policy" -eq 1 ]; then rm -f "$policy_rc"; fi
+    if [ "$created_policy" -eq 1 ]; then rm -f "$policy_rc"; trap - EXIT; fi
 fi
 
 azurite_bin=".tools/azurite/node_modules/.bin/azurite-blob"

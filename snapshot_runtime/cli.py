@@ -15,10 +15,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Mapping, Sequence
+from types import FrameType
 
 from loguru import logger
 
@@ -80,6 +83,16 @@ def _otlp_timeout(env: Mapping[str, str]) -> float:
     return DEFAULT_OTLP_TIMEOUT
 
 
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {value!r}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {value!r}")
+    return number
+
+
 def _positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -130,13 +143,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--exclude-mounts", type=_mount_list, default=(), help="never freeze these")
     r.add_argument(
         "--freeze-timeout",
-        type=float,
+        type=_seconds,
         default=60.0,
         help="seconds before a forced thaw (default 60)",
     )
     r.add_argument(
         "--snapshot-deadline",
-        type=float,
+        type=_seconds,
         help="seconds for all snapshot requests (default freeze timeout - 10)",
     )
     r.add_argument("--log-file", help="JSON-lines job log (default the reference's extension.log)")
@@ -179,6 +192,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--spool", help=f"spool directory (default {DEFAULT_SPOOL_DIR})")
     c.add_argument("--json", action="store_true", help="print one JSON object")
+
+    h = sub.add_parser(
+        "handler",
+        help="the Azure extension handler commands (install, enable, disable, uninstall, update)",
+        add_help=False,
+    )
+    h.add_argument("handler_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -210,7 +230,14 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from snapshot_runtime.job import JobOptions, run_job  # noqa: PLC0415
+    from snapshot_runtime.job import JobInterrupted, JobOptions, run_job  # noqa: PLC0415
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        # systemd stopping the unit, a hangup: end the job as cleanly as Ctrl-C does.
+        raise JobInterrupted(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
 
     env = os.environ
     log_path = None if args.no_log_file else (args.log_file or DEFAULT_LOG_PATH)
@@ -305,6 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _trace(args)
         if args.command == "recover":
             return _recover(args)
+        if args.command == "handler":
+            from snapshot_runtime.handler import handler_main  # noqa: PLC0415 - per command
+
+            return handler_main(args.handler_args)
         return _run(args)
     except KeyboardInterrupt:
         return 130
@@ -314,6 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    except BaseException as exc:
+        signum = getattr(exc, "signum", None)
+        if isinstance(signum, int):  # job.JobInterrupted (not imported for every command)
+            return 128 + signum
+        raise
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -64,7 +66,14 @@ from snapshot_runtime.telemetry import JobTelemetry, TelemetryOptions, root_attr
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
-__all__ = ["DEFAULT_RUN_DIR", "DEFAULT_STATE_DIR", "JobOptions", "JobReport", "run_job"]
+__all__ = [
+    "DEFAULT_RUN_DIR",
+    "DEFAULT_STATE_DIR",
+    "JobInterrupted",
+    "JobOptions",
+    "JobReport",
+    "run_job",
+]
 
 StatusName = Literal["transitioning", "success", "error"]
 
@@ -98,13 +107,27 @@ class JobOptions:
     otlp_timeout_seconds: float = 5.0
     recover: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("freeze_timeout_seconds", "otlp_timeout_seconds"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if self.snapshot_deadline_seconds is not None and not (
+            math.isfinite(self.snapshot_deadline_seconds) and self.snapshot_deadline_seconds > 0
+        ):
+            raise ValueError("snapshot_deadline_seconds must be a positive number of seconds")
+        if self.spool_max_bytes <= 0:
+            raise ValueError("spool_max_bytes must be positive")
+
     def spool_path(self) -> str:
         return self.spool_dir or os.path.join(self.run_dir, "spool")
 
     def snapshot_deadline(self) -> float:
+        """Default: the freeze timeout minus a 10 s margin; half of it for short ones."""
         if self.snapshot_deadline_seconds is not None:
             return self.snapshot_deadline_seconds
-        return max(1.0, self.freeze_timeout_seconds - SNAPSHOT_DEADLINE_MARGIN)
+        timeout = self.freeze_timeout_seconds
+        return max(timeout - SNAPSHOT_DEADLINE_MARGIN, min(1.0, timeout / 2))
 
 
 @dataclass(frozen=True)
@@ -166,6 +189,29 @@ class _State:
     preflight_failures: list[DiskSnapshot] = field(default_factory=list)
     status_upload: str = "skipped"
     status_file: str | None = None
+    interrupted: str | None = None  # the signal that stopped the job
+
+
+class JobInterrupted(BaseException):
+    """A stop signal (SIGTERM, SIGHUP) turned into an exception by the entry point.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: nothing in the job catches
+    it by accident. The job thaws, runs the post-script, writes a terminal
+    status, then re-raises it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _signal_name(exc: BaseException) -> str:
+    if isinstance(exc, JobInterrupted):
+        try:
+            return signal.Signals(exc.signum).name
+        except ValueError:
+            return f"signal {exc.signum}"
+    return "SIGINT"
 
 
 def _machine_id() -> str:
@@ -707,20 +753,32 @@ class _Job:
                 self.telemetry.options.spool_dir,
             )
         config = self.state.config
-        if config is not None:
-            self.state.pre = self.run_script_phase("pre")
-        decision = decide_after_pre_script(
-            config_state=self.state.config_state,  # type: ignore[arg-type]
-            config_error=self.state.config_error,
-            continue_on_failure=config.continue_backup_on_failure if config else True,
-            fs_freeze_enabled=config.fs_freeze_enabled if config else True,
-            pre_error=_script_error(self.state.pre),
-        )
-        self.state.decision = decision
-        if decision.proceed:
-            self.freeze_and_snapshot(decision.freeze)
-        else:
-            self.log.phase("job").error("backup cancelled: {}", decision.reason)
+        interrupted: BaseException | None = None
+        try:
+            if config is not None:
+                self.state.pre = self.run_script_phase("pre")
+            decision = decide_after_pre_script(
+                config_state=self.state.config_state,  # type: ignore[arg-type]
+                config_error=self.state.config_error,
+                continue_on_failure=config.continue_backup_on_failure if config else True,
+                fs_freeze_enabled=config.fs_freeze_enabled if config else True,
+                pre_error=_script_error(self.state.pre),
+            )
+            self.state.decision = decision
+            if decision.proceed:
+                self.freeze_and_snapshot(decision.freeze)
+            else:
+                self.log.phase("job").error("backup cancelled: {}", decision.reason)
+        except (KeyboardInterrupt, JobInterrupted) as exc:
+            # Ctrl-C or a stop signal: the filesystems are thawed by now (the
+            # freeze's finally); like any cancel after the pre-script, resume
+            # the application and leave a terminal status, then stop.
+            interrupted = exc
+            self.state.interrupted = _signal_name(exc)
+            self.log.phase("job").error(
+                "interrupted by {}: thawed; running the post-script, then stopping",
+                self.state.interrupted,
+            )
         if config is not None:
             # The post-script runs whenever scripts are configured, even after a
             # cancel: the pre-script may have quiesced the application.
@@ -744,6 +802,8 @@ class _Job:
             time.monotonic() - self.started,
         )
         self.close_telemetry()
+        if interrupted is not None:
+            raise interrupted
         return self.report(final, message)
 
     def verdict(self) -> Verdict:
@@ -770,6 +830,8 @@ class _Job:
         )
 
     def final_message(self, final: Verdict) -> str:
+        if self.state.interrupted:
+            return f"Enable failed: interrupted by {self.state.interrupted} ({final.reason})"
         if final.snapshot_taken and final.consistency == "application":
             return "Enable Succeeded with App Consistent Snapshot"
         if final.snapshot_taken:

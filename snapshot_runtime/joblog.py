@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
@@ -97,9 +96,12 @@ class FreezeGate:
 class GatedSink(_Releasable):
     """A loguru sink writing to ``stream`` unless the gate is closed."""
 
-    def __init__(self, gate: FreezeGate, opener: Callable[[], TextIO]) -> None:
+    def __init__(
+        self, gate: FreezeGate, opener: Callable[[], TextIO], *, owned: bool = True
+    ) -> None:
         self._gate = gate
         self._opener = opener
+        self._owned = owned  # False: the caller's stream (a console), never closed here
         self._stream: TextIO | None = None
         self._held: list[str] = []
         self._lock = threading.Lock()
@@ -137,7 +139,7 @@ class GatedSink(_Releasable):
 
     def stop(self) -> None:
         self.release()
-        if self._stream is not None and self._stream not in (sys.stdout, sys.stderr):
+        if self._stream is not None and self._owned:
             self._stream.close()
         self._stream = None
 
@@ -246,7 +248,7 @@ class JobLog:
             self._ensure_json_handler()
         if console is not None:
             stream = console
-            console_sink = GatedSink(self.gate, lambda: stream)
+            console_sink = GatedSink(self.gate, lambda: stream, owned=False)
             self.sinks.append(console_sink)
             self._handler_ids.append(
                 _root_logger.add(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from snapshot_runtime.errors import ConfigError, ErrorCode
-from snapshot_runtime.mounts import parse_mountinfo, plan_freeze, read_mountinfo
+from snapshot_runtime.mounts import FreezePlan, parse_mountinfo, plan_freeze, read_mountinfo
 from snapshot_runtime.plugin_config import (
     MAX_TIMEOUT_SECONDS,
     PluginConfig,
@@ -139,14 +139,14 @@ def _budget_checks(report: PreflightReport, config: PluginConfig, freeze_timeout
 
 def _mount_checks(
     report: PreflightReport, include: tuple[str, ...] | None, mountinfo_path: str
-) -> None:
+) -> FreezePlan | None:
     try:
         plan = plan_freeze(parse_mountinfo(read_mountinfo(mountinfo_path)), include=include)
     except (OSError, ValueError) as exc:
         report.checks.append(
             Check("freeze plan", "fail", f"mount discovery: {exc}", ErrorCode.UNABLE_TO_OPEN_MOUNT)
         )
-        return
+        return None
     frozen = ", ".join(f"{m.mountpoint} ({m.fstype})" for m in plan.mounts) or "none"
     report.checks.append(
         Check("freeze plan", "info" if plan.mounts else "warn", f"would freeze: {frozen}")
@@ -161,6 +161,7 @@ def _mount_checks(
                     ErrorCode.UNABLE_TO_OPEN_MOUNT,
                 )
             )
+    return plan
 
 
 def preflight(
@@ -185,7 +186,10 @@ def preflight(
                 )
             )
         _budget_checks(report, config, freeze_timeout)
-    _mount_checks(report, include_mounts, mountinfo_path)
+    plan = _mount_checks(report, include_mounts, mountinfo_path)
+    # The dry run gives scripts the job's environment, so a script that works
+    # here works in a backup (SNAPSHOT_MOUNTS as a job would set it).
+    mounts = ",".join(m.mountpoint for m in plan.mounts) if plan else ""
     if run_scripts and config is not None and report.ok:
         redactor = Redactor()
         for phase, spec in (("pre", config.pre), ("post", config.post)):
@@ -196,7 +200,7 @@ def preflight(
                 retries=spec.retries,
                 budget_seconds=float(config.timeout_seconds),
                 task_id="validate-dry-run",
-                extra_env={"SNAPSHOT_DRY_RUN": "1"},
+                extra_env={"SNAPSHOT_DRY_RUN": "1", "SNAPSHOT_MOUNTS": mounts},
                 redactor=redactor,
                 poll_seconds=float(config.poll_seconds),
             )

@@ -15,8 +15,10 @@ Contracts:
   job opens): a log line or span that would cross it is dropped and counted;
   the record is always written.
 * A live job holds ``flock(LOCK_EX)`` on its ``lock`` file; the kernel drops it
-  when the process dies (SIGKILL included). ``recover_interrupted`` uses that
-  to tell a dead job from a running one.
+  when the process dies (SIGKILL included). The file is removed once the
+  job's record is complete. ``recover_interrupted`` uses both: no lock file,
+  nothing to recover (cheap, whatever the number of finished jobs); a lock
+  file it can lock, a dead job.
 * Nothing here raises for an I/O failure while a job runs: failures are
   counted (``errors``) and reported in the record. Files 0600, dirs 0700.
 """
@@ -268,7 +270,10 @@ class JobSpool:
         return True
 
     def close(self) -> None:
-        """Close the appenders and release the lock (the job is over)."""
+        """Close the appenders and release the lock (the job is over: its record is complete)."""
+        if self._lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.path, LOCK))
         for attr in ("_log_fd", "_span_fd", "_lock_fd"):
             fd = getattr(self, attr)
             if fd >= 0:
@@ -333,14 +338,12 @@ class Recovered:
 
 
 @contextlib.contextmanager
-def _try_lock(job_dir: str) -> Iterator[bool]:
+def _dead_owner(job_dir: str) -> Iterator[bool]:
+    """True (while held) when the job's lock file exists and its owner is gone."""
     try:
         fd = os.open(os.path.join(job_dir, LOCK), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        yield True  # a job directory without a lock file has no live owner
-        return
     except OSError:
-        yield False
+        yield False  # no lock file: a finished job (or not a job directory)
         return
     try:
         try:
@@ -408,8 +411,8 @@ def recover_interrupted(root: str, *, replay: bool = True) -> list[Recovered]:
     found: list[Recovered] = []
     for name in names:
         job_dir = os.path.join(jobs, name)
-        with _try_lock(job_dir) as free:
-            if not free:
+        with _dead_owner(job_dir) as dead:
+            if not dead:
                 continue
             record = read_record(job_dir)
             if record is None or record.get("complete"):
@@ -435,6 +438,7 @@ def recover_interrupted(root: str, *, replay: bool = True) -> list[Recovered]:
             record["logs"] = logs
             with contextlib.suppress(OSError):
                 atomic_write(os.path.join(job_dir, RECORD), _record_bytes(record))
+                os.unlink(os.path.join(job_dir, LOCK))
             found.append(
                 Recovered(
                     job_dir=job_dir,

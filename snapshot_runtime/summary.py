@@ -199,4 +199,6 @@ def report_text(report: JobReport) -> str:
         )
         out.append("")
     out.append(f"status: {report.status_file or 'not written'}; upload {report.status_upload}")
+    if report.trace_id:
+        out.append(f"trace: {report.trace_id} (snapshot-runtime trace {report.task_id})")
     return "\n".join(out)

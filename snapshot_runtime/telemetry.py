@@ -132,6 +132,7 @@ class JobTelemetry:
             self._error("spool", exc)
         self.job: JobSpool | None = None
         self.sidecar_key: bytes | None = None
+        self.sealed = False
         self.spool_gated = False
         wall_ns = int(started_at * 1e9)
         self.tracer = JobTracer(
@@ -146,6 +147,7 @@ class JobTelemetry:
         self._mirror: collections.deque[str] = collections.deque()
         self._mirror_bytes = 0
         self._spans_flushed = 0
+        self._span_json: list[dict[str, Any]] = []
         self._phase_spans: dict[str, Span] = {}
         self._settings_start_ns: int | None = None
         self._deferred_snapshot: SnapshotResult | None = None
@@ -239,7 +241,8 @@ class JobTelemetry:
         if self.sidecar_key is not None and logs_blob_uri:
             try:
                 sealed = seal(self.sidecar_key, json.dumps({"logsBlobUri": logs_blob_uri}).encode())
-                if not self.job.write_sealed(sealed):
+                self.sealed = self.job.write_sealed(sealed)
+                if not self.sealed:
                     self._error("spool", "credentials.sealed not written")
             except (ValueError, OSError) as exc:
                 self._error("sealing", exc)
@@ -469,14 +472,20 @@ class JobTelemetry:
         )
         return build_record(facts)
 
+    def _span_docs(self) -> list[dict[str, Any]]:
+        """Every finished span as JSON (each converted once)."""
+        spans = self.tracer.collector.take(len(self._span_json))
+        self._span_json.extend(span_to_json(s) for s in spans)
+        return self._span_json
+
     def flush(self, *, record: bool = True) -> None:
         """Append the spans finished since the last flush; rewrite the record. Not while frozen."""
         if self.job is None or self.finished:
             return
         try:
-            spans = self.tracer.collector.take(self._spans_flushed)
-            self._spans_flushed += len(spans)
-            self.job.append_spans([span_to_json(s) for s in spans])
+            docs = self._span_docs()
+            self.job.append_spans(docs[self._spans_flushed :])
+            self._spans_flushed = len(docs)
             if record:
                 self.job.write_record(self._record(complete=False))
         except Exception as exc:
@@ -541,17 +550,16 @@ class JobTelemetry:
         if not self.ended:
             self.end_job(None, root_attributes={}, task_id=task_id)
         if logs_blob_uri:
-            if self.sidecar_key is not None:
+            if self.sealed:
                 self.logs_mirrored_by = "sidecar"
-            else:
+            else:  # no sidecar, or it cannot be handed the URL: mirror it ourselves
                 self._upload_logs(logs_blob_uri)
         self.finished = True
         record = self._record(complete=True)
         if self.job is not None:
             self.job.write_record(record)
             self.job.close()
-        spans = self.tracer.finished()
-        self._write_state(task_id, record, spans_json=[span_to_json(s) for s in spans])
+        self._write_state(task_id, record, spans_json=self._span_docs())
         try:
             self.tracer.shutdown()
         except Exception as exc:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from exporters.metrics import FAMILIES
 from tests.support.requirements import require
 from tests.test_rules import PROM_DIR, RULE_FILES, recorded_names, run_promtool, unknown_names
 
@@ -183,11 +184,16 @@ def test_every_metric_and_label_is_catalogued() -> None:
     assert unknown_names(exprs, recorded_names()) == []
 
 
-def test_exemplar_queries_select_the_freeze_histogram() -> None:
+def test_exemplar_queries_select_histogram_buckets() -> None:
+    # Exemplars hang on histogram buckets only (docs/telemetry.md): a query
+    # with "exemplar": true over anything else shows no points.
     exemplar = [(uid, t["expr"]) for uid, _, t in targets() if t.get("exemplar")]
     assert {uid for uid, _ in exemplar} == {"vmsnap-fleet-freeze", "vmsnap-job-detail"}
+    histograms = {f.name for f in FAMILIES if f.kind == "histogram"}
     for _, expr in exemplar:
-        assert "vmsnap_freeze_duration_seconds_bucket{" in expr
+        selected = set(re.findall(r"\b(vmsnap_\w+)_bucket\{", expr))
+        assert selected and selected <= histograms, expr
+    assert any("vmsnap_freeze_duration_seconds_bucket{" in e for _, e in exemplar)
 
 
 def test_sparse_panels_use_long_intervals() -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,6 +94,7 @@ def test_recovery_replays_missing_lines_in_order(tmp_path: Path) -> None:
     log_file.write_text("".join(lines[:2]) + '{"torn')  # the local log stopped at the freeze
     job_dir = Path(spool.jobs_dir, "t1")
     job_dir.mkdir()
+    (job_dir / "lock").touch()  # left by a runtime that died (nobody holds it)
     (job_dir / "record.json").write_text(json.dumps(_incomplete_record("t1", str(log_file))))
     (job_dir / "log.jsonl").write_text("".join(lines) + '{"seq": 6, "torn')
     (found,) = recover_interrupted(spool.root)
@@ -104,6 +106,7 @@ def test_recovery_replays_missing_lines_in_order(tmp_path: Path) -> None:
     assert record is not None
     assert record["complete"] and record["interrupted"] and record["outcome"] == "failed"
     assert record["error"] == "InternalError" and record["recovered"]["lines_replayed"] == 3
+    assert not (job_dir / "lock").exists()
     assert recover_interrupted(spool.root) == []  # complete now: nothing more to do
 
 
@@ -111,7 +114,7 @@ def test_recovery_leaves_a_live_job_alone(tmp_path: Path) -> None:
     spool = Spool(str(tmp_path / "spool"))
     job = spool.open_job("live")
     job.write_record(_incomplete_record("live", None))
-    assert recover_interrupted(spool.root) == []  # its lock is held
+    assert recover_interrupted(spool.root) == []  # its lock is held (by us)
     # Another process holding the lock counts as alive too; once it dies, it is recovered.
     holder = subprocess.Popen(
         [
@@ -124,21 +127,34 @@ def test_recovery_leaves_a_live_job_alone(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    job.close()
     try:
+        time.sleep(0.2)  # the holder has opened the file and waits for our lock
+        os.close(job._lock_fd)  # this runtime "dies": the lock is released, the file stays
+        job._lock_fd = -1
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         assert recover_interrupted(spool.root) == []
     finally:
         holder.kill()
         holder.wait()
+        job.close()
     (found,) = recover_interrupted(spool.root)
     assert found.task_id == "live" and found.note is None and found.log_file is None
+
+
+def test_a_finished_job_leaves_no_lock(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path / "spool"))
+    job = spool.open_job("done")
+    job.write_record({**_incomplete_record("done", None), "complete": True})
+    job.close()
+    assert not os.path.exists(os.path.join(job.path, "lock"))
+    assert recover_interrupted(spool.root) == []
 
 
 def test_recovery_when_the_log_directory_is_gone(tmp_path: Path) -> None:
     spool = Spool(str(tmp_path / "spool"))
     job_dir = Path(spool.jobs_dir, "t2")
     job_dir.mkdir()
+    (job_dir / "lock").touch()
     (job_dir / "record.json").write_text(
         json.dumps(_incomplete_record("t2", str(tmp_path / "gone" / "x.log")))
     )
@@ -276,3 +292,37 @@ def test_job_spool_is_a_dataclass_with_counters(tmp_path: Path) -> None:
     job.close()
     job.close()  # idempotent
     assert not job.append_log(_line(1)) and job.dropped_log_lines == 1
+
+
+def test_build_record_is_pure_and_scrubbed() -> None:
+    from snapshot_runtime.consistency import settings_rejected
+    from snapshot_runtime.errors import ErrorCode
+    from snapshot_runtime.phases import PhaseRecord
+    from snapshot_runtime.record import RecordFacts, build_record
+
+    phase = PhaseRecord(
+        name="settings",
+        started_at=100.5,
+        seconds=0.01,
+        status="error",
+        error="InvalidSettings",
+        detail="bad url https://a/b?sv=1&sig=TOPSECRETSIG",
+    )
+    facts = RecordFacts(
+        task_id="t_1",
+        started_at=100.0,
+        updated_at=101.0,
+        pid=7,
+        complete=True,
+        ended_at=101.0,
+        verdict=settings_rejected(ErrorCode.INVALID_SETTINGS),
+        phases=[phase],
+    )
+    doc = build_record(facts)
+    assert build_record(facts) == doc
+    assert (doc["complete"], doc["outcome"], doc["error"]) == (True, "failed", "InvalidSettings")
+    assert doc["consistency"] == "none" and doc["status_code"] == ErrorCode.INVALID_SETTINGS.code
+    assert doc["phases"][0]["offset_seconds"] == 0.5
+    assert "TOPSECRETSIG" not in json.dumps(doc)
+    running = build_record(RecordFacts(task_id="t_1", started_at=1.0, updated_at=2.0, pid=7))
+    assert (running["complete"], running["outcome"], running["ended_at"]) == (False, None, None)

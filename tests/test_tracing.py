@@ -232,6 +232,19 @@ def test_span_shape_of_a_real_job(azurite: Azurite, ws: Workspace, ext4: LoopFs)
     text = _all_attribute_text(spans)
     for secret in jobkit.secrets_of(disks):
         assert secret not in text
+    # Log lines carry their phase span's id, also the one logged inside the
+    # frozen window (whose span is only made after the thaw, with a reserved id).
+    assert report.spool_job_dir is not None
+    with open(os.path.join(report.spool_job_dir, "log.jsonl"), "rb") as fh:
+        lines = [json.loads(line) for line in complete_lines(fh.read())]
+    span_ids = {_hex(s.context.span_id, 16): s.name for s in spans}
+    frozen = next(x for x in lines if x["message"].startswith("filesystems frozen"))
+    assert span_ids[frozen["span_id"]] == "vmsnap.freeze"
+    assert {x["trace_id"] for x in lines} == {u.hex}
+    for x in lines:
+        assert x["span_id"] in span_ids, x
+        if x["phase"] in ("settings", "pre_script", "prepare", "post_script"):
+            assert span_ids[x["span_id"]] == f"vmsnap.{x['phase']}", x
     # The same spans are in the spool, one JSON object per line.
     assert report.spool_job_dir is not None
     with open(os.path.join(report.spool_job_dir, "spans.jsonl"), "rb") as fh:
@@ -384,3 +397,69 @@ def _record(job_dir: str | None) -> dict[str, Any]:
     with open(os.path.join(job_dir, "record.json")) as fh:
         doc: dict[str, Any] = json.load(fh)
     return doc
+
+
+# -- unit: the CLI's environment, and the waterfall ---------------------------------
+
+
+def test_otlp_endpoint_from_the_environment() -> None:
+    from snapshot_runtime.cli import otlp_traces_endpoint
+
+    assert otlp_traces_endpoint({}) is None
+    assert otlp_traces_endpoint({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}) == (
+        "http://c:4318/v1/traces"
+    )
+    both = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1/custom",
+    }
+    assert otlp_traces_endpoint(both) == "http://t:1/custom"  # verbatim
+    assert otlp_traces_endpoint({**both, "OTEL_SDK_DISABLED": "true"}) is None
+    assert otlp_traces_endpoint({**both, "OTEL_TRACES_EXPORTER": "none"}) is None
+
+
+def test_waterfall_rendering() -> None:
+    from snapshot_runtime.trace_view import JobView, rows, waterfall
+
+    def span(name: str, sid: str, parent: str | None, start: int, end: int, **kw: Any) -> dict:
+        return {
+            "name": name,
+            "span_id": sid,
+            "parent_span_id": parent,
+            "start_time_unix_nano": start,
+            "end_time_unix_nano": end,
+            "status": {"code": kw.get("code", "UNSET")},
+            "attributes": kw.get("attrs", {}),
+        }
+
+    spans = [
+        span("vmsnap.thaw", "c", "a", 70_000_000, 80_000_000),
+        span("vmsnap.job", "a", "remote-parent", 0, 100_000_000, code="ERROR"),
+        span(
+            "vmsnap.freeze",
+            "b",
+            "a",
+            10_000_000,
+            60_000_000,
+            code="ERROR",
+            attrs={"error.type": "FsFreezeFailed"},
+        ),
+    ]
+    table = rows(spans)
+    assert [(r.name, r.depth) for r in table] == [
+        ("vmsnap.job", 0),
+        ("vmsnap.freeze", 1),
+        ("vmsnap.thaw", 1),
+    ]
+    assert (table[1].start_ms, table[1].duration_ms, table[1].error_type) == (
+        10.0,
+        50.0,
+        "FsFreezeFailed",
+    )
+    record = {"task_id": "t_1", "trace_id": "ab" * 16, "outcome": "failed", "error": "X"}
+    text = waterfall(JobView(record, spans, "x"), width=80)
+    assert "task t_1  trace " + "ab" * 16 in text and "error.type=FsFreezeFailed" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    freeze_line = next(line for line in text.splitlines() if "vmsnap.freeze" in line)
+    assert "!" in freeze_line and "ERROR" in freeze_line
+    assert "no spans recorded" in waterfall(JobView(record, [], "x"))

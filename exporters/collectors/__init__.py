@@ -1,8 +1,10 @@
-"""The sidecar's collectors, listed in one explicit table, and the registry.
+"""The sidecar's collectors, listed in one explicit table, and the registries.
 
 Nothing registers itself on import: ``build_registry`` builds a private
-``CollectorRegistry`` from ``collectors`` (by default: the catalogue's values,
-build info, and prometheus-client's process collector). Each collector runs
+``CollectorRegistry`` from ``collectors``: ``stable_collectors`` (the
+catalogue's values, build info; rendered once per ledger version, see
+``exporters.exposition``) and, in ``volatile_registry``, prometheus-client's
+process collector (every scrape). Each stable collector runs
 wrapped, so one that raises does not break the scrape: it is reported by
 ``vmsnap_sidecar_collector_success{collector}`` = 0 (and logged), the others
 are served (node_exporter's ``execute()`` pattern).
@@ -28,6 +30,8 @@ __all__ = [
     "ValuesCollector",
     "build_registry",
     "default_collectors",
+    "stable_collectors",
+    "volatile_registry",
 ]
 
 _log = logging.getLogger("snapshot_sidecar.collectors")
@@ -52,7 +56,35 @@ class _Process:
 
 
 def default_collectors(source: Callable[[], MetricValues], version: str) -> list[NamedCollector]:
-    return [ValuesCollector(source), BuildInfoCollector(version), _Process()]
+    """Every collector in one list (tests, one uncached registry)."""
+    return [*stable_collectors(source, version), _Process()]
+
+
+def stable_collectors(source: Callable[[], MetricValues], version: str) -> list[NamedCollector]:
+    """What changes only with the ledger's version (cacheable)."""
+    return [ValuesCollector(source), BuildInfoCollector(version)]
+
+
+def volatile_registry() -> CollectorRegistry:
+    """The process collector alone (changes every scrape; never cached)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Safe(_Process()))
+    return registry
+
+
+class _Safe:
+    """A collector whose failure is logged and yields nothing (the scrape goes on)."""
+
+    def __init__(self, inner: NamedCollector) -> None:
+        self._inner = inner
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            metrics = list(self._inner.collect())
+        except Exception:
+            _log.exception("collector %s failed", self._inner.name)
+            return
+        yield from metrics
 
 
 class _Executor:

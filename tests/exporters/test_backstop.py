@@ -151,3 +151,24 @@ def test_really_frozen_loop_filesystem_is_thawed(rig: Rig) -> None:
             subprocess.run(
                 ["fsfreeze", "-u", fs.mountpoint], capture_output=True, timeout=30, check=False
             )
+
+
+def test_recovered_record_of_an_abandoned_job_is_not_a_second_outcome(rig: Rig) -> None:
+    job = rig.gen.job("crashed", complete=False, pid=dead_pid(), phases=[("settings", 0.0)])
+    sidecar = rig.sidecar(backstop=Backstop(FakeIoctl(set())), keep_jobs=False)
+    sidecar.run_once()
+    assert rig.value(sidecar, "vmsnap_jobs_abandoned_total") == 1
+    assert job.path.exists()  # kept for the next runtime's recovery
+    # The next run's recovery completes the record (interrupted, InternalError).
+    rig.gen.complete(job, outcome="failed", error="InternalError", interrupted=True)
+    sidecar.run_once()
+    sidecar.run_once()
+    assert rig.value(sidecar, "vmsnap_jobs_abandoned_total") == 1
+    assert rig.value(sidecar, "vmsnap_sidecar_records_ingested_total") == 0
+    assert rig.value(sidecar, "vmsnap_job_errors_total", error="InternalError") == 0
+    assert not job.path.exists()  # complete now: handled and removed
+    # Recovered while the sidecar was down: still exactly one abandoned job.
+    other = rig.gen.job("crashed-2", complete=False, pid=dead_pid(), phases=[("settings", 0.0)])
+    rig.gen.complete(other, outcome="failed", error="InternalError", interrupted=True)
+    sidecar.run_once()
+    assert rig.value(sidecar, "vmsnap_jobs_abandoned_total") == 2

@@ -164,3 +164,31 @@ def test_parse_listen() -> None:
     assert parse_listen(":9756") == ("127.0.0.1", 9756)
     with pytest.raises(ValueError):
         parse_listen("localhost")
+
+
+def test_cached_exposition_renders_once_per_state_version(rig: Rig) -> None:
+    from exporters.collectors import build_registry, stable_collectors, volatile_registry
+    from exporters.exposition import CachedExposition
+    from snapshot_runtime import __version__
+
+    sidecar = rig.sidecar()
+    ledger = sidecar.ledger
+    exposition = CachedExposition(
+        build_registry(stable_collectors(lambda: ledger.published, __version__)),
+        volatile_registry(),
+        lambda: ledger.version,
+    )
+    om = "application/openmetrics-text; version=1.0.0"
+    first, content_type = exposition.render(om)
+    second, _ = exposition.render(om)
+    assert content_type.startswith("application/openmetrics-text")
+    assert exposition.misses == 1 and exposition.hits == 1
+    assert first.count(b"# EOF\n") == 1 and first.endswith(b"# EOF\n")
+    assert b"process_resident_memory_bytes" in second
+    assert b"vmsnap_sidecar_records_ingested_total 0.0" in first
+    rig.gen.job("new")
+    sidecar.ingest()
+    third, _ = exposition.render(om)
+    assert exposition.misses == 2 and b"vmsnap_sidecar_records_ingested_total 1.0" in third
+    text, text_type = exposition.render("")
+    assert text_type.startswith("text/plain") and b"# EOF" not in text

@@ -1,0 +1,115 @@
+"""Log mirroring throughput to Azurite, against raw uploads of the same bytes.
+
+One job with a large log (default 32 MiB of ~200-byte JSON lines) is mirrored
+by the sidecar's ``LogMirror`` (append blob, 4 MiB appends guarded by
+``appendpos_condition``, the state committed after every append). Baselines,
+same bytes, same Azurite, same run:
+
+* ``upload_blob``: one block-blob upload (the SDK's own chunking);
+* ``append_block``: a bare loop of 4 MiB ``append_block`` calls, no
+  condition, no state, no line handling.
+
+Prints MB/s and ratios (goal: mirror >= 50 MB/s). No assertions.
+Run: ``.venv/bin/python -m benchmarks.sidecar_mirror [--mib N] [--rounds N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from exporters.keys import Keys
+from exporters.mirror import LogMirror, MirrorConfig
+from exporters.spool_reader import SpoolReader
+from exporters.state import Ledger
+from snapshot_runtime.blobs import BlobPolicy
+from tests.support.azurite import Azurite, run_azurite
+from tests.support.spoolgen import SpoolGen
+
+BLOCK = 4 * 1024 * 1024
+
+
+def _mirror_once(azurite: Azurite, root: Path, log: bytes) -> float:
+    spool, state = root / "spool", root / "state"
+    keys = Keys.load_or_create(state)
+    keys.publish(spool)
+    gen = SpoolGen(spool)
+    job = gen.job(f"bench-{uuid.uuid4().hex[:8]}")
+    job.log_path.write_bytes(log)
+    container = azurite.container()
+    gen.seal_logs_url(job, azurite.sas_url(container, "mirror.log"))
+    reader, ledger = SpoolReader(spool), Ledger(state)
+    with ledger.transaction() as st:
+        st.job(job.name, now=time.time()).complete = True
+    policy = BlobPolicy(request_timeout=60, connect_timeout=5, retries=3, backoff_seconds=0.2)
+    mirror = LogMirror(reader, ledger, keys, MirrorConfig(policy=policy))
+    start = time.perf_counter()
+    mirror.step()
+    took = time.perf_counter() - start
+    mirror.close()
+    assert ledger.state.jobs[job.name].log.offset == len(log), "mirror incomplete"
+    blob = azurite.service().get_blob_client(container, "mirror.log")
+    assert blob.get_blob_properties().size == len(log)
+    blob.delete_blob()  # Azurite keeps blobs in memory (512 MB cap)
+    return took
+
+
+def _upload_blob(azurite: Azurite, data: bytes) -> float:
+    blob = azurite.service().get_blob_client(azurite.container(), "upload.log")
+    start = time.perf_counter()
+    blob.upload_blob(data, blob_type="BlockBlob", overwrite=True, max_concurrency=1)
+    took = time.perf_counter() - start
+    blob.delete_blob()
+    return took
+
+
+def _append_loop(azurite: Azurite, data: bytes) -> float:
+    blob = azurite.service().get_blob_client(azurite.container(), "append.log")
+    blob.create_append_blob()
+    start = time.perf_counter()
+    for pos in range(0, len(data), BLOCK):
+        blob.append_block(data[pos : pos + BLOCK])
+    took = time.perf_counter() - start
+    blob.delete_blob()
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mib", type=int, default=32)  # Azurite holds 512 MB in memory
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="mirror-bench-"))
+    try:
+        gen_root = root / "gen"
+        gen = SpoolGen(gen_root / "spool")
+        job = gen.job("source")
+        lines = max(1, args.mib * 1024 * 1024 // 200)
+        log = gen.log_lines(job, lines, size=200)
+        mb = len(log) / 1e6
+        print(f"log mirroring to Azurite: {mb:.1f} MB, {lines} lines, median of {args.rounds}")
+        with run_azurite() as azurite:
+            results: dict[str, list[float]] = {"mirror": [], "upload_blob": [], "append_block": []}
+            for n in range(args.rounds):
+                results["mirror"].append(_mirror_once(azurite, root / f"r{n}", log))
+                results["upload_blob"].append(_upload_blob(azurite, log))
+                results["append_block"].append(_append_loop(azurite, log))
+        rates = {k: mb / statistics.median(v) for k, v in results.items()}
+        for name, rate in rates.items():
+            print(f"  {name:13s} {rate:7.1f} MB/s  ({statistics.median(results[name]):.2f} s)")
+        print(
+            f"  ratios: mirror/upload_blob {rates['mirror'] / rates['upload_blob']:.2f}, "
+            f"mirror/append_block {rates['mirror'] / rates['append_block']:.2f} "
+            f"(goal: mirror >= 50 MB/s -> {rates['mirror']:.1f} MB/s)"
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

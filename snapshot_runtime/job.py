@@ -184,6 +184,7 @@ class _State:
     freeze_ok: bool = False
     freeze_error: ErrorCode | None = None
     freeze_message: str | None = None
+    freeze_deadline_at: float | None = None  # epoch seconds, set before the first FIFREEZE
     freeze: FreezeResult | None = None
     snapshot: SnapshotResult | None = None
     preflight_failures: list[DiskSnapshot] = field(default_factory=list)
@@ -579,6 +580,12 @@ class _Job:
         # I1: from here to session.thaw(): no file writes, no imports, no network but
         # the snapshot requests. Logs are held in memory by the closed gate.
         self.state.freeze_attempted = True
+        # Last spool write before the window: the record names the mounts about
+        # to be frozen and the deadline, so the sidecar's backstop knows exactly
+        # what a runtime that dies now (with its watchdog) leaves frozen.
+        self.state.freeze_deadline_at = time.time() + self.options.freeze_timeout_seconds
+        if self.telemetry is not None:
+            self.telemetry.flush()
         self.log.gate.close()
         plan = self.state.plan
         with self.phases.phase("freeze") as ph:
@@ -679,6 +686,8 @@ class _Job:
             phases=tuple(self.phases.records),
             freeze=freeze,
             mountpoints=tuple(m.mountpoint for m in plan.mounts) if plan else (),
+            freezing=self.state.freeze_deadline_at is not None,
+            freeze_deadline_at=self.state.freeze_deadline_at,
             pre=self.state.pre,
             post=self.state.post,
             disks=snap.disks if snap else tuple(self.state.preflight_failures),

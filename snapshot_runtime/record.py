@@ -41,6 +41,10 @@ class RecordFacts:
     phases: Sequence[PhaseRecord] = ()
     freeze: FreezeResult | None = None
     mountpoints: Sequence[str] = ()
+    # Set just before the first FIFREEZE: what a dead runtime may have left
+    # frozen, and until when (the sidecar's backstop reads these).
+    freezing: bool = False
+    freeze_deadline_at: float | None = None
     pre: ScriptResult | None = None
     post: ScriptResult | None = None
     disks: Sequence[DiskSnapshot] = ()
@@ -82,11 +86,26 @@ def script_json(result: ScriptResult | None, redact: Callable[[str], str]) -> di
 def _freeze_json(facts: RecordFacts) -> dict[str, Any] | None:
     result = facts.freeze
     if result is None:
-        return None
+        if not facts.freezing:
+            return None
+        # Written before the first FIFREEZE: the freeze is (about to be) in progress.
+        return {
+            "in_progress": True,
+            "mountpoints": list(facts.mountpoints),
+            "deadline_at": facts.freeze_deadline_at,
+            "window_seconds": None,
+            "mounts": len(facts.mountpoints),
+            "timed_out": None,
+            "thawed_by": None,
+            "ok": None,
+            "error": None,
+        }
     return {
+        "in_progress": False,
         "window_seconds": round(result.window_seconds, 6),
         "mounts": sum(1 for m in result.mounts if m.frozen),
         "mountpoints": [m.mountpoint for m in result.mounts],
+        "deadline_at": facts.freeze_deadline_at,
         "timed_out": result.timed_out,
         "thawed_by": result.thawed_by,
         "ok": result.ok,

@@ -106,6 +106,13 @@ def test_sigkill_while_frozen_loses_no_log_line(
             ws.adopt_pid(pid)
         job_dir = Path(spool, "jobs", task_id)
         before_kill = _lines(job_dir / "log.jsonl")  # everything emitted so far
+        # Written just before the first FIFREEZE: what is frozen, and until when,
+        # for the sidecar's backstop should the watchdog die with the runtime.
+        frozen_record = json.loads((job_dir / "record.json").read_text())
+        assert frozen_record["freeze"]["in_progress"] is True
+        assert frozen_record["freeze"]["mountpoints"] == [ext4.mountpoint]
+        deadline = frozen_record["freeze"]["deadline_at"]
+        assert time.time() < deadline <= time.time() + 20.0
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)
         assert blocked.wait(5.0), "still frozen 5 s after the SIGKILL"

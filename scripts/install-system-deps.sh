@@ -2,7 +2,8 @@
 # Installs the system parts the demo and the test suite run on for real:
 # xfsprogs (xfs loop images), util-linux/e2fsprogs (loop devices, ext4),
 # Debian's prometheus (server + promtool: the sidecar's scrape test and rule
-# tests), and Azurite from npm, pinned to a version that runs on this machine's Node.
+# tests), openssl (the handler tests' CMS cross-check; the runtime never runs it),
+# and Azurite from npm, pinned to a version that runs on this machine's Node.
 # Idempotent: a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ command -v mkfs.ext4 >/dev/null 2>&1 || apt_packages+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || apt_packages+=(mount)
 command -v node >/dev/null 2>&1 || apt_packages+=(nodejs npm)
 command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)
+command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)   # test-side CMS cross-check only
 
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

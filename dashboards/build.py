@@ -547,12 +547,16 @@ def fleet_freeze() -> dash.Dashboard:
         series_panel(
             ids,
             "Freezes not ended by the runtime",
-            "Frozen windows ended by the runtime's deadline timer or its watchdog, and "
-            "filesystems thawed by the sidecar's backstop (I4 layers 2 and 3). Normally 0.",
+            "Frozen windows ended by the runtime's own deadline timer, filesystems thawed "
+            "by its watchdog (by trigger: eof = the runtime died while frozen, deadline = "
+            "it was stuck past the deadline), and by the sidecar's backstop (I4 layers 2 "
+            "and 3). Normally 0.",
             [
+                # Not thawed_by="watchdog": every watchdog thaw is in its report
+                # (C), also when the runtime died and its record never completed.
                 query(
                     f"sum by (thawed_by) (increase(vmsnap_freezes_total{{{FLEET_VMS}, "
-                    'thawed_by!="runtime"}[$__interval]))',
+                    'thawed_by="deadline"}[$__interval]))',
                     "{{thawed_by}}",
                     "A",
                 ),
@@ -560,6 +564,12 @@ def fleet_freeze() -> dash.Dashboard:
                     f"sum(increase(vmsnap_backstop_thaws_total{{{FLEET_VMS}}}[$__interval]))",
                     "backstop",
                     "B",
+                ),
+                query(
+                    "sum by (reason) (increase(vmsnap_watchdog_thaws_total"
+                    f"{{{FLEET_VMS}}}[$__interval]))",
+                    "watchdog ({{reason}})",
+                    "C",
                 ),
             ],
             bars=True,

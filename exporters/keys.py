@@ -16,24 +16,13 @@ import json
 import os
 from pathlib import Path
 
+from snapshot_runtime.atomic_file import write_atomic
 from snapshot_runtime.sealing import generate_keypair, unseal
 
 __all__ = ["PRIVATE_FILE", "PUBLIC_FILE", "Keys"]
 
 PRIVATE_FILE = "sidecar.key"
 PUBLIC_FILE = "sidecar.pub"
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 class Keys:
@@ -52,8 +41,8 @@ class Keys:
             public = public_path.read_bytes()
         except FileNotFoundError:
             private, public = generate_keypair()
-            _write_atomic(private_path, private, 0o600)
-            _write_atomic(public_path, public, 0o644)
+            write_atomic(private_path, private, mode=0o600)
+            write_atomic(public_path, public, mode=0o644)
         else:
             # A key someone made readable by others is still ours, but no longer
             # secret to them: tighten it (and say so in the log at the caller).
@@ -71,7 +60,7 @@ class Keys:
         with contextlib.suppress(FileNotFoundError):
             if target.read_bytes() == self.public:
                 return target
-        _write_atomic(target, self.public, 0o644)
+        write_atomic(target, self.public, mode=0o644)
         return target
 
     def open(self, sealed: str) -> str:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from exporters.metrics import MetricValues
+from snapshot_runtime.atomic_file import write_atomic
 
 __all__ = ["STATE_FILE", "JobState", "Ledger", "LogProgress", "SidecarState", "SpanProgress"]
 
@@ -224,22 +224,7 @@ class Ledger:
         doc = self.state.to_json()
         data = json.dumps(doc, separators=(",", ":")).encode()
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dirfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        write_atomic(self.path, data, mode=0o600)
         self._dirty = False
         self.commits += 1
         self.published = self.state.metrics.copy()

@@ -36,11 +36,11 @@ import json
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from snapshot_runtime.atomic_file import write_atomic
 from snapshot_runtime.errors import ConfigError, ErrorCode
 
 __all__ = [
@@ -281,7 +281,7 @@ def read_last_sequence(handler_dir: str) -> int | None:
 
 def write_last_sequence(handler_dir: str, seq: int) -> None:
     """Record ``seq`` as handled (atomic). OSError on failure."""
-    _atomic_write(os.path.join(handler_dir, LAST_SEQUENCE_FILE), f"{seq}\n".encode(), mode=0o600)
+    write_atomic(os.path.join(handler_dir, LAST_SEQUENCE_FILE), f"{seq}\n".encode(), mode=0o600)
 
 
 # --- the settings file -----------------------------------------------------------------
@@ -343,39 +343,11 @@ def sanitised(doc: Mapping[str, Any]) -> dict[str, Any] | None:
     return result
 
 
-def _atomic_write(path: str, data: bytes, *, mode: int, like: os.stat_result | None = None) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            if like is not None and (like.st_uid, like.st_gid) != (os.getuid(), os.getgid()):
-                os.fchown(fd, like.st_uid, like.st_gid)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if like is not None:
-            os.utime(tmp, ns=(like.st_atime_ns, like.st_mtime_ns))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def rewrite_settings_file(path: str, doc: Mapping[str, Any]) -> None:
     """Replace ``path`` atomically with ``doc``, keeping its mode, owner and times."""
     info = os.stat(path)
     data = json.dumps(doc, separators=(",", ":")).encode("utf-8")
-    _atomic_write(path, data, mode=stat.S_IMODE(info.st_mode), like=info)
+    write_atomic(path, data, mode=stat.S_IMODE(info.st_mode), like=info)
 
 
 # --- /etc/snapshot-runtime/handler.conf ------------------------------------------------

@@ -20,15 +20,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+
+from snapshot_runtime.atomic_file import write_atomic
 
 __all__ = [
     "COMMAND_DEADLINE",
@@ -94,21 +94,7 @@ class ProcessedTasks:
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, mode=0o700, exist_ok=True)
         data = json.dumps({"version": 1, "tasks": tasks}, indent=1).encode("utf-8")
-        fd, tmp = tempfile.mkstemp(prefix=".processed.", suffix=".tmp", dir=directory)
-        try:
-            try:
-                os.fchmod(fd, 0o600)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(self.path, data, mode=0o600)
 
 
 @dataclass(frozen=True)

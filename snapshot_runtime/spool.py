@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from snapshot_runtime.atomic_file import write_atomic
 from snapshot_runtime.paths import DEFAULT_SPOOL_DIR
 
 __all__ = [
@@ -76,24 +77,8 @@ def job_dir_name(task_id: str) -> str:
 
 
 def atomic_write(path: str, data: bytes, *, mode: int = 0o600, fsync: bool = True) -> None:
-    """Write ``data`` to a temporary file next to ``path`` (fsync), then rename over it."""
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if fsync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
+    """Replace ``path`` with ``data`` (atomic_file.write_atomic; kept for callers)."""
+    write_atomic(path, data, mode=mode, fsync=fsync)
 
 
 def complete_lines(data: bytes) -> list[bytes]:

@@ -56,17 +56,15 @@ Decisions:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from snapshot_runtime.atomic_file import write_atomic
 from snapshot_runtime.consistency import Consistency
 from snapshot_runtime.errors import Health
 from snapshot_runtime.redact import scrub, strip_sas
@@ -306,26 +304,4 @@ def write_status_file(path: str, doc: object) -> None:
     old file or the new one, never half of one. Raises OSError (and removes
     the temp file) on failure; ValueError/TypeError if ``doc`` is not JSON.
     """
-    data = render(doc)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        try:
-            os.fchmod(fd, STATUS_FILE_MODE)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, render(doc), mode=STATUS_FILE_MODE)

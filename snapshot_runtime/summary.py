@@ -54,6 +54,7 @@ def report_json(report: JobReport) -> dict[str, Any]:
     freeze = report.freeze
     return {
         "taskId": report.task_id,
+        "traceId": report.trace_id,
         "snapshotTaken": report.snapshot_taken,
         "consistency": report.consistency,
         "consistencyReason": report.consistency_reason,

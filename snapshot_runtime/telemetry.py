@@ -6,48 +6,49 @@ guarded, and a failure is counted in the record (``telemetry_errors``).
 
 Frozen window (I1). While the job's ``FreezeGate`` is closed:
 
-* phase spans start and end in memory (``tracing.JobTracer``: no I/O);
+* phase spans are not made: their events are noted in memory and the spans
+  made after the thaw (``job_spans.JobSpans``, attributes from ``span_attributes``);
 * log lines go to the spool's ``log.jsonl`` at once (one ``write(2)`` each,
   to a tmpfs), unless the spool sits on a filesystem being frozen, in which
   case they are held like the local log (``check_spool_frozen``);
 * nothing else: spans.jsonl, record.json and the per-disk spans wait until
   the gate reopens (``FreezeGate.on_open``), after the last FITHAW.
 
-After the job (``finish``): the root span ends; spans go to ``spans.jsonl``;
-with no sidecar key in the spool they are also sent over OTLP when an
-endpoint is configured, and the job log is uploaded to ``logsBlobUri`` by the
-runtime itself; the final record (``complete: true``) is written last, to the
-spool and to ``<state-dir>/jobs/<taskId>.json`` (for ``snapshot-runtime trace``).
+After the job (``end_job``, then ``close``; their I/O is in ``telemetry_export``):
+the root span ends; spans go to ``spans.jsonl``; with no sidecar key in the
+spool they are also sent over OTLP when an endpoint is configured, and the job
+log is uploaded to ``logsBlobUri`` by the runtime itself; the final record
+(``complete: true``) is written last, to the spool and to
+``<state-dir>/jobs/<taskId>.json`` (for ``snapshot-runtime trace``).
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from snapshot_runtime.blobs import BlobOpError, BlobPolicy, upload_block_blob
-from snapshot_runtime.errors import ErrorCode
+from snapshot_runtime.blobs import BlobPolicy
+from snapshot_runtime.job_spans import JobSpans
 from snapshot_runtime.record import RecordFacts, build_record
-from snapshot_runtime.redact import strip_sas
 from snapshot_runtime.sealing import seal
-from snapshot_runtime.spool import JobSpool, Spool, atomic_write, job_dir_name
-from snapshot_runtime.tracing import (
-    JobTracer,
-    build_resource,
-    export_otlp,
-    span_to_json,
-    split_task_id,
+from snapshot_runtime.span_attributes import ROOT_SPAN, SPAN_PREFIX, root_attributes, span_name
+from snapshot_runtime.spool import JobSpool, Spool
+from snapshot_runtime.telemetry_export import (
+    LOG_MIRROR_MAX_BYTES,
+    LogMirror,
+    export_spans,
+    upload_job_log,
+    write_job_state,
 )
+from snapshot_runtime.tracing import JobTracer, build_resource, span_to_json
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
-    from opentelemetry.trace import Span
     from opentelemetry.util.types import AttributeValue
 
     from snapshot_runtime.consistency import Verdict
@@ -68,19 +69,7 @@ __all__ = [
     "span_name",
 ]
 
-ROOT_SPAN = "vmsnap.job"
-SPAN_PREFIX = "vmsnap."
-# The runtime's own log upload (no sidecar) sends at most this much, newest lines kept.
-LOG_MIRROR_MAX_BYTES = 4 * 1024 * 1024
 _MAX_ERRORS = 20
-_SCRIPT_CODES = {
-    "pre": (ErrorCode.PRE_SCRIPT_FAILED, ErrorCode.PRE_SCRIPT_TIMEOUT),
-    "post": (ErrorCode.POST_SCRIPT_FAILED, ErrorCode.POST_SCRIPT_TIMEOUT),
-}
-
-
-def span_name(phase: str) -> str:
-    return SPAN_PREFIX + phase
 
 
 @dataclass(frozen=True)
@@ -123,7 +112,6 @@ class JobTelemetry:
         self._phases = phases
         self._redact = redactor
         self._facts = facts
-        self._started_at = started_at
         self.errors: list[str] = []
         self.spool: Spool | None = None
         try:
@@ -143,21 +131,17 @@ class JobTelemetry:
             clock_pair=(wall_ns, int(started_monotonic * 1e9)),
         )
         self._job_start_ns = wall_ns
+        self.spans = JobSpans(self.tracer, redact=redactor)
         self._pending_lines: list[str] = []
-        self._mirror: collections.deque[str] = collections.deque()
-        self._mirror_bytes = 0
+        self._mirror = LogMirror(LOG_MIRROR_MAX_BYTES)
         self._spans_flushed = 0
         self._span_json: list[dict[str, Any]] = []
-        self._phase_spans: dict[str, Span] = {}
-        self._settings_start_ns: int | None = None
         self._deferred_snapshot: SnapshotResult | None = None
         self.logs_mirrored_by: str | None = None
         self.logs_mirror_error: str | None = None
         self.otlp: dict[str, Any] | None = None
         self.ended = False
         self.finished = False
-        self._window_events: list[tuple[str, PhaseHandle, int, int]] = []
-        self._window_span_ids: list[int] = []
         self.line_sink = log.add_line_sink(self._on_line, gated=False)
         log.set_trace_source(self.current_ids)
         log.gate.on_open(self._after_window)
@@ -181,9 +165,6 @@ class JobTelemetry:
     def _on_line(self, line: str) -> None:
         # Called for every log line, inside the frozen window too: memory, or one write(2).
         self._mirror.append(line)
-        self._mirror_bytes += len(line)
-        while self._mirror_bytes > LOG_MIRROR_MAX_BYTES and len(self._mirror) > 1:
-            self._mirror_bytes -= len(self._mirror.popleft())
         if self.finished:
             return  # after the final record nothing more enters the spool
         if self.job is not None:
@@ -197,33 +178,10 @@ class JobTelemetry:
         """The taskId is known: start the root span, open the job's spool directory."""
         if self.tracer.root is not None:
             return
-        _base, attempt = split_task_id(task_id)
-        attrs: dict[str, AttributeValue] = {"vmsnap.task_id": task_id}
-        if attempt is not None:
-            attrs["vmsnap.attempt"] = attempt
         try:
-            root = self.tracer.start_root(
-                ROOT_SPAN, task_id=task_id, start_ns=self._job_start_ns, attributes=attrs
+            self.spans.start_root(
+                task_id, start_ns=self._job_start_ns, records=self._phases.records
             )
-            for done in self._phases.records:  # phases that ended before the root existed
-                if done.name in self._phase_spans:
-                    continue
-                start = int(done.started_at * 1e9)
-                self.tracer.record(
-                    span_name(done.name),
-                    parent=root,
-                    start_ns=start,
-                    end_ns=start + int(done.seconds * 1e9),
-                    attributes={"vmsnap.phase": done.name, "vmsnap.phase.status": done.status},
-                    error_type=(done.error or ErrorCode.INTERNAL_ERROR.value)
-                    if done.status == "error"
-                    else None,
-                    description=self._redact(done.detail) if done.detail else None,
-                )
-            if self._settings_start_ns is not None and not self._phases.records:
-                self._phase_spans["settings"] = self.tracer.start_child(
-                    span_name("settings"), start_ns=self._settings_start_ns
-                )
         except Exception as exc:
             self._error("tracing", exc)
         if self.spool is None:
@@ -281,34 +239,8 @@ class JobTelemetry:
 
     def on_script(self, which: str, result: ScriptResult) -> None:
         """One child span per attempt, from the result (called inside the script phase)."""
-        parent = self._phase_spans.get(f"{which}_script")
-        if parent is None:
-            return
-        failed_code, timeout_code = _SCRIPT_CODES[which]
-        name = span_name(f"{which}_script.attempt")
         try:
-            for attempt in result.attempts:
-                start = int(attempt.started_at * 1e9)
-                attrs: dict[str, AttributeValue] = {
-                    "vmsnap.script.attempt": attempt.attempt,
-                    "vmsnap.script.timed_out": attempt.timed_out,
-                }
-                if attempt.exit_code is not None:
-                    attrs["process.exit.code"] = attempt.exit_code
-                if attempt.signal is not None:
-                    attrs["vmsnap.script.signal"] = attempt.signal
-                error_type: str | None = None
-                if not attempt.ok:
-                    error_type = (timeout_code if attempt.timed_out else failed_code).value
-                self.tracer.record(
-                    name,
-                    parent=parent,
-                    start_ns=start,
-                    end_ns=start + int(attempt.duration_seconds * 1e9),
-                    attributes=attrs,
-                    error_type=error_type,
-                )
-            parent.set_attributes(_script_attributes(result))
+            self.spans.script_spans(which, result)
         except Exception as exc:
             self._error("tracing", exc)
 
@@ -319,133 +251,27 @@ class JobTelemetry:
     # -- phase listener -------------------------------------------------------
 
     def _on_phase(self, event: str, handle: PhaseHandle, record: PhaseRecord | None) -> None:
-        if self.tracer.root is None:
-            if event == "start" and handle.name == "settings":
-                self._settings_start_ns = time.time_ns()
-            return
-        if self._log.gate.closed:
-            # Frozen window: no span work at all. Note the event (a clock read and
-            # an append) and reserve the span id the log lines will carry; the
-            # span itself is made after the thaw (_after_window).
-            now = time.time_ns()
-            if event == "start":
-                span_id = self.tracer.ids.generate_span_id()
-                self._window_events.append(("start", handle, now, span_id))
-                self._window_span_ids.append(span_id)
-            else:
-                self._window_events.append(("end", handle, now, 0))
-                if self._window_span_ids:
-                    self._window_span_ids.pop()
-            return
-        if event == "start":
-            self._phase_spans[handle.name] = self.tracer.start_child(span_name(handle.name))
-            return
-        span = self._phase_spans.get(handle.name)
-        if span is None:  # started before the root existed
-            assert record is not None
-            span = self.tracer.start_child(
-                span_name(handle.name), start_ns=int(record.started_at * 1e9)
-            )
-            self._phase_spans[handle.name] = span
-        self._end_phase_span(span, handle, None)
-        self.flush()
-
-    def _end_phase_span(self, span: Span, handle: PhaseHandle, end_ns: int | None) -> None:
-        attrs: dict[str, AttributeValue] = {
-            "vmsnap.phase": handle.name,
-            "vmsnap.phase.status": handle.status,
-        }
-        for key, value in handle.attributes.items():
-            converted = _attribute(value, self._redact)
-            if converted is not None:
-                attrs[f"vmsnap.{key}"] = converted
-        if handle.status in ("warning", "skipped") and handle.detail:
-            attrs["vmsnap.phase.detail"] = self._redact(handle.detail)
-        if handle.status == "warning" and handle.error is not None:
-            attrs["vmsnap.warning"] = handle.error.value
-        error_type = None
-        if handle.status == "error":
-            error_type = (handle.error or ErrorCode.INTERNAL_ERROR).value
-        self.tracer.end(
-            span,
-            end_ns=end_ns,
-            attributes=attrs,
-            error_type=error_type,
-            description=self._redact(handle.detail) if error_type and handle.detail else None,
-        )
+        if self.spans.on_phase(event, handle, record, frozen=self._log.gate.closed):
+            self.flush()
 
     def current_ids(self) -> tuple[str, str]:
         """For log lines: the current phase span; inside the window, its reserved id."""
-        if self._window_span_ids:
-            trace_id = self.tracer.trace_id or ""
-            return trace_id, (format(self._window_span_ids[-1], "016x") if trace_id else "")
-        return self.tracer.current_ids()
+        return self.spans.current_ids()
 
     def _after_window(self) -> None:
-        events, self._window_events = self._window_events, []
-        self._window_span_ids.clear()
+        events = self.spans.take_window()
         try:
-            self._replay_window(events)
+            self.spans.replay(events)
         except Exception as exc:
             self._error("tracing", exc)
         result, self._deferred_snapshot = self._deferred_snapshot, None
         if result is not None:
-            self._disk_spans(result)
+            try:
+                self.spans.disk_spans(result)
+            except Exception as exc:
+                self._error("tracing", exc)
         if events or result is not None:
             self.flush()
-
-    def _replay_window(self, events: list[tuple[str, PhaseHandle, int, int]]) -> None:
-        """Make the spans of the phases that ran while frozen, with their real times and ids."""
-        open_spans: dict[int, Span] = {}
-        stack: list[Span] = []
-        for kind, handle, when, span_id in events:
-            if kind == "start":
-                self.tracer.ids.force_next_span_id(span_id)
-                span = self.tracer.start_child(span_name(handle.name), start_ns=when)
-                self._phase_spans[handle.name] = span
-                open_spans[id(handle)] = span
-                stack.append(span)
-            else:
-                started = open_spans.pop(id(handle), None)
-                if started is None:  # started before the window (its span is live)
-                    started = self._phase_spans.get(handle.name)
-                if started is not None:
-                    self._end_phase_span(started, handle, when)
-                    if started in stack:
-                        stack.remove(started)
-        for span in stack:  # still open when the gate reopened: a live phase from now on
-            self.tracer.current = span
-
-    def _disk_spans(self, result: SnapshotResult) -> None:
-        parent = self._phase_spans.get("snapshot")
-        if parent is None:
-            return
-        try:
-            for disk in result.disks:
-                start = self.tracer.wall_ns_from_monotonic(disk.started_at)
-                attrs: dict[str, AttributeValue] = {
-                    "vmsnap.disk.index": disk.index,
-                    "vmsnap.disk.blob_url": self._redact(strip_sas(disk.blob_url)),
-                    "vmsnap.disk.attempts": disk.attempts,
-                }
-                if disk.snapshot:
-                    attrs["vmsnap.disk.snapshot"] = disk.snapshot
-                if disk.status_code is not None:
-                    attrs["http.response.status_code"] = disk.status_code
-                if disk.failure_kind:
-                    attrs["vmsnap.disk.failure_kind"] = disk.failure_kind
-                error_type = None if disk.ok else _disk_error(disk.failure_kind).value
-                self.tracer.record(
-                    span_name("snapshot.disk"),
-                    parent=parent,
-                    start_ns=start,
-                    end_ns=start + int(disk.duration_seconds * 1e9),
-                    attributes=attrs,
-                    error_type=error_type,
-                    description=self._redact(disk.error) if disk.error else None,
-                )
-        except Exception as exc:
-            self._error("tracing", exc)
 
     # -- writing ------------------------------------------------------------
 
@@ -519,25 +345,18 @@ class JobTelemetry:
         except Exception as exc:
             self._error("tracing", exc)
         self.flush(record=False)  # the record comes with close(), complete
-        spans = self.tracer.finished()
-        if self.sidecar_key is None and self.options.otlp_endpoint:
-            error = export_otlp(
-                spans,
-                endpoint=self.options.otlp_endpoint,
-                timeout_seconds=self.options.otlp_timeout_seconds,
-            )
-            self.otlp = {
-                "endpoint": strip_sas(self.options.otlp_endpoint),
-                "exported": 0 if error else len(spans),
-                "error": self._redact(error) if error else None,
-            }
-            if error:
-                self._log.phase("telemetry").warning("OTLP span export failed: {}", error)
-        if self.options.span_exporter is not None:
-            try:
-                self.options.span_exporter.export(spans)
-            except Exception as exc:
-                self._error("span_exporter", exc)
+        otlp = export_spans(
+            self.tracer.finished(),
+            # With a sidecar key in the spool the sidecar sends them (docs/telemetry.md).
+            otlp_endpoint=self.options.otlp_endpoint if self.sidecar_key is None else None,
+            otlp_timeout_seconds=self.options.otlp_timeout_seconds,
+            span_exporter=self.options.span_exporter,
+            redact=self._redact,
+            log=self._log,
+            on_error=self._error,
+        )
+        if otlp is not None:
+            self.otlp = otlp
 
     def close(self, *, task_id: str, logs_blob_uri: str | None) -> dict[str, Any] | None:
         """Mirror the log (no sidecar), then write the final record (last); returns it.
@@ -553,51 +372,34 @@ class JobTelemetry:
             if self.sealed:
                 self.logs_mirrored_by = "sidecar"
             else:  # no sidecar, or it cannot be handed the URL: mirror it ourselves
-                self._upload_logs(logs_blob_uri)
+                error = upload_job_log(
+                    logs_blob_uri,
+                    self._mirror.data(),
+                    policy=self.options.blob_policy,
+                    redact=self._redact,
+                    log=self._log,
+                )
+                if error is None:
+                    self.logs_mirrored_by = "runtime"
+                else:
+                    self.logs_mirror_error = error
         self.finished = True
         record = self._record(complete=True)
         if self.job is not None:
             self.job.write_record(record)
             self.job.close()
-        self._write_state(task_id, record, spans_json=self._span_docs())
+        write_job_state(
+            self.options.state_dir,
+            task_id,
+            record,
+            spans_json=self._span_docs(),
+            on_error=self._error,
+        )
         try:
             self.tracer.shutdown()
         except Exception as exc:
             self._error("tracing", exc)
         return record
-
-    def _upload_logs(self, logs_blob_uri: str) -> None:
-        data = "".join(self._mirror).encode("utf-8")
-        try:
-            upload_block_blob(
-                logs_blob_uri,
-                data,
-                policy=self.options.blob_policy,
-                content_type="application/x-ndjson",
-            )
-            self.logs_mirrored_by = "runtime"
-        except BlobOpError as exc:
-            self.logs_mirror_error = self._redact(f"log upload failed: {exc.failure.message}")
-            self._log.phase("telemetry").warning(
-                "job log upload to {} failed: {}", strip_sas(logs_blob_uri), exc.failure.message
-            )
-        except Exception as exc:
-            self.logs_mirror_error = self._redact(f"log upload failed: {type(exc).__name__}")
-
-    def _write_state(self, task_id: str, record: dict[str, Any], *, spans_json: list[Any]) -> None:
-        if not task_id:
-            return
-        directory = os.path.join(self.options.state_dir, "jobs")
-        try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            doc = {"record": record, "spans": spans_json}
-            atomic_write(
-                os.path.join(directory, f"{job_dir_name(task_id)}.json"),
-                (json.dumps(doc, default=str, separators=(",", ":")) + "\n").encode("utf-8"),
-                fsync=False,  # a convenience copy for `trace`; the spool has the real one
-            )
-        except OSError as exc:
-            self._error("state", exc)
 
 
 def _same_fs_as_any(path: str, plan: FreezePlan) -> bool:
@@ -612,66 +414,3 @@ def _same_fs_as_any(path: str, plan: FreezePlan) -> bool:
         except OSError:
             continue
     return False
-
-
-def _attribute(value: object, redact: Callable[[str], str]) -> AttributeValue | None:
-    if isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, list | tuple):
-        strings = [redact(v) for v in value if isinstance(v, str)]
-        if len(strings) == len(value):
-            return strings
-        ints = [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
-        if len(ints) == len(value):
-            return ints
-    return None
-
-
-def _script_attributes(result: ScriptResult) -> dict[str, AttributeValue]:
-    codes = [a.exit_code if a.exit_code is not None else -(a.signal or 0) for a in result.attempts]
-    attrs: dict[str, AttributeValue] = {
-        "vmsnap.script.path": result.path,
-        "vmsnap.script.attempts": len(result.attempts),
-        "vmsnap.script.retries": result.retries,
-        "vmsnap.script.timed_out": result.timed_out,
-        "vmsnap.script.exit_codes": codes,
-    }
-    return attrs
-
-
-def _disk_error(kind: str | None) -> ErrorCode:
-    if kind == "limit":
-        return ErrorCode.SNAPSHOT_LIMIT_REACHED
-    if kind == "throttled":
-        return ErrorCode.SNAPSHOT_RATE_EXCEEDED
-    return ErrorCode.SNAPSHOT_FAILED
-
-
-def root_attributes(
-    *,
-    verdict: Verdict | None,
-    frozen_window_seconds: float,
-    mounts: Sequence[str],
-    disk_count: int,
-    disks_ok: int,
-) -> dict[str, AttributeValue]:
-    """The root span's closing attributes (docs/telemetry.md)."""
-    attrs: dict[str, AttributeValue] = {
-        "vmsnap.frozen_window_seconds": round(frozen_window_seconds, 6),
-        "vmsnap.mounts": list(mounts),
-        "vmsnap.mount_count": len(mounts),
-        "vmsnap.disk_count": disk_count,
-        "vmsnap.disks_ok": disks_ok,
-    }
-    if verdict is not None:
-        attrs["vmsnap.consistency"] = verdict.consistency
-        attrs["vmsnap.consistency_reason"] = verdict.reason
-        attrs["vmsnap.snapshot_taken"] = verdict.snapshot_taken
-        attrs["vmsnap.status_code"] = verdict.status_code
-        if verdict.warnings:
-            attrs["vmsnap.warnings"] = [w.value for w in verdict.warnings]
-        if verdict.error is not None:
-            attrs["vmsnap.error_code"] = verdict.error.value
-    return attrs

@@ -84,6 +84,19 @@ class TimedWrite:
         return self.done_at is not None
 
 
+def wait_frozen(directory: str, proc: subprocess.Popen[str], *, within: float = 20.0) -> TimedWrite:
+    """Poll with write+fsync probes until one blocks (the job froze ``directory``)."""
+    until = time.monotonic() + within
+    while time.monotonic() < until:
+        assert proc.poll() is None, f"the job ended before freezing: {proc.communicate()}"
+        probe = TimedWrite(directory)
+        if not probe.wait(0.3):
+            return probe
+        assert probe.error is None, probe.error
+        time.sleep(0.02)
+    raise AssertionError(f"{directory} never froze within {within}s")
+
+
 def writable_within(directory: str, timeout: float) -> bool:
     write = TimedWrite(directory)
     return write.wait(timeout) and write.error is None

@@ -8,6 +8,7 @@ is checked. Config and scripts live in a root-owned workspace
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -21,12 +22,6 @@ from tests.support.jobkit import Workspace
 from tests.support.loopfs import LoopFs, loop_filesystem
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def ws() -> Iterator[Workspace]:
-    with jobkit.workspace() as w:
-        yield w
 
 
 @pytest.fixture
@@ -242,6 +237,8 @@ def test_run_json_prints_one_object_with_the_documented_keys(
         None,
     )
     assert doc["freezeSeconds"] > 0
+    # The taskId is not a UUID: its trace id is the first 16 bytes of sha256 (docs/telemetry.md).
+    assert doc["traceId"] == hashlib.sha256(b"cli-json_1").hexdigest()[:32]
     assert [p["name"] for p in doc["phases"]][:2] == ["settings", "plugin_config"]
     for p in doc["phases"]:
         assert isinstance(p["seconds"], float) and p["seconds"] >= 0

@@ -28,7 +28,7 @@ from snapshot_runtime.phases import PHASES
 from snapshot_runtime.plugin_config import find_config_path
 from snapshot_runtime.snapshot import DiskSnapshotter
 from snapshot_runtime.summary import report_json, report_text
-from tests.freeze_support import TimedWrite, writable_within
+from tests.freeze_support import wait_frozen, writable_within
 from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
@@ -38,12 +38,6 @@ from tests.support.loopfs import LoopFs, loop_filesystem
 pytestmark = [pytest.mark.root, pytest.mark.azurite]
 
 SNAPSHOT_REQUEST = "comp=snapshot"
-
-
-@pytest.fixture
-def ws() -> Iterator[Workspace]:
-    with jobkit.workspace() as w:
-        yield w
 
 
 @pytest.fixture
@@ -73,19 +67,6 @@ def assert_snapshots_exist(azurite: Azurite, report: JobReport, indexes: list[in
         disk = report.disks[i]
         assert disk.ok, disk.error
         assert jobkit.snapshot_exists(azurite, disk.blob_url, disk.snapshot), disk
-
-
-def wait_frozen(directory: str, proc: Any, *, within: float = 20.0) -> TimedWrite:
-    """Poll with write+fsync probes until one blocks; returns the blocked probe."""
-    until = time.monotonic() + within
-    while time.monotonic() < until:
-        assert proc.poll() is None, f"the job ended before freezing: {proc.communicate()}"
-        probe = TimedWrite(directory)
-        if not probe.wait(0.3):
-            return probe
-        assert probe.error is None, probe.error
-        time.sleep(0.02)
-    raise AssertionError(f"{directory} never froze within {within}s")
 
 
 # -- 1. the application-consistent job -----------------------------------------------

@@ -108,12 +108,6 @@ def test_gate_is_reusable() -> None:
 # -- real: the log directory on the filesystem being frozen ---------------------------
 
 
-@pytest.fixture
-def ws() -> Iterator[Workspace]:
-    with jobkit.workspace() as w:
-        yield w
-
-
 @pytest.fixture(scope="module")
 def ext4() -> Iterator[LoopFs]:
     with loop_filesystem("ext4") as fs:

@@ -166,12 +166,6 @@ def test_recovery_when_the_log_directory_is_gone(tmp_path: Path) -> None:
 # -- real jobs ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def ws() -> Iterator[Workspace]:
-    with jobkit.workspace() as w:
-        yield w
-
-
 @pytest.fixture(scope="module")
 def ext4() -> Iterator[LoopFs]:
     with loop_filesystem("ext4") as fs:

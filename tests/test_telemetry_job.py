@@ -20,7 +20,7 @@ from snapshot_runtime import cli
 from snapshot_runtime.job import run_job
 from snapshot_runtime.sealing import generate_keypair, unseal
 from snapshot_runtime.spool import complete_lines
-from tests.freeze_support import TimedWrite, writable_within
+from tests.freeze_support import wait_frozen, writable_within
 from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
@@ -29,12 +29,6 @@ from tests.support.loopfs import LoopFs, loop_filesystem
 from tests.support.otlp_receiver import OtlpReceiver
 
 SNAPSHOT_REQUEST = "comp=snapshot"
-
-
-@pytest.fixture
-def ws() -> Iterator[Workspace]:
-    with jobkit.workspace() as w:
-        yield w
 
 
 @pytest.fixture(scope="module")
@@ -57,18 +51,6 @@ def _lines(path: str | Path) -> list[bytes]:
         return complete_lines(Path(path).read_bytes())
     except FileNotFoundError:
         return []
-
-
-def _wait_frozen(directory: str, proc: subprocess.Popen[str], within: float = 20.0) -> TimedWrite:
-    until = time.monotonic() + within
-    while time.monotonic() < until:
-        assert proc.poll() is None, f"the job ended before freezing: {proc.communicate()}"
-        probe = TimedWrite(directory)
-        if not probe.wait(0.3):
-            return probe
-        assert probe.error is None, probe.error
-        time.sleep(0.02)
-    raise AssertionError(f"{directory} never froze within {within}s")
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -101,7 +83,7 @@ def test_sigkill_while_frozen_loses_no_log_line(
             extra=["--freeze-timeout", "20", "--quiet", "--spool", spool],
         )
         proc = ws.start_cli(*args)
-        blocked = _wait_frozen(ext4.mountpoint, proc)
+        blocked = wait_frozen(ext4.mountpoint, proc)
         for pid in jobkit.child_pids(proc.pid):
             ws.adopt_pid(pid)
         job_dir = Path(spool, "jobs", task_id)

@@ -126,12 +126,6 @@ def test_incoming_traceparent_decides_the_trace() -> None:
 # -- real jobs ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def ws() -> Iterator[Workspace]:
-    with jobkit.workspace() as w:
-        yield w
-
-
 @pytest.fixture(scope="module")
 def ext4() -> Iterator[LoopFs]:
     with loop_filesystem("ext4") as fs:

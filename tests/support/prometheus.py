@@ -3,7 +3,10 @@
 ``run_prometheus(targets)`` writes a scrape config and a data directory into a
 temporary directory, starts ``prometheus`` on a free loopback port with
 exemplar storage on, waits for ``/-/ready`` and stops it afterwards.
-``Prometheus.query``/``wait_for`` use the HTTP API.
+``run_prometheus_config(config, files=...)`` does the same with a whole
+configuration of the caller's (rule files and other files written next to it,
+relative paths in the config resolve there). ``Prometheus.query``/
+``query_range``/``wait_for`` use the HTTP API.
 """
 
 from __future__ import annotations
@@ -17,17 +20,18 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.support.requirements import require
 
-__all__ = ["Prometheus", "run_prometheus"]
+__all__ = ["Prometheus", "free_port", "run_prometheus", "run_prometheus_config"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -50,6 +54,11 @@ class Prometheus:
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Instant vector results: [{"metric": {...}, "value": [ts, "v"]}, ...]."""
         return list(self.api("query", query=expr)["result"])
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        """Range matrix results: [{"metric": {...}, "values": [[ts, "v"], ...]}, ...]."""
+        data = self.api("query_range", query=expr, start=str(start), end=str(end), step=str(step))
+        return list(data["result"])
 
     def value(self, expr: str) -> float | None:
         result = self.query(expr)
@@ -80,10 +89,6 @@ def run_prometheus(
     ca_file: str | None = None,
     scrape_interval: str = "1s",
 ) -> Iterator[Prometheus]:
-    binary = shutil.which("prometheus")
-    require(binary is not None, "needs prometheus (scripts/install-system-deps.sh)")
-    assert binary is not None
-    workdir = Path(tempfile.mkdtemp(prefix="prometheus-"))
     job: dict[str, Any] = {
         "job_name": "snapshot-sidecar",
         "scheme": scheme,
@@ -97,9 +102,36 @@ def run_prometheus(
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
         "scrape_configs": [job],
     }
-    (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-    port = _free_port()
-    log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115 - closed below
+    with run_prometheus_config(config) as instance:
+        yield instance
+
+
+@contextlib.contextmanager
+def run_prometheus_config(
+    config: Mapping[str, Any], *, files: Mapping[str, str] | None = None
+) -> Iterator[Prometheus]:
+    """Prometheus with ``config`` (written as JSON, which is YAML) and ``files``.
+
+    ``files`` maps relative names to contents, written into the working
+    directory beside the config (so ``rule_files: ["rules/x.yml"]`` finds them).
+    Exemplar storage is on; the server listens on a free 127.0.0.1 port.
+    """
+    binary = shutil.which("prometheus")
+    require(binary is not None, "needs prometheus (scripts/install-system-deps.sh)")
+    assert binary is not None
+    workdir = Path(tempfile.mkdtemp(prefix="prometheus-"))
+    try:
+        for name, text in (files or {}).items():
+            path = workdir / name
+            assert workdir.resolve() in path.resolve().parents, name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+        port = free_port()
+        log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115 - closed below
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     proc = subprocess.Popen(
         [
             binary,

@@ -8,10 +8,11 @@
 3. A root-owned plugin config (600) and pre/post scripts (700): the pre-script
    asks the application to quiesce and waits for its last committed
    transaction; the post-script resumes it.
-4. `snapshot-runtime run` for real, freezing only the demo filesystem
-   (--mounts), with its job log on that same filesystem (I1: it must not
-   deadlock). Then: the summary, what was quiesced, the held writes, the
-   application resumed, the snapshots and the status blob in Azurite.
+4. The sidecar, then `snapshot-runtime run` for real, freezing only the demo
+   filesystem (--mounts), with its job log on that same filesystem (I1: it
+   must not deadlock). Then: the summary, what was quiesced, the held writes,
+   the application resumed, the snapshots and the status blob in Azurite, the
+   sidecar's metrics and mirrored log, and `snapshot-runtime trace`.
 
 Re-running works: everything lives in a fresh directory and is removed.
 """
@@ -19,18 +20,23 @@ Re-running works: everything lives in a fresh directory and is removed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -93,6 +99,32 @@ def _say(text: str) -> None:
 def _largest_gap(path: str) -> float:
     stamps = [float(x) for x in Path(path).read_text().split()]
     return max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        with contextlib.suppress(Exception):
+            if condition():
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def _blob_lines(client: Any) -> int:
+    return len(client.download_blob().readall().splitlines())
 
 
 def main() -> int:
@@ -170,6 +202,28 @@ def main() -> int:
             settings_path = os.path.join(work, "0.settings")
             _write(settings_path, json.dumps(settings), 0o600)
 
+            # The sidecar runs first, as on a VM: it publishes its key in the
+            # spool, so the job can hand it the logsBlobUri sealed.
+            spool = os.path.join(work, "spool")
+            port = _free_port()
+            sidecar = subprocess.Popen(
+                [
+                    str(REPO / ".venv" / "bin" / "snapshot-sidecar"),
+                    "--spool",
+                    spool,
+                    "--state-dir",
+                    os.path.join(work, "sidecar"),
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--poll-interval",
+                    "0.2",
+                    "--log-level",
+                    "WARNING",
+                ]
+            )
+            processes.append(sidecar)
+            _wait_for(lambda: os.path.exists(os.path.join(spool, "sidecar.pub")), "sidecar key")
+
             log_file = os.path.join(fs.mountpoint, "log", "extension.log")
             _say("snapshot-runtime run (log file on the filesystem being frozen)")
             cmd = [
@@ -185,6 +239,8 @@ def main() -> int:
                 log_file,
                 "--state-dir",
                 os.path.join(work, "state"),
+                "--spool",
+                spool,
             ]
             print("$ " + " ".join(cmd[1:]).replace(REPO.as_posix() + "/", ""), flush=True)
             job = subprocess.run([*cmd, "--quiet"], check=False, timeout=300)
@@ -230,14 +286,61 @@ def main() -> int:
             print(f"job log on the frozen filesystem: {len(lines)} JSON lines, e.g.")
             for line in lines[-3:]:
                 print("  " + textwrap.shorten(line, 160))
+
+            _say("the sidecar: metrics for Prometheus, the log mirrored to logsBlobUri")
+            metrics_url = f"http://127.0.0.1:{port}/metrics"
+            _wait_for(
+                lambda: (
+                    'vmsnap_jobs_total{consistency="application",outcome="success"} 1.0'
+                    in _get(metrics_url)
+                ),
+                "the sidecar to ingest the job",
+            )
+            wanted = (
+                "vmsnap_jobs_total{",
+                "vmsnap_freeze_duration_seconds_count",
+                "vmsnap_freeze_duration_seconds_sum",
+                "vmsnap_script_runs_total{",
+                "vmsnap_last_success_timestamp_seconds",
+            )
+            for line in _get(metrics_url).splitlines():
+                if line.startswith(wanted) and not line.endswith(" 0.0"):
+                    print("  " + line)
+            mirrored = service.get_blob_client(logs_container, "demo.Logs.txt")
+            _wait_for(lambda: _blob_lines(mirrored) >= len(lines), "the log mirror")
+            print(
+                f"logsBlobUri holds {_blob_lines(mirrored)} lines "
+                f"({mirrored.get_blob_properties().blob_type}), mirrored exactly once"
+            )
+
+            _say(f"snapshot-runtime trace {task_id}")
+            subprocess.run(
+                [
+                    str(REPO / ".venv" / "bin" / "snapshot-runtime"),
+                    "trace",
+                    task_id,
+                    "--state-dir",
+                    os.path.join(work, "state"),
+                    "--spool",
+                    spool,
+                    "--width",
+                    "100",
+                ],
+                check=False,
+                timeout=60,
+            )
             Path(app_dir, "stop").touch()
             app.wait(timeout=10)
             return job.returncode
     finally:
         for proc in processes:
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -18,8 +18,8 @@ system-deps:
 	bash scripts/install-system-deps.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check snapshot_runtime exporters tests benchmarks scripts
-	$(VENV)/bin/ruff format --check snapshot_runtime exporters tests benchmarks scripts
+	$(VENV)/bin/ruff check snapshot_runtime exporters tests benchmarks scripts dashboards
+	$(VENV)/bin/ruff format --check snapshot_runtime exporters tests benchmarks scripts dashboards
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -96,6 +96,11 @@ def query(
     return q
 
 
+def table_query(expr: str, ref: str) -> prometheus.Dataquery:
+    """An instant query in table format, for table_panel."""
+    return query(expr, ref=ref, instant=True, fmt=PromQueryFormat.TABLE)
+
+
 def thresholds(*steps: tuple[float | None, str]) -> dash.ThresholdsConfig:
     return (
         dash.ThresholdsConfig()
@@ -235,6 +240,35 @@ def table_panel(
     return panel
 
 
+def bar_gauge_panel(
+    ids: _Ids,
+    title: str,
+    description: str,
+    target: prometheus.Dataquery,
+    *,
+    color: str,
+    unit: str,
+    width: int,
+    height: int,
+) -> bargauge.Panel:
+    """Horizontal bars of the last value per series, in one colour."""
+    return (
+        bargauge.Panel()
+        .id(ids())
+        .title(title)
+        .description(description)
+        .datasource(DS)
+        .with_target(target)
+        .display_mode(common.BarGaugeDisplayMode.BASIC)
+        .orientation(common.VizOrientation.HORIZONTAL)
+        .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .thresholds(thresholds((None, color)))
+        .unit(unit)
+        .span(width)
+        .height(height)
+    )
+
+
 def row(ids: _Ids, title: str) -> dash.Row:
     return dash.Row(title).id(ids())
 
@@ -267,7 +301,7 @@ def datasource_variable() -> dash.DatasourceVariable:
     )
 
 
-def fleet_variables(*, with_instance: bool) -> list[Any]:
+def fleet_variables(*, with_instance: bool, multi_instance: bool = True) -> list[Any]:
     variables: list[Any] = [
         datasource_variable(),
         label_variable("region", "Region", "label_values(vmsnap_build_info, region)"),
@@ -281,6 +315,7 @@ def fleet_variables(*, with_instance: bool) -> list[Any]:
                 "instance",
                 "VM",
                 f"label_values(vmsnap_build_info{{{FLEET}}}, instance)",
+                multi=multi_instance,
             )
         )
     return variables
@@ -339,6 +374,20 @@ def fleet_freeze() -> dash.Dashboard:
     for variable in [*fleet_variables(with_instance=True), window_variable()]:
         d = d.with_variable(variable)
 
+    def frozen_window_stat(title: str, description: str, quantile: str) -> stat.Panel:
+        return stat_panel(
+            ids,
+            title,
+            description,
+            query(
+                f"histogram_quantile({quantile}, sum by (le) ({freeze_bucket_range}))",
+                instant=True,
+            ),
+            unit="s",
+            steps=((None, "green"), (5, "yellow"), (10, "red")),
+            no_value="-",
+        )
+
     d = d.with_row(row(ids, "Fleet"))
     d = d.with_panel(
         stat_panel(
@@ -375,27 +424,19 @@ def fleet_freeze() -> dash.Dashboard:
         )
     )
     d = d.with_panel(
-        stat_panel(
-            ids,
+        frozen_window_stat(
             "p99 frozen window",
             "99th percentile of the frozen window (first FIFREEZE to last FITHAW) over "
             "the time range, interpolated within histogram buckets.",
-            query(f"histogram_quantile(0.99, sum by (le) ({freeze_bucket_range}))", instant=True),
-            unit="s",
-            steps=((None, "green"), (5, "yellow"), (10, "red")),
-            no_value="-",
+            "0.99",
         )
     )
     d = d.with_panel(
-        stat_panel(
-            ids,
+        frozen_window_stat(
             "Longest frozen window (≤)",
             "Upper bound of the histogram bucket holding the longest frozen window "
             "in the time range.",
-            query(f"histogram_quantile(1, sum by (le) ({freeze_bucket_range}))", instant=True),
-            unit="s",
-            steps=((None, "green"), (5, "yellow"), (10, "red")),
-            no_value="-",
+            "1",
         )
     )
     d = d.with_panel(
@@ -474,22 +515,18 @@ def fleet_freeze() -> dash.Dashboard:
             "The 15 VMs with the longest frozen window in the time range (bucket upper "
             "bound), with their mean window and job count. Click a VM for its job detail.",
             [
-                query(longest, ref="A", instant=True, fmt=PromQueryFormat.TABLE),
-                query(
+                table_query(longest, "A"),
+                table_query(
                     f"(sum by ({per_vm}) (increase(vmsnap_freeze_duration_seconds_sum"
                     f"{{{FLEET_VMS}}}[$__range])) / sum by ({per_vm}) "
                     f"(increase(vmsnap_freeze_duration_seconds_count{{{FLEET_VMS}}}[$__range])))"
                     f" {top_vms}",
-                    ref="B",
-                    instant=True,
-                    fmt=PromQueryFormat.TABLE,
+                    "B",
                 ),
-                query(
+                table_query(
                     f"round(sum by ({per_vm}) (increase(vmsnap_freeze_duration_seconds_count"
                     f"{{{FLEET_VMS}}}[$__range]))) {top_vms}",
-                    ref="C",
-                    instant=True,
-                    fmt=PromQueryFormat.TABLE,
+                    "C",
                 ),
             ],
             rename={
@@ -639,6 +676,17 @@ def _color(name: str) -> dm.DynamicConfigValue:
     return dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": name})
 
 
+def _errors_on_right_axis(*, bars: bool) -> list[dm.DynamicConfigValue]:
+    """Overrides for an error-count query drawn in red on the right axis of a panel."""
+    overrides = [
+        dm.DynamicConfigValue(id_val="unit", value="short"),
+        dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+    ]
+    if bars:
+        overrides.append(dm.DynamicConfigValue(id_val="custom.drawStyle", value="bars"))
+    return [*overrides, _color("red")]
+
+
 # -- Script health ------------------------------------------------------------------
 
 
@@ -660,51 +708,61 @@ def script_health() -> dash.Dashboard:
             "[$__range]))"
         )
 
+    def share_stat(
+        title: str,
+        description: str,
+        numerator: str,
+        script: str,
+        steps: Sequence[tuple[float | None, str]],
+    ) -> stat.Panel:
+        return stat_panel(
+            ids,
+            title,
+            description,
+            query(share(numerator, script), instant=True),
+            unit="percentunit",
+            steps=steps,
+            no_value="-",
+        )
+
     d = d.with_row(row(ids, "Time range"))
     timeout_steps = ((None, "green"), (0.01, "yellow"), (0.05, "red"))
+    retry_steps = ((None, "green"), (0.1, "yellow"))
     d = d.with_panel(
-        stat_panel(
-            ids,
+        share_stat(
             "Pre-script timeouts",
             "Share of pre-script runs (every retry is a run) that hit timeoutInSeconds.",
-            query(share("vmsnap_script_timeouts_total", "pre"), instant=True),
-            unit="percentunit",
-            steps=timeout_steps,
-            no_value="-",
+            "vmsnap_script_timeouts_total",
+            "pre",
+            timeout_steps,
         )
     )
     d = d.with_panel(
-        stat_panel(
-            ids,
+        share_stat(
             "Post-script timeouts",
             "Share of post-script runs that hit timeoutInSeconds. Each one may have left "
             "an application quiesced.",
-            query(share("vmsnap_script_timeouts_total", "post"), instant=True),
-            unit="percentunit",
-            steps=((None, "green"), (1e-9, "red")),
-            no_value="-",
+            "vmsnap_script_timeouts_total",
+            "post",
+            ((None, "green"), (1e-9, "red")),
         )
     )
     d = d.with_panel(
-        stat_panel(
-            ids,
+        share_stat(
             "Pre-script retries",
             "Retries per pre-script run.",
-            query(share("vmsnap_script_retries_total", "pre"), instant=True),
-            unit="percentunit",
-            steps=((None, "green"), (0.1, "yellow")),
-            no_value="-",
+            "vmsnap_script_retries_total",
+            "pre",
+            retry_steps,
         )
     )
     d = d.with_panel(
-        stat_panel(
-            ids,
+        share_stat(
             "Post-script retries",
             "Retries per post-script run.",
-            query(share("vmsnap_script_retries_total", "post"), instant=True),
-            unit="percentunit",
-            steps=((None, "green"), (0.1, "yellow")),
-            no_value="-",
+            "vmsnap_script_retries_total",
+            "post",
+            retry_steps,
         )
     )
     d = d.with_panel(
@@ -788,26 +846,21 @@ def script_health() -> dash.Dashboard:
         )
     )
     d = d.with_panel(
-        bargauge.Panel()
-        .id(ids())
-        .title("Error codes in the time range")
-        .description("Jobs by reported error code over the whole time range.")
-        .datasource(DS)
-        .with_target(
+        bar_gauge_panel(
+            ids,
+            "Error codes in the time range",
+            "Jobs by reported error code over the whole time range.",
             query(
                 f"sort_desc(round(sum by (error) (increase(vmsnap_job_errors_total"
                 f"{{{FLEET_VMS}}}[$__range]))) > 0)",
                 "{{error}}",
                 instant=True,
-            )
+            ),
+            color="orange",
+            unit="short",
+            width=12,
+            height=8,
         )
-        .display_mode(common.BarGaugeDisplayMode.BASIC)
-        .orientation(common.VizOrientation.HORIZONTAL)
-        .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
-        .thresholds(thresholds((None, "orange")))
-        .unit("short")
-        .span(12)
-        .height(8)
     )
 
     d = d.with_row(row(ids, "Durations and VMs"))
@@ -842,12 +895,10 @@ def script_health() -> dash.Dashboard:
             "VMs whose pre- or post-script timed out in the time range. Click a VM for "
             "its job detail.",
             [
-                query(
+                table_query(
                     "topk(20, round(sum by (instance, region, cluster, script) (increase("
                     f"vmsnap_script_timeouts_total{{{FLEET_VMS}}}[$__range]))) > 0)",
-                    ref="A",
-                    instant=True,
-                    fmt=PromQueryFormat.TABLE,
+                    "A",
                 )
             ],
             rename={"Value": "timeouts"},
@@ -868,77 +919,66 @@ def job_detail() -> dash.Dashboard:
         "One VM's snapshot jobs: age of the last success, phase breakdown, disk snapshot "
         "latency, consistency over time, and the sidecar's own health.",
     )
-    d = d.with_variable(datasource_variable())
-    d = d.with_variable(
-        label_variable("region", "Region", "label_values(vmsnap_build_info, region)")
-    )
-    d = d.with_variable(
-        label_variable(
-            "cluster", "Cluster", 'label_values(vmsnap_build_info{region=~"$region"}, cluster)'
+    for variable in fleet_variables(with_instance=True, multi_instance=False):
+        d = d.with_variable(variable)
+
+    def age_stat(title: str, description: str, timestamp_metric: str) -> stat.Panel:
+        """Seconds since a timestamp gauge; 0 (never happened) shows as "never"."""
+        return stat_panel(
+            ids,
+            title,
+            description,
+            query(
+                f"time() - {timestamp_metric}{{{ONE_VM}}} and {timestamp_metric}{{{ONE_VM}}} > 0",
+                instant=True,
+            ),
+            unit="s",
+            steps=((None, "green"), (24 * 3600, "yellow"), (26 * 3600, "red")),
+            no_value="never",
         )
-    )
-    d = d.with_variable(
-        label_variable(
-            "instance",
-            "VM",
-            f"label_values(vmsnap_build_info{{{FLEET}}}, instance)",
-            multi=False,
+
+    def jobs_stat(
+        title: str,
+        description: str,
+        outcome: str,
+        steps: Sequence[tuple[float | None, str]] = ((None, "green"),),
+    ) -> stat.Panel:
+        return stat_panel(
+            ids,
+            title,
+            description,
+            query(
+                f'round(sum(increase(vmsnap_jobs_total{{{ONE_VM}, outcome="{outcome}"}}'
+                "[$__range])))",
+                instant=True,
+            ),
+            steps=steps,
         )
-    )
-    age_steps = ((None, "green"), (24 * 3600, "yellow"), (26 * 3600, "red"))
 
     d = d.with_row(row(ids, "Now"))
     d = d.with_panel(
-        stat_panel(
-            ids,
+        age_stat(
             "Since last success",
             "Time since the last successful snapshot job ended. VmsnapNoRecentSuccess "
             "fires past 26 h.",
-            query(
-                f"time() - vmsnap_last_success_timestamp_seconds{{{ONE_VM}}}"
-                f" and vmsnap_last_success_timestamp_seconds{{{ONE_VM}}} > 0",
-                instant=True,
-            ),
-            unit="s",
-            steps=age_steps,
-            no_value="never",
+            "vmsnap_last_success_timestamp_seconds",
         )
     )
     d = d.with_panel(
-        stat_panel(
-            ids,
+        age_stat(
             "Since last job",
             "Time since the last job (any outcome) ended.",
-            query(
-                f"time() - vmsnap_last_job_timestamp_seconds{{{ONE_VM}}}"
-                f" and vmsnap_last_job_timestamp_seconds{{{ONE_VM}}} > 0",
-                instant=True,
-            ),
-            unit="s",
-            steps=age_steps,
-            no_value="never",
+            "vmsnap_last_job_timestamp_seconds",
         )
     )
     d = d.with_panel(
-        stat_panel(
-            ids,
-            "Successful jobs",
-            "Jobs that took a snapshot, in the time range.",
-            query(
-                f'round(sum(increase(vmsnap_jobs_total{{{ONE_VM}, outcome="success"}}[$__range])))',
-                instant=True,
-            ),
-        )
+        jobs_stat("Successful jobs", "Jobs that took a snapshot, in the time range.", "success")
     )
     d = d.with_panel(
-        stat_panel(
-            ids,
+        jobs_stat(
             "Failed jobs",
             "Jobs that took no snapshot, in the time range.",
-            query(
-                f'round(sum(increase(vmsnap_jobs_total{{{ONE_VM}, outcome="failed"}}[$__range])))',
-                instant=True,
-            ),
+            "failed",
             steps=((None, "green"), (1, "red")),
         )
     )
@@ -995,27 +1035,22 @@ def job_detail() -> dash.Dashboard:
         )
     )
     d = d.with_panel(
-        bargauge.Panel()
-        .id(ids())
-        .title("Mean phase duration in the time range")
-        .description("Where a job's time goes, averaged over the time range.")
-        .datasource(DS)
-        .with_target(
+        bar_gauge_panel(
+            ids,
+            "Mean phase duration in the time range",
+            "Where a job's time goes, averaged over the time range.",
             query(
                 f"sum by (phase) (increase(vmsnap_phase_duration_seconds_sum{{{ONE_VM}}}"
                 "[$__range])) / sum by (phase) (increase("
                 f"vmsnap_phase_duration_seconds_count{{{ONE_VM}}}[$__range]))",
                 "{{phase}}",
                 instant=True,
-            )
+            ),
+            color="blue",
+            unit="s",
+            width=8,
+            height=9,
         )
-        .display_mode(common.BarGaugeDisplayMode.BASIC)
-        .orientation(common.VizOrientation.HORIZONTAL)
-        .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
-        .thresholds(thresholds((None, "blue")))
-        .unit("s")
-        .span(8)
-        .height(9)
     )
     d = d.with_panel(
         series_panel(
@@ -1072,15 +1107,7 @@ def job_detail() -> dash.Dashboard:
             ],
             unit="s",
             interval=SPARSE_INTERVAL,
-        ).override_by_query(
-            "C",
-            [
-                dm.DynamicConfigValue(id_val="unit", value="short"),
-                dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
-                dm.DynamicConfigValue(id_val="custom.drawStyle", value="bars"),
-                _color("red"),
-            ],
-        )
+        ).override_by_query("C", _errors_on_right_axis(bars=True))
     )
     d = d.with_panel(consistency_panel(ids, ONE_VM, SPARSE_INTERVAL))
     d = d.with_panel(
@@ -1089,19 +1116,15 @@ def job_detail() -> dash.Dashboard:
             "Error and warning codes in the time range",
             "Error codes reported by failed jobs and warnings reported by any job.",
             [
-                query(
+                table_query(
                     f"round(sum by (error) (increase(vmsnap_job_errors_total{{{ONE_VM}}}"
                     "[$__range]))) > 0",
-                    ref="A",
-                    instant=True,
-                    fmt=PromQueryFormat.TABLE,
+                    "A",
                 ),
-                query(
+                table_query(
                     "round(sum by (warning) (increase("
                     f"vmsnap_job_warnings_total{{{ONE_VM}}}[$__range]))) > 0",
-                    ref="B",
-                    instant=True,
-                    fmt=PromQueryFormat.TABLE,
+                    "B",
                 ),
             ],
             rename={"Value #A": "failed jobs", "Value #B": "warnings"},
@@ -1190,14 +1213,7 @@ def job_detail() -> dash.Dashboard:
             unit="bytes",
             interval=LIVE_INTERVAL,
             width=8,
-        ).override_by_query(
-            "B",
-            [
-                dm.DynamicConfigValue(id_val="unit", value="short"),
-                dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
-                _color("red"),
-            ],
-        )
+        ).override_by_query("B", _errors_on_right_axis(bars=False))
     )
     d = d.with_panel(
         series_panel(
@@ -1216,14 +1232,7 @@ def job_detail() -> dash.Dashboard:
             unit="bytes",
             interval=LIVE_INTERVAL,
             width=8,
-        ).override_by_query(
-            "B",
-            [
-                dm.DynamicConfigValue(id_val="unit", value="short"),
-                dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
-                _color("red"),
-            ],
-        )
+        ).override_by_query("B", _errors_on_right_axis(bars=False))
     )
     d = d.with_panel(
         series_panel(
@@ -1282,15 +1291,7 @@ def job_detail() -> dash.Dashboard:
             unit="bytes",
             interval=LIVE_INTERVAL,
             width=12,
-        ).override_by_query(
-            "B",
-            [
-                dm.DynamicConfigValue(id_val="unit", value="short"),
-                dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
-                dm.DynamicConfigValue(id_val="custom.drawStyle", value="bars"),
-                _color("red"),
-            ],
-        )
+        ).override_by_query("B", _errors_on_right_axis(bars=True))
     )
     return d
 

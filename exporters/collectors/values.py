@@ -37,23 +37,21 @@ class ValuesCollector:
         values = self._source()
         for family in values.families.values():
             if family.kind == "counter":
-                yield self._counter(family, values.counters[family.name])
+                yield self._scalar(CounterMetricFamily, family, values.counters[family.name])
             elif family.kind == "gauge":
                 if family.zero_init:  # the others (build_info) have their own collector
-                    yield self._gauge(family, values.gauges[family.name])
+                    yield self._scalar(GaugeMetricFamily, family, values.gauges[family.name])
             else:
                 yield self._histogram(family, values.histograms[family.name])
 
     @staticmethod
-    def _counter(family: Family, series: dict[tuple[str, ...], float]) -> Metric:
-        metric = CounterMetricFamily(family.name, family.help, labels=family.labels)
-        for key in sorted(series):
-            metric.add_metric(list(key), series[key])
-        return metric
-
-    @staticmethod
-    def _gauge(family: Family, series: dict[tuple[str, ...], float]) -> Metric:
-        metric = GaugeMetricFamily(family.name, family.help, labels=family.labels)
+    def _scalar(
+        metric_type: type[CounterMetricFamily] | type[GaugeMetricFamily],
+        family: Family,
+        series: dict[tuple[str, ...], float],
+    ) -> Metric:
+        """A counter or gauge family: one sample per label combination, in key order."""
+        metric = metric_type(family.name, family.help, labels=family.labels)
         for key in sorted(series):
             metric.add_metric(list(key), series[key])
         return metric

@@ -166,8 +166,6 @@ class FrozenWindowSequence:
     def _frozen_window(
         self, session: FreezeSession, snapshotter: DiskSnapshotter, disks: int
     ) -> None:
-        # I1: from here to session.thaw(): no file writes, no imports, no network but
-        # the snapshot requests. Logs are held in memory by the closed gate.
         self.state.freeze_attempted = True
         # Last spool write before the window: the record names the mounts about
         # to be frozen and the deadline, so the sidecar's backstop knows exactly
@@ -175,6 +173,8 @@ class FrozenWindowSequence:
         self.state.freeze_deadline_at = time.time() + self.options.freeze_timeout_seconds
         if self.telemetry is not None:
             self.telemetry.flush()
+        # I1: from here to session.thaw(): no file writes, no imports, no network but
+        # the snapshot requests. Logs are held in memory by the closed gate.
         self.log.gate.close()
         plan = self.state.plan
         with self.phases.phase("freeze") as ph:

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from snapshot_runtime.atomic_file import write_atomic
+from snapshot_runtime.bounded_read import read_at_most
 from snapshot_runtime.errors import ConfigError, ErrorCode
 
 __all__ = [
@@ -165,17 +166,9 @@ def _read_capped(path: str, limit: int) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ValueError("is not a regular file")
-        chunks: list[bytes] = []
-        remaining = limit + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 65536))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
+        data = read_at_most(fd, limit + 1)
     finally:
         os.close(fd)
-    data = b"".join(chunks)
     if len(data) > limit:
         raise ValueError(f"is larger than {limit} bytes")
     return data

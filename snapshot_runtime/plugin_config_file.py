@@ -17,6 +17,7 @@ import errno
 import os
 import stat
 
+from snapshot_runtime.bounded_read import read_at_most
 from snapshot_runtime.errors import ConfigError, ErrorCode
 from snapshot_runtime.permissions import check_config_mode
 
@@ -97,21 +98,8 @@ def read_config_file(path: str, *, max_bytes: int) -> bytes:
                 f"is {st.st_size} bytes, over the {max_bytes}-byte limit for a plugin "
                 "config (the template is under 1 KiB); check that the right file is in place",
             )
-        return _read_at_most(fd, max_bytes + 1)
+        return read_at_most(fd, max_bytes + 1)
     except OSError as exc:
         raise _fail(f"cannot be read: {os.strerror(exc.errno) if exc.errno else exc}") from None
     finally:
         os.close(fd)
-
-
-def _read_at_most(fd: int, limit: int) -> bytes:
-    # st_size can lie (a file growing, procfs); the cap holds regardless.
-    chunks: list[bytes] = []
-    remaining = limit
-    while remaining > 0:
-        chunk = os.read(fd, remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)

@@ -69,6 +69,7 @@ from urllib.parse import urlsplit
 
 from snapshot_runtime.backup_metadata import parse_backup_metadata
 from snapshot_runtime.blob_urls import EMULATOR_HOSTS, sas_secrets, validate_blob_url
+from snapshot_runtime.bounded_read import read_at_most
 from snapshot_runtime.errors import ConfigError, ErrorCode
 from snapshot_runtime.redact import strip_sas
 from snapshot_runtime.settings_json import decode_b64_json, invalid_settings, json_type_name
@@ -369,19 +370,11 @@ def load_settings_file(path: str) -> HandlerSettings:
                 f"settings file {path} is {info.st_size} bytes, "
                 f"larger than the {MAX_SETTINGS_FILE_BYTES}-byte limit"
             )
-        chunks: list[bytes] = []
-        remaining = MAX_SETTINGS_FILE_BYTES + 1  # the file may grow after fstat
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 65536))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
+        data = read_at_most(fd, MAX_SETTINGS_FILE_BYTES + 1)  # the file may grow after fstat
     except OSError as exc:
         raise invalid_settings(f"cannot read settings file {path}: {exc.strerror}") from None
     finally:
         os.close(fd)
-    data = b"".join(chunks)
     if len(data) > MAX_SETTINGS_FILE_BYTES:
         raise invalid_settings(
             f"settings file {path} is larger than {MAX_SETTINGS_FILE_BYTES} bytes"

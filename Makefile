@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test demo lint typecheck unit system-deps clean bench
+.PHONY: test demo lint typecheck layers unit system-deps clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-test: $(STAMP) system-deps lint typecheck
+# The import-linter contracts in pyproject.toml: layers, and what core/inputs may not import.
+layers: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP) system-deps lint typecheck layers
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: $(STAMP) system-deps

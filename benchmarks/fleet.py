@@ -3,8 +3,8 @@
 What it does, all on 127.0.0.1 and bounded in time:
 
 1. starts N (default 200) fake sidecars in this process, one tiny HTTP server
-   per port, each serving the sidecar's real exposition (exporters.collectors
-   over exporters.metrics.MetricValues, OpenMetrics with trace_id exemplars
+   per port, each serving the sidecar's real exposition (snapshot_sidecar.collectors
+   over snapshot_sidecar.metrics.MetricValues, OpenMetrics with trace_id exemplars
    when asked) of a synthetic VM: a job history at start, then a new job every
    ``--job-every`` seconds or so (freeze windows log-normal, a few slow VMs,
    rare script timeouts and failures);
@@ -52,12 +52,12 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client.exposition import choose_encoder
+from snapshot_sidecar.collectors import build_registry
+from snapshot_sidecar.collectors.build_info import BuildInfoCollector
+from snapshot_sidecar.collectors.values import ValuesCollector
+from snapshot_sidecar.metrics import MetricValues
 
-from exporters.collectors import build_registry
-from exporters.collectors.build_info import BuildInfoCollector
-from exporters.collectors.values import ValuesCollector
-from exporters.metrics import MetricValues
-from snapshot_runtime.phases import PHASES
+from snapshot_runtime.core.phases import PHASES
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))

@@ -23,9 +23,9 @@ import argparse
 import statistics
 import time
 
-from snapshot_runtime.freeze import FreezeSession
-from snapshot_runtime.mounts import parse_mountinfo, plan_freeze, read_mountinfo
-from snapshot_runtime.snapshot import DiskSnapshotter
+from snapshot_runtime.freeze.mounts import parse_mountinfo, plan_freeze, read_mountinfo
+from snapshot_runtime.freeze.session import FreezeSession
+from snapshot_runtime.snapshot.azure_blob import DiskSnapshotter
 from tests.support.azurite import run_azurite
 from tests.support.loopfs import loop_filesystem
 

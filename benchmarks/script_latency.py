@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from snapshot_runtime.scripts import run_script
+from snapshot_runtime.scripts.runner import run_script
 
 BASE = "/var/lib/snapshot-runtime-bench"
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ OUTPUT_BYTES = 100 * 1024 * 1024
 
 _RSS_PROBE = """
 import json, subprocess, sys
-from snapshot_runtime.scripts import run_script
+from snapshot_runtime.scripts.runner import run_script
 
 def hwm():
     for line in open('/proc/self/status'):

@@ -31,7 +31,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from exporters.keys import Keys
+from snapshot_sidecar.keys import Keys
+
 from tests.support.spoolgen import SpoolGen
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
@@ -43,7 +44,7 @@ def _start(spool: Path, state: Path, log: Path) -> tuple[subprocess.Popen[bytes]
         [
             sys.executable,
             "-m",
-            "exporters.cli",
+            "snapshot_sidecar.cli",
             "--spool",
             str(spool),
             "--state-dir",

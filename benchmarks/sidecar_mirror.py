@@ -23,11 +23,12 @@ import time
 import uuid
 from pathlib import Path
 
-from exporters.keys import Keys
-from exporters.mirror import LogMirror, MirrorConfig
-from exporters.spool_reader import SpoolReader
-from exporters.state import Ledger
-from snapshot_runtime.blobs import BlobPolicy
+from snapshot_sidecar.keys import Keys
+from snapshot_sidecar.mirror import LogMirror, MirrorConfig
+from snapshot_sidecar.spool_reader import SpoolReader
+from snapshot_sidecar.state import Ledger
+
+from snapshot_runtime.snapshot.blob_retry import BlobPolicy
 from tests.support.azurite import Azurite, run_azurite
 from tests.support.spoolgen import SpoolGen
 

@@ -44,13 +44,14 @@ from pathlib import Path
 
 from loguru import logger
 
-from snapshot_runtime.blobs import BlobPolicy
-from snapshot_runtime.job import JobOptions, JobReport, run_job
-from snapshot_runtime.joblog import JobLog
-from snapshot_runtime.phases import PhaseRecorder
-from snapshot_runtime.record import RecordFacts
-from snapshot_runtime.redact import Redactor
-from snapshot_runtime.telemetry import JobTelemetry, TelemetryOptions
+from snapshot_runtime.core.phases import PhaseRecorder
+from snapshot_runtime.core.redact import Redactor
+from snapshot_runtime.job.records import JobOptions, JobReport
+from snapshot_runtime.job.run import run_job
+from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_runtime.telemetry.job_log import JobLog
+from snapshot_runtime.telemetry.job_telemetry import JobTelemetry, TelemetryOptions
+from snapshot_runtime.telemetry.record import RecordFacts
 from tests.support.azurite import Azurite, run_azurite
 from tests.support.jobkit import POST_SCRIPT, PRE_SCRIPT, plugin_config, settings_doc
 from tests.support.loopfs import loop_filesystem

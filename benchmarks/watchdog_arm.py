@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from snapshot_runtime.watchdog_client import WatchdogClient
+from snapshot_runtime.freeze.watchdog_client import WatchdogClient
 
 
 def _p95(samples: list[float]) -> float:

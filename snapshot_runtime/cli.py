@@ -26,13 +26,17 @@ from types import FrameType
 from loguru import logger
 
 from snapshot_runtime import __version__
-from snapshot_runtime.errors import ErrorCode
-from snapshot_runtime.joblog import DEFAULT_LOG_PATH
-from snapshot_runtime.paths import DEFAULT_SPOOL_DIR, DEFAULT_STATE_DIR
-from snapshot_runtime.redact import scrub
-from snapshot_runtime.spool import DEFAULT_MAX_BYTES, recover_interrupted
-from snapshot_runtime.summary import report_json, report_text, table
-from snapshot_runtime.trace_view import load_job, rows, waterfall
+from snapshot_runtime.core.defaults import (
+    DEFAULT_FREEZE_TIMEOUT,
+    DEFAULT_SPOOL_DIR,
+    DEFAULT_STATE_DIR,
+)
+from snapshot_runtime.core.errors import ErrorCode
+from snapshot_runtime.core.redact import scrub
+from snapshot_runtime.job.summary import report_json, report_text, table
+from snapshot_runtime.telemetry.job_log import DEFAULT_LOG_PATH
+from snapshot_runtime.telemetry.spool import DEFAULT_MAX_BYTES, recover_interrupted
+from snapshot_runtime.telemetry.trace_view import load_job, rows, waterfall
 
 __all__ = ["main", "otlp_traces_endpoint"]
 
@@ -144,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--freeze-timeout",
         type=_seconds,
-        default=60.0,
+        default=DEFAULT_FREEZE_TIMEOUT,
         help="seconds before a forced thaw (default 60)",
     )
     r.add_argument(
@@ -155,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--log-file", help="JSON-lines job log (default the reference's extension.log)")
     r.add_argument("--no-log-file", action="store_true", help="log to the console only")
     r.add_argument(
-        "--state-dir", default=None, help="state directory (default /var/lib/snapshot-runtime)"
+        "--state-dir", default=None, help=f"state directory (default {DEFAULT_STATE_DIR})"
     )
     r.add_argument(
         "--status-file", help="local status file (default <state-dir>/status/<taskId>.status)"
@@ -205,7 +209,7 @@ def _parser() -> argparse.ArgumentParser:
 def _validate(args: argparse.Namespace) -> int:
     # Imported per command: `trace` and `recover` need none of the job's
     # dependencies (azure-storage-blob alone costs ~0.5 s to import).
-    from snapshot_runtime.preflight import preflight  # noqa: PLC0415
+    from snapshot_runtime.job.preflight import preflight  # noqa: PLC0415
 
     report = preflight(
         config_path=args.config, run_scripts=args.run_scripts, include_mounts=args.mounts
@@ -230,7 +234,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from snapshot_runtime.job import JobInterrupted, JobOptions, run_job  # noqa: PLC0415
+    from snapshot_runtime.core.interrupt import JobInterrupted  # noqa: PLC0415
+    from snapshot_runtime.job.records import JobOptions  # noqa: PLC0415
+    from snapshot_runtime.job.run import run_job  # noqa: PLC0415
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         # systemd stopping the unit, a hangup: end the job as cleanly as Ctrl-C does.
@@ -333,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "recover":
             return _recover(args)
         if args.command == "handler":
-            from snapshot_runtime.handler import handler_main  # noqa: PLC0415 - per command
+            from snapshot_runtime.handler.commands import handler_main  # noqa: PLC0415 - per command
 
             return handler_main(args.handler_args)
         return _run(args)

@@ -23,8 +23,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from snapshot_runtime.freeze import FreezeResult, FreezeSession
-from snapshot_runtime.mounts import parse_mountinfo, plan_freeze, read_mountinfo
+from snapshot_runtime.freeze.mounts import parse_mountinfo, plan_freeze, read_mountinfo
+from snapshot_runtime.freeze.session import FreezeSession
+from snapshot_runtime.freeze.state import FreezeResult
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -18,8 +18,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from snapshot_sidecar.metrics import FAMILIES
 
-from exporters.metrics import FAMILIES
 from tests.support.requirements import require
 from tests.test_rules import PROM_DIR, RULE_FILES, recorded_names, run_promtool, unknown_names
 

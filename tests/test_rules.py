@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from snapshot_sidecar.metrics import FAMILIES
 
-from exporters.metrics import FAMILIES
 from tests.support.requirements import require
 
 ROOT = Path(__file__).resolve().parent.parent

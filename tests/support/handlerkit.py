@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-from snapshot_runtime.settings import datetime_to_ticks
+from snapshot_runtime.core.ticks import datetime_to_ticks
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -41,8 +41,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from snapshot_runtime.job import DEFAULT_RUN_DIR, JobOptions, JobReport, run_job
-from snapshot_runtime.settings import TICKS_AT_UNIX_EPOCH, TICKS_PER_SECOND
+from snapshot_runtime.core.defaults import DEFAULT_RUN_DIR
+from snapshot_runtime.core.ticks import TICKS_AT_UNIX_EPOCH, TICKS_PER_SECOND
+from snapshot_runtime.job.records import JobOptions, JobReport
+from snapshot_runtime.job.run import run_job
 from tests.support.azurite import ACCOUNT_KEY, Azurite
 from tests.support.requirements import require
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snapshot_runtime.sealing import seal
+from snapshot_runtime.telemetry.sealing import seal
 
 __all__ = ["GenJob", "SpoolGen", "dead_pid"]
 

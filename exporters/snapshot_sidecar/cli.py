@@ -1,0 +1,271 @@
+"""`snapshot-sidecar`: the long-running exporter on each VM (a systemd service).
+
+    snapshot-sidecar [--spool DIR] [--state-dir DIR] [--listen HOST:PORT]
+                     [--tls-cert FILE --tls-key FILE] [--basic-auth-file FILE] [--once]
+    snapshot-sidecar --hash-password < password      # a line for --basic-auth-file
+
+The only reader of argv and of the environment (the standard OTEL_* variables
+decide span forwarding, see ``span_exporter_from_env``). Exit codes: 0 clean
+stop (SIGTERM/SIGINT) or ``--once`` done, 1 cannot start (state dir held by
+another sidecar, bad TLS/auth files, address in use), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from types import FrameType
+
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from snapshot_runtime import __version__
+from snapshot_runtime.freeze.ioctl import KernelFreezeIoctl
+from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_sidecar.backstop import Backstop
+from snapshot_sidecar.collectors import build_registry, stable_collectors, volatile_registry
+from snapshot_sidecar.exposition import CachedExposition
+from snapshot_sidecar.keys import Keys
+from snapshot_sidecar.mirror import LogMirror, MirrorConfig
+from snapshot_sidecar.server import (
+    DEFAULT_LISTEN,
+    BasicAuth,
+    MetricsServer,
+    hash_password,
+    tls_context,
+)
+from snapshot_sidecar.sidecar import (
+    DEFAULT_SPOOL,
+    DEFAULT_STATE_DIR,
+    Sidecar,
+    SidecarConfig,
+    StateDirLocked,
+    lock_state_dir,
+)
+from snapshot_sidecar.spans import SpanConfig, SpanForwarder
+from snapshot_sidecar.spool_reader import SpoolReader
+from snapshot_sidecar.state import Ledger
+
+__all__ = ["main", "span_exporter_from_env"]
+
+_log = logging.getLogger("snapshot_sidecar")
+
+# The standard variables (OpenTelemetry SDK configuration spec).
+OTEL_SDK_DISABLED = "OTEL_SDK_DISABLED"
+OTEL_TRACES_EXPORTER = "OTEL_TRACES_EXPORTER"
+OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+
+
+def span_exporter_from_env(env: Mapping[str, str]) -> SpanExporter | None:
+    """The OTLP/HTTP exporter when the environment asks for one, else None.
+
+    Forwarding is on when OTEL_EXPORTER_OTLP_ENDPOINT or
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set, or OTEL_TRACES_EXPORTER names
+    ``otlp``; off when OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none.
+    Everything else (headers, timeout, certificates, compression) the exporter
+    reads from the standard variables itself.
+    """
+    if env.get(OTEL_SDK_DISABLED, "").strip().lower() == "true":
+        return None
+    exporters = {e.strip().lower() for e in env.get(OTEL_TRACES_EXPORTER, "").split(",") if e}
+    if "none" in exporters:
+        return None
+    wanted = (
+        "otlp" in exporters
+        or bool(env.get(OTEL_EXPORTER_OTLP_ENDPOINT))
+        or bool(env.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT))
+    )
+    if not wanted:
+        return None
+    return OTLPSpanExporter()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="snapshot-sidecar",
+        description="Ingest the snapshot runtime's spool: /metrics, log mirroring, "
+        "span forwarding, thaw backstop.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--spool", default=DEFAULT_SPOOL, help=f"spool directory ({DEFAULT_SPOOL})")
+    p.add_argument(
+        "--state-dir", default=DEFAULT_STATE_DIR, help=f"persistent state ({DEFAULT_STATE_DIR})"
+    )
+    p.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        help=f"HOST:PORT for /metrics (default {DEFAULT_LISTEN}: loopback only)",
+    )
+    p.add_argument("--tls-cert", help="PEM certificate (chain) for HTTPS on /metrics")
+    p.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    p.add_argument("--basic-auth-file", help="user:scrypt$... lines (see --hash-password)")
+    p.add_argument("--once", action="store_true", help="one pass of everything, then exit")
+    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between passes")
+    p.add_argument("--keep-jobs", action="store_true", help="never delete handled job directories")
+    p.add_argument(
+        "--mirror-batch-bytes",
+        type=int,
+        default=256 * 1024,
+        help="write a running job's log once this much is waiting (256 KiB)",
+    )
+    p.add_argument(
+        "--mirror-max-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="largest single blob write (4 MiB, also the maximum)",
+    )
+    p.add_argument(
+        "--mirror-flush-seconds",
+        type=float,
+        default=60.0,
+        help="write waiting log lines at least this often (60)",
+    )
+    p.add_argument(
+        "--blob-timeout", type=float, default=30.0, help="blob request read timeout (30 s)"
+    )
+    p.add_argument(
+        "--give-up-after",
+        type=float,
+        default=24 * 3600.0,
+        help="stop retrying a completed job's log/spans after this many seconds (1 day)",
+    )
+    p.add_argument(
+        "--span-backlog-bytes",
+        type=int,
+        default=16 * 1024 * 1024,
+        help="most span bytes kept waiting for the collector (16 MiB)",
+    )
+    p.add_argument("--no-backstop", action="store_true", help="do not thaw left-frozen mounts")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--hash-password",
+        action="store_true",
+        help="read a password (stdin or prompt), print a hash line for --basic-auth-file",
+    )
+    return p
+
+
+def _hash_password_main(user: str = "prometheus") -> int:
+    password = (
+        getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    )
+    if not password:
+        print("snapshot-sidecar: empty password", file=sys.stderr)
+        return 2
+    print(f"{user}:{hash_password(password)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.hash_password:
+        return _hash_password_main()
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("snapshot-sidecar: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    try:
+        lock_fd = lock_state_dir(args.state_dir)
+    except StateDirLocked as exc:
+        print(f"snapshot-sidecar: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _run(args, dict(os.environ))
+    finally:
+        os.close(lock_fd)
+
+
+def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    stop = threading.Event()
+    ledger = Ledger(args.state_dir)
+    if ledger.reset_reason:
+        _log.error("%s", ledger.reset_reason)
+    keys = Keys.load_or_create(args.state_dir)
+    keys.publish(args.spool)
+    reader = SpoolReader(args.spool)
+    mirror_config = MirrorConfig(
+        min_batch=args.mirror_batch_bytes,
+        max_batch=args.mirror_max_bytes,
+        flush_seconds=args.mirror_flush_seconds,
+        give_up_seconds=args.give_up_after,
+        policy=BlobPolicy(
+            request_timeout=args.blob_timeout, connect_timeout=5.0, retries=3, backoff_seconds=0.5
+        ),
+    )
+    span_config = SpanConfig(
+        backlog_bytes=args.span_backlog_bytes, give_up_seconds=args.give_up_after
+    )
+    config = SidecarConfig(
+        poll_seconds=args.poll_interval,
+        keep_jobs=args.keep_jobs,
+        mirror=mirror_config,
+        spans=span_config,
+    )
+    exporter = span_exporter_from_env(env)
+    sidecar = Sidecar(
+        reader=reader,
+        ledger=ledger,
+        mirror=LogMirror(reader, ledger, keys, mirror_config, stop=stop),
+        spans=SpanForwarder(reader, ledger, exporter, span_config, stop=stop),
+        backstop=None if args.no_backstop else Backstop(KernelFreezeIoctl()),
+        config=config,
+        stop=stop,
+    )
+    if args.once:
+        sidecar.run_once()
+        sidecar.mirror.close()
+        return 0
+
+    exposition = CachedExposition(
+        build_registry(stable_collectors(lambda: ledger.published, __version__)),
+        volatile_registry(),
+        lambda: ledger.version,
+    )
+    try:
+        server = MetricsServer(
+            exposition,
+            args.listen,
+            tls=tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None,
+            auth=BasicAuth.from_file(args.basic_auth_file) if args.basic_auth_file else None,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"snapshot-sidecar: cannot serve /metrics: {exc}", file=sys.stderr)
+        return 1
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        _log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    _log.info(
+        "snapshot-sidecar %s: spool %s, state %s, /metrics on %s, spans %s",
+        __version__,
+        args.spool,
+        args.state_dir,
+        server.url,
+        "forwarded over OTLP" if exporter is not None else "not forwarded (no OTLP endpoint)",
+    )
+    try:
+        sidecar.run()
+    finally:
+        server.close()
+        if exporter is not None:
+            exporter.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

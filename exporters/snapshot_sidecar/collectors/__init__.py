@@ -1,0 +1,127 @@
+"""The sidecar's collectors, listed in one explicit table, and the registries.
+
+Nothing registers itself on import: ``build_registry`` builds a private
+``CollectorRegistry`` from ``collectors``: ``stable_collectors`` (the
+catalogue's values, build info; rendered once per ledger version, see
+``snapshot_sidecar.exposition``) and, in ``volatile_registry``, prometheus-client's
+process collector (every scrape). Each stable collector runs
+wrapped, so one that raises does not break the scrape: it is reported by
+``vmsnap_sidecar_collector_success{collector}`` = 0 (and logged), the others
+are served (node_exporter's ``execute()`` pattern).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from snapshot_sidecar.collectors.build_info import BuildInfoCollector
+from snapshot_sidecar.collectors.values import ValuesCollector
+from snapshot_sidecar.metrics import MetricValues
+
+__all__ = [
+    "BuildInfoCollector",
+    "NamedCollector",
+    "ValuesCollector",
+    "build_registry",
+    "default_collectors",
+    "stable_collectors",
+    "volatile_registry",
+]
+
+_log = logging.getLogger("snapshot_sidecar.collectors")
+
+
+class NamedCollector(Protocol):
+    name: str
+
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class _Process:
+    """prometheus-client's process collector (RSS, CPU, fds), named for the table."""
+
+    name = "process"
+
+    def __init__(self) -> None:
+        self._inner = ProcessCollector(registry=None)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._inner.collect()
+
+
+def default_collectors(source: Callable[[], MetricValues], version: str) -> list[NamedCollector]:
+    """Every collector in one list (tests, one uncached registry)."""
+    return [*stable_collectors(source, version), _Process()]
+
+
+def stable_collectors(source: Callable[[], MetricValues], version: str) -> list[NamedCollector]:
+    """What changes only with the ledger's version (cacheable)."""
+    return [ValuesCollector(source), BuildInfoCollector(version)]
+
+
+def volatile_registry() -> CollectorRegistry:
+    """The process collector alone (changes every scrape; never cached)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Safe(_Process()))
+    return registry
+
+
+class _Safe:
+    """A collector whose failure is logged and yields nothing (the scrape goes on)."""
+
+    def __init__(self, inner: NamedCollector) -> None:
+        self._inner = inner
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            metrics = list(self._inner.collect())
+        except Exception:
+            _log.exception("collector %s failed", self._inner.name)
+            return
+        yield from metrics
+
+
+class _Executor:
+    """Runs every collector; reports success and duration per collector."""
+
+    def __init__(self, collectors: Sequence[NamedCollector]) -> None:
+        self._collectors = list(collectors)
+
+    def collect(self) -> Iterator[Metric]:
+        success = GaugeMetricFamily(
+            "vmsnap_sidecar_collector_success",
+            "1 if the collector ran without error during this scrape.",
+            labels=["collector"],
+        )
+        duration = GaugeMetricFamily(
+            "vmsnap_sidecar_collector_duration_seconds",
+            "How long the collector took during this scrape.",
+            labels=["collector"],
+        )
+        for collector in self._collectors:
+            start = time.perf_counter()
+            try:
+                metrics = list(collector.collect())
+            except Exception:
+                _log.exception("collector %s failed", collector.name)
+                metrics, ok = [], 0.0
+            else:
+                ok = 1.0
+            success.add_metric([collector.name], ok)
+            duration.add_metric([collector.name], time.perf_counter() - start)
+            yield from metrics
+        yield success
+        yield duration
+
+
+def build_registry(collectors: Sequence[NamedCollector]) -> CollectorRegistry:
+    """A private registry serving ``collectors`` (never the global REGISTRY)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Executor(collectors))
+    return registry

@@ -1,0 +1,79 @@
+"""The sidecar's X25519 key pair: what lets the runtime hand it logsBlobUri (docs/spool.md).
+
+* ``<state-dir>/sidecar.key``: private key, PKCS8 PEM, mode 0600, created once.
+* ``<state-dir>/sidecar.pub`` and ``<spool>/sidecar.pub``: the raw 32-byte public
+  key. The spool copy is (re)published at every start, atomically (tmp +
+  rename), because the spool lives on a tmpfs that a reboot empties.
+
+``Keys.open(sealed)`` returns the logsBlobUri sealed in a credentials.sealed
+text, or raises ``ValueError`` (tampered, sealed to another key, malformed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+from snapshot_runtime.core.atomic_file import write_atomic
+from snapshot_runtime.telemetry.sealing import generate_keypair, unseal
+
+__all__ = ["PRIVATE_FILE", "PUBLIC_FILE", "Keys"]
+
+PRIVATE_FILE = "sidecar.key"
+PUBLIC_FILE = "sidecar.pub"
+
+
+class Keys:
+    def __init__(self, private_pem: bytes, public_raw: bytes) -> None:
+        self._private = private_pem
+        self.public = public_raw
+
+    @classmethod
+    def load_or_create(cls, state_dir: str | os.PathLike[str]) -> Keys:
+        directory = Path(state_dir)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_path = directory / PRIVATE_FILE
+        public_path = directory / PUBLIC_FILE
+        try:
+            private = private_path.read_bytes()
+            public = public_path.read_bytes()
+        except FileNotFoundError:
+            private, public = generate_keypair()
+            write_atomic(private_path, private, mode=0o600)
+            write_atomic(public_path, public, mode=0o644)
+        else:
+            # A key someone made readable by others is still ours, but no longer
+            # secret to them: tighten it (and say so in the log at the caller).
+            if private_path.stat().st_mode & 0o077:
+                os.chmod(private_path, 0o600)
+        if len(public) != 32:
+            raise ValueError(f"{public_path} is not a raw 32-byte X25519 public key")
+        return cls(private, public)
+
+    def publish(self, spool: str | os.PathLike[str]) -> Path:
+        """Write ``<spool>/sidecar.pub`` (creating the spool directory, 0700)."""
+        root = Path(spool)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target = root / PUBLIC_FILE
+        with contextlib.suppress(FileNotFoundError):
+            if target.read_bytes() == self.public:
+                return target
+        write_atomic(target, self.public, mode=0o644)
+        return target
+
+    def open(self, sealed: str) -> str:
+        """The logsBlobUri inside a credentials.sealed text. Raises ValueError."""
+        plain = unseal(self._private, sealed)
+        try:
+            doc = json.loads(plain)
+        except ValueError as exc:
+            raise ValueError("sealed credentials are not JSON") from exc
+        url = doc.get("logsBlobUri") if isinstance(doc, dict) else None
+        if not isinstance(url, str) or not url:
+            raise ValueError("sealed credentials hold no logsBlobUri")
+        return url
+
+    def __repr__(self) -> str:  # never print the private key
+        return f"Keys(public={self.public.hex()[:16]}...)"

@@ -1,0 +1,370 @@
+"""The sidecar's main loop: ingest the spool, thaw what was left frozen, mirror, forward.
+
+Threads (``Sidecar.run``):
+
+* main: every ``poll_seconds``, ``ingest()`` (new complete records counted
+  exactly once, abandoned jobs, watchdog reports, the backstop) and
+  ``cleanup()`` (job directories fully handled are removed);
+* ``mirror``: ``LogMirror.step()`` in a loop; ``spans``: ``SpanForwarder.step()``;
+* ``metrics-http``: the /metrics server.
+
+A slow or failing blob endpoint or collector therefore never delays ingestion,
+and nothing that fails in a loop stops the process: every exception is logged
+(rate-limited per place), counted in ``vmsnap_sidecar_errors_total{component}``,
+and the loop goes on (style.md §2.8). ``run_once()`` does one pass of
+everything on the calling thread (``--once``, tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from snapshot_runtime.core.defaults import DEFAULT_SPOOL_DIR
+from snapshot_sidecar.backstop import Backstop
+from snapshot_sidecar.ingest import apply_record, apply_watchdog_report
+from snapshot_sidecar.mirror import LogMirror, MirrorConfig
+from snapshot_sidecar.spans import SpanConfig, SpanForwarder
+from snapshot_sidecar.spool_reader import JobRecord, RecordError, SpoolReader
+from snapshot_sidecar.state import JobState, Ledger
+
+__all__ = ["DEFAULT_SPOOL", "DEFAULT_STATE_DIR", "Sidecar", "SidecarConfig", "StateDirLocked"]
+
+DEFAULT_SPOOL = DEFAULT_SPOOL_DIR
+DEFAULT_STATE_DIR = "/var/lib/snapshot-sidecar"
+_log = logging.getLogger("snapshot_sidecar")
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    """- poll_seconds: how often the spool is scanned (and workers idle between passes).
+    - keep_jobs: never delete handled job directories (debugging).
+    - max_new_jobs_per_pass: new job directories taken on per ingest pass; a
+      larger spool is caught up over several passes (bounded memory, commits).
+    - abandon_seconds: an incomplete job whose record names no pid is given up
+      after this long without a record update.
+    """
+
+    poll_seconds: float = 1.0
+    keep_jobs: bool = False
+    max_new_jobs_per_pass: int = 500
+    abandon_seconds: float = 24 * 3600.0
+    mirror: MirrorConfig = field(default_factory=MirrorConfig)
+    spans: SpanConfig = field(default_factory=SpanConfig)
+
+
+class StateDirLocked(RuntimeError):
+    """Another sidecar holds this state directory."""
+
+
+class _Throttle:
+    """Log a repeated error at most once per ``seconds`` per key (DuplicateFilter-like)."""
+
+    def __init__(self, seconds: float = 60.0) -> None:
+        self.seconds = seconds
+        self._last: dict[str, float] = {}
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -self.seconds) >= self.seconds:
+            self._last[key] = now
+            return True
+        return False
+
+
+def lock_state_dir(state_dir: str | os.PathLike[str]) -> int:
+    """Hold ``<state-dir>/lock`` (flock) for the life of the process; the fd is returned."""
+    directory = Path(state_dir)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateDirLocked(f"another snapshot-sidecar holds {directory}/lock") from None
+    return fd
+
+
+class Sidecar:
+    def __init__(
+        self,
+        *,
+        reader: SpoolReader,
+        ledger: Ledger,
+        mirror: LogMirror,
+        spans: SpanForwarder,
+        backstop: Backstop | None,
+        config: SidecarConfig,
+        clock: Callable[[], float] = time.time,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.reader = reader
+        self.ledger = ledger
+        self.mirror = mirror
+        self.spans = spans
+        self.backstop = backstop
+        self.config = config
+        self.clock = clock
+        self.stop = stop or threading.Event()
+        self._throttle = _Throttle()
+        self._invalid_seen: set[tuple[str, str]] = set()
+        # record.json (mtime, size, inode) when last read, per job directory.
+        self._stats: dict[str, tuple[int, int, int]] = {}
+        self._wakes = {"mirror": threading.Event(), "spans": threading.Event()}
+        self._new = 0  # jobs first seen in the last pass
+        self._more = False  # the last pass stopped at max_new_jobs_per_pass
+
+    # -- passes ------------------------------------------------------------------------
+
+    def run_once(self) -> None:
+        """One pass of everything, on this thread."""
+        self._guarded("ingest", self.ingest)
+        self._guarded("mirror", self.mirror.step)
+        self._guarded("spans", self.spans.step)
+        self._guarded("ingest", self.cleanup)
+
+    def run(self, on_started: Callable[[], None] | None = None) -> None:
+        """Until ``stop`` is set: the main loop here, mirror and spans on their threads."""
+        workers = [
+            threading.Thread(target=self._loop, args=("mirror", self.mirror.step), name="mirror"),
+            threading.Thread(target=self._loop, args=("spans", self.spans.step), name="spans"),
+        ]
+        self._guarded("ingest", self.ingest)
+        for worker in workers:
+            worker.daemon = True
+            worker.start()
+        if on_started is not None:
+            on_started()
+        while not self.stop.is_set():
+            self._guarded("ingest", self.cleanup)
+            # A pass cut short by the per-pass bound goes on at once (catching up).
+            if self.stop.wait(0.05 if self._more else self.config.poll_seconds):
+                break
+            self._guarded("ingest", self.ingest)
+            if self._new:
+                for wake in self._wakes.values():
+                    wake.set()
+        for wake in self._wakes.values():
+            wake.set()
+        for worker in workers:
+            worker.join(10.0)
+        self.mirror.close()
+
+    def _loop(self, component: str, step: Callable[[], None]) -> None:
+        wake = self._wakes[component]
+        while not self.stop.is_set():
+            self._guarded(component, step)
+            wake.wait(self.config.poll_seconds)  # new jobs wake the worker early
+            wake.clear()
+
+    def _guarded(self, component: str, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception as exc:
+            if self._throttle.allow(f"{component}:{type(exc).__name__}"):
+                _log.exception("%s pass failed (the sidecar goes on)", component)
+            try:
+                with self.ledger.transaction() as state:
+                    state.metrics.inc("vmsnap_sidecar_errors_total", (component,))
+            except OSError:
+                with self.ledger.locked() as state:
+                    state.metrics.inc("vmsnap_sidecar_state_write_errors_total")
+
+    # -- ingest ------------------------------------------------------------------------
+
+    def ingest(self) -> None:
+        """One scan of the spool; every change of the pass is one commit."""
+        names = self.reader.job_names()
+        self.ledger.live("vmsnap_sidecar_spool_jobs", len(names))
+        self._new, self._more = 0, False
+        with self.ledger.batch():
+            for name in names:
+                if self.stop.is_set():
+                    return
+                self._ingest_job(name)
+            self._ingest_watchdog_reports()
+            present = set(names)
+            gone = [n for n in self.ledger.state.jobs if n not in present]
+            if gone:
+                # Removed by us (see cleanup) or by someone else: nothing left to do.
+                with self.ledger.transaction() as state:
+                    for name in gone:
+                        state.jobs.pop(name, None)
+                        self._stats.pop(name, None)
+
+    def _ingest_job(self, name: str) -> None:
+        now = self.clock()
+        job = self.ledger.state.jobs.get(name)
+        stat = self.reader.record_stat(name)
+        if job is not None and job.complete and stat is not None and self._stats.get(name) == stat:
+            return  # counted, and its record has not changed since: nothing to read
+        try:
+            record = self.reader.read_record(name)
+        except RecordError as exc:
+            if (name, exc.reason) not in self._invalid_seen:
+                self._invalid_seen.add((name, exc.reason))
+                _log.warning("job %s: record not ingestible: %s", name, exc)
+                with self.ledger.transaction() as state:
+                    state.metrics.inc("vmsnap_sidecar_records_invalid_total", (exc.reason,))
+            return
+        if record is None:
+            return
+        if job is None:
+            # Bounded work per pass (and so bounded state and memory while a
+            # large spool is caught up): the rest waits for the next pass.
+            if self._new >= self.config.max_new_jobs_per_pass:
+                self._more = True
+                return
+            self._new += 1
+            with self.ledger.transaction() as state:
+                job = state.job(name, now=now)
+        if stat is not None:
+            self._stats[name] = stat
+        if record.complete:
+            if job.run != record.run_id:
+                self._count(name, job, record, now)
+            return
+        if self.backstop is not None and not job.backstop:
+            self._backstop(name, job, record)
+        if not job.abandoned and self._abandoned(name, record, job, now):
+            with self.ledger.transaction() as state:
+                job.abandoned = True
+                job.completed_at = now
+                state.metrics.inc("vmsnap_jobs_abandoned_total")
+            _log.warning("job %s: runtime gone before completing; abandoned", name)
+
+    def _count(self, name: str, job: JobState, record: JobRecord, now: float) -> None:
+        # Exactly once: the values and the mark are committed in one write.
+        if record.raw.get("interrupted") is True:
+            # Completed on behalf of a dead runtime by the next run's recovery
+            # (docs/spool.md): one abandoned job, never a second outcome.
+            with self.ledger.transaction() as state:
+                if not job.abandoned:
+                    state.metrics.inc("vmsnap_jobs_abandoned_total")
+                    job.abandoned = True
+                job.run = record.run_id
+                job.complete = True
+                job.completed_at = job.completed_at or now
+            _log.warning("job %s: interrupted (completed by recovery); counted as abandoned", name)
+            return
+        with self.ledger.transaction() as state:
+            apply_record(state.metrics, record)
+            job.run = record.run_id
+            job.complete = True
+            job.abandoned = False
+            job.completed_at = now
+            if record.ended_at is not None:
+                lag = max(0.0, now - record.ended_at)
+                state.metrics.set("vmsnap_sidecar_ingest_lag_seconds", lag)
+        _log.info(
+            "job %s: %s, %s (%s)",
+            name,
+            record.outcome,
+            record.consistency,
+            record.error or "no error",
+        )
+
+    def _abandoned(self, name: str, record: JobRecord, job: JobState, now: float) -> bool:
+        if record.pid is not None and self.backstop is not None:
+            return self.backstop.runtime_dead(record, self.reader.job_path(name))
+        last = record.updated_at or job.first_seen
+        return now - last > self.config.abandon_seconds
+
+    def _backstop(self, name: str, job: JobState, record: JobRecord) -> None:
+        assert self.backstop is not None
+        mountpoints = self.backstop.due(record, self.reader.job_path(name))
+        if mountpoints is None:
+            return
+        outcomes = self.backstop.thaw(mountpoints)
+        with self.ledger.transaction() as state:
+            job.backstop = True
+            for outcome in outcomes:
+                state.metrics.inc("vmsnap_backstop_thaw_attempts_total", (outcome.result,))
+                if outcome.result == "thawed":
+                    state.metrics.inc("vmsnap_backstop_thaws_total")
+        for outcome in outcomes:
+            if outcome.result == "thawed":
+                _log.error(
+                    "job %s: runtime %s died leaving %s frozen past its deadline: thawed",
+                    name,
+                    record.pid,
+                    outcome.mountpoint,
+                )
+            elif outcome.result == "error":
+                _log.error(
+                    "job %s: backstop thaw of %s failed: %s",
+                    name,
+                    outcome.mountpoint,
+                    outcome.error,
+                )
+
+    def _ingest_watchdog_reports(self) -> None:
+        reports = self.reader.watchdog_reports()
+        names = {r.name for r in reports}
+        with self.ledger.locked() as state:
+            new = [r for r in reports if r.name not in state.watchdog_seen]
+            stale = state.watchdog_seen - names
+        if not new and not stale:
+            return
+        with self.ledger.transaction() as state:
+            for report in new:
+                apply_watchdog_report(state.metrics, report)
+                state.watchdog_seen.add(report.name)
+            # Forget names whose files are gone: the set stays as small as the directory.
+            state.watchdog_seen -= stale
+        for report in new:
+            _log.warning(
+                "watchdog thawed after runtime %s (%s)",
+                report.doc.get("runtime_pid"),
+                report.doc.get("reason"),
+            )
+
+    # -- cleanup -----------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        """Remove the directories of jobs that are counted, mirrored and exported."""
+        if self.config.keep_jobs:
+            return
+        now = self.clock()
+        with self.ledger.locked() as state:
+            # An abandoned job's directory stays for abandon_seconds: the next
+            # runtime's recovery completes its record (interrupted) from it.
+            done = [
+                n
+                for n, j in state.jobs.items()
+                if j.handled
+                and (j.complete or now - (j.completed_at or now) > self.config.abandon_seconds)
+            ]
+        if not done:
+            return
+        with self.ledger.transaction() as state:
+            for name in done:
+                state.jobs[name].removed = True
+        removed = []
+        for name in done:
+            path = self.reader.job_path(name)
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(path)
+            if not path.exists():
+                removed.append(name)
+        with self.ledger.transaction() as state:
+            for name in removed:
+                state.jobs.pop(name, None)
+                self._stats.pop(name, None)
+
+
+@contextlib.contextmanager
+def held_lock(state_dir: str | os.PathLike[str]) -> Iterator[None]:
+    fd = lock_state_dir(state_dir)
+    try:
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,12 @@
+"""Pure decisions and leaf helpers every family shares: error codes, redaction,
+the consistency verdict, phases, defaults and paths, untrusted-file reading,
+atomic writes. No azure, opentelemetry or subprocess (import-linter enforces it).
+
+The face: ``__all__`` is read from ``__init__.pyi`` (one list, seen by type
+checkers too); names load on first use, so importing one module of the family
+does not import the rest (the start-up budget).
+"""
+
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -1,0 +1,73 @@
+"""Pure decisions and leaf helpers every family shares: error codes, redaction,
+the consistency verdict, phases, defaults and paths, untrusted-file reading,
+atomic writes. No azure, opentelemetry or subprocess (import-linter enforces it)."""
+
+from .atomic_file import write_atomic as write_atomic
+from .consistency import ConfigState as ConfigState
+from .consistency import Consistency as Consistency
+from .consistency import ProceedDecision as ProceedDecision
+from .consistency import Verdict as Verdict
+from .consistency import decide_after_freeze as decide_after_freeze
+from .consistency import decide_after_pre_script as decide_after_pre_script
+from .consistency import settings_rejected as settings_rejected
+from .consistency import verdict as verdict
+from .defaults import DEFAULT_FREEZE_TIMEOUT as DEFAULT_FREEZE_TIMEOUT
+from .defaults import DEFAULT_RUN_DIR as DEFAULT_RUN_DIR
+from .defaults import DEFAULT_SPOOL_DIR as DEFAULT_SPOOL_DIR
+from .defaults import DEFAULT_STATE_DIR as DEFAULT_STATE_DIR
+from .errors import BlobError as BlobError
+from .errors import ConfigError as ConfigError
+from .errors import ErrorCode as ErrorCode
+from .errors import FreezeError as FreezeError
+from .errors import Health as Health
+from .errors import SnapshotError as SnapshotError
+from .interrupt import JobInterrupted as JobInterrupted
+from .interrupt import interrupt_name as interrupt_name
+from .permissions import check_config_mode as check_config_mode
+from .phases import PHASES as PHASES
+from .phases import PhaseHandle as PhaseHandle
+from .phases import PhaseRecord as PhaseRecord
+from .phases import PhaseRecorder as PhaseRecorder
+from .redact import Redactor as Redactor
+from .redact import scrub as scrub
+from .redact import strip_sas as strip_sas
+from .ticks import MAX_TICKS as MAX_TICKS
+from .ticks import datetime_to_ticks as datetime_to_ticks
+from .ticks import ticks_to_datetime as ticks_to_datetime
+from .untrusted_file import read_at_most as read_at_most
+
+__all__ = [
+    "DEFAULT_FREEZE_TIMEOUT",
+    "DEFAULT_RUN_DIR",
+    "DEFAULT_SPOOL_DIR",
+    "DEFAULT_STATE_DIR",
+    "MAX_TICKS",
+    "PHASES",
+    "BlobError",
+    "ConfigError",
+    "ConfigState",
+    "Consistency",
+    "ErrorCode",
+    "FreezeError",
+    "Health",
+    "JobInterrupted",
+    "PhaseHandle",
+    "PhaseRecord",
+    "PhaseRecorder",
+    "ProceedDecision",
+    "Redactor",
+    "SnapshotError",
+    "Verdict",
+    "check_config_mode",
+    "datetime_to_ticks",
+    "decide_after_freeze",
+    "decide_after_pre_script",
+    "interrupt_name",
+    "read_at_most",
+    "scrub",
+    "settings_rejected",
+    "strip_sas",
+    "ticks_to_datetime",
+    "verdict",
+    "write_atomic",
+]

@@ -1,0 +1,28 @@
+"""The snapshot job: options, the frozen window, the phases' state, status
+reports, the summary and the ``validate`` preflight."""
+
+from .preflight import preflight as preflight
+from .records import JobOptions as JobOptions
+from .run import run_job as run_job
+from .status_document import TEMP_TERMINAL_CODE as TEMP_TERMINAL_CODE
+from .status_document import StatusValue as StatusValue
+from .status_document import status_document as status_document
+from .status_document import status_file_document as status_file_document
+from .status_document import write_status_file as write_status_file
+from .summary import report_json as report_json
+from .summary import report_text as report_text
+from .summary import table as table
+
+__all__ = [
+    "TEMP_TERMINAL_CODE",
+    "JobOptions",
+    "StatusValue",
+    "preflight",
+    "report_json",
+    "report_text",
+    "run_job",
+    "status_document",
+    "status_file_document",
+    "table",
+    "write_status_file",
+]

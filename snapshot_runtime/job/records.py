@@ -1,0 +1,119 @@
+"""A job's input and output records: ``JobOptions`` (validated) and ``JobReport``.
+
+Pure data: no I/O. ``JobOptions`` rejects bad timeouts and sizes with
+``ValueError`` when it is built, before any phase runs; ``JobReport`` is the
+frozen result ``run_job`` returns (rendered by ``summary``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from snapshot_runtime.core.defaults import (
+    DEFAULT_FREEZE_TIMEOUT,
+    DEFAULT_RUN_DIR,
+    DEFAULT_STATE_DIR,
+)
+from snapshot_runtime.core.errors import ErrorCode, SnapshotError
+from snapshot_runtime.core.phases import PhaseRecord
+from snapshot_runtime.freeze.state import FreezeResult
+from snapshot_runtime.scripts.runner import ScriptResult
+from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_runtime.snapshot.results import DiskSnapshot
+from snapshot_runtime.telemetry.job_log import DEFAULT_LOG_PATH
+from snapshot_runtime.telemetry.spool import DEFAULT_MAX_BYTES
+
+__all__ = [
+    "SNAPSHOT_DEADLINE_MARGIN",
+    "JobOptions",
+    "JobReport",
+]
+
+# Snapshot requests must finish before the freeze deadline thaws underneath them.
+SNAPSHOT_DEADLINE_MARGIN = 10.0
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    settings_path: str
+    config_path: str | None = None
+    include_mounts: tuple[str, ...] | None = None
+    exclude_mounts: tuple[str, ...] = ()
+    freeze_timeout_seconds: float = DEFAULT_FREEZE_TIMEOUT
+    snapshot_deadline_seconds: float | None = None
+    log_path: str | None = DEFAULT_LOG_PATH
+    state_dir: str = DEFAULT_STATE_DIR
+    status_path: str | None = None
+    run_dir: str = DEFAULT_RUN_DIR
+    use_watchdog: bool = True
+    mountinfo_path: str = "/proc/self/mountinfo"
+    blob_policy: BlobPolicy = field(default_factory=BlobPolicy)
+    console: TextIO | None = None
+    # Telemetry (docs/telemetry.md). spool_dir None: <run_dir>/spool.
+    telemetry: bool = True
+    spool_dir: str | None = None
+    spool_max_bytes: int = DEFAULT_MAX_BYTES
+    traceparent: str | None = None
+    otlp_endpoint: str | None = None
+    otlp_timeout_seconds: float = 5.0
+    recover: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("freeze_timeout_seconds", "otlp_timeout_seconds"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if self.snapshot_deadline_seconds is not None and not (
+            math.isfinite(self.snapshot_deadline_seconds) and self.snapshot_deadline_seconds > 0
+        ):
+            raise ValueError("snapshot_deadline_seconds must be a positive number of seconds")
+        if self.spool_max_bytes <= 0:
+            raise ValueError("spool_max_bytes must be positive")
+
+    def spool_path(self) -> str:
+        return self.spool_dir or os.path.join(self.run_dir, "spool")
+
+    def snapshot_deadline(self) -> float:
+        """Default: the freeze timeout minus a 10 s margin; half of it for short ones."""
+        if self.snapshot_deadline_seconds is not None:
+            return self.snapshot_deadline_seconds
+        timeout = self.freeze_timeout_seconds
+        return max(timeout - SNAPSHOT_DEADLINE_MARGIN, min(1.0, timeout / 2))
+
+
+@dataclass(frozen=True)
+class JobReport:
+    task_id: str
+    consistency: str
+    consistency_reason: str
+    error_code: str | None
+    error_message: str | None
+    warnings: tuple[str, ...]
+    status_code: int
+    health: int
+    snapshot_taken: bool
+    phases: tuple[PhaseRecord, ...]
+    freeze_seconds: float
+    freeze: FreezeResult | None
+    disks: tuple[DiskSnapshot, ...]
+    pre_script: ScriptResult | None
+    post_script: ScriptResult | None
+    plugin_config: str  # "absent" | "invalid" | "valid"
+    status_file: str | None
+    status_upload: str
+    started_at: float
+    duration_seconds: float
+    trace_id: str | None = None
+    spool_job_dir: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when a snapshot was taken (any consistency), non-zero otherwise."""
+        if self.snapshot_taken:
+            return 0
+        if self.error_code is None:
+            return 1
+        return SnapshotError(ErrorCode(self.error_code), "").exit_code

@@ -1,0 +1,428 @@
+"""The snapshot job: settings -> plan -> phases -> job report.
+
+Phases in order: settings, plugin config, "transitioning" status, pre-script,
+prepare (everything the frozen window needs: mount fds, the thaw watchdog,
+warmed blob connections), freeze, snapshot all disks, thaw, post-script,
+final status. Decisions come from pure modules (``consistency``,
+``plugin_config``, ``mounts``, ``job_state``); this module only sequences
+effects. The parts it sequences live apart:
+
+* ``job_records``: ``JobOptions`` (validated) and ``JobReport``;
+* ``job_state``: what the phases learn, and the verdict and report built from it;
+* ``frozen_window``: prepare, freeze, snapshot, thaw, and the failure paths;
+* ``job_status``: the status file and its ``statusBlobUri`` upload;
+* ``job_interrupt``: ``JobInterrupted`` (SIGTERM/SIGHUP from the entry point).
+
+Frozen window (I1): between ``FreezeSession.freeze()`` and the return of
+``FreezeSession.thaw()`` the job calls nothing but
+``DiskSnapshotter.snapshot_all()``, memory-only bookkeeping (phase records,
+spans) and one log line (``frozen_window``); the log gate is closed for the
+whole window so no sink writes to a filesystem that may be frozen. The only
+write in the window is the spool's ``log.jsonl`` append, on a never-frozen
+tmpfs (held too when the spool turns out to be on a frozen mount).
+
+Telemetry (``telemetry.JobTelemetry``, docs/telemetry.md): spans per phase,
+the spool hand-off and the job record; ``JobOptions(telemetry=False)`` turns
+spans and the spool off (the local log file stays).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from snapshot_runtime.core.consistency import Verdict, decide_after_pre_script, settings_rejected
+from snapshot_runtime.core.errors import ConfigError
+from snapshot_runtime.core.interrupt import JobInterrupted, interrupt_name
+from snapshot_runtime.core.phases import PhaseRecorder
+from snapshot_runtime.core.redact import Redactor
+from snapshot_runtime.freeze.mounts import FreezePlan, parse_mountinfo, plan_freeze, read_mountinfo
+from snapshot_runtime.inputs.machine import machine_id
+from snapshot_runtime.inputs.plugin_config import load_plugin_config
+from snapshot_runtime.inputs.plugin_config_file import find_config_path
+from snapshot_runtime.inputs.settings import load_settings_file
+from snapshot_runtime.job.frozen_window import FrozenWindowSequence
+from snapshot_runtime.job.records import JobOptions, JobReport
+from snapshot_runtime.job.state import (
+    JobState,
+    build_report,
+    final_message,
+    job_record_facts,
+    job_verdict,
+    script_error,
+)
+from snapshot_runtime.job.status_report import JobStatusWriter, StatusName
+from snapshot_runtime.scripts.runner import ScriptResult, run_script
+from snapshot_runtime.telemetry.job_log import JobLog
+from snapshot_runtime.telemetry.job_telemetry import JobTelemetry, TelemetryOptions
+from snapshot_runtime.telemetry.record import RecordFacts
+from snapshot_runtime.telemetry.span_attributes import root_attributes
+from snapshot_runtime.telemetry.spool import recover_interrupted
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+__all__ = [
+    "run_job",
+]
+
+
+class _Job:
+    def __init__(self, options: JobOptions, *, span_exporter: SpanExporter | None = None) -> None:
+        self.options = options
+        self.redactor = Redactor()
+        self.phases = PhaseRecorder()
+        self.state = JobState()
+        self.started_at = time.time()
+        self.started = time.monotonic()
+        self.machine_id = machine_id()
+        self.recovered: list[str] = []
+        self.final: Verdict | None = None
+        if options.telemetry and options.recover:
+            # Before our own log exists: replayed lines precede this job's lines.
+            try:
+                for found in recover_interrupted(options.spool_path()):
+                    self.recovered.append(
+                        f"interrupted job {found.task_id}: {found.lines_in_spool} spool line(s), "
+                        f"{found.lines_replayed} replayed into {found.log_file or '-'}"
+                        + (f" ({found.note})" if found.note else "")
+                    )
+            except Exception as exc:  # recovery must never stop a new job
+                self.recovered.append(f"recovery failed: {type(exc).__name__}: {exc}")
+        self.log = JobLog(
+            path=options.log_path,
+            task_id="",
+            redactor=self.redactor,
+            console=options.console,
+        )
+        self.status = JobStatusWriter(
+            options,
+            self.state,
+            phases=self.phases,
+            log=self.log,
+            redactor=self.redactor,
+            machine_id=self.machine_id,
+        )
+        self.telemetry: JobTelemetry | None = None
+        if options.telemetry:
+            self.telemetry = JobTelemetry(
+                TelemetryOptions(
+                    spool_dir=options.spool_path(),
+                    max_bytes=options.spool_max_bytes,
+                    state_dir=options.state_dir,
+                    log_path=options.log_path,
+                    blob_policy=options.blob_policy,
+                    traceparent=options.traceparent,
+                    otlp_endpoint=options.otlp_endpoint,
+                    otlp_timeout_seconds=options.otlp_timeout_seconds,
+                    span_exporter=span_exporter,
+                    host_name=socket.gethostname(),
+                    host_id=self.machine_id,
+                ),
+                log=self.log,
+                phases=self.phases,
+                redactor=self.redactor,
+                facts=self.record_facts,
+                started_at=self.started_at,
+                started_monotonic=self.started,
+            )
+
+    # -- phases ---------------------------------------------------------
+
+    def load_settings(self) -> bool:
+        with self.phases.phase("settings") as ph:
+            try:
+                settings = load_settings_file(self.options.settings_path)
+            except ConfigError as exc:
+                self.state.settings_error = exc
+                ph.fail(exc.code, exc.message)
+                self.log.phase("settings").error("settings rejected: {}", exc)
+                return False
+            self.redactor.add(settings.secrets)
+            self.state.settings = settings
+            self.state.task_id = settings.task_id
+            ph.attributes["disk_count"] = len(settings.disk_sas_urls)
+            if self.telemetry is not None:
+                self.telemetry.begin(settings.task_id, logs_blob_uri=settings.logs_blob_uri)
+            self.log.logger = self.log.logger.bind(task_id=settings.task_id)
+            self.log.phase("settings").info(
+                "task {} command {}: {} disk(s)",
+                settings.task_id,
+                settings.command,
+                len(settings.disk_sas_urls),
+            )
+            return True
+
+    def load_plugin_config(self) -> None:
+        log = self.log.phase("plugin_config")
+        with self.phases.phase("plugin_config") as ph:
+            explicit = self.options.config_path
+            path = explicit if explicit else find_config_path(None)
+            if path is None:
+                self.state.config_state = "absent"
+                ph.skip("no plugin config: scripts disabled")
+                log.info("no VMSnapshotScriptPluginConfig.json: no pre/post scripts")
+                return
+            try:
+                self.state.config = load_plugin_config(path)
+            except ConfigError as exc:
+                self.state.config_state = "invalid"
+                self.state.config_error = exc.code
+                self.state.config_message = exc.message
+                ph.warn(exc.code, exc.message)
+                log.warning("plugin config {} rejected: {}", path, exc.message)
+                return
+            self.state.config_state = "valid"
+            for warning in self.state.config.warnings:
+                log.warning("plugin config: {}", warning)
+            log.info(
+                "plugin config {}: timeout {}s, continueBackupOnFailure={}, fsFreezeEnabled={}",
+                path,
+                self.state.config.timeout_seconds,
+                self.state.config.continue_backup_on_failure,
+                self.state.config.fs_freeze_enabled,
+            )
+
+    def plan_mounts(self) -> FreezePlan:
+        mounts = parse_mountinfo(read_mountinfo(self.options.mountinfo_path))
+        return plan_freeze(
+            mounts,
+            include=self.options.include_mounts,
+            exclude=self.options.exclude_mounts,
+        )
+
+    def run_script_phase(self, which: str) -> ScriptResult | None:
+        config = self.state.config
+        assert config is not None
+        spec = config.pre if which == "pre" else config.post
+        log = self.log.phase(f"{which}_script")
+        plan = self.state.plan
+        mounts = ",".join(m.mountpoint for m in plan.mounts) if plan else ""
+
+        def on_event(event: str, data: dict[str, object]) -> None:
+            log.debug("{} {}", event, data)
+
+        extra_env = {"SNAPSHOT_MOUNTS": mounts}
+        with self.phases.phase(f"{which}_script") as ph:
+            traceparent = (
+                self.telemetry.traceparent() if self.telemetry else self.options.traceparent
+            )
+            if traceparent:
+                extra_env["TRACEPARENT"] = traceparent
+            result = run_script(
+                spec.path,
+                spec.params,
+                phase="pre" if which == "pre" else "post",
+                retries=spec.retries,
+                budget_seconds=float(config.timeout_seconds),
+                task_id=self.state.task_id,
+                extra_env=extra_env,
+                redactor=self.redactor,
+                poll_seconds=float(config.poll_seconds),
+                on_event=on_event,
+            )
+            if self.telemetry is not None:
+                self.telemetry.on_script(which, result)
+            if result.ok:
+                log.info(
+                    "{}-script ok after {} attempt(s) in {:.3f}s",
+                    which,
+                    len(result.attempts),
+                    result.duration_seconds,
+                )
+            else:
+                ph.fail(result.error, result.error_message)
+                log.error("{}-script failed: {}", which, result.error_message)
+            for stream in ("stdout", "stderr"):
+                text = getattr(result, stream)
+                if text.strip():
+                    log.info("{}-script {}: {}", which, stream, text.rstrip())
+            return result
+
+    def freeze_and_snapshot(self, freeze_enabled: bool) -> None:
+        FrozenWindowSequence(
+            self.options,
+            self.state,
+            log=self.log,
+            phases=self.phases,
+            telemetry=self.telemetry,
+        ).run(freeze_enabled)
+
+    # -- the whole job --------------------------------------------------
+
+    def run(self) -> JobReport:
+        try:
+            return self._run()
+        except BaseException:
+            self.end_telemetry(None)
+            self.close_telemetry()
+            raise
+        finally:
+            self.log.close()
+
+    # -- telemetry ------------------------------------------------------
+
+    def record_facts(self) -> RecordFacts:
+        """The job's part of the record (telemetry adds its own counters)."""
+        return job_record_facts(
+            self.state,
+            final=self.final,
+            phases=tuple(self.phases.records),
+            started_at=self.started_at,
+            now=time.time(),
+            pid=os.getpid(),
+            redact=self.redactor,
+        )
+
+    def end_telemetry(self, final: Verdict | None) -> None:
+        """End the root span and export spans (before the "job done" line)."""
+        telemetry = self.telemetry
+        if telemetry is None or telemetry.ended:
+            return
+        self.final = final
+        freeze = self.state.freeze
+        snap = self.state.snapshot
+        settings = self.state.settings
+        try:
+            telemetry.end_job(
+                final,
+                root_attributes=root_attributes(
+                    verdict=final,
+                    frozen_window_seconds=freeze.window_seconds if freeze else 0.0,
+                    mounts=[m.mountpoint for m in freeze.mounts if m.frozen] if freeze else [],
+                    disk_count=len(settings.disk_sas_urls) if settings else 0,
+                    disks_ok=snap.ok_count if snap else 0,
+                ),
+                task_id=self.state.task_id,
+            )
+        except Exception as exc:  # telemetry never fails a job
+            self.log.phase("telemetry").warning("telemetry failed: {}", exc)
+
+    def close_telemetry(self) -> None:
+        """Mirror the log and write the final record (after the "job done" line)."""
+        telemetry = self.telemetry
+        if telemetry is None or telemetry.finished:
+            return
+        settings = self.state.settings
+        try:
+            telemetry.close(
+                task_id=self.state.task_id,
+                logs_blob_uri=settings.logs_blob_uri if settings else None,
+            )
+        except Exception as exc:  # telemetry never fails a job
+            self.log.phase("telemetry").warning("telemetry hand-off failed: {}", exc)
+
+    def _run(self) -> JobReport:
+        settings_ok = self.load_settings()
+        for line in self.recovered:
+            self.log.phase("recover").warning("{}", line)
+        if not settings_ok:
+            error = self.state.settings_error
+            assert error is not None
+            final = settings_rejected(error.code)
+            self.status.write("error", final.status_code, error.message, final=final)
+            self.end_telemetry(final)
+            self.close_telemetry()
+            return self.report(final, error.message)
+        settings = self.state.settings
+        assert settings is not None
+        self.load_plugin_config()
+        with self.phases.phase("status_start") as ph:
+            ph.attributes["status"] = "transitioning"
+            self.status.write("transitioning", 4, "Transitioning state in extension", final=None)
+            ph.attributes["status_upload"] = self.state.status_upload
+        try:
+            self.state.plan = self.plan_mounts()
+        except (OSError, ValueError) as exc:
+            self.state.plan = FreezePlan(mounts=(), skipped=())
+            self.state.freeze_message = f"mount discovery failed: {exc}"
+        if self.telemetry is not None and self.telemetry.check_spool_frozen(self.state.plan):
+            self.log.phase("prepare").warning(
+                "spool {} is on a filesystem being frozen: its writes wait for the thaw",
+                self.telemetry.options.spool_dir,
+            )
+        config = self.state.config
+        interrupted: BaseException | None = None
+        try:
+            if config is not None:
+                self.state.pre = self.run_script_phase("pre")
+            decision = decide_after_pre_script(
+                config_state=self.state.config_state,
+                config_error=self.state.config_error,
+                continue_on_failure=config.continue_backup_on_failure if config else True,
+                fs_freeze_enabled=config.fs_freeze_enabled if config else True,
+                pre_error=script_error(self.state.pre),
+            )
+            self.state.decision = decision
+            if decision.proceed:
+                self.freeze_and_snapshot(decision.freeze)
+            else:
+                self.log.phase("job").error("backup cancelled: {}", decision.reason)
+        except (KeyboardInterrupt, JobInterrupted) as exc:
+            # Ctrl-C or a stop signal: the filesystems are thawed by now (the
+            # freeze's finally); like any cancel after the pre-script, resume
+            # the application and leave a terminal status, then stop.
+            interrupted = exc
+            self.state.interrupted = interrupt_name(exc)
+            self.log.phase("job").error(
+                "interrupted by {}: thawed; running the post-script, then stopping",
+                self.state.interrupted,
+            )
+        if config is not None:
+            # The post-script runs whenever scripts are configured, even after a
+            # cancel: the pre-script may have quiesced the application.
+            self.state.post = self.run_script_phase("post")
+        final = job_verdict(self.state)
+        self.final = final
+        message = final_message(self.state, final)
+        with self.phases.phase("status_end") as ph:
+            status: StatusName = "success" if final.snapshot_taken else "error"
+            ph.attributes["status"] = status
+            self.status.write(status, final.status_code, message, final=final)
+            ph.attributes["status_upload"] = self.state.status_upload
+        self.end_telemetry(final)
+        level = "info" if final.snapshot_taken and not final.warnings else "warning"
+        self.log.phase("job").log(
+            level.upper(),
+            "job done: consistency={} reason={} error={} in {:.3f}s",
+            final.consistency,
+            final.reason,
+            final.error.value if final.error else "none",
+            time.monotonic() - self.started,
+        )
+        self.close_telemetry()
+        if interrupted is not None:
+            raise interrupted
+        return self.report(final, message)
+
+    def report(self, final: Verdict, message: str) -> JobReport:
+        return build_report(
+            self.state,
+            final,
+            message,
+            phases=tuple(self.phases.records),
+            started_at=self.started_at,
+            duration_seconds=time.monotonic() - self.started,
+            trace_id=self.telemetry.trace_id if self.telemetry else None,
+            spool_job_dir=self.telemetry.job_dir if self.telemetry else None,
+        )
+
+
+def run_job(
+    options: JobOptions,
+    *,
+    on_report: Callable[[JobReport], None] | None = None,
+    span_exporter: SpanExporter | None = None,
+) -> JobReport:
+    """Run one snapshot job to completion; never raises for job failures.
+
+    ``span_exporter`` receives every span of the job once, after the job
+    (after the thaw), in addition to the spool and OTLP (tests, embedders).
+    """
+    report = _Job(options, span_exporter=span_exporter).run()
+    if on_report is not None:
+        on_report(report)
+    return report

@@ -1,0 +1,180 @@
+"""What a job's phases learn (``JobState``), and what is built from it.
+
+Pure: the verdict's inputs (``job_verdict``), the status message
+(``final_message``), the ``JobReport`` (``build_report``) and the job's part
+of the telemetry record (``job_record_facts``) are functions of the state; the
+phases (``job``, ``frozen_window``, ``job_status``) fill it in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from snapshot_runtime.core.consistency import ConfigState, ProceedDecision, Verdict, verdict
+from snapshot_runtime.core.errors import ConfigError, ErrorCode
+from snapshot_runtime.core.phases import PhaseRecord
+from snapshot_runtime.freeze.mounts import FreezePlan
+from snapshot_runtime.freeze.state import FreezeResult
+from snapshot_runtime.inputs.plugin_config import PluginConfig
+from snapshot_runtime.inputs.settings import HandlerSettings
+from snapshot_runtime.job.records import JobReport
+from snapshot_runtime.scripts.runner import ScriptResult
+from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
+from snapshot_runtime.telemetry.record import RecordFacts
+
+__all__ = [
+    "JobState",
+    "build_report",
+    "final_message",
+    "job_record_facts",
+    "job_verdict",
+    "script_error",
+]
+
+
+@dataclass
+class JobState:
+    """Everything the phases learn, gathered for the verdict and the report."""
+
+    task_id: str = ""
+    settings: HandlerSettings | None = None
+    settings_error: ConfigError | None = None
+    config: PluginConfig | None = None
+    config_state: ConfigState = "absent"
+    config_error: ErrorCode | None = None
+    config_message: str | None = None
+    pre: ScriptResult | None = None
+    post: ScriptResult | None = None
+    plan: FreezePlan | None = None
+    decision: ProceedDecision | None = None
+    freeze_attempted: bool = False
+    freeze_ok: bool = False
+    freeze_error: ErrorCode | None = None
+    freeze_message: str | None = None
+    freeze_deadline_at: float | None = None  # epoch seconds, set before the first FIFREEZE
+    freeze: FreezeResult | None = None
+    snapshot: SnapshotResult | None = None
+    preflight_failures: list[DiskSnapshot] = field(default_factory=list)
+    status_upload: str = "skipped"
+    status_file: str | None = None
+    interrupted: str | None = None  # the signal that stopped the job
+
+
+def script_error(result: ScriptResult | None) -> ErrorCode | None:
+    return None if result is None or result.ok else result.error
+
+
+def job_verdict(state: JobState) -> Verdict:
+    """``consistency.verdict`` over the facts the phases gathered."""
+    config = state.config
+    snap = state.snapshot
+    freeze = state.freeze
+    disks_total = len(state.settings.disk_sas_urls) if state.settings else 0
+    return verdict(
+        config_state=state.config_state,
+        config_error=state.config_error,
+        continue_on_failure=config.continue_backup_on_failure if config else True,
+        fs_freeze_enabled=config.fs_freeze_enabled if config else True,
+        pre_error=script_error(state.pre),
+        freeze_attempted=state.freeze_attempted,
+        freeze_ok=state.freeze_ok,
+        freeze_error=state.freeze_error or (freeze.error if freeze and freeze.timed_out else None),
+        freeze_timed_out=bool(freeze and freeze.timed_out),
+        snapshot_error=snap.error if snap else None,
+        disks_ok=snap.ok_count if snap else 0,
+        disks_total=disks_total,
+        post_error=script_error(state.post),
+        thaw_error=freeze.error if freeze and freeze.error is ErrorCode.THAW_FAILED else None,
+    )
+
+
+def final_message(state: JobState, final: Verdict) -> str:
+    """The terminal status message: the outcome, and the first failure's detail."""
+    if state.interrupted:
+        return f"Enable failed: interrupted by {state.interrupted} ({final.reason})"
+    if final.snapshot_taken and final.consistency == "application":
+        return "Enable Succeeded with App Consistent Snapshot"
+    if final.snapshot_taken:
+        return f"Enable Succeeded with {final.consistency} consistent snapshot ({final.reason})"
+    details = [
+        m
+        for m in (
+            state.snapshot.error_message if state.snapshot else None,
+            state.freeze_message,
+            state.pre.error_message if state.pre else None,
+        )
+        if m
+    ]
+    return f"Enable failed: {final.reason}" + (f": {details[0]}" if details else "")
+
+
+def build_report(
+    state: JobState,
+    final: Verdict,
+    message: str,
+    *,
+    phases: tuple[PhaseRecord, ...],
+    started_at: float,
+    duration_seconds: float,
+    trace_id: str | None,
+    spool_job_dir: str | None,
+) -> JobReport:
+    snap = state.snapshot
+    freeze = state.freeze
+    return JobReport(
+        task_id=state.task_id,
+        consistency=final.consistency,
+        consistency_reason=final.reason,
+        error_code=final.error.value if final.error else None,
+        error_message=None if final.snapshot_taken and not final.error else message,
+        warnings=tuple(w.value for w in final.warnings),
+        status_code=final.status_code,
+        health=int(final.health),
+        snapshot_taken=final.snapshot_taken,
+        phases=phases,
+        freeze_seconds=freeze.window_seconds if freeze else 0.0,
+        freeze=freeze,
+        disks=snap.disks if snap else tuple(state.preflight_failures),
+        pre_script=state.pre,
+        post_script=state.post,
+        plugin_config=state.config_state,
+        status_file=state.status_file,
+        status_upload=state.status_upload,
+        started_at=started_at,
+        duration_seconds=duration_seconds,
+        trace_id=trace_id,
+        spool_job_dir=spool_job_dir,
+    )
+
+
+def job_record_facts(
+    state: JobState,
+    *,
+    final: Verdict | None,
+    phases: tuple[PhaseRecord, ...],
+    started_at: float,
+    now: float,
+    pid: int,
+    redact: Callable[[str], str],
+) -> RecordFacts:
+    """The job's part of the telemetry record (telemetry adds its own counters)."""
+    snap = state.snapshot
+    plan = state.plan
+    return RecordFacts(
+        task_id=state.task_id,
+        started_at=started_at,
+        updated_at=now,
+        pid=pid,
+        ended_at=now,
+        verdict=final,
+        phases=phases,
+        freeze=state.freeze,
+        mountpoints=tuple(m.mountpoint for m in plan.mounts) if plan else (),
+        freezing=state.freeze_deadline_at is not None,
+        freeze_deadline_at=state.freeze_deadline_at,
+        pre=state.pre,
+        post=state.post,
+        disks=snap.disks if snap else tuple(state.preflight_failures),
+        redact=redact,
+    )

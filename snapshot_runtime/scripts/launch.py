@@ -1,0 +1,79 @@
+"""Start one attempt of a checked script THROUGH its open fd.
+
+A file swapped in after the check can never run: the checked fd is inherited
+by the child (``pass_fds``) and the child executes ``/proc/self/fd/N``.
+
+* With a shebang, the kernel executes ``/proc/self/fd/N`` and reads the
+  shebang itself. When the owner has no x bit or the filesystem is mounted
+  noexec (``OpenedScript.direct_exec`` is False), the runner starts the named
+  interpreter itself, exactly as the kernel would (interpreter, its single
+  optional argument, the fd path, params): same result, no x bit needed.
+* Without a shebang: ``/bin/sh /proc/self/fd/N params...``, as the
+  reference runs every script (``sh <path>``).
+
+So ``$0`` (``sys.argv[0]``...) is ``/proc/self/fd/N``; scripts that need
+their own location use ``SNAPSHOT_SCRIPT_PATH``.
+
+Each attempt starts in a new session (``setsid``): a script's ``kill 0``
+cannot reach the runtime. stdin is ``/dev/null``, cwd is ``/``, stdout and
+stderr are unbuffered pipes. ``spawn`` and ``open_pidfd`` raise
+``LaunchError`` (never run a script that cannot be watched); ``script_argv``
+is pure.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Sequence
+
+from snapshot_runtime.scripts.trust import DEFAULT_SHELL, OpenedScript
+
+__all__ = ["LaunchError", "open_pidfd", "script_argv", "spawn"]
+
+
+class LaunchError(Exception):
+    """The attempt could not be started or watched; the message says why."""
+
+
+def script_argv(
+    fd: int, shebang: tuple[str, str | None] | None, direct_exec: bool, params: Sequence[str]
+) -> list[str]:
+    """The argv that runs the script held open as ``fd`` (module docstring)."""
+    fd_path = f"/proc/self/fd/{fd}"
+    if shebang is None:
+        return [DEFAULT_SHELL, fd_path, *params]
+    if direct_exec:
+        return [fd_path, *params]
+    interpreter, arg = shebang
+    return [interpreter, *([arg] if arg else []), fd_path, *params]
+
+
+def spawn(
+    opened: OpenedScript, params: Sequence[str], env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """Start the script in its own session, stdout and stderr as pipes."""
+    argv = script_argv(opened.fd, opened.shebang, opened.direct_exec, params)
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd="/",
+            pass_fds=(opened.fd,),
+            start_new_session=True,
+            bufsize=0,
+        )
+    except (OSError, ValueError) as exc:
+        raise LaunchError(f"could not be started: {exc}") from exc
+
+
+def open_pidfd(proc: subprocess.Popen[bytes]) -> int:
+    """A pidfd for the started script; kills it and raises when there is none."""
+    try:
+        return os.pidfd_open(proc.pid)
+    except OSError as exc:  # kernel < 5.3: refuse rather than run unwatched
+        proc.kill()
+        raise LaunchError(f"could not be watched (pidfd_open: {exc})") from exc

@@ -1,0 +1,30 @@
+"""Snapshot backends behind the ``Snapshotter`` seam, and the Azure blob
+requests they use (the one edge where ``azure.*`` errors are translated)."""
+
+from .azure_blob import DiskSnapshotter as DiskSnapshotter
+from .blob_requests import blob_client as blob_client
+from .blob_requests import sas_redactor as sas_redactor
+from .blob_requests import upload_block_blob as upload_block_blob
+from .blob_retry import Attempt as Attempt
+from .blob_retry import BlobPolicy as BlobPolicy
+from .blob_retry import call_with_retries as call_with_retries
+from .failures import BlobFailure as BlobFailure
+from .failures import BlobOpError as BlobOpError
+from .failures import FailureKind as FailureKind
+from .results import DiskSnapshot as DiskSnapshot
+from .results import SnapshotResult as SnapshotResult
+
+__all__ = [
+    "Attempt",
+    "BlobFailure",
+    "BlobOpError",
+    "BlobPolicy",
+    "DiskSnapshot",
+    "DiskSnapshotter",
+    "FailureKind",
+    "SnapshotResult",
+    "blob_client",
+    "call_with_retries",
+    "sas_redactor",
+    "upload_block_blob",
+]

@@ -1,0 +1,40 @@
+"""A failed blob request as data: its kind, status, code and scrubbed message.
+
+Pure data (no azure, no I/O), so results and records can name a failure
+without importing the SDK; ``blob_errors.classify`` builds these at the edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from snapshot_runtime.core.errors import BlobError, ErrorCode
+
+__all__ = ["MAX_MESSAGE", "RETRYABLE_KINDS", "BlobFailure", "BlobOpError", "FailureKind"]
+
+FailureKind = Literal["auth", "not_found", "throttled", "limit", "transient", "timeout", "other"]
+
+RETRYABLE_KINDS: frozenset[str] = frozenset({"throttled", "transient", "timeout"})
+# Longest message we keep; storage errors echo the whole XML body otherwise.
+MAX_MESSAGE = 300
+
+
+@dataclass(frozen=True)
+class BlobFailure:
+    """One failed blob request, classified. ``message`` is already scrubbed."""
+
+    kind: FailureKind
+    status_code: int | None
+    error_code: str | None
+    retryable: bool
+    message: str
+    exc_type: str = ""
+
+
+class BlobOpError(BlobError):
+    """A blob request failed; ``.failure`` says how. The message holds no SAS."""
+
+    def __init__(self, code: ErrorCode, message: str, failure: BlobFailure) -> None:
+        super().__init__(code, message)
+        self.failure = failure

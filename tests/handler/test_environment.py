@@ -1,0 +1,342 @@
+"""handler_env and job_guard: the agent's files, the sequence rules, the guards."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from snapshot_runtime.core import defaults
+from snapshot_runtime.core.errors import ConfigError, ErrorCode
+from snapshot_runtime.handler.environment import (
+    DEFAULT_HANDLER_RUN_DIR,
+    DEFAULT_HANDLER_STATE_DIR,
+    HandlerConfig,
+    SettingsFile,
+    choose_sequence,
+    is_sanitised,
+    list_settings_files,
+    load_handler_config,
+    load_handler_environment,
+    parse_handler_config,
+    parse_handler_environment,
+    parse_sequence_number,
+    read_last_sequence,
+    rewrite_settings_file,
+    sanitised,
+    write_last_sequence,
+)
+from snapshot_runtime.handler.guards import (
+    COMMAND_DEADLINE,
+    MAX_PROCESSED,
+    JobLock,
+    ProcessedTasks,
+    command_too_late,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {
+    "logFolder": "/var/log/azure/x",
+    "configFolder": "config",
+    "statusFolder": "/var/lib/waagent/x/status",
+    "heartbeatFile": "/var/lib/waagent/x/heartbeat.log",
+}
+
+
+# --- HandlerEnvironment.json ---------------------------------------------------------
+
+
+def test_environment_list_shape_and_relative_paths() -> None:
+    env = parse_handler_environment(
+        [{"name": "n", "version": 1.0, "handlerEnvironment": ENV}], handler_dir="/h"
+    )
+    assert env.config_folder == "/h/config"
+    assert env.status_path(3) == "/var/lib/waagent/x/status/3.status"
+    assert env.settings_path(3) == "/h/config/3.settings"
+    assert env.log_path == "/var/log/azure/x/extension.log"
+    assert (env.name, env.version) == ("n", "1.0")
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        [],
+        "x",
+        [{"version": 1.0}],
+        [{"handlerEnvironment": {**ENV, "statusFolder": ""}}],
+        [{"handlerEnvironment": {k: v for k, v in ENV.items() if k != "configFolder"}}],
+        [{"handlerEnvironment": {**ENV, "logFolder": 3}}],
+    ],
+)
+def test_environment_errors(doc: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_handler_environment(doc, handler_dir="/h")
+    assert info.value.code is ErrorCode.HANDLER_ENVIRONMENT_INVALID
+
+
+def test_environment_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_handler_environment(str(tmp_path))
+    (tmp_path / "HandlerEnvironment.json").write_text("[{")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_handler_environment(str(tmp_path))
+
+
+# --- sequence numbers ------------------------------------------------------------------
+
+
+def test_sequence_from_environment_wins() -> None:
+    assert choose_sequence("7", [SettingsFile(9, 10)]) == 7
+    assert choose_sequence(" 0 ", []) == 0
+
+
+def test_newest_settings_file_by_mtime_then_number() -> None:
+    assert choose_sequence(None, [SettingsFile(9, 10), SettingsFile(2, 20)]) == 2
+    assert choose_sequence("", [SettingsFile(4, 20), SettingsFile(5, 20)]) == 5
+
+
+@pytest.mark.parametrize("text", ["x", "-1", "1.0", "99999999999", "٣"])
+def test_bad_sequence_numbers(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_sequence_number(text)
+    assert info.value.code is ErrorCode.HANDLER_ENVIRONMENT_INVALID
+
+
+def test_no_settings_at_all() -> None:
+    with pytest.raises(ConfigError, match=r"holds no N\.settings"):
+        choose_sequence(None, [])
+
+
+def test_listing_ignores_renamed_and_foreign_files(tmp_path: Path) -> None:
+    for name in ("0.settings", "1_settings", "12.settings", "x.settings", "3.settings.tmp"):
+        (tmp_path / name).write_text("{}")
+    assert sorted(f.seq for f in list_settings_files(str(tmp_path))) == [0, 12]
+
+
+def test_last_sequence_round_trip(tmp_path: Path) -> None:
+    assert read_last_sequence(str(tmp_path)) is None
+    write_last_sequence(str(tmp_path), 41)
+    assert read_last_sequence(str(tmp_path)) == 41
+    (tmp_path / "mrseq").write_text("garbage")
+    assert read_last_sequence(str(tmp_path)) is None
+
+
+# --- sanitising -----------------------------------------------------------------------
+
+
+def _doc(protected: object) -> dict[str, object]:
+    return {
+        "runtimeSettings": [
+            {
+                "handlerSettings": {
+                    "protectedSettingsCertThumbprint": "AB" * 20,
+                    "protectedSettings": protected,
+                    "publicSettings": {"taskId": "t"},
+                }
+            }
+        ]
+    }
+
+
+def test_sanitised_removes_only_protected_settings() -> None:
+    doc = _doc("MIIB...")
+    clean = sanitised(doc)
+    assert clean is not None
+    handler = clean["runtimeSettings"][0]["handlerSettings"]  # type: ignore[index]
+    assert handler == {
+        "protectedSettingsCertThumbprint": "AB" * 20,
+        "publicSettings": {"taskId": "t"},
+    }
+    assert doc["runtimeSettings"][0]["handlerSettings"]["protectedSettings"] == "MIIB..."  # type: ignore[index]
+    assert is_sanitised(clean) and not is_sanitised(doc)
+    assert sanitised(_doc(None)) is None and not is_sanitised(_doc(None))
+
+
+def test_rewrite_keeps_name_mode_and_mtime(tmp_path: Path) -> None:
+    path = tmp_path / "5.settings"
+    path.write_text(json.dumps(_doc("MIIB")))
+    path.chmod(0o600)
+    os.utime(path, (1_700_000_000, 1_700_000_000))
+    clean = sanitised(json.loads(path.read_text()))
+    assert clean is not None
+    rewrite_settings_file(str(path), clean)
+    info = path.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o600
+    assert info.st_mtime == 1_700_000_000
+    assert json.loads(path.read_text()) == clean
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["5.settings"]
+
+
+# --- handler.conf -----------------------------------------------------------------------
+
+
+def test_handler_config_values() -> None:
+    config = parse_handler_config(
+        "[handler]\ninclude_mounts = /data, /srv/db\nexclude_mounts=/tmp2\n"
+        "freeze_timeout_seconds = 30\nplugin_config = /etc/x.json\nstate_dir=/s\nrun_dir=/r\n",
+        source="t",
+    )
+    assert config.include_mounts == ("/data", "/srv/db")
+    assert config.exclude_mounts == ("/tmp2",)
+    assert config.freeze_timeout_seconds == 30.0
+    assert (config.plugin_config, config.state_dir, config.run_dir) == ("/etc/x.json", "/s", "/r")
+    assert parse_handler_config("", source="t").include_mounts is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[handler]\nmounts = /a\n",
+        "[other]\n",
+        "[handler]\ninclude_mounts = data\n",
+        "[handler]\nfreeze_timeout_seconds = 0\n",
+        "[handler]\nfreeze_timeout_seconds = soon\n",
+        "[handler]\nstate_dir = relative\n",
+        "not ini",
+    ],
+)
+def test_handler_config_errors(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_handler_config(text, source="t")
+    assert info.value.code is ErrorCode.HANDLER_ENVIRONMENT_INVALID
+
+
+def test_handler_config_file_rules(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_handler_config(str(tmp_path / "absent.conf"))
+    path = tmp_path / "handler.conf"
+    path.write_text("[handler]\nexclude_mounts = /x\n")
+    path.chmod(0o666)
+    with pytest.raises(ConfigError, match="writable by group or other"):
+        load_handler_config(str(path))
+    path.chmod(0o644)
+    assert load_handler_config(str(path)).exclude_mounts == ("/x",)
+
+
+def test_defaults_match_the_job() -> None:
+    assert DEFAULT_HANDLER_STATE_DIR == defaults.DEFAULT_STATE_DIR
+    assert DEFAULT_HANDLER_RUN_DIR == defaults.DEFAULT_RUN_DIR
+    assert HandlerConfig().freeze_timeout_seconds == defaults.DEFAULT_FREEZE_TIMEOUT
+
+
+# --- guards ----------------------------------------------------------------------------
+
+
+def test_command_too_late_boundary() -> None:
+    now = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+    assert not command_too_late(None, now)
+    assert not command_too_late(now - COMMAND_DEADLINE, now)
+    assert command_too_late(now - COMMAND_DEADLINE - dt.timedelta(seconds=1), now)
+    assert not command_too_late(now + dt.timedelta(hours=5), now)
+
+
+def test_processed_tasks_are_bounded(tmp_path: Path) -> None:
+    registry = ProcessedTasks(str(tmp_path / "state" / "processed.json"))
+    assert "t0" not in registry
+    for i in range(MAX_PROCESSED + 5):
+        registry.add(f"t{i}")
+    tasks = registry.tasks()
+    assert len(tasks) == MAX_PROCESSED
+    assert "t4" not in registry and f"t{MAX_PROCESSED + 4}" in registry
+    registry.add("t10")  # re-adding moves it to the end
+    assert registry.tasks()[-1] == "t10"
+    assert stat.S_IMODE(os.stat(registry.path).st_mode) == 0o600
+
+
+def test_processed_tasks_survive_a_corrupt_file(tmp_path: Path) -> None:
+    path = tmp_path / "processed.json"
+    path.write_text("{not json")
+    registry = ProcessedTasks(str(path))
+    assert registry.tasks() == []
+    registry.add("a")
+    assert registry.tasks() == ["a"]
+
+
+_HOLDER = r"""
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_lock_is_exclusive_and_dies_with_its_holder(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "handler.lock"
+    path.parent.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        lock = JobLock(str(path))
+        assert not lock.try_acquire()
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=10)
+        assert lock.try_acquire()  # the kernel dropped the dead holder's lock
+        lock.set_holder(pid=os.getpid(), task_id="task-9", seq=4)
+        seen = JobLock(str(path)).holder()
+        assert seen is not None and (seen.pid, seen.task_id, seen.seq) == (os.getpid(), "task-9", 4)
+        assert not JobLock(str(path)).try_acquire()
+        lock.release()
+        other = JobLock(str(path))
+        assert other.try_acquire()
+        other.release()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+def test_a_handed_over_lock_survives_the_parent_and_not_the_child(tmp_path: Path) -> None:
+    path = str(tmp_path / "handler.lock")
+    lock = JobLock(path)
+    assert lock.try_acquire()
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(lock.fd,)
+    )
+    try:
+        lock.release()  # the parent lets go, as enable does
+        time.sleep(0.05)
+        assert not JobLock(path).try_acquire()  # the child still holds it
+        child.kill()
+        child.wait(timeout=10)
+        assert JobLock(path).try_acquire()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_adopt_makes_the_descriptor_close_on_exec(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "l", os.O_RDWR | os.O_CREAT)
+    os.set_inheritable(fd, True)
+    lock = JobLock.adopt(str(tmp_path / "l"), fd)
+    assert not os.get_inheritable(lock.fd)
+    lock.release()
+
+
+# --- the deployable manifest ------------------------------------------------------------
+
+
+def test_handler_manifest_maps_every_command() -> None:
+    manifest = json.loads((REPO / "deploy" / "extension" / "HandlerManifest.json").read_text())
+    assert isinstance(manifest, list) and len(manifest) == 1
+    handler = manifest[0]["handlerManifest"]
+    for verb in ("install", "enable", "disable", "uninstall", "update"):
+        command = handler[f"{verb}Command"]
+        script, arg = command.split()
+        assert arg == verb
+        path = REPO / "deploy" / "extension" / script
+        assert path.exists() and os.access(path, os.X_OK)
+    assert handler["reportHeartbeat"] is False
+    assert handler["rebootAfterInstall"] is False
+    assert handler["updateMode"] == "UpdateWithInstall"

@@ -1,0 +1,558 @@
+"""The extension handler end to end: the agent's files in, status files out.
+
+Each test lays out a handler directory as the guest agent does, with settings
+encrypted to a real transport certificate as the platform encrypts them, and
+runs the handler commands. The jobs run for real (Azurite, a loop ext4
+filesystem, pre/post-scripts); ``handler.conf`` limits the freeze to the
+loop filesystem, so no test ever freezes the host's own filesystems.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from snapshot_runtime.core.errors import ErrorCode
+from snapshot_runtime.handler.commands import handler_main
+from snapshot_runtime.handler.guards import JobLock, ProcessedTasks
+from tests.support.azurite import Azurite
+from tests.support.handlerkit import (
+    HandlerDir,
+    TransportCert,
+    disk_object_str,
+    encrypt_protected,
+    encrypt_protected_cms,
+    make_handler_dir,
+    make_transport_cert,
+    now_ticks,
+    public_settings,
+    sig_values,
+    write_handler_config,
+)
+from tests.support.loopfs import loop_filesystem
+from tests.support.requirements import require
+
+SCRIPTS_BASE = "/var/lib/snapshot-runtime-tests"
+FAKE_DISK = "https://acct.blob.core.windows.net/vhds/os.vhd?sv=2024-08-04&sr=b&sp=rw&sig=Zm9vYmFyU0VDUkVUc2lnbmF0dXJl%3D"
+
+
+@pytest.fixture(scope="module")
+def cert() -> TransportCert:
+    return make_transport_cert()
+
+
+@pytest.fixture
+def handler(tmp_path: Path, cert: TransportCert) -> HandlerDir:
+    cert.install(tmp_path / "waagent")
+    conf = write_handler_config(
+        tmp_path / "handler.conf",
+        state_dir=str(tmp_path / "state"),
+        run_dir=str(tmp_path / "run"),
+        include_mounts=str(tmp_path / "never-mounted"),  # belt and braces: no host freeze
+    )
+    return make_handler_dir(tmp_path, tmp_path / "waagent", handler_config=conf)
+
+
+def _enable(h: HandlerDir, seq: str | None, monkeypatch, capsys) -> tuple[int, str, str]:
+    if seq is None:
+        monkeypatch.delenv("ConfigSequenceNumber", raising=False)
+    else:
+        monkeypatch.setenv("ConfigSequenceNumber", seq)
+    rc = handler_main(h.args("enable"))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _no_leak(h: HandlerDir, secrets: list[str], *texts: str) -> None:
+    """No secret and no traceback in any output or file the handler wrote."""
+    blobs = list(texts)
+    for folder in (h.root, h.log, h.root.parent / "state", h.root.parent / "run"):
+        if folder.exists():
+            blobs += [p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file()]
+    for text in blobs:
+        assert "Traceback" not in text
+        for secret in secrets:
+            assert secret not in text
+
+
+def _settings(h: HandlerDir, cert: TransportCert, seq: int = 0, **public) -> None:
+    protected = encrypt_protected({"objectStr": disk_object_str([FAKE_DISK])}, cert)
+    h.write_settings(
+        seq, public_settings("task-e", **public), protected, thumbprint=cert.thumbprint
+    )
+
+
+def _assert_error(h: HandlerDir, seq: int, code: ErrorCode, needle: str) -> dict:
+    status = h.read_status(seq)
+    assert status["status"]["code"] == str(code.code)
+    assert status["message"].startswith(f"{code.value}: ")
+    assert needle in status["message"]
+    return status
+
+
+# --- failures before any job ---------------------------------------------------------------
+
+
+def test_too_late(handler: HandlerDir, cert, monkeypatch, capsys) -> None:
+    import datetime as dt
+
+    _settings(handler, cert, commandStartTimeUTCTicks=now_ticks(-dt.timedelta(minutes=141)))
+    rc, out, err = _enable(handler, "0", monkeypatch, capsys)
+    assert rc == 0
+    status = _assert_error(handler, 0, ErrorCode.COMMAND_TOO_LATE, "more than the 140 minutes")
+    assert status["blob"]["status"]["status"] == "error"
+    assert status["status"]["status"] == "success"  # the reference's forced ARM file status
+    assert "CommandTooLate" in err
+    assert '"protectedSettings"' not in handler.settings_path(0).read_text()
+    _no_leak(handler, sig_values(FAKE_DISK), out, err)
+
+
+def test_missing_handler_environment(handler: HandlerDir, cert, monkeypatch, capsys) -> None:
+    _settings(handler, cert)
+    (handler.root / "HandlerEnvironment.json").unlink()
+    rc, out, err = _enable(handler, None, monkeypatch, capsys)
+    assert rc == 0  # reported in <handler dir>/status/0.status, the agent's layout
+    _assert_error(handler, 0, ErrorCode.HANDLER_ENVIRONMENT_INVALID, "does not exist")
+    shutil.rmtree(handler.status)
+    rc, out, err = _enable(handler, "0", monkeypatch, capsys)
+    assert rc == 1 and err.count("\n") == 1 and "HandlerEnvironmentInvalid" in err
+    _no_leak(handler, sig_values(FAKE_DISK), out, err)
+
+
+def test_bad_handler_environment_json(handler: HandlerDir, cert, monkeypatch, capsys) -> None:
+    _settings(handler, cert)
+    (handler.root / "HandlerEnvironment.json").write_text('[{"handlerEnvironment": ')
+    rc, _, _ = _enable(handler, "0", monkeypatch, capsys)
+    assert rc == 0
+    _assert_error(handler, 0, ErrorCode.HANDLER_ENVIRONMENT_INVALID, "not valid JSON")
+
+
+def test_bad_settings_json(handler: HandlerDir, cert, monkeypatch, capsys) -> None:
+    handler.settings_path(0).write_text('{"runtimeSettings": [')
+    rc, _, _ = _enable(handler, "0", monkeypatch, capsys)
+    assert rc == 0
+    _assert_error(handler, 0, ErrorCode.INVALID_SETTINGS, "not valid JSON")
+
+
+def test_wrong_sequence_number(handler: HandlerDir, cert, monkeypatch, capsys) -> None:
+    _settings(handler, cert)
+    rc, out, err = _enable(handler, "7", monkeypatch, capsys)
+    assert rc == 0
+    _assert_error(handler, 7, ErrorCode.HANDLER_ENVIRONMENT_INVALID, "no settings file")
+    assert "HandlerEnvironmentInvalid" in err and out == ""
+    assert '"protectedSettings"' in handler.settings_path(0).read_text()  # 0 was not touched
+    rc, _, err = _enable(handler, "seven", monkeypatch, capsys)
+    assert rc == 1 and "ConfigSequenceNumber must be a whole number" in err
+    assert sorted(p.name for p in handler.status.iterdir()) == ["7.status"]
+
+
+def test_newest_settings_file_without_sequence(handler, cert, monkeypatch, capsys) -> None:
+    _settings(handler, cert, seq=3, commandStartTimeUTCTicks="637134336000000000")
+    _settings(handler, cert, seq=4)
+    os.utime(handler.settings_path(4), (1_000_000_000, 1_000_000_000))  # older than 3
+    rc, _, _ = _enable(handler, None, monkeypatch, capsys)
+    assert rc == 0
+    _assert_error(handler, 3, ErrorCode.COMMAND_TOO_LATE, "140 minutes")
+    assert not handler.status_path(4).exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "needle"),
+    [
+        ("no_cert_file", ErrorCode.CERTIFICATE_NOT_FOUND, "does not exist"),
+        ("bad_thumbprint", ErrorCode.CERTIFICATE_NOT_FOUND, "not a certificate thumbprint"),
+        ("other_cert", ErrorCode.CERTIFICATE_NOT_FOUND, "not encrypted to certificate"),
+        ("renamed_cert", ErrorCode.CERTIFICATE_NOT_FOUND, "holds the certificate with"),
+        ("missing_key", ErrorCode.CERTIFICATE_NOT_FOUND, "private key of certificate"),
+        ("tampered", ErrorCode.PROTECTED_SETTINGS_INVALID, "damaged or was altered"),
+        ("not_base64", ErrorCode.PROTECTED_SETTINGS_INVALID, "not valid base64"),
+        ("no_disks", ErrorCode.INVALID_DISK_LIST, "blobSASUri"),
+        ("no_task", ErrorCode.INVALID_SETTINGS, "taskId"),
+    ],
+)
+def test_decryption_and_settings_failures(
+    handler: HandlerDir,
+    cert: TransportCert,
+    case: str,
+    code: ErrorCode,
+    needle: str,
+    monkeypatch,
+    capsys,
+) -> None:
+    other = make_transport_cert("someone else") if case in ("other_cert", "renamed_cert") else None
+    protected = encrypt_protected({"objectStr": disk_object_str([FAKE_DISK])}, other or cert)
+    thumb = cert.thumbprint
+    public = public_settings("task-f")
+    if case == "no_cert_file":
+        thumb = "0" * 40
+    elif case == "bad_thumbprint":
+        thumb = "../../../etc/passwd"
+    elif case == "renamed_cert":
+        assert other is not None
+        for suffix in (".crt", ".prv"):
+            (handler.cert_dir / f"{thumb}{suffix}").write_bytes(
+                other.cert_pem() if suffix == ".crt" else other.key_pem()
+            )
+    elif case == "missing_key":
+        (handler.cert_dir / f"{thumb}.prv").unlink()
+    elif case == "tampered":
+        import base64
+
+        der = bytearray(base64.b64decode(protected))
+        der[-3] ^= 0x40
+        protected = base64.b64encode(bytes(der)).decode()
+    elif case == "not_base64":
+        protected = "%%% not base64 %%%"
+    elif case == "no_disks":
+        protected = encrypt_protected({"logsBlobUri": FAKE_DISK}, cert)
+    elif case == "no_task":
+        del public["taskId"]
+    handler.write_settings(0, public, protected, thumbprint=thumb)
+    try:
+        rc, out, err = _enable(handler, "0", monkeypatch, capsys)
+    finally:
+        if case in ("renamed_cert", "missing_key"):
+            cert.install(handler.cert_dir)
+    assert rc == 0
+    _assert_error(handler, 0, code, needle)
+    assert code.value in err
+    assert '"protectedSettings"' not in handler.settings_path(0).read_text()
+    assert not (handler.root.parent / "state").exists()  # no job ever started
+    _no_leak(handler, sig_values(FAKE_DISK), out, err)
+
+
+def test_already_processed_task(handler: HandlerDir, cert, monkeypatch, capsys) -> None:
+    ProcessedTasks(str(handler.root.parent / "state" / "handler" / "processed-tasks.json")).add(
+        "task-e"
+    )
+    _settings(handler, cert, seq=5)
+    rc, _, _ = _enable(handler, "5", monkeypatch, capsys)
+    assert rc == 0
+    status = _assert_error(handler, 5, ErrorCode.ALREADY_PROCESSED, "already processed")
+    assert status["blob"]["status"]["status"] == "success"
+    assert status["status"]["code"] == "3"
+
+
+def test_job_already_running(handler: HandlerDir, cert, monkeypatch, capsys) -> None:
+    lock = JobLock(str(handler.root.parent / "run" / "handler.lock"))
+    assert lock.try_acquire()
+    lock.set_holder(pid=4242, task_id="task-running", seq=1)
+    try:
+        _settings(handler, cert, seq=2)
+        rc, _, _ = _enable(handler, "2", monkeypatch, capsys)
+    finally:
+        lock.release()
+    assert rc == 0
+    _assert_error(handler, 2, ErrorCode.JOB_ALREADY_RUNNING, "a job for task task-running")
+    # Nothing was started: a later enable of the same sequence changes nothing.
+    before = handler.status_path(2).read_bytes()
+    rc, out, _ = _enable(handler, "2", monkeypatch, capsys)
+    assert rc == 0 and "already handled" in out
+    assert handler.status_path(2).read_bytes() == before
+
+
+def test_handler_config_problems_are_reported(handler, cert, monkeypatch, capsys) -> None:
+    assert handler.handler_config is not None
+    handler.handler_config.chmod(0o666)
+    _settings(handler, cert)
+    rc, _, _ = _enable(handler, "0", monkeypatch, capsys)
+    assert rc == 0
+    _assert_error(handler, 0, ErrorCode.HANDLER_ENVIRONMENT_INVALID, "writable by group")
+
+
+@pytest.mark.parametrize("command", ["install", "disable", "update", "uninstall"])
+def test_lifecycle_commands(handler: HandlerDir, command: str, capsys) -> None:
+    (handler.root / "mrseq").write_text("3\n")
+    assert handler_main(handler.args(command)) == 0
+    assert list(handler.status.iterdir()) == []  # never overwrite enable's status
+    lines = (handler.log / "extension.log").read_text().splitlines()
+    assert json.loads(lines[-1])["command"] == command
+    if command == "install":
+        assert (handler.root.parent / "state" / "handler").is_dir()
+    if command == "uninstall":
+        assert not (handler.root / "mrseq").exists()
+    assert capsys.readouterr().err == ""
+
+
+def test_packaged_handle_sh(handler: HandlerDir, cert, tmp_path: Path) -> None:
+    """The manifest's commands, run as the agent runs them: cwd = package directory."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copytree(repo / "deploy" / "extension", handler.root, dirs_exist_ok=True)
+    venv = handler.root / "venv" / "bin"
+    venv.mkdir(parents=True)
+    # A wrapper, not a symlink: a symlinked interpreter would not find the
+    # virtualenv's site-packages (pyvenv.cfg sits beside the real one).
+    (venv / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (venv / "python").chmod(0o755)
+    manifest = json.loads((handler.root / "HandlerManifest.json").read_text())[0]
+    _settings(handler, cert, commandStartTimeUTCTicks="637134336000000000")  # 2020: too late
+    env = {**os.environ, "ConfigSequenceNumber": "0", "PYTHONPATH": str(repo)}
+    extra = ["--cert-dir", str(handler.cert_dir), "--handler-config", str(handler.handler_config)]
+    for verb in ("install", "enable", "disable", "update"):
+        script, arg = manifest["handlerManifest"][f"{verb}Command"].split()
+        proc = subprocess.run(
+            [str(handler.root / script), arg, *extra],
+            cwd=handler.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+    _assert_error(handler, 0, ErrorCode.COMMAND_TOO_LATE, "140 minutes")
+    (handler.root / "venv" / "bin" / "python").unlink()
+    if not os.path.exists("/opt/snapshot-runtime/.venv/bin/python"):
+        proc = subprocess.run(
+            [str(handler.root / "bin" / "handle.sh"), "enable"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 3 and "no Python" in proc.stderr
+
+
+def test_daemon_with_a_broken_hand_off_reports_it(handler: HandlerDir) -> None:
+    import subprocess
+    import sys
+
+    lock = JobLock(str(handler.root.parent / "run" / "handler.lock"))
+    assert lock.try_acquire()
+    argv = ["daemon", *handler.args("")[1:], "--seq", "3", "--lock-fd", str(lock.fd)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snapshot_runtime.handler", *argv],
+        stdin=subprocess.PIPE,
+        pass_fds=(lock.fd,),
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    lock.release()
+    assert proc.stdin is not None
+    proc.stdin.write(b'{"runtimeSettings": [{"handlerSettings": ')  # enable died mid-write
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0
+    _assert_error(handler, 3, ErrorCode.INTERNAL_ERROR, "did not receive its settings")
+    assert JobLock(lock.path).try_acquire()  # gone with the daemon
+
+
+def test_usage_errors() -> None:
+    assert handler_main(["explode"]) == 2
+    assert handler_main(["daemon"]) == 2
+
+
+# --- real jobs ------------------------------------------------------------------------------
+
+
+@dataclass
+class Rig:
+    handler: HandlerDir
+    scripts: Path
+    disk_url: str
+    container: str
+    blob: str
+
+    def snapshots(self, azurite: Azurite) -> list[str]:
+        client = azurite.service().get_container_client(self.container)
+        return [
+            b.snapshot
+            for b in client.list_blobs(include=["snapshots"])
+            if b.snapshot and b.name == self.blob
+        ]
+
+    def pre_runs(self) -> list[str]:
+        path = self.scripts / "pre.log"
+        return path.read_text().split() if path.exists() else []
+
+
+_PRE = """#!/bin/sh
+echo "$SNAPSHOT_TASK_ID" >> "$1/pre.log"
+while [ ! -e "$1/go" ]; do sleep 0.05; done
+"""
+_POST = """#!/bin/sh
+echo "$SNAPSHOT_TASK_ID" >> "$1/post.log"
+"""
+
+
+@pytest.fixture
+def rig(tmp_path: Path, cert: TransportCert, azurite: Azurite) -> Iterator[Rig]:
+    require(os.geteuid() == 0, "needs root: freezes a loop filesystem, scripts must be root-owned")
+    os.makedirs(SCRIPTS_BASE, mode=0o755, exist_ok=True)
+    scripts = Path(tempfile.mkdtemp(dir=SCRIPTS_BASE))
+    try:
+        with loop_filesystem("ext4") as fs:
+            for name, body in (("pre.sh", _PRE), ("post.sh", _POST)):
+                (scripts / name).write_text(body)
+                (scripts / name).chmod(0o700)
+            plugin = scripts / "VMSnapshotScriptPluginConfig.json"
+            plugin.write_text(
+                json.dumps(
+                    {
+                        "pluginName": "ScriptRunner",
+                        "preScriptLocation": str(scripts / "pre.sh"),
+                        "postScriptLocation": str(scripts / "post.sh"),
+                        "preScriptParams": [str(scripts)],
+                        "postScriptParams": [str(scripts)],
+                        "preScriptNoOfRetries": 0,
+                        "postScriptNoOfRetries": 0,
+                        "timeoutInSeconds": 30,
+                        "continueBackupOnFailure": False,
+                        "fsFreezeEnabled": True,
+                    }
+                )
+            )
+            plugin.chmod(0o600)
+            cert.install(tmp_path / "waagent")
+            conf = write_handler_config(
+                tmp_path / "handler.conf",
+                include_mounts=fs.mountpoint,
+                plugin_config=str(plugin),
+                freeze_timeout_seconds="30",
+                state_dir=str(tmp_path / "state"),
+                run_dir=str(tmp_path / "run"),
+            )
+            h = make_handler_dir(tmp_path, tmp_path / "waagent", handler_config=conf)
+            container = azurite.container()
+            url = azurite.create_page_blob(container, "osdisk.vhd")
+            yield Rig(h, scripts, url, container, "osdisk.vhd")
+            (scripts / "go").touch()  # release any pre-script a test left waiting
+    finally:
+        shutil.rmtree(scripts, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(SCRIPTS_BASE)  # only if no other test uses it
+
+
+def _write(rig: Rig, cert: TransportCert, seq: int, task: str, *, legacy: bool = False) -> None:
+    settings = {"objectStr": disk_object_str([rig.disk_url])}
+    protected = (
+        encrypt_protected_cms(settings, cert, cipher="des-ede3-cbc")  # the older platform form
+        if legacy
+        else encrypt_protected(settings, cert)  # AES-256-CBC, as PKCS7EnvelopeBuilder does
+    )
+    rig.handler.write_settings(seq, public_settings(task), protected, thumbprint=cert.thumbprint)
+
+
+def _wait(predicate, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _lock_free(rig: Rig) -> bool:
+    lock = JobLock(str(rig.handler.root.parent / "run" / "handler.lock"))
+    if lock.try_acquire():
+        lock.release()
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.azurite
+@pytest.mark.root
+def test_enable_runs_a_real_job(rig: Rig, cert: TransportCert, azurite: Azurite) -> None:
+    h = rig.handler
+    _write(rig, cert, 0, "task-a")
+    rc, out, err, seconds = h.run("enable", 0)
+    assert rc == 0, err
+    assert seconds < 5, f"enable took {seconds:.2f}s"  # python start-up included
+    print(f"enable returned in {seconds:.3f}s")
+    assert "job started (daemon pid" in out and err == ""
+
+    # While the pre-script holds the job: transitioning, settings already sanitised.
+    _wait(lambda: rig.pre_runs() == ["task-a"], "the pre-script")
+    status = h.read_status(0)
+    assert status["status"]["status"] == "transitioning" and status["status"]["code"] == "4"
+    settings = json.loads(h.settings_path(0).read_text())
+    handler_settings = settings["runtimeSettings"][0]["handlerSettings"]
+    assert "protectedSettings" not in handler_settings
+    assert handler_settings["protectedSettingsCertThumbprint"] == cert.thumbprint
+    assert handler_settings["publicSettings"]["taskId"] == "task-a"
+
+    (rig.scripts / "go").touch()
+    final = h.wait_status(0, {"success", "error"})
+    assert final["blob"]["status"]["status"] == "success", final["message"]
+    assert final["message"] == "Enable Succeeded with App Consistent Snapshot"
+    info = final["blob"]["status"]["snapshotInfo"]
+    assert len(info) == 1 and info[0]["isSuccessful"] is True
+    assert len(rig.snapshots(azurite)) == 1
+    assert (rig.scripts / "post.log").read_text().split() == ["task-a"]
+    _wait(lambda: _lock_free(rig), "the daemon to exit")
+    assert "task-a" in ProcessedTasks(str(h.root.parent / "state/handler/processed-tasks.json"))
+
+    # The service sends the same task again under a new sequence number.
+    _write(rig, cert, 1, "task-a")
+    rc, out, err, _ = h.run("enable", 1)
+    assert rc == 0
+    again = h.read_status(1)
+    assert again["status"]["code"] == str(ErrorCode.ALREADY_PROCESSED.code)
+    assert again["blob"]["status"]["status"] == "success"
+
+    # The agent restarts and runs enable for sequence 0 again: nothing changes.
+    before = h.status_path(0).read_bytes()
+    rc, out, err, _ = h.run("enable", 0)
+    assert rc == 0 and "already consumed" in out and "nothing to do" in out
+    assert h.status_path(0).read_bytes() == before
+    assert len(rig.snapshots(azurite)) == 1 and rig.pre_runs() == ["task-a"]
+    _no_leak(h, sig_values(rig.disk_url), out, err)
+
+
+@pytest.mark.azurite
+@pytest.mark.root
+def test_one_job_at_a_time_and_a_killed_daemon_frees_the_lock(
+    rig: Rig, cert: TransportCert, azurite: Azurite
+) -> None:
+    h = rig.handler
+    _write(rig, cert, 0, "task-a")
+    assert h.run("enable", 0)[0] == 0
+    _wait(lambda: rig.pre_runs() == ["task-a"], "the first job's pre-script")
+
+    # A second enable while the first job runs: refused, nothing started.
+    _write(rig, cert, 1, "task-b")
+    rc, out, err, _ = h.run("enable", 1)
+    assert rc == 0
+    refused = h.read_status(1)
+    assert refused["status"]["code"] == str(ErrorCode.JOB_ALREADY_RUNNING.code)
+    assert "a job for task task-a" in refused["message"]
+
+    # kill -9 the daemon: the lock goes with it.
+    holder = JobLock(str(h.root.parent / "run" / "handler.lock")).holder()
+    assert holder is not None and holder.task_id == "task-a" and holder.pid
+    os.kill(holder.pid, signal.SIGKILL)
+    _wait(lambda: not _alive(holder.pid), "the daemon to die")
+    _wait(lambda: _lock_free(rig), "the lock to be released")
+    (rig.scripts / "go").touch()  # the orphaned pre-script may finish now
+
+    _write(rig, cert, 2, "task-c", legacy=True)
+    rc, out, err, _ = h.run("enable", 2)
+    assert rc == 0, err
+    final = h.wait_status(2, {"success", "error"})
+    assert final["blob"]["status"]["status"] == "success", final["message"]
+    assert rig.pre_runs() == ["task-a", "task-c"]  # task-b never ran
+    assert len(rig.snapshots(azurite)) == 1  # only task-c froze and snapshotted
+    processed = ProcessedTasks(str(h.root.parent / "state/handler/processed-tasks.json"))
+    _wait(lambda: "task-c" in processed, "task-c to be recorded")
+    assert "task-a" not in processed and "task-b" not in processed
+    with contextlib.suppress(FileNotFoundError):
+        assert h.read_status(0)["status"]["status"] == "transitioning"  # killed mid-job
+    _no_leak(h, sig_values(rig.disk_url), out, err)

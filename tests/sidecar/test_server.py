@@ -1,0 +1,201 @@
+"""/metrics over HTTP: negotiation, basic auth, TLS, and nothing secret on it."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import gzip
+import ipaddress
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from snapshot_sidecar.server import (
+    BasicAuth,
+    MetricsServer,
+    hash_password,
+    parse_listen,
+    tls_context,
+)
+
+from tests.sidecar.conftest import Rig
+
+SAS_SIG = "sig=Zm9vYmFyc2VjcmV0c2lnbmF0dXJlMTIzNDU2Nzg5MA%3D%3D"
+
+
+def _get(
+    url: str,
+    *,
+    accept: str | None = None,
+    auth: tuple[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+    gzip_ok: bool = False,
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url)
+    if accept:
+        request.add_header("Accept", accept)
+    if gzip_ok:
+        request.add_header("Accept-Encoding", "gzip")
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+@pytest.fixture
+def served(rig: Rig) -> Iterator[tuple[Rig, MetricsServer]]:
+    job = rig.gen.job("secret-task-id-1234", error="Pre-ScriptTimeout", outcome="failed")
+    rig.gen.seal_logs_url(job, f"http://127.0.0.1:1/acct/c/b?sv=2025&{SAS_SIG}")
+    sidecar = rig.sidecar()
+    sidecar.ingest()
+    server = MetricsServer(rig.registry(sidecar), "127.0.0.1:0")
+    server.start()
+    yield rig, server
+    server.close()
+
+
+def test_text_and_openmetrics_negotiation(served: tuple[Rig, MetricsServer]) -> None:
+    _, server = served
+    status, headers, body = _get(server.url + "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert b"vmsnap_jobs_total{" in body and b"# {trace_id=" not in body
+    status, headers, body = _get(
+        server.url + "/metrics", accept="application/openmetrics-text; version=1.0.0"
+    )
+    assert status == 200 and headers["Content-Type"].startswith("application/openmetrics-text")
+    assert b'# {trace_id="' in body and body.endswith(b"# EOF\n")
+    status, headers, body = _get(server.url + "/metrics", gzip_ok=True)
+    assert headers.get("Content-Encoding") == "gzip" and b"vmsnap_" in gzip.decompress(body)
+    assert _get(server.url + "/healthz")[0:3:2] == (200, b"ok\n")
+    assert _get(server.url + "/other")[0] == 404
+
+
+def test_nothing_secret_on_metrics(served: tuple[Rig, MetricsServer]) -> None:
+    rig, server = served
+    for accept in (None, "application/openmetrics-text; version=1.0.0"):
+        _, _, body = _get(server.url + "/metrics", accept=accept)
+        text = body.decode()
+        assert "sig=" not in text and "Zm9vYmFy" not in text
+        assert "secret-task-id" not in text  # no task id label (trace ids only as exemplars)
+        assert "http://" not in text and "127.0.0.1:1" not in text
+        assert str(rig.spool) not in text and str(rig.state) not in text
+
+
+def test_basic_auth(rig: Rig, tmp_path: Path) -> None:
+    auth_file = tmp_path / "users"
+    auth_file.write_text(f"# scrapers\nprom:{hash_password('s3cret-pass')}\n")
+    server = MetricsServer(
+        rig.registry(rig.sidecar()), "127.0.0.1:0", auth=BasicAuth.from_file(auth_file)
+    )
+    server.start()
+    try:
+        status, headers, _ = _get(server.url + "/metrics")
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")
+        assert _get(server.url + "/metrics", auth=("prom", "wrong"))[0] == 401
+        assert _get(server.url + "/metrics", auth=("other", "s3cret-pass"))[0] == 401
+        status, _, body = _get(server.url + "/metrics", auth=("prom", "s3cret-pass"))
+        assert status == 200 and b"vmsnap_jobs_total" in body
+        assert _get(server.url + "/metrics", auth=("prom", "s3cret-pass"))[0] == 200  # cached
+        assert _get(server.url + "/healthz")[0] == 200
+    finally:
+        server.close()
+    with pytest.raises(ValueError):
+        (tmp_path / "bad").write_text("prom:plaintext\n")
+        BasicAuth.from_file(tmp_path / "bad")
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls(rig: Rig, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    server = MetricsServer(
+        rig.registry(rig.sidecar()), "127.0.0.1:0", tls=tls_context(str(cert), str(key))
+    )
+    server.start()
+    try:
+        assert server.url.startswith("https://")
+        client = ssl.create_default_context(cafile=str(cert))
+        status, _, body = _get(server.url + "/metrics", context=client)
+        assert status == 200 and b"vmsnap_build_info" in body
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            _get(server.url.replace("https://", "http://") + "/metrics")
+        # A second request works: a failed plain-HTTP client did not wedge the server.
+        assert _get(server.url + "/metrics", context=client)[0] == 200
+    finally:
+        server.close()
+
+
+def test_parse_listen() -> None:
+    assert parse_listen("127.0.0.1:9756") == ("127.0.0.1", 9756)
+    assert parse_listen("[::1]:80") == ("::1", 80)
+    assert parse_listen(":9756") == ("127.0.0.1", 9756)
+    with pytest.raises(ValueError):
+        parse_listen("localhost")
+
+
+def test_cached_exposition_renders_once_per_state_version(rig: Rig) -> None:
+    from snapshot_sidecar.collectors import build_registry, stable_collectors, volatile_registry
+    from snapshot_sidecar.exposition import CachedExposition
+
+    from snapshot_runtime import __version__
+
+    sidecar = rig.sidecar()
+    ledger = sidecar.ledger
+    exposition = CachedExposition(
+        build_registry(stable_collectors(lambda: ledger.published, __version__)),
+        volatile_registry(),
+        lambda: ledger.version,
+    )
+    om = "application/openmetrics-text; version=1.0.0"
+    first, content_type = exposition.render(om)
+    second, _ = exposition.render(om)
+    assert content_type.startswith("application/openmetrics-text")
+    assert exposition.misses == 1 and exposition.hits == 1
+    assert first.count(b"# EOF\n") == 1 and first.endswith(b"# EOF\n")
+    assert b"process_resident_memory_bytes" in second
+    assert b"vmsnap_sidecar_records_ingested_total 0.0" in first
+    rig.gen.job("new")
+    sidecar.ingest()
+    third, _ = exposition.render(om)
+    assert exposition.misses == 2 and b"vmsnap_sidecar_records_ingested_total 1.0" in third
+    text, text_type = exposition.render("")
+    assert text_type.startswith("text/plain") and b"# EOF" not in text

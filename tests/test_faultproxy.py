@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 from azure.core.exceptions import (
@@ -19,12 +18,6 @@ from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.azurite
-
-
-@pytest.fixture
-def proxy(azurite: Azurite) -> Iterator[FaultProxy]:
-    with FaultProxy(azurite.host, azurite.port, max_lifetime=60) as p:
-        yield p
 
 
 def _client(azurite: Azurite, proxy: FaultProxy, *, read_timeout: float = 5.0) -> BlobClient:

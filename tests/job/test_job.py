@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,18 +37,6 @@ from tests.support.loopfs import LoopFs, loop_filesystem
 pytestmark = [pytest.mark.root, pytest.mark.azurite]
 
 SNAPSHOT_REQUEST = "comp=snapshot"
-
-
-@pytest.fixture
-def ext4() -> Iterator[LoopFs]:
-    with loop_filesystem("ext4") as fs:
-        yield fs
-
-
-@pytest.fixture
-def proxy(azurite: Azurite) -> Iterator[FaultProxy]:
-    with FaultProxy(azurite.host, azurite.port, max_lifetime=90) as p:
-        yield p
 
 
 def mounts(fs: LoopFs) -> tuple[str, ...]:

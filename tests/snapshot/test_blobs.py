@@ -8,7 +8,6 @@ import inspect
 import logging
 import socket
 import traceback
-from collections.abc import Iterator
 from typing import get_args
 from urllib.parse import parse_qsl, urlsplit
 
@@ -41,12 +40,6 @@ def assert_clean(text: str, *urls: str) -> None:
     for url in urls:
         for value in sig_values(url):
             assert value not in text, "SAS signature leaked"
-
-
-@pytest.fixture
-def proxy(azurite: Azurite) -> Iterator[FaultProxy]:
-    with FaultProxy(azurite.host, azurite.port, max_lifetime=60) as p:
-        yield p
 
 
 @pytest.fixture

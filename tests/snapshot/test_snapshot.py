@@ -12,7 +12,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -58,12 +58,6 @@ def disks(azurite: Azurite) -> Callable[..., list[str]]:
         return urls
 
     return make
-
-
-@pytest.fixture
-def proxy(azurite: Azurite) -> Iterator[FaultProxy]:
-    with FaultProxy(azurite.host, azurite.port, max_lifetime=60) as p:
-        yield p
 
 
 def run(urls: list[str], **kwargs) -> tuple[list[DiskSnapshot], SnapshotResult, float]:

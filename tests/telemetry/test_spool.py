@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from snapshot_runtime.telemetry.spool import (
 from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.jobkit import Workspace
-from tests.support.loopfs import LoopFs, loop_filesystem
+from tests.support.loopfs import LoopFs
 
 
 def _line(seq: int, message: str = "m") -> str:
@@ -164,12 +163,6 @@ def test_recovery_when_the_log_directory_is_gone(tmp_path: Path) -> None:
 
 
 # -- real jobs ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ext4() -> Iterator[LoopFs]:
-    with loop_filesystem("ext4") as fs:
-        yield fs
 
 
 COPY_SPOOL = """\

@@ -11,6 +11,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +26,11 @@ from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
 from tests.support.jobkit import CLI, Workspace
-from tests.support.loopfs import LoopFs, loop_filesystem
+from tests.support.loopfs import LoopFs
 from tests.support.otlp_receiver import OtlpReceiver
+from tests.support.waiting import wait_until
 
 SNAPSHOT_REQUEST = "comp=snapshot"
-
-
-@pytest.fixture(scope="module")
-def ext4() -> Iterator[LoopFs]:
-    with loop_filesystem("ext4") as fs:
-        yield fs
 
 
 @pytest.fixture
@@ -117,10 +113,9 @@ def test_sigkill_while_frozen_loses_no_log_line(
     # The record says the job never completed; the watchdog report is in the spool.
     record = json.loads((job_dir / "record.json").read_text())
     assert record["complete"] is False and record["pid"] == proc.pid
-    until = time.monotonic() + 3.0
-    while not list(Path(spool, "watchdog").glob("*.json")) and time.monotonic() < until:
-        time.sleep(0.05)
-    (report_file,) = Path(spool, "watchdog").glob("*.json")
+    (report_file,) = wait_until(
+        lambda: list(Path(spool, "watchdog").glob("*.json")), 3.0, "the watchdog's report"
+    )
     assert json.loads(report_file.read_text())["reason"] == "eof"
 
     # `snapshot-runtime trace` shows the dead job's spans from the spool.
@@ -211,7 +206,7 @@ def test_no_secret_in_any_telemetry_artifact(
                 assert b'"job done: consistency=application' in mirrored
         assert len(receiver.requests) == 1  # run 0 only: run 1 has a sidecar
         artifacts["OTLP wire"] = b"".join(receiver.raw)
-        artifacts["OTLP decoded"] = json.dumps(receiver.spans())
+        artifacts["OTLP decoded"] = json.dumps([asdict(s) for s in receiver.spans])
     for root in (spool, ws.root / "log", ws.state_dir):
         artifacts.update(_tree(root))
 

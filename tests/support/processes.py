@@ -12,7 +12,7 @@ import signal
 import subprocess
 from typing import Any
 
-__all__ = ["stop_process"]
+__all__ = ["pid_alive", "stop_process"]
 
 
 def stop_process(
@@ -33,3 +33,18 @@ def stop_process(
         except subprocess.TimeoutExpired:
             proc.kill()
     return proc.wait(timeout=grace)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs; gone, a zombie (Z) or dead (X) counts as not alive.
+
+    For processes the test did not start itself (a daemon, a watchdog, a
+    script's child), which it cannot ``wait()`` for: a zombie has finished,
+    only its reaping (by whoever its parent is) is left.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in {"Z", "X"}

@@ -35,9 +35,9 @@ from tests.support.handlerkit import (
     make_transport_cert,
     now_ticks,
     public_settings,
-    sig_values,
     write_handler_config,
 )
+from tests.support.jobkit import sig_values
 from tests.support.loopfs import loop_filesystem
 from tests.support.processes import pid_alive
 from tests.support.requirements import require

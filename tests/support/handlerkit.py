@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -347,9 +346,3 @@ def write_handler_config(path: Path, **values: str) -> Path:
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
     return path
-
-
-def sig_values(url: str) -> list[str]:
-    """The SAS signature of ``url``, raw and decoded: must never appear anywhere."""
-    sig = parse_qs(urlsplit(url).query)["sig"][0]
-    return [sig, quote(sig, safe="")]

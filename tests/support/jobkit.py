@@ -503,7 +503,9 @@ def sig_values(url: str) -> list[str]:
     for key, raw in (p.partition("=")[::2] for p in query.split("&")):
         if key.lower() == "sig" and raw:
             values |= {raw, unquote(raw), quote(unquote(raw), safe="")}
-    values |= {v for k, v in parse_qsl(query) if k.lower() == "sig"}
+    for key, decoded in parse_qsl(query):  # "+" read as a space, as a form decoder would
+        if key.lower() == "sig":
+            values |= {decoded, quote(decoded, safe="")}
     return sorted(values)
 
 

@@ -66,35 +66,39 @@ def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
 @pytest.mark.root
 @pytest.mark.azurite
 def test_sigkill_while_frozen_loses_no_log_line(
-    azurite: Azurite, ws: Workspace, ext4: LoopFs, spool: str, capsys: pytest.CaptureFixture[str]
+    azurite: Azurite,
+    ws: Workspace,
+    ext4: LoopFs,
+    proxy: FaultProxy,
+    spool: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     task_id = f"{uuid.uuid4()}_1"
-    with FaultProxy(azurite.host, azurite.port, max_lifetime=60) as proxy:
-        proxy.set_latency(30.0, match=SNAPSHOT_REQUEST)  # the job sits frozen in the snapshot
-        disks = jobkit.make_disks(azurite, 1, endpoints={0: proxy.endpoint()})
-        args = ws.run_args(
-            ws.settings(disks, task_id=task_id),
-            config=ws.config(),
-            mounts=[ext4.mountpoint],
-            extra=["--freeze-timeout", "20", "--quiet", "--spool", spool],
-        )
-        proc = ws.start_cli(*args)
-        blocked = wait_frozen(ext4.mountpoint, proc)
-        for pid in jobkit.child_pids(proc.pid):
-            ws.adopt_pid(pid)
-        job_dir = Path(spool, "jobs", task_id)
-        before_kill = _lines(job_dir / "log.jsonl")  # everything emitted so far
-        # Written just before the first FIFREEZE: what is frozen, and until when,
-        # for the sidecar's backstop should the watchdog die with the runtime.
-        frozen_record = json.loads((job_dir / "record.json").read_text())
-        assert frozen_record["freeze"]["in_progress"] is True
-        assert frozen_record["freeze"]["mountpoints"] == [ext4.mountpoint]
-        deadline = frozen_record["freeze"]["deadline_at"]
-        assert time.time() < deadline <= time.time() + 20.0
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-        assert blocked.wait(5.0), "still frozen 5 s after the SIGKILL"
-        assert writable_within(ext4.mountpoint, 1.0)
+    proxy.set_latency(30.0, match=SNAPSHOT_REQUEST)  # the job sits frozen in the snapshot
+    disks = jobkit.make_disks(azurite, 1, endpoints={0: proxy.endpoint()})
+    args = ws.run_args(
+        ws.settings(disks, task_id=task_id),
+        config=ws.config(),
+        mounts=[ext4.mountpoint],
+        extra=["--freeze-timeout", "20", "--quiet", "--spool", spool],
+    )
+    proc = ws.start_cli(*args)
+    blocked = wait_frozen(ext4.mountpoint, proc)
+    for pid in jobkit.child_pids(proc.pid):
+        ws.adopt_pid(pid)
+    job_dir = Path(spool, "jobs", task_id)
+    before_kill = _lines(job_dir / "log.jsonl")  # everything emitted so far
+    # Written just before the first FIFREEZE: what is frozen, and until when,
+    # for the sidecar's backstop should the watchdog die with the runtime.
+    frozen_record = json.loads((job_dir / "record.json").read_text())
+    assert frozen_record["freeze"]["in_progress"] is True
+    assert frozen_record["freeze"]["mountpoints"] == [ext4.mountpoint]
+    deadline = frozen_record["freeze"]["deadline_at"]
+    assert time.time() < deadline <= time.time() + 20.0
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=5)
+    assert blocked.wait(5.0), "still frozen 5 s after the SIGKILL"
+    assert writable_within(ext4.mountpoint, 1.0)
 
     spooled = _lines(job_dir / "log.jsonl")
     docs = [json.loads(x) for x in spooled]

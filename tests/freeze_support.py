@@ -26,6 +26,7 @@ from typing import Any
 from snapshot_runtime.freeze.mounts import parse_mountinfo, plan_freeze, read_mountinfo
 from snapshot_runtime.freeze.session import FreezeSession
 from snapshot_runtime.freeze.state import FreezeResult
+from tests.support.waiting import wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,15 +88,16 @@ class TimedWrite:
 
 def wait_frozen(directory: str, proc: subprocess.Popen[str], *, within: float = 20.0) -> TimedWrite:
     """Poll with write+fsync probes until one blocks (the job froze ``directory``)."""
-    until = time.monotonic() + within
-    while time.monotonic() < until:
+
+    def blocked_probe() -> TimedWrite | None:
         assert proc.poll() is None, f"the job ended before freezing: {proc.communicate()}"
         probe = TimedWrite(directory)
         if not probe.wait(0.3):
             return probe
         assert probe.error is None, probe.error
-        time.sleep(0.02)
-    raise AssertionError(f"{directory} never froze within {within}s")
+        return None
+
+    return wait_until(blocked_probe, within, f"{directory} to freeze")
 
 
 def writable_within(directory: str, timeout: float) -> bool:
@@ -171,7 +173,7 @@ def _drive(args: argparse.Namespace) -> None:
         }
     )
     if args.then == "sleep":
-        time.sleep(3600)
+        time.sleep(3600)  # sits frozen until the test kills it: the scenario, not a wait
     else:
         os.kill(os.getpid(), signal.SIGSTOP)
     _emit(result_json(session.thaw()))
@@ -210,7 +212,7 @@ def _audit(args: argparse.Namespace) -> None:
     recording = True
     frozen = session.freeze()
     gc_enabled_in_window = gc.isenabled()
-    time.sleep(args.hold)
+    time.sleep(args.hold)  # holding the window open is the scenario, not a wait
     result = session.thaw()
     recording = False
     logging.getLogger("driver").info("after the thaw")

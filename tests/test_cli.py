@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,15 +18,9 @@ from snapshot_runtime import __version__
 from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.jobkit import Workspace
-from tests.support.loopfs import LoopFs, loop_filesystem
+from tests.support.loopfs import LoopFs
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def ext4() -> Iterator[LoopFs]:
-    with loop_filesystem("ext4") as fs:
-        yield fs
 
 
 def validate(ws: Workspace, config: str, *extra: str) -> jobkit.CliResult:

@@ -47,7 +47,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -62,8 +62,10 @@ from tests.support.faultproxy import FaultProxy
 from tests.support.jobkit import SIDECAR, Workspace
 from tests.support.loopfs import loop_filesystem
 from tests.support.otlp_receiver import OtlpReceiver
+from tests.support.processes import stop_process
 from tests.support.prometheus import Prometheus, free_port, run_prometheus_config
 from tests.support.requirements import require_root
+from tests.support.waiting import wait_until
 from tests.test_rules import RULE_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +77,7 @@ REGION, CLUSTER = "e2e-westeurope", "e2e-sql"
 INSTANCE = "127.0.0.1"  # the sidecar's host: instance after the static config's relabelling
 RANGE_STEP = 2.0  # seconds between points of the range queries
 WAIT = 30.0  # the bound of every wait below
+POLL = 0.1  # each poll queries Prometheus or scrapes the sidecar: not faster
 
 PRE_TIMEOUT = """\
 #!/bin/sh
@@ -128,19 +131,6 @@ class Scenario:
 
 # The operator's telemetry and runtime settings never reach the sidecar or the jobs.
 SCRUBBED_ENV = ("OTEL_", "SNAPSHOT_RUNTIME_", "TRACEPARENT")
-
-
-def _until(
-    what: str,
-    check: Callable[[], bool],
-    timeout: float = WAIT,
-    detail: Callable[[], str] = lambda: "",
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{detail()}")
-        time.sleep(0.1)
 
 
 def _get(url: str) -> str:
@@ -242,16 +232,6 @@ def _start_sidecar(
             cwd="/",
         )
     return proc
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def _run(
@@ -419,7 +399,7 @@ def scenario(azurite: Azurite) -> Iterator[Scenario]:
         state_dir = ws.root / "sidecar-state"
         sidecar_log = ws.root / "sidecar.log"
         sidecar = _start_sidecar(ws, state_dir, sidecar_port, receiver.endpoint, sidecar_log)
-        stack.callback(_stop, sidecar)
+        stack.callback(stop_process, sidecar)
         metrics_url = f"http://127.0.0.1:{sidecar_port}/metrics"
 
         def sidecar_up() -> bool:
@@ -429,7 +409,7 @@ def scenario(azurite: Azurite) -> Iterator[Scenario]:
             except OSError:
                 return False
 
-        _until("the sidecar's /healthz", sidecar_up)
+        wait_until(sidecar_up, WAIT, "the sidecar's /healthz", interval=POLL)
         # Jobs started from here seal their logsBlobUri to the sidecar (docs/spool.md).
         assert (ws.spool_dir / "sidecar.pub").is_file()
         scenario = Scenario(prom, metrics_url, sidecar_log, started_at=started_at)
@@ -448,8 +428,7 @@ def scenario(azurite: Azurite) -> Iterator[Scenario]:
         # The sidecar has ingested everything ...
         t0 = time.monotonic()
         complete = len(scenario.jobs)
-        _until(
-            f"the sidecar to count {complete} jobs, 1 abandoned, 1 watchdog thaw, 1 invalid record",
+        wait_until(
             lambda: (
                 _sidecar_sum(metrics_url, "vmsnap_jobs_total") == complete
                 and _sidecar_sum(metrics_url, "vmsnap_jobs_abandoned_total") == 1
@@ -458,6 +437,9 @@ def scenario(azurite: Azurite) -> Iterator[Scenario]:
                 and _sidecar_sum(metrics_url, "vmsnap_sidecar_span_export_errors_total") >= 1
                 and _sidecar_sum(metrics_url, "vmsnap_sidecar_log_mirror_errors_total") >= 1
             ),
+            WAIT,
+            f"the sidecar to count {complete} jobs, 1 abandoned, 1 watchdog thaw, 1 invalid record",
+            interval=POLL,
             detail=scenario.log,
         )
         # ... Prometheus has scraped it ...
@@ -480,7 +462,9 @@ def scenario(azurite: Azurite) -> Iterator[Scenario]:
                 _epoch(g["lastEvaluation"]) > seen_at + SCRAPE_SECONDS for g in groups
             )
 
-        _until("every rule group to be evaluated after the last scrape", evaluated)
+        wait_until(
+            evaluated, WAIT, "every rule group to be evaluated after the last scrape", interval=POLL
+        )
         scenario.timings["ingest+scrape+rules"] = time.monotonic() - t0
         scenario.timings["setup"] = time.monotonic() - began
         yield scenario
@@ -855,11 +839,13 @@ def test_pre_script_timeout_alert_fires_and_the_others_stay_silent(scenario: Sce
             out.setdefault(alert["labels"]["alertname"], []).append(alert)
         return out
 
-    _until(
-        "VmsnapPreScriptTimeoutRateHigh to fire",
+    wait_until(
         lambda: any(
             a["state"] == "firing" for a in alerts().get("VmsnapPreScriptTimeoutRateHigh", [])
         ),
+        WAIT,
+        "VmsnapPreScriptTimeoutRateHigh to fire",
+        interval=POLL,
     )
     current = alerts()
     (fired,) = current["VmsnapPreScriptTimeoutRateHigh"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 from azure.core.exceptions import (
@@ -17,14 +16,9 @@ from azure.storage.blob import BlobClient
 
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.azurite
-
-
-@pytest.fixture
-def proxy(azurite: Azurite) -> Iterator[FaultProxy]:
-    with FaultProxy(azurite.host, azurite.port, max_lifetime=60) as p:
-        yield p
 
 
 def _client(azurite: Azurite, proxy: FaultProxy, *, read_timeout: float = 5.0) -> BlobClient:
@@ -157,9 +151,11 @@ def test_close_stops_everything(azurite):
 
 
 def test_max_lifetime_closes_the_proxy(azurite):
+    started = time.monotonic()
     proxy = FaultProxy(azurite.host, azurite.port, max_lifetime=0.2)
-    time.sleep(0.5)
+    wait_until(lambda: proxy.closed, 0.5, "the proxy to close itself after its 0.2 s lifetime")
     assert proxy.closed
+    assert time.monotonic() - started >= 0.2  # and not before
     proxy.close()
 
 

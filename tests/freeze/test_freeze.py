@@ -30,6 +30,7 @@ from tests.freeze_support import (
     writable_within,
 )
 from tests.support.loopfs import loop_filesystem
+from tests.support.waiting import wait_until
 
 
 def _mounts_by_point() -> dict[str, Mount]:
@@ -147,6 +148,7 @@ def test_freeze_is_real_and_thaw_releases_writers() -> None:
             assert session.freeze()
             assert session.frozen and not session.deadline_passed()
             writers = [start_writer(fs.mountpoint) for fs in (ext4, xfs)]
+            # This sleep is the test, not a wait: for 0.3 s no write may get through.
             time.sleep(0.3)
             assert [w.poll() for w in writers] == [None, None], "a write got through the freeze"
             result = session.thaw()
@@ -222,7 +224,7 @@ def test_deadline_thaws_while_the_job_is_busy() -> None:
             while time.monotonic() - start < busy:
                 if finished_at is None and writer.poll() is not None:
                     finished_at = time.monotonic()
-                time.sleep(0.01)
+                time.sleep(0.01)  # the job being busy is the test, not a wait
             assert session.deadline_passed() and not session.frozen
             result = session.thaw()
         assert writer.wait(5) == 0
@@ -258,9 +260,7 @@ def test_hung_fifreeze_fails_the_freeze_and_thaws_the_others() -> None:
         finally:
             ioctl.release.set()
         # The abandoned lane runs the FITHAW and close queued behind the stuck call.
-        until = time.monotonic() + 5
-        while ("close", hung.mountpoint) not in ioctl.ops and time.monotonic() < until:
-            time.sleep(0.01)
+        wait_until(lambda: ("close", hung.mountpoint) in ioctl.ops, 5, "the abandoned close")
     # Gave up after per_ioctl_timeout, far before the hung call's 60 s.
     assert 0.5 <= freeze_took < 30 and thaw_took < 30
     first_r, hung_r, last_r = result.mounts

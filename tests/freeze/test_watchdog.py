@@ -41,21 +41,14 @@ from tests.freeze_support import (
     writable_within,
 )
 from tests.support.loopfs import loop_filesystem
+from tests.support.processes import pid_alive, stop_process
+from tests.support.waiting import wait_until
 
 
 def _gone(pid: int, timeout: float = 3.0) -> bool:
-    """Exited (missing, or a zombie waiting for whoever reaps orphans)."""
-    until = time.monotonic() + timeout
-    while time.monotonic() < until:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                state = fh.read().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return True
-        if state in {"Z", "X"}:
-            return True
-        time.sleep(0.01)
-    return False
+    """Exited (missing, or a zombie waiting for whoever reaps orphans) within ``timeout``."""
+    wait_until(lambda: not pid_alive(pid), timeout, f"pid {pid} to exit")
+    return True
 
 
 def _state(pid: int) -> str:
@@ -68,9 +61,7 @@ def _reports(directory: Path) -> list[dict[str, Any]]:
 
 
 def _kill(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(5)
+    stop_process(proc, sig=signal.SIGKILL, grace=5)
 
 
 # -- the protocol, no freezing --------------------------------------------------
@@ -103,9 +94,7 @@ def test_eof_without_disarm_thaws_and_reports(tmp_path) -> None:
 def test_deadline_fires_without_the_runtime(tmp_path) -> None:
     client = WatchdogClient([str(tmp_path)])
     client.start(time.monotonic() + 0.3)
-    until = time.monotonic() + 10
-    while client.alive() and time.monotonic() < until:  # acts without being told
-        time.sleep(0.01)
+    wait_until(lambda: not client.alive(), 10, "the watchdog to act")  # without being told
     outcome = client.disarm()  # too late: it has already acted
     assert outcome.exit_code == EXIT_THAWED_DEADLINE and outcome.reason == "deadline"
 
@@ -115,6 +104,8 @@ def test_rearm_moves_the_deadline(tmp_path) -> None:
     first_deadline = time.monotonic() + 1.0
     client.start(first_deadline)
     client.rearm(time.monotonic() + 60)
+    # This sleep is the test, not a wait: let the first deadline pass to prove
+    # that nothing happens at it.
     time.sleep(max(0.0, first_deadline + 0.5 - time.monotonic()))
     assert client.alive()  # the first deadline has passed and it did not fire
     assert client.disarm().exit_code == EXIT_DISARMED

@@ -9,7 +9,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +40,7 @@ from snapshot_runtime.handler.guards import (
     ProcessedTasks,
     command_too_late,
 )
+from tests.support.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {
@@ -291,9 +291,7 @@ def test_lock_is_exclusive_and_dies_with_its_holder(tmp_path: Path) -> None:
         assert other.try_acquire()
         other.release()
     finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait()
+        stop_process(holder, sig=signal.SIGKILL)
 
 
 def test_a_handed_over_lock_survives_the_parent_and_not_the_child(tmp_path: Path) -> None:
@@ -304,16 +302,15 @@ def test_a_handed_over_lock_survives_the_parent_and_not_the_child(tmp_path: Path
         [sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(lock.fd,)
     )
     try:
-        lock.release()  # the parent lets go, as enable does
-        time.sleep(0.05)
+        # The parent lets go, as enable does. Nothing to wait for: the child has had
+        # the descriptor (and so the lock) since Popen returned, after its exec.
+        lock.release()
         assert not JobLock(path).try_acquire()  # the child still holds it
         child.kill()
         child.wait(timeout=10)
         assert JobLock(path).try_acquire()
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+        stop_process(child, sig=signal.SIGKILL)
 
 
 def test_adopt_makes_the_descriptor_close_on_exec(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +35,13 @@ from tests.support.handlerkit import (
     make_transport_cert,
     now_ticks,
     public_settings,
-    sig_values,
     write_handler_config,
 )
+from tests.support.jobkit import sig_values
 from tests.support.loopfs import loop_filesystem
+from tests.support.processes import pid_alive
 from tests.support.requirements import require
+from tests.support.waiting import wait_until
 
 SCRIPTS_BASE = "/var/lib/snapshot-runtime-tests"
 FAKE_DISK = "https://acct.blob.core.windows.net/vhds/os.vhd?sv=2024-08-04&sr=b&sp=rw&sig=Zm9vYmFyU0VDUkVUc2lnbmF0dXJl%3D"
@@ -443,29 +444,12 @@ def _write(rig: Rig, cert: TransportCert, seq: int, task: str, *, legacy: bool =
     rig.handler.write_settings(seq, public_settings(task), protected, thumbprint=cert.thumbprint)
 
 
-def _wait(predicate, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _lock_free(rig: Rig) -> bool:
     lock = JobLock(str(rig.handler.root.parent / "run" / "handler.lock"))
     if lock.try_acquire():
         lock.release()
         return True
     return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.azurite
@@ -480,7 +464,7 @@ def test_enable_runs_a_real_job(rig: Rig, cert: TransportCert, azurite: Azurite)
     assert "job started (daemon pid" in out and err == ""
 
     # While the pre-script holds the job: transitioning, settings already sanitised.
-    _wait(lambda: rig.pre_runs() == ["task-a"], "the pre-script")
+    wait_until(lambda: rig.pre_runs() == ["task-a"], 30, "the pre-script")
     status = h.read_status(0)
     assert status["status"]["status"] == "transitioning" and status["status"]["code"] == "4"
     settings = json.loads(h.settings_path(0).read_text())
@@ -497,7 +481,7 @@ def test_enable_runs_a_real_job(rig: Rig, cert: TransportCert, azurite: Azurite)
     assert len(info) == 1 and info[0]["isSuccessful"] is True
     assert len(rig.snapshots(azurite)) == 1
     assert (rig.scripts / "post.log").read_text().split() == ["task-a"]
-    _wait(lambda: _lock_free(rig), "the daemon to exit")
+    wait_until(lambda: _lock_free(rig), 30, "the daemon to exit")
     assert "task-a" in ProcessedTasks(str(h.root.parent / "state/handler/processed-tasks.json"))
 
     # The service sends the same task again under a new sequence number.
@@ -525,7 +509,7 @@ def test_one_job_at_a_time_and_a_killed_daemon_frees_the_lock(
     h = rig.handler
     _write(rig, cert, 0, "task-a")
     assert h.run("enable", 0)[0] == 0
-    _wait(lambda: rig.pre_runs() == ["task-a"], "the first job's pre-script")
+    wait_until(lambda: rig.pre_runs() == ["task-a"], 30, "the first job's pre-script")
 
     # A second enable while the first job runs: refused, nothing started.
     _write(rig, cert, 1, "task-b")
@@ -539,8 +523,8 @@ def test_one_job_at_a_time_and_a_killed_daemon_frees_the_lock(
     holder = JobLock(str(h.root.parent / "run" / "handler.lock")).holder()
     assert holder is not None and holder.task_id == "task-a" and holder.pid
     os.kill(holder.pid, signal.SIGKILL)
-    _wait(lambda: not _alive(holder.pid), "the daemon to die")
-    _wait(lambda: _lock_free(rig), "the lock to be released")
+    wait_until(lambda: not pid_alive(holder.pid), 30, "the daemon to die")
+    wait_until(lambda: _lock_free(rig), 30, "the lock to be released")
     (rig.scripts / "go").touch()  # the orphaned pre-script may finish now
 
     _write(rig, cert, 2, "task-c", legacy=True)
@@ -551,7 +535,7 @@ def test_one_job_at_a_time_and_a_killed_daemon_frees_the_lock(
     assert rig.pre_runs() == ["task-a", "task-c"]  # task-b never ran
     assert len(rig.snapshots(azurite)) == 1  # only task-c froze and snapshotted
     processed = ProcessedTasks(str(h.root.parent / "state/handler/processed-tasks.json"))
-    _wait(lambda: "task-c" in processed, "task-c to be recorded")
+    wait_until(lambda: "task-c" in processed, 30, "task-c to be recorded")
     assert "task-a" not in processed and "task-b" not in processed
     with contextlib.suppress(FileNotFoundError):
         assert h.read_status(0)["status"]["status"] == "transitioning"  # killed mid-job

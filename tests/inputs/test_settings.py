@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import base64
-import contextlib
+import copy
 import json
 import os
 import re
@@ -519,17 +519,62 @@ def test_any_field_value_gives_settings_or_config_error(field: str, value: Any, 
         if where == "pub"
         else flat(prot=protected(**{field: value}))
     )
-    try:
-        parse_handler_settings(doc)
-    except ConfigError as exc:
-        assert_no_secret(str(exc))
+    before = copy.deepcopy(doc)
+    result = outcome(doc)
+    if isinstance(result, ConfigError):
+        assert_no_secret(str(result))
+        assert_settings_error(result)
+    else:
+        # Whatever one field holds, settings that parse describe a job that can run,
+        # their text shows no secret, and every protected string is one to redact.
+        assert result.task_id.strip() and "snapshot" in result.command.lower()
+        assert 1 <= len(result.disk_sas_urls) <= MAX_DISKS
+        assert_no_secret(repr(result))
+        prot = doc["protectedSettings"]
+        strings = {v.strip() for v in prot.values() if isinstance(v, str) and v.strip()}
+        assert strings <= set(result.secrets)
+    assert doc == before  # parsing is pure: the input is never modified
+    assert same_outcome(outcome(doc), result)  # and deterministic
 
 
 @settings(max_examples=200, deadline=None)
 @given(doc=_json)
 def test_any_document_gives_settings_or_config_error(doc: Any) -> None:
-    with contextlib.suppress(ConfigError):
-        parse_handler_settings(doc)
+    before = copy.deepcopy(doc)
+    result = outcome(doc)
+    if isinstance(result, ConfigError):
+        assert_settings_error(result)
+    else:
+        assert 1 <= len(result.disk_sas_urls) <= MAX_DISKS
+    assert doc == before  # parsing is pure: the input is never modified
+    assert same_outcome(outcome(doc), result)  # and deterministic
+
+
+# The codes a settings document is refused with: no other error escapes the parser.
+SETTINGS_ERROR_CODES = {
+    ErrorCode.INVALID_SETTINGS,
+    ErrorCode.INVALID_DISK_LIST,
+    ErrorCode.PROTECTED_SETTINGS_INVALID,
+}
+
+
+def outcome(doc: object) -> HandlerSettings | ConfigError:
+    """What parsing ``doc`` gives; any exception but ConfigError fails the test."""
+    try:
+        return parse_handler_settings(doc)
+    except ConfigError as exc:
+        return exc
+
+
+def same_outcome(a: HandlerSettings | ConfigError, b: HandlerSettings | ConfigError) -> bool:
+    if isinstance(a, ConfigError) and isinstance(b, ConfigError):
+        return (a.code, a.message) == (b.code, b.message)
+    return a == b
+
+
+def assert_settings_error(exc: ConfigError) -> None:
+    assert exc.code in SETTINGS_ERROR_CODES, exc.code
+    assert exc.message.strip(), "a refusal says why"
 
 
 # --- the file shell -----------------------------------------------------------------

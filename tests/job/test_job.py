@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,22 +33,11 @@ from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
 from tests.support.jobkit import Workspace
 from tests.support.loopfs import LoopFs, loop_filesystem
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.azurite]
 
 SNAPSHOT_REQUEST = "comp=snapshot"
-
-
-@pytest.fixture
-def ext4() -> Iterator[LoopFs]:
-    with loop_filesystem("ext4") as fs:
-        yield fs
-
-
-@pytest.fixture
-def proxy(azurite: Azurite) -> Iterator[FaultProxy]:
-    with FaultProxy(azurite.host, azurite.port, max_lifetime=90) as p:
-        yield p
 
 
 def mounts(fs: LoopFs) -> tuple[str, ...]:
@@ -270,10 +258,7 @@ def test_sigkill_while_frozen_thaws_within_a_second(
     assert writable_within(ext4.mountpoint, 1.0)
 
     # The watchdog thawed on EOF of the dead runtime's pipe and said so.
-    until = time.monotonic() + 3.0
-    while not ws.watchdog_reports(proc.pid) and time.monotonic() < until:
-        time.sleep(0.05)
-    reports = ws.watchdog_reports(proc.pid)
+    reports = wait_until(lambda: ws.watchdog_reports(proc.pid), 3.0, "the watchdog's report")
     assert reports, "no watchdog report in the spool"
     report = json.loads(Path(reports[-1]).read_text())
     assert report["reason"] == "eof"

@@ -32,7 +32,9 @@ from snapshot_runtime.scripts import trust as script_check
 from snapshot_runtime.scripts.environment import build_script_env
 from snapshot_runtime.scripts.runner import ScriptResult, run_script
 from snapshot_runtime.scripts.trust import check_script
+from tests.support.processes import pid_alive
 from tests.support.requirements import require
+from tests.support.waiting import wait_until
 
 BASE = "/var/lib/snapshot-runtime-tests"
 REPO = Path(__file__).resolve().parents[2]
@@ -65,15 +67,6 @@ def run(path: str, params: list[str] | None = None, **kw: object) -> ScriptResul
     kw.setdefault("retries", 0)
     kw.setdefault("budget_seconds", 10.0)
     return run_script(path, params or [], **kw)
-
-
-def alive(pid: int) -> bool:
-    """True unless the process is gone (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # --- pure parts -------------------------------------------------------------------
@@ -260,11 +253,7 @@ def test_interrupted_caller_kills_the_script(sdir: Path) -> None:
 
     def interrupt_once_running() -> None:
         # Once the script has written its pid (it is running), not after a guessed delay.
-        until = time.monotonic() + 30
-        while not (pidfile.exists() and pidfile.read_text().strip()):
-            if time.monotonic() > until:
-                return
-            time.sleep(0.01)
+        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "the pid file")
         os.kill(os.getpid(), signal.SIGUSR2)
 
     old = signal.signal(signal.SIGUSR2, interrupt)
@@ -276,7 +265,7 @@ def test_interrupted_caller_kills_the_script(sdir: Path) -> None:
     finally:
         trigger.join(31)
         signal.signal(signal.SIGUSR2, old)
-    assert not alive(int(pidfile.read_text()))
+    assert not pid_alive(int(pidfile.read_text()))
 
 
 def test_background_descendant_holding_pipe_is_left_alone(sdir: Path) -> None:
@@ -289,7 +278,7 @@ def test_background_descendant_holding_pipe_is_left_alone(sdir: Path) -> None:
     try:
         assert r.ok and "started" in r.stdout
         assert elapsed < 10  # did not wait for the holder's EOF (30 s away)
-        assert alive(pid)  # success never kills descendants
+        assert pid_alive(pid)  # success never kills descendants
     finally:
         os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):

@@ -17,6 +17,7 @@ from snapshot_runtime.snapshot.blob_retry import BlobPolicy
 from tests.sidecar.conftest import Rig, fast_mirror
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.azurite
 
@@ -223,12 +224,13 @@ def test_mirroring_through_faults_is_exact(rig: Rig, azurite: Azurite) -> None:
         injector = threading.Thread(target=inject, daemon=True)
         injector.start()
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
+
+            def mirrored() -> bool:
                 sidecar.run_once()
-                if sidecar.ledger.state.jobs["j9"].log.status == "done":
-                    break
-                time.sleep(0.05)  # the job's backoff (capped at 0.2 s here)
+                return sidecar.ledger.state.jobs["j9"].log.status == "done"
+
+            # Each pass waits out the job's backoff (capped at 0.2 s here) itself.
+            wait_until(mirrored, 30, "j9 to be mirrored", interval=0.05)
         finally:
             done.set()
             injector.join()
@@ -263,12 +265,12 @@ def test_append_that_lands_after_a_client_timeout_is_not_doubled(
 
         watcher = threading.Thread(target=clear_after_first, daemon=True)
         watcher.start()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+        def mirrored() -> bool:
             sidecar.run_once()
-            if sidecar.ledger.state.jobs["j14"].log.status == "done":
-                break
-            time.sleep(0.05)
+            return sidecar.ledger.state.jobs["j14"].log.status == "done"
+
+        wait_until(mirrored, 20, "j14 to be mirrored", interval=0.05)
         first_seen.set()
         watcher.join()
     assert _blob(azurite, container, name) == bytes(job.log_bytes)

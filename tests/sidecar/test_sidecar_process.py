@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -19,6 +18,7 @@ from snapshot_sidecar.state import STATE_FILE
 from tests.sidecar.conftest import Rig
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
+from tests.support.waiting import wait_until
 
 SIDECAR = [sys.executable, "-m", "snapshot_sidecar.cli"]
 
@@ -53,15 +53,6 @@ def _log_status(rig: Rig, name: str) -> str | None:
     return job["log"]["status"] if job else None
 
 
-def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.azurite
 def test_sigkill_mid_mirroring_then_restart_gives_the_exact_log(
     rig: Rig, azurite: Azurite, tmp_path: Path
@@ -85,7 +76,7 @@ def test_sigkill_mid_mirroring_then_restart_gives_the_exact_log(
         for fraction in (0.25, 0.6):
             proc = _start(rig, "--mirror-max-bytes", "8192", log=log)
             try:
-                _wait(lambda f=fraction: size() >= total * f, 30, f"{fraction:.0%} mirrored")
+                wait_until(lambda f=fraction: size() >= total * f, 30, f"{fraction:.0%} mirrored")
             finally:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)
@@ -93,7 +84,7 @@ def test_sigkill_mid_mirroring_then_restart_gives_the_exact_log(
             assert _log_status(rig, "killed") != "done"
         proc = _start(rig, "--mirror-max-bytes", "8192", log=log)
         try:
-            _wait(lambda: _log_status(rig, "killed") == "done", 60, "mirroring to finish")
+            wait_until(lambda: _log_status(rig, "killed") == "done", 60, "mirroring to finish")
         finally:
             proc.terminate()
             assert proc.wait(10) == 0, log.read_text()
@@ -131,7 +122,7 @@ def test_serves_metrics_stops_on_sigterm_and_locks_the_state_dir(rig: Rig, tmp_p
     log = tmp_path / "sidecar.log"
     proc = _start(rig, log=log)
     try:
-        _wait(lambda: "/metrics on" in log.read_text(), 30, "the server to start")
+        wait_until(lambda: "/metrics on" in log.read_text(), 30, "the server to start")
         match = re.search(r"/metrics on (http://127\.0\.0\.1:\d+)", log.read_text())
         assert match
         url = match.group(1) + "/metrics"
@@ -140,7 +131,7 @@ def test_serves_metrics_stops_on_sigterm_and_locks_the_state_dir(rig: Rig, tmp_p
             with urllib.request.urlopen(url, timeout=5) as response:
                 return b"vmsnap_sidecar_records_ingested_total 1.0" in response.read()
 
-        _wait(scraped, 30, "the job to be ingested")
+        wait_until(scraped, 30, "the job to be ingested")
         second = subprocess.run(
             [*SIDECAR, "--spool", str(rig.spool), "--state-dir", str(rig.state), "--once"],
             capture_output=True,

@@ -11,7 +11,7 @@ from snapshot_sidecar.cli import span_exporter_from_env
 from snapshot_sidecar.spans import SpanConfig, span_from_json
 
 from tests.sidecar.conftest import Rig
-from tests.sidecar.otlp_receiver import OtlpReceiver
+from tests.support.otlp_receiver import OtlpReceiver
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ import inspect
 import logging
 import socket
 import traceback
-from collections.abc import Iterator
 from typing import get_args
-from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
@@ -25,28 +23,17 @@ from snapshot_runtime.snapshot.blob_retry import BlobPolicy, backoff_delay
 from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError, FailureKind
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
+from tests.support.jobkit import sig_values
 
 pytestmark = pytest.mark.azurite
 
 FAST = BlobPolicy(request_timeout=2.0, connect_timeout=1.0, retries=3, backoff_seconds=0.01)
 
 
-def sig_values(url: str) -> list[str]:
-    query = urlsplit(url).query
-    raw = [p.split("=", 1)[1] for p in query.split("&") if p.lower().startswith("sig=")]
-    return raw + [v for k, v in parse_qsl(query) if k == "sig"]
-
-
 def assert_clean(text: str, *urls: str) -> None:
     for url in urls:
         for value in sig_values(url):
             assert value not in text, "SAS signature leaked"
-
-
-@pytest.fixture
-def proxy(azurite: Azurite) -> Iterator[FaultProxy]:
-    with FaultProxy(azurite.host, azurite.port, max_lifetime=60) as p:
-        yield p
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from urllib.parse import parse_qsl, urlsplit
+from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -23,17 +23,12 @@ from snapshot_runtime.snapshot.blob_retry import BlobPolicy
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult, aggregate
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
+from tests.support.jobkit import sig_values
 
 pytestmark = pytest.mark.azurite
 
 FAST = BlobPolicy(request_timeout=3.0, connect_timeout=1.0, retries=3, backoff_seconds=0.01)
 META = {"backupTaskId": "task-1", "createdBy": "snapshot-runtime"}
-
-
-def sig_values(url: str) -> list[str]:
-    query = urlsplit(url).query
-    raw = [p.split("=", 1)[1] for p in query.split("&") if p.lower().startswith("sig=")]
-    return raw + [v for k, v in parse_qsl(query) if k == "sig"]
 
 
 def assert_clean(result: SnapshotResult | list[DiskSnapshot], urls: list[str]) -> None:
@@ -58,12 +53,6 @@ def disks(azurite: Azurite) -> Callable[..., list[str]]:
         return urls
 
     return make
-
-
-@pytest.fixture
-def proxy(azurite: Azurite) -> Iterator[FaultProxy]:
-    with FaultProxy(azurite.host, azurite.port, max_lifetime=60) as p:
-        yield p
 
 
 def run(urls: list[str], **kwargs) -> tuple[list[DiskSnapshot], SnapshotResult, float]:

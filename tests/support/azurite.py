@@ -9,13 +9,14 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.processes import stop_process
 from tests.support.requirements import require
+from tests.support.waiting import wait_until
 
 ACCOUNT = "devstoreaccount1"
 # Azurite's published well-known development key (not a secret).
@@ -90,16 +91,22 @@ class Azurite:
 
 
 def _wait_listening(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening_port() -> int | None:
         text = log.read_text(errors="replace") if log.exists() else ""
         m = re.search(r"successfully listen(?:s on|ing at) http://127\.0\.0\.1:(\d+)", text)
         if m:
             return int(m.group(1))
         if proc.poll() is not None:
             raise RuntimeError(f"azurite exited early: {text[-2000:]}")
-        time.sleep(0.05)
-    raise RuntimeError(f"azurite did not start in {timeout}s: {log.read_text(errors='replace')}")
+        return None
+
+    return wait_until(
+        listening_port,
+        timeout,
+        "azurite to listen",
+        interval=0.05,
+        detail=lambda: log.read_text(errors="replace"),
+    )
 
 
 @contextlib.contextmanager
@@ -133,10 +140,5 @@ def run_azurite() -> Iterator[Azurite]:
         port = _wait_listening(proc, log, timeout=30)
         yield Azurite(host="127.0.0.1", port=port, process=proc, workdir=workdir)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)

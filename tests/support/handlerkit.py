@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
 from snapshot_runtime.core.ticks import datetime_to_ticks
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -302,15 +302,19 @@ class HandlerDir:
 
     def wait_status(self, seq: int, want: set[str], *, timeout: float = 30) -> dict[str, Any]:
         """Poll until the blob status (the truth; the file may be forced) is in ``want``."""
-        deadline = time.monotonic() + timeout
         last: dict[str, Any] | None = None
-        while time.monotonic() < deadline:
+
+        def reached() -> dict[str, Any] | None:
+            nonlocal last
             if self.status_path(seq).exists():
                 last = self.read_status(seq)
                 if last["blob"]["status"]["status"] in want:
                     return last
-            time.sleep(0.05)
-        raise AssertionError(f"status {seq} never reached {want}; last: {last}")
+            return None
+
+        return wait_until(
+            reached, timeout, f"status {seq} to reach {want}", interval=0.05, detail=lambda: last
+        )
 
 
 def make_handler_dir(
@@ -342,9 +346,3 @@ def write_handler_config(path: Path, **values: str) -> Path:
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
     return path
-
-
-def sig_values(url: str) -> list[str]:
-    """The SAS signature of ``url``, raw and decoded: must never appear anywhere."""
-    sig = parse_qs(urlsplit(url).query)["sig"][0]
-    return [sig, quote(sig, safe="")]

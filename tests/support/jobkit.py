@@ -46,7 +46,9 @@ from snapshot_runtime.core.ticks import TICKS_AT_UNIX_EPOCH, TICKS_PER_SECOND
 from snapshot_runtime.job.records import JobOptions, JobReport
 from snapshot_runtime.job.run import run_job
 from tests.support.azurite import ACCOUNT_KEY, Azurite
+from tests.support.processes import stop_process
 from tests.support.requirements import require
+from tests.support.waiting import wait_until
 
 BASE = "/var/lib/snapshot-runtime-tests"
 REPO = Path(__file__).resolve().parents[2]
@@ -351,10 +353,8 @@ class Workspace:
 
     def close(self) -> None:
         for proc in self.processes:
-            if proc.poll() is None:
-                proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
+                stop_process(proc, sig=signal.SIGKILL, grace=5)
         for pid, started in self.adopted:
             if _start_time(pid) == started:
                 with contextlib.suppress(ProcessLookupError):
@@ -503,7 +503,9 @@ def sig_values(url: str) -> list[str]:
     for key, raw in (p.partition("=")[::2] for p in query.split("&")):
         if key.lower() == "sig" and raw:
             values |= {raw, unquote(raw), quote(unquote(raw), safe="")}
-    values |= {v for k, v in parse_qsl(query) if k.lower() == "sig"}
+    for key, decoded in parse_qsl(query):  # "+" read as a space, as a form decoder would
+        if key.lower() == "sig":
+            values |= {decoded, quote(decoded, safe="")}
     return sorted(values)
 
 
@@ -587,7 +589,8 @@ class Ticker:
         )
         assert self.proc.stdout is not None
         assert self.proc.stdout.readline().strip() == "ready"
-        time.sleep(0.05)
+        # Ticking, not just started: a gap can only be measured from a first stamp on.
+        wait_until(lambda: len(self.stamps()) >= 2, 30, "the ticker's first stamps")
 
     def stop(self) -> None:
         Path(self.stop_file).touch()

@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support.processes import stop_process
 from tests.support.requirements import require
+from tests.support.waiting import wait_until
 
 __all__ = ["Prometheus", "free_port", "run_prometheus", "run_prometheus_config"]
 
@@ -67,14 +68,17 @@ class Prometheus:
     def wait_for(
         self, expr: str, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 30
     ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
         result: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
+
+        def holds() -> bool:
+            nonlocal result
             result = self.query(expr)
-            if predicate(result):
-                return result
-            time.sleep(0.2)
-        raise AssertionError(f"{expr}: still {result} after {timeout}s; log: {self.log()}")
+            return predicate(result)
+
+        wait_until(
+            holds, timeout, expr, interval=0.2, detail=lambda: f"still {result}; log: {self.log()}"
+        )
+        return result
 
     def log(self) -> str:
         return (self.workdir / "prometheus.log").read_text(errors="replace")[-3000:]
@@ -147,26 +151,19 @@ def run_prometheus_config(
     )
     instance = Prometheus(f"http://127.0.0.1:{port}", proc, workdir)
     try:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def ready() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"prometheus exited: {instance.log()}")
             try:
                 with urllib.request.urlopen(f"{instance.url}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
+                    return r.status == 200
             except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus not ready in 30s: {instance.log()}")
-            time.sleep(0.1)
+                return False
+
+        wait_until(ready, 30, "prometheus to be ready", interval=0.1, detail=instance.log)
         yield instance
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)

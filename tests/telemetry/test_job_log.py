@@ -8,7 +8,6 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from snapshot_runtime.telemetry.spool import complete_lines
 from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.jobkit import Workspace
-from tests.support.loopfs import LoopFs, loop_filesystem
+from tests.support.loopfs import LoopFs
 
 # -- unit ---------------------------------------------------------------------------
 
@@ -106,12 +105,6 @@ def test_gate_is_reusable() -> None:
 
 
 # -- real: the log directory on the filesystem being frozen ---------------------------
-
-
-@pytest.fixture(scope="module")
-def ext4() -> Iterator[LoopFs]:
-    with loop_filesystem("ext4") as fs:
-        yield fs
 
 
 def _jsonl(path: str | Path) -> list[bytes]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ from snapshot_runtime.telemetry.spool import (
 from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.jobkit import Workspace
-from tests.support.loopfs import LoopFs, loop_filesystem
+from tests.support.loopfs import LoopFs
+from tests.support.processes import stop_process
+from tests.support.waiting import wait_until
 
 
 def _line(seq: int, message: str = "m") -> str:
@@ -128,14 +130,15 @@ def test_recovery_leaves_a_live_job_alone(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        time.sleep(0.2)  # the holder has opened the file and waits for our lock
+        lock_path = os.path.join(job.path, "lock")
+        # The holder has opened the file and waits for our lock (its flock blocks).
+        wait_until(lambda: _has_open(holder.pid, lock_path), 10, "the holder to open the lock")
         os.close(job._lock_fd)  # this runtime "dies": the lock is released, the file stays
         job._lock_fd = -1
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         assert recover_interrupted(spool.root) == []
     finally:
-        holder.kill()
-        holder.wait()
+        stop_process(holder, sig=signal.SIGKILL)
         job.close()
     (found,) = recover_interrupted(spool.root)
     assert found.task_id == "live" and found.note is None and found.log_file is None
@@ -163,13 +166,18 @@ def test_recovery_when_the_log_directory_is_gone(tmp_path: Path) -> None:
     assert found.lines_replayed == 0 and found.note == "log file directory is gone"
 
 
+def _has_open(pid: int, path: str) -> bool:
+    """Whether process ``pid`` has ``path`` open (one of its /proc/<pid>/fd links)."""
+    fd_dir = f"/proc/{pid}/fd"
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):
+                if os.readlink(os.path.join(fd_dir, fd)) == path:
+                    return True
+    return False
+
+
 # -- real jobs ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ext4() -> Iterator[LoopFs]:
-    with loop_filesystem("ext4") as fs:
-        yield fs
 
 
 COPY_SPOOL = """\

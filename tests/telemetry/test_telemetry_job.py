@@ -11,6 +11,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +26,11 @@ from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
 from tests.support.jobkit import CLI, Workspace
-from tests.support.loopfs import LoopFs, loop_filesystem
+from tests.support.loopfs import LoopFs
 from tests.support.otlp_receiver import OtlpReceiver
+from tests.support.waiting import wait_until
 
 SNAPSHOT_REQUEST = "comp=snapshot"
-
-
-@pytest.fixture(scope="module")
-def ext4() -> Iterator[LoopFs]:
-    with loop_filesystem("ext4") as fs:
-        yield fs
 
 
 @pytest.fixture
@@ -70,35 +66,39 @@ def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
 @pytest.mark.root
 @pytest.mark.azurite
 def test_sigkill_while_frozen_loses_no_log_line(
-    azurite: Azurite, ws: Workspace, ext4: LoopFs, spool: str, capsys: pytest.CaptureFixture[str]
+    azurite: Azurite,
+    ws: Workspace,
+    ext4: LoopFs,
+    proxy: FaultProxy,
+    spool: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     task_id = f"{uuid.uuid4()}_1"
-    with FaultProxy(azurite.host, azurite.port, max_lifetime=60) as proxy:
-        proxy.set_latency(30.0, match=SNAPSHOT_REQUEST)  # the job sits frozen in the snapshot
-        disks = jobkit.make_disks(azurite, 1, endpoints={0: proxy.endpoint()})
-        args = ws.run_args(
-            ws.settings(disks, task_id=task_id),
-            config=ws.config(),
-            mounts=[ext4.mountpoint],
-            extra=["--freeze-timeout", "20", "--quiet", "--spool", spool],
-        )
-        proc = ws.start_cli(*args)
-        blocked = wait_frozen(ext4.mountpoint, proc)
-        for pid in jobkit.child_pids(proc.pid):
-            ws.adopt_pid(pid)
-        job_dir = Path(spool, "jobs", task_id)
-        before_kill = _lines(job_dir / "log.jsonl")  # everything emitted so far
-        # Written just before the first FIFREEZE: what is frozen, and until when,
-        # for the sidecar's backstop should the watchdog die with the runtime.
-        frozen_record = json.loads((job_dir / "record.json").read_text())
-        assert frozen_record["freeze"]["in_progress"] is True
-        assert frozen_record["freeze"]["mountpoints"] == [ext4.mountpoint]
-        deadline = frozen_record["freeze"]["deadline_at"]
-        assert time.time() < deadline <= time.time() + 20.0
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-        assert blocked.wait(5.0), "still frozen 5 s after the SIGKILL"
-        assert writable_within(ext4.mountpoint, 1.0)
+    proxy.set_latency(30.0, match=SNAPSHOT_REQUEST)  # the job sits frozen in the snapshot
+    disks = jobkit.make_disks(azurite, 1, endpoints={0: proxy.endpoint()})
+    args = ws.run_args(
+        ws.settings(disks, task_id=task_id),
+        config=ws.config(),
+        mounts=[ext4.mountpoint],
+        extra=["--freeze-timeout", "20", "--quiet", "--spool", spool],
+    )
+    proc = ws.start_cli(*args)
+    blocked = wait_frozen(ext4.mountpoint, proc)
+    for pid in jobkit.child_pids(proc.pid):
+        ws.adopt_pid(pid)
+    job_dir = Path(spool, "jobs", task_id)
+    before_kill = _lines(job_dir / "log.jsonl")  # everything emitted so far
+    # Written just before the first FIFREEZE: what is frozen, and until when,
+    # for the sidecar's backstop should the watchdog die with the runtime.
+    frozen_record = json.loads((job_dir / "record.json").read_text())
+    assert frozen_record["freeze"]["in_progress"] is True
+    assert frozen_record["freeze"]["mountpoints"] == [ext4.mountpoint]
+    deadline = frozen_record["freeze"]["deadline_at"]
+    assert time.time() < deadline <= time.time() + 20.0
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=5)
+    assert blocked.wait(5.0), "still frozen 5 s after the SIGKILL"
+    assert writable_within(ext4.mountpoint, 1.0)
 
     spooled = _lines(job_dir / "log.jsonl")
     docs = [json.loads(x) for x in spooled]
@@ -117,10 +117,9 @@ def test_sigkill_while_frozen_loses_no_log_line(
     # The record says the job never completed; the watchdog report is in the spool.
     record = json.loads((job_dir / "record.json").read_text())
     assert record["complete"] is False and record["pid"] == proc.pid
-    until = time.monotonic() + 3.0
-    while not list(Path(spool, "watchdog").glob("*.json")) and time.monotonic() < until:
-        time.sleep(0.05)
-    (report_file,) = Path(spool, "watchdog").glob("*.json")
+    (report_file,) = wait_until(
+        lambda: list(Path(spool, "watchdog").glob("*.json")), 3.0, "the watchdog's report"
+    )
     assert json.loads(report_file.read_text())["reason"] == "eof"
 
     # `snapshot-runtime trace` shows the dead job's spans from the spool.
@@ -211,7 +210,7 @@ def test_no_secret_in_any_telemetry_artifact(
                 assert b'"job done: consistency=application' in mirrored
         assert len(receiver.requests) == 1  # run 0 only: run 1 has a sidecar
         artifacts["OTLP wire"] = b"".join(receiver.raw)
-        artifacts["OTLP decoded"] = json.dumps(receiver.spans())
+        artifacts["OTLP decoded"] = json.dumps([asdict(s) for s in receiver.spans])
     for root in (spool, ws.root / "log", ws.state_dir):
         artifacts.update(_tree(root))
 

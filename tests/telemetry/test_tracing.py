@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,7 +33,7 @@ from snapshot_runtime.telemetry.tracing import (
 from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.jobkit import Workspace
-from tests.support.loopfs import LoopFs, loop_filesystem
+from tests.support.loopfs import LoopFs
 from tests.support.otlp_receiver import OtlpReceiver
 
 PHASE_SPANS = [
@@ -124,12 +123,6 @@ def test_incoming_traceparent_decides_the_trace() -> None:
 
 
 # -- real jobs ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ext4() -> Iterator[LoopFs]:
-    with loop_filesystem("ext4") as fs:
-        yield fs
 
 
 def _by_name(spans: list[ReadableSpan]) -> dict[str, list[ReadableSpan]]:
@@ -323,16 +316,16 @@ def test_otlp_http_export_to_a_local_receiver(
         )
     assert report.consistency == "application", report.error_message
     assert receiver.paths == ["/v1/traces"]  # one request, after the job
-    spans = receiver.spans()
-    names = sorted(s["name"] for s in spans)
+    spans = receiver.spans
+    names = sorted(s.name for s in spans)
     assert names.count("vmsnap.job") == 1 and set(PHASE_SPANS) <= set(names)
-    assert {s["trace_id"] for s in spans} == {report.trace_id}
-    root = next(s for s in spans if s["name"] == "vmsnap.job")
-    assert root["attributes"]["vmsnap.task_id"] == task_id
-    assert root["resource"]["service.name"] == "snapshot-runtime"
-    assert root["scope"] == "snapshot_runtime"
-    disk = next(s for s in spans if s["name"] == "vmsnap.snapshot.disk")
-    assert disk["attributes"]["vmsnap.disk.blob_url"] == jobkit.strip(urls[0])
+    assert {s.trace_id for s in spans} == {report.trace_id}
+    root = next(s for s in spans if s.name == "vmsnap.job")
+    assert root.attributes["vmsnap.task_id"] == task_id
+    assert root.resource["service.name"] == "snapshot-runtime"
+    assert root.scope[0] == "snapshot_runtime"
+    disk = next(s for s in spans if s.name == "vmsnap.snapshot.disk")
+    assert disk.attributes["vmsnap.disk.blob_url"] == jobkit.strip(urls[0])
     # No SAS in what went over the wire (attributes, resource, anything).
     wire = b"".join(receiver.raw)
     for secret in jobkit.secrets_of(urls):

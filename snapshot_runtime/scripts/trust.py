@@ -162,7 +162,10 @@ def _parent_problem(path: str) -> str | None:
             # The link lives in ``resolved`` (checked); only its owner could
             # retarget it in a sticky dir, so it must be root's too.
             if st.st_uid != permissions.ROOT_UID:
-                return f"parent {candidate} is a symlink owned by uid {st.st_uid}, not root"
+                return (
+                    f"parent {candidate} is a symlink owned by uid {st.st_uid}, not root; "
+                    "fix: configure the real path (or make the link root's)"
+                )
             hops += 1
             if hops > 40:
                 return f"parent {candidate}: too many levels of symbolic links"

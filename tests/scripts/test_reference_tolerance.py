@@ -129,6 +129,23 @@ def test_sticky_dir_owned_by_another_user_is_refused(sdir: Path) -> None:
     assert f"parent directory {sticky} is owned by uid 1000" in check.message
 
 
+def test_user_owned_symlink_in_a_sticky_dir_is_refused(sdir: Path) -> None:
+    # uid 1000 may create /tmp/app -> a root directory, and retarget it at
+    # will: a link in the path must be root's too, sticky dir or not.
+    real = mkdir(sdir / "real", 0o755)
+    script(real, "pre.sh")
+    sticky = mkdir(sdir / "tmp", 0o1777)
+    link = sticky / "app"
+    link.symlink_to(real)
+    os.lchown(link, 1000, 1000)
+    check = check_script(str(link / "pre.sh"), phase="pre")
+    assert check.error is ErrorCode.PRE_SCRIPT_PERMISSION
+    assert f"parent {link} is a symlink owned by uid 1000" in check.message
+    assert "fix: configure the real path" in check.message
+    os.lchown(link, 0, 0)
+    assert check_script(str(link / "pre.sh"), phase="pre").ok
+
+
 def test_parent_dir_rule_table() -> None:
     # The pure rule, over the modes the tests above build for real.
     d = stat.S_IFDIR

@@ -260,3 +260,21 @@ def test_validate_timeout_zero_or_less_stays_refused(ws: Workspace, timeout: obj
     assert text.returncode == 1, text.output
     assert text.stdout.splitlines()[-1] == "FAILED: IncorrectJSONConfigFile"
     assert "timeoutInSeconds: must be an integer from 1 to 1800" in " ".join(text.stdout.split())
+
+
+@pytest.mark.root
+def test_quoted_retries_with_a_failing_script_retry_and_end(ws: Workspace) -> None:
+    # The reference hangs about 30 min on "preScriptNoOfRetries": "2" with a
+    # failing script; here the script really runs 3 times and the run ends.
+    fail = ws.script("fail.sh", '#!/bin/sh\necho "attempt $SNAPSHOT_ATTEMPT" >&2\nexit 3\n')
+    config = ws.config(pre=fail, post=ws.scripts()[1], preScriptNoOfRetries="2")
+    result = ws.cli("validate", "--config", config, "--run-scripts", "--json", timeout=60.0)
+    assert result.returncode == 1, result.output
+    doc = result.json
+    assert doc["errorCode"] == "Pre-ScriptExecutionFailed"
+    pre = doc["scripts"]["pre"]
+    assert (pre["attempts"], pre["exitCodes"], pre["timedOut"]) == (3, [3, 3, 3], False)
+    assert "attempt 3" in pre["stderr"]
+    coded = [c for c in doc["checks"] if c["errorCode"] == CONV]
+    assert coded and "preScriptNoOfRetries" in coded[0]["detail"]
+    assert result.seconds < 30, result.seconds

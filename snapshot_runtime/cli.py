@@ -229,7 +229,13 @@ def _validate(args: argparse.Namespace) -> int:
                 if text:
                     print(f"\n{phase}-script {stream}:\n{text.rstrip()}")
         print()
-        print("OK" if report.ok else f"FAILED: {report.error.value if report.error else ''}")
+        if not report.ok:
+            print(f"FAILED: {report.error.value if report.error else ''}")
+        elif report.warnings:
+            # Yellow, as a job's status health would be: it runs, and says so.
+            print("OK with warnings (yellow): " + ", ".join(w.value for w in report.warnings))
+        else:
+            print("OK")
     return 0 if report.ok else 1
 
 

@@ -257,6 +257,7 @@ def verdict(
     post_error: ErrorCode | None,
     thaw_error: ErrorCode | None,
     single_disk_crash_fallback: bool = True,
+    config_warnings: tuple[ErrorCode, ...] = (),
 ) -> Verdict:
     """The job's consistency, codes and health from the facts of the run.
 
@@ -264,8 +265,13 @@ def verdict(
     filesystems before every snapshot completed (crash on a single disk,
     none on several). ``disks_ok`` counts the
     disks whose snapshot succeeded out of ``disks_total``.
+    ``config_warnings``: codes of a valid plugin config that was tolerated
+    (a value adjusted or converted); they are warnings, never a stop.
     """
     noted = _Noted()
+    if config_state == "valid":
+        for tolerated in config_warnings:
+            noted.add(_CONFIG, tolerated)
     pre = decide_after_pre_script(
         config_state=config_state,
         config_error=config_error,

@@ -54,6 +54,10 @@ class ErrorCode(enum.Enum):
     POST_SCRIPT_PERMISSION = "InsufficientPermissionforPost-Script"
     PRE_SCRIPT_TIMEOUT = "Pre-ScriptTimeout"
     POST_SCRIPT_TIMEOUT = "Post-ScriptTimeout"
+    # Warnings only: a plugin config the reference runs, which we run too,
+    # with the value we used and the fix named (docs/scripts.md).
+    PLUGIN_CONFIG_VALUE_ADJUSTED = "PluginConfigValueAdjusted"
+    PLUGIN_CONFIG_VALUE_CONVERTED = "PluginConfigValueConverted"
     # The job's own codes.
     INVALID_SETTINGS = "InvalidSettings"
     INVALID_DISK_LIST = "InvalidDiskList"
@@ -99,6 +103,9 @@ _NUMBERS: dict[ErrorCode, int] = {
     ErrorCode.POST_SCRIPT_PERMISSION: 307,
     ErrorCode.PRE_SCRIPT_TIMEOUT: 308,
     ErrorCode.POST_SCRIPT_TIMEOUT: 309,
+    # Next free numbers after the reference's pre/post range (300-318); 3xx is yellow.
+    ErrorCode.PLUGIN_CONFIG_VALUE_ADJUSTED: 319,
+    ErrorCode.PLUGIN_CONFIG_VALUE_CONVERTED: 320,
     ErrorCode.INVALID_SETTINGS: 11,
     ErrorCode.INVALID_DISK_LIST: 17,
     ErrorCode.COMMAND_TOO_LATE: 402,

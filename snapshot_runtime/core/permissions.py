@@ -12,8 +12,8 @@ Rules (reference ScriptRunner, as documented; stricter where noted):
   under /bin/sh as the reference runs them.
 * beyond the reference: no symlink (checked by the caller with O_NOFOLLOW),
   and every parent directory owned by root and not writable by group or
-  other (a sticky world-writable dir such as /tmp is refused too: any user
-  may create a sibling there and race a rename).
+  other, unless it is sticky (/tmp): there only an entry's owner may rename
+  or remove it, so root's entries below it stay root's.
 """
 
 from __future__ import annotations
@@ -87,14 +87,24 @@ def check_interpreter_mode(mode: int, uid: int) -> str | None:
 
 
 def check_parent_dir_mode(path: str, mode: int, uid: int) -> str | None:
-    """Why a parent directory lets a non-root user replace the file, or None."""
+    """Why a parent directory lets a non-root user replace the file, or None.
+
+    A root-owned sticky directory (``/tmp``, mode 1777) passes even when
+    anyone may write to it: the sticky bit lets only an entry's owner (or
+    the directory's owner, root) rename or remove it. The caller checks the
+    entries below it in turn (root-owned, not group/other-writable), so
+    nothing on the path can be swapped. The reference accepts scripts there.
+    Without the sticky bit, group/other write access is refused.
+    """
     if not stat.S_ISDIR(mode):
         return f"parent {path} is not a directory"
     if uid != ROOT_UID:
         return f"parent directory {path} is owned by uid {uid}, must be owned by root"
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
         return (
             f"parent directory {path} has mode {describe_mode(mode)}: "
-            "writable by group or other, so the file could be replaced"
+            "writable by group or other and not sticky, so the file could be replaced; "
+            f"fix: chmod go-w {path} (or move the script to a root-only directory "
+            "such as /etc/azure)"
         )
     return None

@@ -22,18 +22,32 @@ The keys (names, JSON types, ranges, defaults), the rules common to all of
 them, and where this parser deliberately differs from the reference
 (ScriptRunner.get_config) are tabulated for operators in docs/scripts.md; the
 code below is the authority (``_KNOWN_KEYS``, ``parse_plugin_config``). In
-short: known keys are case-sensitive; integers and booleans must be JSON
-integers and booleans; ``null`` means "absent" only for ``appName``;
-duplicate keys, ``NaN``/``Infinity``, a BOM, non-UTF-8 and a non-object are
-refused; unknown keys are warnings (with a "did you mean"); retries above
-``MAX_RETRIES`` are lowered with a warning; ``timeoutInSeconds`` is one
-budget per script covering all its attempts.
+short: known keys are case-sensitive; ``null`` means "absent" only for
+``appName``; duplicate keys, ``NaN``/``Infinity``, a BOM, non-UTF-8 and a
+non-object are refused; unknown keys are warnings (with a "did you mean");
+``timeoutInSeconds`` is one budget per script covering all its attempts.
+
+Tolerated like the reference (it runs the scripts with these configs, so we
+do too), each with a warning that names the key, the value used and the fix
+(``ConfigWarning``; its code goes into the job's status and record):
+
+* ``PluginConfigValueAdjusted``: ``timeoutInSeconds`` above 1800 -> 1800;
+  ``ScriptsExecutionPollTimeSeconds`` outside 1..5 -> 3; retries above
+  ``MAX_RETRIES`` -> ``MAX_RETRIES``.
+* ``PluginConfigValueConverted``: a number written as a numeric string
+  (``"30"``), a boolean as ``"true"``/``"false"``, script params as one
+  string instead of a list (one argument).
+
+An empty script location (the stock template's ``""``) is not a config
+error: the script check reports it as ``Pre-ScriptNotFound``, as the
+reference does.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -48,6 +62,7 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "MAX_RETRIES",
     "MAX_TIMEOUT_SECONDS",
+    "ConfigWarning",
     "PluginConfig",
     "ScriptSpec",
     "load_plugin_config",
@@ -69,6 +84,12 @@ _PATH_MAX = 4095  # bytes, Linux PATH_MAX without the NUL
 _ARG_MAX = 131071  # bytes, Linux MAX_ARG_STRLEN without the NUL: execve fails beyond
 _MAX_UNKNOWN_REPORTED = 20  # bounds warnings (and difflib work) for a hostile file
 _SHOW_CHARS = 80
+# A number written as a string: digits only, an optional sign, blanks around.
+# Not int()'s full grammar: "3_0" and "\u0663" are not evident numbers.
+_NUMERIC_STRING = re.compile(r"[ \t]*([+-]?[0-9]{1,18})[ \t]*")
+_BOOLEAN_STRINGS = {"true": True, "false": False}
+_ADJUSTED = ErrorCode.PLUGIN_CONFIG_VALUE_ADJUSTED
+_CONVERTED = ErrorCode.PLUGIN_CONFIG_VALUE_CONVERTED
 
 _KNOWN_KEYS = (
     "pluginName",
@@ -96,8 +117,21 @@ class ScriptSpec:
 
 
 @dataclass(frozen=True)
+class ConfigWarning:
+    """Something accepted but odd. ``code`` is reported by the job (status,
+    record, metric); ``None``: only logged and shown by ``validate``."""
+
+    message: str
+    code: ErrorCode | None = None
+
+
+@dataclass(frozen=True)
 class PluginConfig:
-    """A validated plugin config; ``warnings`` lists what was accepted but odd."""
+    """A validated plugin config; ``warnings`` lists what was accepted but odd.
+
+    ``warning_details`` holds the same warnings with their codes;
+    ``warning_codes`` the distinct codes, which the job reports.
+    """
 
     plugin_name: str
     pre: ScriptSpec
@@ -109,6 +143,12 @@ class PluginConfig:
     app_name: str | None
     source_path: str
     warnings: tuple[str, ...]
+    warning_details: tuple[ConfigWarning, ...] = ()
+
+    @property
+    def warning_codes(self) -> tuple[ErrorCode, ...]:
+        codes = (w.code for w in self.warning_details if w.code is not None)
+        return tuple(dict.fromkeys(codes))
 
 
 class _Refused(Exception):
@@ -219,7 +259,7 @@ class _Reader:
         self.obj = obj
         self.hints = hints  # known key -> unknown key that looks like a typo of it
         self.problems: list[str] = []
-        self.warnings: list[str] = []
+        self.warnings: list[ConfigWarning] = []
 
     def _missing(self, key: str) -> None:
         hint = self.hints.get(key)
@@ -228,6 +268,9 @@ class _Reader:
             why = "keys are case-sensitive" if hint.lower() == key.lower() else "a typo?"
             found = f" (found {_quote(hint)}; {why})"
         self.problems.append(f"{key}: required key is missing{found}")
+
+    def _warn(self, code: ErrorCode | None, message: str) -> None:
+        self.warnings.append(ConfigWarning(message, code))
 
     def text(self, key: str, *, required: bool, nullable: bool = False) -> str | None:
         if key not in self.obj:
@@ -246,13 +289,16 @@ class _Reader:
         return value
 
     def path(self, key: str) -> str:
+        """The script's path; ``""`` (the stock template) is kept for the script check.
+
+        The reference reports an empty location as Pre-/Post-ScriptNotFound,
+        not as a config error, so the check of the script file reports it.
+        """
         value = self.text(key, required=True)
-        if value is None:
+        if not value:
             return ""
         if "\0" in value:
             self.problems.append(f"{key}: must not contain a NUL character")
-        elif not value:
-            self.problems.append(f"{key}: must be the full path of the script, got an empty string")
         elif not value.startswith("/"):
             self.problems.append(
                 f"{key}: must be an absolute path (starting with /), got {_quote(value)}"
@@ -261,20 +307,33 @@ class _Reader:
             self.problems.append(f"{key}: longer than {_PATH_MAX} bytes (PATH_MAX)")
         elif value != value.rstrip():
             # Kept as written: a file name may end in a space, but it rarely does.
-            self.warnings.append(f"{key}: path ends with whitespace, which is part of the path")
+            self._warn(None, f"{key}: path ends with whitespace, which is part of the path")
         return value
 
     def params(self, key: str) -> tuple[str, ...]:
         if key not in self.obj:
             return ()
         value = self.obj[key]
-        if not isinstance(value, list):
+        if isinstance(value, str):
+            # The reference iterates the string (one argument per character);
+            # the evident meaning is one argument. Params may hold
+            # credentials: the warning never echoes the value.
+            items: list[Any] = [value] if value else []
+            what = "one argument" if value else "no argument"
+            self._warn(
+                _CONVERTED,
+                f"{key}: a string instead of a list, passed as {what}; "
+                f'write it as a list of strings, one per argument, such as ["-v", "db1"]',
+            )
+        elif isinstance(value, list):
+            items = value
+        else:
             self.problems.append(
                 f'{key}: must be a list of strings such as ["-v", "db1"], got {_describe(value)}'
             )
             return ()
         problems_before = len(self.problems)
-        for i, item in enumerate(value):
+        for i, item in enumerate(items):
             # Params may hold credentials: describe the type, never echo a value.
             if not isinstance(item, str):
                 kind = _KIND_NAMES.get(type(item), "null")
@@ -287,28 +346,79 @@ class _Reader:
                 self.problems.append(f"{key}[{i}]: longer than {_ARG_MAX} bytes (MAX_ARG_STRLEN)")
         if len(self.problems) != problems_before:
             return ()
-        return tuple(value)
+        return tuple(items)
 
-    def integer(self, key: str, *, low: int, high: int | None, default: int) -> int:
+    def number(self, key: str, span: str) -> int | None:
+        """The key's integer, a numeric string's number (with a warning), else None.
+
+        None with a problem recorded when the value is no evident integer;
+        None without one when the key is absent.
+        """
         if key not in self.obj:
-            return default
+            return None
         value = self.obj[key]
-        span = f"from {low} to {high}" if high is not None else f"of at least {low}"
         # bool is an int subclass; JSON true is not a number.
-        if type(value) is not int:
-            self.problems.append(f"{key}: must be an integer {span}, got {_describe(value)}")
+        if type(value) is int:
+            return value
+        if isinstance(value, str):
+            match = _NUMERIC_STRING.fullmatch(value)
+            if match is not None:
+                number = int(match.group(1))
+                self._warn(
+                    _CONVERTED,
+                    f"{key}: {_quote(value)} is a string, used as the number {number}; "
+                    f"write it without quotes: {number}",
+                )
+                return number
+        self.problems.append(f"{key}: must be an integer {span}, got {_describe(value)}")
+        return None
+
+    def timeout(self, key: str, *, default: int) -> int:
+        value = self.number(key, f"from 1 to {MAX_TIMEOUT_SECONDS}")
+        if value is None:
             return default
-        if value < low or (high is not None and value > high):
-            self.problems.append(f"{key}: must be an integer {span}, got {_describe(value)}")
+        if value < 1:
+            # The reference times such a script out at once and leaves it
+            # running: nothing sensible to run, so refused.
+            self.problems.append(
+                f"{key}: must be an integer from 1 to {MAX_TIMEOUT_SECONDS}, got {_describe(value)}"
+            )
+            return default
+        if value > MAX_TIMEOUT_SECONDS:
+            self._warn(
+                _ADJUSTED,
+                f"{key}: {_describe(value)} lowered to {MAX_TIMEOUT_SECONDS}, the maximum "
+                f"(as the reference does); set it to at most {MAX_TIMEOUT_SECONDS}",
+            )
+            return MAX_TIMEOUT_SECONDS
+        return value
+
+    def poll(self, key: str, *, low: int, high: int, default: int) -> int:
+        value = self.number(key, f"from {low} to {high}")
+        if value is None:
+            return default
+        if not low <= value <= high:
+            self._warn(
+                _ADJUSTED,
+                f"{key}: {_describe(value)} is outside {low}..{high}, {default} used "
+                f"(as the reference does); set it from {low} to {high}",
+            )
             return default
         return value
 
     def retries(self, key: str) -> int:
-        value = self.integer(key, low=0, high=None, default=0)
+        value = self.number(key, "of at least 0")
+        if value is None:
+            return 0
+        if value < 0:
+            self.problems.append(f"{key}: must be an integer of at least 0, got {_describe(value)}")
+            return 0
         if value > MAX_RETRIES:
-            self.warnings.append(
+            self._warn(
+                _ADJUSTED,
                 f"{key}: {_describe(value)} lowered to {MAX_RETRIES}: all attempts share one "
-                "timeoutInSeconds budget, so more retries cannot help"
+                "timeoutInSeconds budget, so more retries cannot help; "
+                f"set it to at most {MAX_RETRIES}",
             )
             return MAX_RETRIES
         return value
@@ -317,12 +427,23 @@ class _Reader:
         if key not in self.obj:
             return default
         value = self.obj[key]
-        if not isinstance(value, bool):
-            self.problems.append(
-                f"{key}: must be true or false (without quotes), got {_describe(value)}"
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLEAN_STRINGS:
+            evident = _BOOLEAN_STRINGS[value.strip().lower()]
+            word = "true" if evident else "false"
+            # The reference tests the string's truth, so "false" counts as
+            # true there; the evident meaning is the word's.
+            self._warn(
+                _CONVERTED,
+                f"{key}: {_quote(value)} is a string, used as {word}; "
+                f"write it without quotes: {word}",
             )
-            return default
-        return value
+            return evident
+        self.problems.append(
+            f"{key}: must be true or false (without quotes), got {_describe(value)}"
+        )
+        return default
 
 
 def _unknown_keys(obj: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
@@ -366,12 +487,10 @@ def parse_plugin_config(data: bytes, *, source: str = "<memory>") -> PluginConfi
         params=r.params("postScriptParams"),
         retries=r.retries("postScriptNoOfRetries"),
     )
-    timeout = r.integer(
-        "timeoutInSeconds", low=1, high=MAX_TIMEOUT_SECONDS, default=_DEFAULT_TIMEOUT
-    )
+    timeout = r.timeout("timeoutInSeconds", default=_DEFAULT_TIMEOUT)
     continue_on_failure = r.boolean("continueBackupOnFailure", default=True)
     fs_freeze = r.boolean("fsFreezeEnabled", default=True)
-    poll = r.integer(
+    poll = r.poll(
         "ScriptsExecutionPollTimeSeconds",
         low=_POLL_RANGE[0],
         high=_POLL_RANGE[1],
@@ -381,6 +500,7 @@ def parse_plugin_config(data: bytes, *, source: str = "<memory>") -> PluginConfi
 
     if r.problems:
         raise _fail("; ".join(r.problems))
+    details = (*(ConfigWarning(w) for w in unknown_warnings), *r.warnings)
     return PluginConfig(
         plugin_name=_PLUGIN_NAME,
         pre=pre,
@@ -391,7 +511,8 @@ def parse_plugin_config(data: bytes, *, source: str = "<memory>") -> PluginConfi
         poll_seconds=poll,
         app_name=app_name,
         source_path=source,
-        warnings=(*unknown_warnings, *r.warnings),
+        warnings=tuple(w.message for w in details),
+        warning_details=details,
     )
 
 

@@ -7,7 +7,9 @@ mounts a job would freeze). With ``run_scripts`` the pre-script then the
 post-script run for real, as a dry run (nothing is frozen or snapshotted).
 
 Returns a ``PreflightReport``; the first failing check's error code is the
-report's error code.
+report's error code. A config the runtime tolerates (a value adjusted or
+converted, as the reference does silently) is a ``warn`` check carrying the
+warning code a job would report; the report stays ok.
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ class PreflightReport:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def warnings(self) -> tuple[ErrorCode, ...]:
+        """The distinct codes of the warn checks: yellow, but nothing stops a job."""
+        codes = (c.error for c in self.checks if c.status == "warn" and c.error is not None)
+        return tuple(dict.fromkeys(codes))
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -107,8 +115,10 @@ def _config_checks(report: PreflightReport, explicit: str | None) -> PluginConfi
         report.checks.append(Check("config", "fail", f"{path}: {exc.message}", exc.code))
         return None
     report.checks.append(Check("config", "ok", f"{path}: owner root, mode 600, valid JSON"))
-    for warning in config.warnings:
-        report.checks.append(Check("config", "warn", warning))
+    for warning in config.warning_details:
+        # A coded warning is what a job reports too (status, record, metric).
+        detail = f"{warning.code.value}: {warning.message}" if warning.code else warning.message
+        report.checks.append(Check("config", "warn", detail, warning.code))
     return config
 
 
@@ -183,7 +193,7 @@ def preflight(
                 Check(
                     f"{phase}-script",
                     "ok" if check.ok else "fail",
-                    f"{spec.path}: {check.message}",
+                    f"{spec.path}: {check.message}" if spec.path else check.message,
                     check.error,
                 )
             )

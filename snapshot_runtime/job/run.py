@@ -52,6 +52,7 @@ from snapshot_runtime.job.state import (
     final_message,
     job_record_facts,
     job_verdict,
+    post_script_due,
     script_error,
 )
 from snapshot_runtime.job.status_report import JobStatusWriter, StatusName
@@ -371,9 +372,8 @@ class _Job:
                 "interrupted by {}: thawed; running the post-script, then stopping",
                 self.state.interrupted,
             )
-        if config is not None:
-            # The post-script runs whenever scripts are configured, even after a
-            # cancel: the pre-script may have quiesced the application.
+        if post_script_due(self.state):
+            # Even after a cancel: the pre-script may have quiesced the application.
             self.state.post = self.run_script_phase("post")
         final = job_verdict(self.state)
         self.final = final

@@ -29,6 +29,7 @@ __all__ = [
     "final_message",
     "job_record_facts",
     "job_verdict",
+    "post_script_due",
     "script_error",
 ]
 
@@ -65,6 +66,21 @@ def script_error(result: ScriptResult | None) -> ErrorCode | None:
     return None if result is None or result.ok else result.error
 
 
+def post_script_due(state: JobState) -> bool:
+    """Whether the post-script runs: scripts are configured, and the pre-script
+    was not refused before its first attempt.
+
+    The post-script runs even after a cancel, to resume an application the
+    pre-script may have quiesced. A pre-script that never started (not found,
+    refused by the trust checks) quiesced nothing; the reference then runs
+    neither script and reports the pre-script's code (its pre_check), which
+    the shipped template (both locations "") relies on: Pre-ScriptNotFound.
+    """
+    if state.config is None:
+        return False
+    return state.pre is None or bool(state.pre.attempts)
+
+
 def job_verdict(state: JobState) -> Verdict:
     """``consistency.verdict`` over the facts the phases gathered."""
     config = state.config
@@ -86,6 +102,7 @@ def job_verdict(state: JobState) -> Verdict:
         disks_total=disks_total,
         post_error=script_error(state.post),
         thaw_error=freeze.error if freeze and freeze.error is ErrorCode.THAW_FAILED else None,
+        config_warnings=config.warning_codes if config else (),
     )
 
 

@@ -9,7 +9,8 @@ every problem is a ``ScriptCheck`` with the phase's ``ErrorCode``.
 
 Rules, in order:
 
-* The path must be absolute.
+* An empty path (the shipped template's ``""``) is ``*_NOT_FOUND``, as the
+  reference reports it; any other path must be absolute.
 * It is opened once with ``O_RDONLY|O_NOFOLLOW|O_CLOEXEC`` (plus
   ``O_NONBLOCK|O_NOCTTY``): a symlink is refused (permission error), a
   missing file is ``*_NOT_FOUND``. An fd below 3 is moved up, so the child's
@@ -17,7 +18,9 @@ Rules, in order:
 * The open fd is ``fstat``-ed and must pass ``permissions.check_script_mode``
   (regular, root-owned, no group/other bits).
 * Every directory traversed to reach the file, up to ``/``, is ``lstat``-ed
-  and must pass ``permissions.check_parent_dir_mode``; a symlinked parent is
+  and must pass ``permissions.check_parent_dir_mode`` (a root-owned sticky
+  directory such as ``/tmp`` passes: the entries below it, root-owned and
+  checked in turn, cannot be replaced by others); a symlinked parent is
   followed, and must itself be root-owned.
 * A shebang's interpreter must exist and be executable (for
   ``#!/usr/bin/env CMD``, CMD must be on the script PATH); a missing one is
@@ -159,7 +162,10 @@ def _parent_problem(path: str) -> str | None:
             # The link lives in ``resolved`` (checked); only its owner could
             # retarget it in a sticky dir, so it must be root's too.
             if st.st_uid != permissions.ROOT_UID:
-                return f"parent {candidate} is a symlink owned by uid {st.st_uid}, not root"
+                return (
+                    f"parent {candidate} is a symlink owned by uid {st.st_uid}, not root; "
+                    "fix: configure the real path (or make the link root's)"
+                )
             hops += 1
             if hops > 40:
                 return f"parent {candidate}: too many levels of symbolic links"
@@ -188,6 +194,14 @@ def inspect_script(path: str, phase: Phase) -> tuple[ScriptCheck, OpenedScript |
     ) -> tuple[ScriptCheck, None]:
         return ScriptCheck(False, code, message, path, interpreter, uid, mode), None
 
+    if not path:
+        # The stock template ships "" for both locations; the reference
+        # reports that as the script not being found, and so do we.
+        return fail(
+            codes.not_found,
+            f"no {phase}-script configured: {phase}ScriptLocation is empty (as in the "
+            f"shipped template); set it to the full path of the {phase}-script",
+        )
     if not os.path.isabs(path):
         return fail(codes.permission, "is not an absolute path")
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -291,7 +305,11 @@ def _untrusted_interpreter(shebang: tuple[str, str | None] | None) -> str | None
             problem = _parent_problem(real)
         if problem:
             shown = program if real == program else f"{program} (-> {real})"
-            return f"interpreter {shown} is not trusted to run as root: {problem}"
+            return (
+                f"interpreter {shown} is not trusted to run as root: {problem}; fix: make "
+                f"{real} root-owned and not writable by others, or name a root-owned "
+                "interpreter in the shebang (such as /bin/sh)"
+            )
     return None
 
 

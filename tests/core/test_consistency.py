@@ -62,6 +62,8 @@ PART = E.SNAPSHOT_PARTIALLY_FAILED
 RATE = E.SNAPSHOT_RATE_EXCEEDED
 LIMIT = E.SNAPSHOT_LIMIT_REACHED
 NO_DISKS = E.INVALID_DISK_LIST
+ADJ = E.PLUGIN_CONFIG_VALUE_ADJUSTED
+CONV = E.PLUGIN_CONFIG_VALUE_CONVERTED
 
 # id, input overrides, (consistency, reason, error, warnings, snapshot, status, health)
 # Each row is a row of docs/consistency.md (test_doc_table_matches checks it).
@@ -93,6 +95,12 @@ CASES: list[tuple[str, dict[str, Any], tuple[Any, ...]]] = [
      ("none", "pre_script_error_cancelled", PRE_FAIL, (), False, 300, Y)),
     ("C13", {**NO_CONT, "pre_error": PRE_TO, **STOPPED},
      ("none", "pre_script_error_cancelled", PRE_TO, (), False, 308, Y)),
+    ("C54", {"config_warnings": (CONV,)},
+     ("application", "application_consistent", CONV, (CONV,), True, 0, Y)),
+    ("C55", {"config_warnings": (ADJ, CONV), "post_error": POST_FAIL},
+     ("application", "application_consistent", POST_FAIL, (ADJ, CONV, POST_FAIL), True, 0, Y)),
+    ("C56", {"config_warnings": (ADJ,), **NO_CONT, "pre_error": PRE_FAIL, **STOPPED},
+     ("none", "pre_script_error_cancelled", PRE_FAIL, (ADJ,), False, 300, Y)),
     # --- fsFreezeEnabled = false ---
     ("C14", {**NO_FRZ, "freeze_attempted": False},
      ("filesystem", "freeze_disabled", None, (), True, 1, G)),
@@ -184,6 +192,8 @@ CASES: list[tuple[str, dict[str, Any], tuple[Any, ...]]] = [
      ("none", "no_disks", NO_DISKS, (), False, 17, G)),
     ("C50", {"disks_ok": 3, "disks_total": 2},
      ("application", "application_consistent", None, (), True, 0, G)),
+    ("C57", {"config_state": "invalid", "config_error": CFG_JSON, "config_warnings": (ADJ,)},
+     ("filesystem", "plugin_config_invalid", CFG_JSON, (CFG_JSON,), True, 1, Y)),
 ]  # fmt: skip
 
 
@@ -314,6 +324,7 @@ _codes = st.one_of(st.none(), st.sampled_from(list(ErrorCode)))
     post_error=_codes,
     thaw_error=_codes,
     single_disk_crash_fallback=st.booleans(),
+    config_warnings=st.lists(st.sampled_from([ADJ, CONV]), max_size=3).map(tuple),
 )
 def test_verdict_is_total_and_coherent(**kw: Any) -> None:
     v = verdict(**kw)
@@ -336,6 +347,12 @@ def test_verdict_is_total_and_coherent(**kw: Any) -> None:
     if v.consistency == "application":
         assert kw["config_state"] == "valid" and kw["pre_error"] is None
         assert kw["freeze_attempted"] and kw["freeze_ok"] and not kw["freeze_timed_out"]
+    # A tolerated config is reported, never a stop, and only when it was used
+    # (when no other input carries one of its codes).
+    others = ("config_error", "pre_error", "freeze_error", "snapshot_error", "post_error")
+    if not {kw[k] for k in (*others, "thaw_error")} & {ADJ, CONV}:
+        tolerated = set(kw["config_warnings"]) if kw["config_state"] == "valid" else set()
+        assert {w for w in (*v.warnings, v.error) if w in (ADJ, CONV)} == tolerated
     if v.consistency == "crash":
         # Only one disk is atomic without a freeze covering every snapshot.
         assert v.reason == "no_freezable_mounts" or (

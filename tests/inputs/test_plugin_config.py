@@ -13,6 +13,7 @@ from snapshot_runtime.core.errors import ConfigError, ErrorCode
 from snapshot_runtime.inputs.plugin_config import (
     MAX_CONFIG_BYTES,
     MAX_RETRIES,
+    ConfigWarning,
     PluginConfig,
     ScriptSpec,
     load_plugin_config,
@@ -143,6 +144,7 @@ def test_retries_above_cap_are_lowered_with_a_warning() -> None:
     assert len(config.warnings) == 1
     assert "preScriptNoOfRetries" in config.warnings[0]
     assert "50" in config.warnings[0]
+    assert config.warning_codes == (ErrorCode.PLUGIN_CONFIG_VALUE_ADJUSTED,)
 
 
 def test_unknown_keys_warn_with_hint() -> None:
@@ -152,6 +154,8 @@ def test_unknown_keys_warn_with_hint() -> None:
         'unknown key "TimeoutInSecond" ignored; did you mean "timeoutInSeconds"?',
         'unknown key "futureKnob" ignored',
     )
+    # Logged and shown by validate, but not a code the job reports.
+    assert config.warning_codes == ()
 
 
 def test_missing_key_mentions_case_typo() -> None:
@@ -192,6 +196,148 @@ def test_param_values_are_never_echoed() -> None:
     assert "123456789" not in message
 
 
+# --- parse: tolerated as the reference tolerates it, with a warning -------------
+
+ADJ = ErrorCode.PLUGIN_CONFIG_VALUE_ADJUSTED
+CONV = ErrorCode.PLUGIN_CONFIG_VALUE_CONVERTED
+
+
+def pre_params(c: PluginConfig) -> object:
+    return c.pre.params
+
+
+def post_retries(c: PluginConfig) -> object:
+    return c.post.retries
+
+
+def pre_retries(c: PluginConfig) -> object:
+    return c.pre.retries
+
+
+def timeout(c: PluginConfig) -> object:
+    return c.timeout_seconds
+
+
+def poll(c: PluginConfig) -> object:
+    return c.poll_seconds
+
+
+def cont(c: PluginConfig) -> object:
+    return c.continue_backup_on_failure
+
+
+def freeze(c: PluginConfig) -> object:
+    return c.fs_freeze_enabled
+
+
+# name, config, (what to read, the value the scripts run with), codes, the
+# key and the fix each warning must name (in order).
+TOLERATED: list[tuple[str, bytes, tuple[Any, Any], tuple[ErrorCode, ...], tuple[str, ...]]] = [
+    # timeoutInSeconds above 1800: the reference clamps silently (#706).
+    ("timeout 1801", with_(timeoutInSeconds=1801), (timeout, 1800), (ADJ,),
+     ("timeoutInSeconds", "lowered to 1800", "at most 1800")),
+    ("timeout 3600", with_(timeoutInSeconds=3600), (timeout, 1800), (ADJ,),
+     ("timeoutInSeconds", "3600")),
+    ("timeout huge", with_(timeoutInSeconds=10**30), (timeout, 1800), (ADJ,),
+     ("timeoutInSeconds", "18 digits")),
+    # ScriptsExecutionPollTimeSeconds outside 1..5: the reference uses 3.
+    ("poll 0", with_(ScriptsExecutionPollTimeSeconds=0), (poll, 3), (ADJ,),
+     ("ScriptsExecutionPollTimeSeconds", "outside 1..5, 3 used", "set it from 1 to 5")),
+    ("poll 6", with_(ScriptsExecutionPollTimeSeconds=6), (poll, 3), (ADJ,),
+     ("ScriptsExecutionPollTimeSeconds", "6")),
+    ("poll -1", with_(ScriptsExecutionPollTimeSeconds=-1), (poll, 3), (ADJ,),
+     ("ScriptsExecutionPollTimeSeconds", "-1")),
+    # numbers as numeric strings: the reference int()s the poll period, and
+    # crashes (timeout, IncorrectPluginhostFile) or hangs (retries) on others.
+    ("poll '2'", with_(ScriptsExecutionPollTimeSeconds="2"), (poll, 2), (CONV,),
+     ("ScriptsExecutionPollTimeSeconds", '"2" is a string', "without quotes: 2")),
+    ("poll '9'", with_(ScriptsExecutionPollTimeSeconds="9"), (poll, 3), (CONV, ADJ),
+     ("ScriptsExecutionPollTimeSeconds", "ScriptsExecutionPollTimeSeconds")),
+    ("timeout '30'", with_(timeoutInSeconds="30"), (timeout, 30), (CONV,),
+     ("timeoutInSeconds", "without quotes: 30")),
+    ("timeout ' 45 '", with_(timeoutInSeconds=" 45 "), (timeout, 45), (CONV,),
+     ("timeoutInSeconds",)),
+    ("timeout '3600'", with_(timeoutInSeconds="3600"), (timeout, 1800), (CONV, ADJ),
+     ("timeoutInSeconds", "timeoutInSeconds")),
+    ("pre retries '2'", with_(preScriptNoOfRetries="2"), (pre_retries, 2), (CONV,),
+     ("preScriptNoOfRetries", "without quotes: 2")),
+    ("post retries '1'", with_(postScriptNoOfRetries="1"), (post_retries, 1), (CONV,),
+     ("postScriptNoOfRetries",)),
+    ("retries 50", with_(preScriptNoOfRetries=50), (pre_retries, MAX_RETRIES), (ADJ,),
+     ("preScriptNoOfRetries", f"at most {MAX_RETRIES}")),
+    # booleans as strings: the evident value (the reference tests the
+    # string's truth, so its "false" means true; see docs/scripts.md).
+    ("continue 'true'", with_(continueBackupOnFailure="true"), (cont, True), (CONV,),
+     ("continueBackupOnFailure", "used as true", "without quotes: true")),
+    ("continue 'false'", with_(continueBackupOnFailure="false"), (cont, False), (CONV,),
+     ("continueBackupOnFailure", "used as false")),
+    ("freeze 'False'", with_(fsFreezeEnabled="False"), (freeze, False), (CONV,),
+     ("fsFreezeEnabled", "without quotes: false")),
+    ("freeze ' TRUE '", with_(fsFreezeEnabled=" TRUE "), (freeze, True), (CONV,),
+     ("fsFreezeEnabled",)),
+    # params as one string: one argument (the reference passed one per character).
+    ("params 'a,b'", with_(preScriptParams="a,b"), (pre_params, ("a,b",)), (CONV,),
+     ("preScriptParams", "passed as one argument", '["-v", "db1"]')),
+    ("params ''", with_(preScriptParams=""), (pre_params, ()), (CONV,),
+     ("preScriptParams", "passed as no argument")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("data", "read", "codes", "named"),
+    [(d, r, c, n) for _, d, r, c, n in TOLERATED],
+    ids=[t[0] for t in TOLERATED],
+)
+def test_tolerated(
+    data: bytes, read: tuple[Any, Any], codes: tuple[ErrorCode, ...], named: tuple[str, ...]
+) -> None:
+    config = parse_plugin_config(data)
+    attribute, expected = read
+    assert attribute(config) == expected
+    assert config.warning_codes == codes
+    assert [w.code for w in config.warning_details] == list(codes)
+    assert config.warnings == tuple(w.message for w in config.warning_details)
+    text = " | ".join(config.warnings)
+    for fragment in named:
+        assert fragment in text
+    # Each warning names its key first, then what was used and the fix.
+    for warning in config.warning_details:
+        assert warning.message.split(":", 1)[0] in text
+        assert "write it" in warning.message or "set it" in warning.message
+        warning.message.encode("ascii")
+
+
+def test_tolerated_params_string_is_never_echoed() -> None:
+    config = parse_plugin_config(with_(preScriptParams="--password=hunter2-secret"))
+    assert config.pre.params == ("--password=hunter2-secret",)
+    assert "hunter2" not in " ".join(config.warnings)
+
+
+def test_stock_template_empty_locations_parse() -> None:
+    # The template as shipped: both locations "". The reference reports
+    # Pre-ScriptNotFound (from its script check), not a config error; the
+    # script check here does the same (tests/scripts, tests/job).
+    config = parse_plugin_config(with_(preScriptLocation="", postScriptLocation=""))
+    assert (config.pre.path, config.post.path) == ("", "")
+    assert config.warnings == ()
+
+
+def test_several_tolerated_values_warn_each_with_distinct_codes() -> None:
+    config = parse_plugin_config(
+        with_(timeoutInSeconds=3600, fsFreezeEnabled="true", ScriptsExecutionPollTimeSeconds=0)
+    )
+    assert (config.timeout_seconds, config.fs_freeze_enabled, config.poll_seconds) == (
+        1800,
+        True,
+        3,
+    )
+    assert config.warning_codes == (ADJ, CONV)
+    assert len(config.warning_details) == 3
+    assert config.warning_details[1] == ConfigWarning(
+        'fsFreezeEnabled: "true" is a string, used as true; write it without quotes: true', CONV
+    )
+
+
 # --- parse: refused ----------------------------------------------------------
 
 NEGATIVE: list[tuple[str, bytes, tuple[str, ...]]] = [
@@ -199,40 +345,41 @@ NEGATIVE: list[tuple[str, bytes, tuple[str, ...]]] = [
     ("pluginName number", with_(pluginName=1), ("pluginName", "string")),
     ("pre location list", with_(preScriptLocation=["/a"]), ("preScriptLocation", "string")),
     ("post location null", with_(postScriptLocation=None), ("postScriptLocation", "string")),
-    ("pre params string", with_(preScriptParams="a,b"), ("preScriptParams", "list")),
     ("post params object", with_(postScriptParams={}), ("postScriptParams", "list")),
     ("param item number", with_(preScriptParams=["a", 1]), ("preScriptParams[1]", "string")),
     ("param item null", with_(postScriptParams=[None]), ("postScriptParams[0]", "null")),
     ("pre retries float", with_(preScriptNoOfRetries=1.0), ("preScriptNoOfRetries", "integer")),
-    ("post retries string", with_(postScriptNoOfRetries="1"), ("postScriptNoOfRetries", "string")),
-    ("timeout string", with_(timeoutInSeconds="30"), ("timeoutInSeconds", '"30"')),
     ("timeout float", with_(timeoutInSeconds=30.0), ("timeoutInSeconds", "30.0")),
+    # strings that are no evident value (the tolerated ones are in TOLERATED)
+    ("timeout 'abc'", with_(timeoutInSeconds="abc"), ("timeoutInSeconds", '"abc"')),
+    ("timeout '3_0'", with_(timeoutInSeconds="3_0"), ("timeoutInSeconds", "from 1 to 1800")),
+    ("timeout '30.0'", with_(timeoutInSeconds="30.0"), ("timeoutInSeconds", '"30.0"')),
+    ("timeout ''", with_(timeoutInSeconds=""), ("timeoutInSeconds", "a string")),
+    ("retries 'two'", with_(preScriptNoOfRetries="two"), ("preScriptNoOfRetries", "at least 0")),
+    ("poll 'fast'", with_(ScriptsExecutionPollTimeSeconds="fast"), ("from 1 to 5", '"fast"')),
+    ("poll float", with_(ScriptsExecutionPollTimeSeconds=2.0), ("from 1 to 5", "2.0")),
+    ("continue 'yes'", with_(continueBackupOnFailure="yes"), ("continueBackupOnFailure",)),
+    ("freeze 'no'", with_(fsFreezeEnabled="no"), ("fsFreezeEnabled", "without quotes")),
+    ("freeze '1'", with_(fsFreezeEnabled="1"), ("fsFreezeEnabled", "true or false")),
+    ("params string with NUL", with_(preScriptParams="a\0"), ("preScriptParams[0]", "NUL")),
     ("timeout null", with_(timeoutInSeconds=None), ("timeoutInSeconds", "null")),
     ("appName number", with_(appName=7), ("appName", "string")),
-    # booleans as strings, numbers
-    ("continue 'true'", with_(continueBackupOnFailure="true"), ("continueBackupOnFailure",)),
-    ("freeze 'false'", with_(fsFreezeEnabled="false"), ("fsFreezeEnabled", "without quotes")),
     ("freeze 1", with_(fsFreezeEnabled=1), ("fsFreezeEnabled", "true or false")),
     # true as an int
     ("timeout true", with_(timeoutInSeconds=True), ("timeoutInSeconds", "boolean")),
     ("retries false", with_(preScriptNoOfRetries=False), ("preScriptNoOfRetries", "boolean")),
     ("poll true", with_(ScriptsExecutionPollTimeSeconds=True), ("ScriptsExecution", "boolean")),
     # out of range
-    (
-        "timeout 1801",
-        with_(timeoutInSeconds=1801),
-        ("timeoutInSeconds: must be an integer from 1 to 1800, got 1801",),
-    ),
-    ("timeout 3600", with_(timeoutInSeconds=3600), ("timeoutInSeconds", "3600")),
+    # timeoutInSeconds <= 0: the reference times the script out at once and
+    # leaves it running; refusing stays right, as a number or as a string.
     ("timeout 0", with_(timeoutInSeconds=0), ("timeoutInSeconds", "from 1 to 1800")),
     ("timeout negative", with_(timeoutInSeconds=-5), ("timeoutInSeconds", "-5")),
-    ("timeout huge", with_(timeoutInSeconds=10**30), ("timeoutInSeconds", "18 digits")),
-    ("poll 0", with_(ScriptsExecutionPollTimeSeconds=0), ("ScriptsExecutionPollTimeSeconds",)),
-    ("poll 6", with_(ScriptsExecutionPollTimeSeconds=6), ("from 1 to 5, got 6",)),
+    ("timeout '0'", with_(timeoutInSeconds="0"), ("timeoutInSeconds", "from 1 to 1800, got 0")),
+    ("timeout '-5'", with_(timeoutInSeconds="-5"), ("timeoutInSeconds", "got -5")),
+    ("retries '-1'", with_(postScriptNoOfRetries="-1"), ("postScriptNoOfRetries", "at least 0")),
     ("retries -1", with_(postScriptNoOfRetries=-1), ("postScriptNoOfRetries", "at least 0")),
     # values
     ("unknown pluginName", with_(pluginName="scriptrunner"), ("pluginName", "ScriptRunner")),
-    ("empty location", with_(preScriptLocation=""), ("preScriptLocation", "empty")),
     ("relative location", with_(postScriptLocation="post.sh"), ("postScriptLocation", "absolute")),
     ("NUL in location", with_(preScriptLocation="/a\0b"), ("preScriptLocation", "NUL")),
     ("NUL in param", with_(preScriptParams=["a\0"]), ("preScriptParams[0]", "NUL")),
@@ -396,8 +543,9 @@ def test_load_path_with_nul() -> None:
 
 
 def test_load_reports_parse_errors(tmp_path: Path) -> None:
-    path = write_config(tmp_path / "c.json", with_(timeoutInSeconds=3600))
-    assert load_refused(path) == "timeoutInSeconds: must be an integer from 1 to 1800, got 3600"
+    # (3600 was the example here; it is lowered to 1800 now, as the reference does.)
+    path = write_config(tmp_path / "c.json", with_(timeoutInSeconds=0))
+    assert load_refused(path) == "timeoutInSeconds: must be an integer from 1 to 1800, got 0"
 
 
 # --- find_config_path --------------------------------------------------------
@@ -443,7 +591,7 @@ JSON_VALUES = st.recursive(
 ARG = st.text(st.characters(exclude_characters="\0", exclude_categories=("Cs",)), max_size=20)
 VALID_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "pluginName": st.just("ScriptRunner"),
-    "preScriptLocation": ARG.map(lambda s: "/" + s),
+    "preScriptLocation": ARG.map(lambda s: "/" + s) | st.just(""),
     "postScriptLocation": st.just("/etc/azure/post.sh"),
     "preScriptParams": st.lists(ARG, max_size=4),
     "postScriptParams": st.lists(ARG, max_size=4),
@@ -475,11 +623,17 @@ def check_outcome(data: bytes) -> None:
     assert 1 <= config.timeout_seconds <= 1800
     assert 1 <= config.poll_seconds <= 5
     for spec in (config.pre, config.post):
-        assert spec.path.startswith("/")
+        # "" is the shipped template's location: the script check reports it as not found.
+        assert spec.path == "" or spec.path.startswith("/")
         assert 0 <= spec.retries <= MAX_RETRIES
         assert all(isinstance(p, str) and "\0" not in p for p in spec.params)
     for warning in config.warnings:
         warning.encode("utf-8")
+    assert config.warnings == tuple(w.message for w in config.warning_details)
+    assert set(config.warning_codes) <= {
+        ErrorCode.PLUGIN_CONFIG_VALUE_ADJUSTED,
+        ErrorCode.PLUGIN_CONFIG_VALUE_CONVERTED,
+    }
 
 
 # Enough to cover every key's type branches; the whole file stays under ~10 s.
@@ -518,14 +672,19 @@ WELL_TYPED = st.fixed_dictionaries(
 @given(WELL_TYPED)
 def test_well_typed_configs_follow_the_rules(obj: dict[str, Any]) -> None:
     # An oracle for the ranges: right types in, exactly the documented outcome out.
+    # Changed with issue 12: a timeout above 1800 and a poll outside 1..5 are
+    # adjusted as the reference does (with a warning), no longer refused.
     timeout = obj.get("timeoutInSeconds", 30)
     poll = obj.get("ScriptsExecutionPollTimeSeconds", 3)
     pre_retries = obj.get("preScriptNoOfRetries", 0)
     data = json.dumps(obj).encode()
-    if not (1 <= timeout <= 1800 and 1 <= poll <= 5 and pre_retries >= 0):
+    if not (timeout >= 1 and pre_retries >= 0):
         refused(data)
         return
     config = parse_plugin_config(data)
+    adjusted = timeout > 1800 or not 1 <= poll <= 5 or pre_retries > MAX_RETRIES
+    assert (ErrorCode.PLUGIN_CONFIG_VALUE_ADJUSTED in config.warning_codes) == adjusted
+    assert ErrorCode.PLUGIN_CONFIG_VALUE_CONVERTED not in config.warning_codes
     assert config.pre == ScriptSpec(
         obj["preScriptLocation"],
         tuple(obj.get("preScriptParams", ())),
@@ -536,7 +695,39 @@ def test_well_typed_configs_follow_the_rules(obj: dict[str, Any]) -> None:
         tuple(obj.get("postScriptParams", ())),
         obj.get("postScriptNoOfRetries", 0),
     )
-    assert (config.timeout_seconds, config.poll_seconds) == (timeout, poll)
+    assert (config.timeout_seconds, config.poll_seconds) == (
+        min(timeout, 1800),
+        poll if 1 <= poll <= 5 else 3,
+    )
     assert config.continue_backup_on_failure is obj.get("continueBackupOnFailure", True)
     assert config.fs_freeze_enabled is obj.get("fsFreezeEnabled", True)
     assert config.app_name == obj.get("appName")
+
+
+def _as_string_form(value: Any) -> Any:
+    """How an operator might have written ``value``: a numeric or boolean string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return value
+
+
+@examples(200)
+@given(WELL_TYPED, st.sets(st.sampled_from(sorted(VALID_VALUES)), max_size=6))
+def test_string_forms_run_as_their_evident_value(obj: dict[str, Any], stringify: set[str]) -> None:
+    # Quoting numbers and booleans changes nothing but a Converted warning.
+    try:
+        plain = parse_plugin_config(json.dumps(obj).encode())
+    except ConfigError:
+        return
+    written = {
+        k: _as_string_form(v) if k in stringify and not isinstance(v, (str, list)) else v
+        for k, v in obj.items()
+    }
+    config = parse_plugin_config(json.dumps(written).encode())
+    fields = ("pre", "post", "timeout_seconds", "continue_backup_on_failure", "fs_freeze_enabled")
+    for name in (*fields, "poll_seconds", "app_name"):
+        assert getattr(config, name) == getattr(plain, name), name
+    converted = written != obj
+    assert (ErrorCode.PLUGIN_CONFIG_VALUE_CONVERTED in config.warning_codes) == converted

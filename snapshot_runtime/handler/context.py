@@ -99,6 +99,10 @@ def load_context(opts: HandlerOptions, out: Callable[[str], None]) -> Context:
     reporter = Reporter(
         command=opts.command, status_path=None, log_path=env.log_path, seq=None, out=out
     )
+    # The status documents carry the extension's name and version as the agent
+    # laid them out, as the reference's do.
+    reporter.name = env.name or reporter.name
+    reporter.version = env.version or reporter.version
     try:
         if opts.seq is not None:
             seq = opts.seq

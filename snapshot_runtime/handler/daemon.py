@@ -207,6 +207,8 @@ def _run(ctx: Context, data: bytes, settings: HandlerSettings) -> None:
                 state_dir=config.state_dir,
                 status_path=ctx.env.status_path(ctx.seq),
                 run_dir=config.run_dir,
+                status_name=reporter.name,
+                status_version=reporter.version,
             )
         )
     finally:

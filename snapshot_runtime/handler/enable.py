@@ -8,7 +8,8 @@
    them (always, whatever follows), parse and validate the settings;
 4. guards: the single-job lock (JOB_ALREADY_RUNNING), the processed task ids
    (ALREADY_PROCESSED), the 140-minute limit (COMMAND_TOO_LATE);
-5. N.status "transitioning" (code 4), then the daemon (``handler_daemon``);
+5. N.status "success" with code 4 (the reference's interim report,
+   ``ExtensionTempTerminalState``), then the daemon (``handler_daemon``);
    enable exits 0.
 
 Every failure is a status (``Reporter.fail``) and raises ``Reported``; N is
@@ -51,7 +52,7 @@ from snapshot_runtime.handler.protected_settings import (
 from snapshot_runtime.handler.status import Reported, Reporter
 from snapshot_runtime.inputs.machine import utcnow
 from snapshot_runtime.inputs.settings import HandlerSettings, parse_handler_settings
-from snapshot_runtime.job.status_document import StatusValue
+from snapshot_runtime.job.status_document import TEMP_TERMINAL_MESSAGE, StatusValue
 
 __all__ = ["run_enable"]
 
@@ -203,7 +204,7 @@ def run_enable(opts: HandlerOptions, out: Callable[[str], None]) -> int:
                 "success" if refusal.code is ErrorCode.ALREADY_PROCESSED else "error"
             )
             raise _record(ctx, reporter.fail(refusal, status=done))
-        reporter.status(None, "Transitioning state in extension")
+        reporter.status(None, TEMP_TERMINAL_MESSAGE)
         _record(ctx, None)
         try:
             pid = spawn_daemon(ctx, opts, lock, plain_doc, settings.task_id)

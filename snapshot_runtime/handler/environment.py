@@ -159,8 +159,14 @@ def parse_handler_environment(doc: object, *, handler_dir: str) -> HandlerEnviro
         status_folder=status,
         heartbeat_file=_folder(env, "heartbeatFile", handler_dir, required=False),
         events_folder=_folder(env, "eventsFolder", handler_dir, required=False),
-        name=name if isinstance(name, str) else None,
-        version=str(version) if isinstance(version, str | int | float) else None,
+        # The agent writes both (version as the number 1.0); the status
+        # documents carry them as the reference does (str(1.0) == "1.0").
+        name=name.strip() if isinstance(name, str) and name.strip() else None,
+        version=(
+            str(version).strip() or None
+            if isinstance(version, str | int | float) and not isinstance(version, bool)
+            else None
+        ),
     )
 
 

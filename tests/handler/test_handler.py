@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from snapshot_runtime import __version__
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.handler.commands import handler_main
 from snapshot_runtime.handler.guards import JobLock, ProcessedTasks
@@ -29,6 +31,7 @@ from tests.support.azurite import Azurite
 from tests.support.handlerkit import (
     HandlerDir,
     TransportCert,
+    agent_status_problems,
     disk_object_str,
     encrypt_protected,
     encrypt_protected_cms,
@@ -479,10 +482,11 @@ def test_enable_runs_a_real_job(rig: Rig, cert: TransportCert, azurite: Azurite)
     print(f"enable returned in {seconds:.3f}s")
     assert "job started (daemon pid" in out and err == ""
 
-    # While the pre-script holds the job: transitioning, settings already sanitised.
+    # While the pre-script holds the job: the reference's interim report
+    # ("success", code 4), settings already sanitised.
     _wait(lambda: rig.pre_runs() == ["task-a"], "the pre-script")
     status = h.read_status(0)
-    assert status["status"]["status"] == "transitioning" and status["status"]["code"] == "4"
+    assert status["status"]["status"] == "success" and status["status"]["code"] == "4"
     settings = json.loads(h.settings_path(0).read_text())
     handler_settings = settings["runtimeSettings"][0]["handlerSettings"]
     assert "protectedSettings" not in handler_settings
@@ -554,5 +558,148 @@ def test_one_job_at_a_time_and_a_killed_daemon_frees_the_lock(
     _wait(lambda: "task-c" in processed, "task-c to be recorded")
     assert "task-a" not in processed and "task-b" not in processed
     with contextlib.suppress(FileNotFoundError):
-        assert h.read_status(0)["status"]["status"] == "transitioning"  # killed mid-job
+        killed = h.read_status(0)["status"]  # killed mid-job: still the interim report
+        assert (killed["status"], killed["code"]) == ("success", "4")
     _no_leak(h, sig_values(rig.disk_url), out, err)
+
+
+# --- the reference's status words (issue 12) -------------------------------------------------
+
+_TOP_KEYS = ["version", "timestampUTC", "status"]
+_STATUS_KEYS = [
+    "name",
+    "operation",
+    "status",
+    "substatus",
+    "code",
+    "taskId",
+    "formattedMessage",
+    "storageDetails",
+    "commandStartTimeUTCTicks",
+    "telemetryData",
+    "uniqueMachineId",
+    "snapshotInfo",
+    "vmHealthInfo",
+]
+_SNAPSHOT_KEYS = [
+    "isSuccessful",
+    "snapshotUri",
+    "errorMessage",
+    "blobUri",
+    "directDriveSnapshotIdentifier",
+]
+_TIMEDELTA = re.compile(r"[0-9]+:[0-5][0-9]:[0-5][0-9](\.[0-9]{6})?")
+
+
+def _reference_shape(h: HandlerDir, seq: int) -> tuple[dict, dict]:
+    """The status file and its embedded blob document, checked key by key
+    against the reference's shape and the guest agent's parser rules."""
+    doc = json.loads(h.status_path(seq).read_text())
+    assert agent_status_problems(doc) == []
+    (top,) = doc
+    assert list(top) == _TOP_KEYS
+    assert list(top["status"]) == _STATUS_KEYS
+    (sub,) = top["status"]["substatus"]
+    assert (sub["code"], sub["status"], sub["formattedMessage"]) == ("0", "success", None)
+    blob_doc = json.loads(sub["name"])
+    assert agent_status_problems(blob_doc) == []
+    (blob,) = blob_doc
+    assert list(blob) == _TOP_KEYS and list(blob["status"]) == _STATUS_KEYS
+    for entry in (top, blob):
+        # HandlerEnvironment.json as the agent laid it out: its name, and its
+        # version 1.0 (a JSON number) as "1.0"; not the project's (0.1.0).
+        assert entry["status"]["name"] == "Microsoft.Azure.RecoveryServices.VMSnapshotLinux"
+        assert entry["version"] == "1.0"
+        assert entry["status"]["operation"] == "Enable"
+    assert re.fullmatch(r"/Date\([0-9]+\)/", blob["timestampUTC"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", top["timestampUTC"])
+    return top, blob
+
+
+def _telemetry(blob: dict) -> dict[str, str]:
+    pairs = blob["status"]["telemetryData"]
+    assert all(list(p) == ["Key", "Value"] for p in pairs)
+    return {p["Key"]: p["Value"] for p in pairs}
+
+
+@pytest.mark.azurite
+@pytest.mark.root
+def test_real_job_status_speaks_the_reference_words(
+    rig: Rig, cert: TransportCert, azurite: Azurite
+) -> None:
+    h = rig.handler
+    _write(rig, cert, 0, "task-words")
+    rc, out, err, _ = h.run("enable", 0)
+    assert rc == 0, err
+
+    # The interim report, as enable and then the daemon write it: "success"
+    # with code 4 and the reference's message, never "transitioning".
+    _wait(lambda: rig.pre_runs() == ["task-words"], "the pre-script")
+    top, blob = _reference_shape(h, 0)
+    for entry in (top["status"], blob["status"]):
+        assert (entry["status"], entry["code"]) == ("success", "4")
+        message = json.loads(entry["formattedMessage"]["message"])
+        assert message["messageStr"] == "Transitioning state in extension"
+        assert message["snapshotConsistency"] == 0
+    assert blob["status"]["snapshotInfo"] is None
+    # The reference's vmHealthInfo carries its extension error code: none yet.
+    assert blob["status"]["vmHealthInfo"] == {"vmHealthState": 0, "vmHealthStatusCode": 0}
+
+    (rig.scripts / "go").touch()
+    h.wait_status(0, {"success", "error"})
+    top, blob = _reference_shape(h, 0)
+    status = blob["status"]
+    assert (status["status"], status["code"]) == ("success", "0")
+    assert (top["status"]["status"], top["status"]["code"]) == ("success", "0")
+    (info,) = status["snapshotInfo"]
+    assert list(info) == _SNAPSHOT_KEYS
+    assert info["isSuccessful"] is True
+    assert info["directDriveSnapshotIdentifier"] is None  # a disk without one: null
+    assert info["errorMessage"] in (None, "")
+    data = _telemetry(blob)
+    assert data["consistencyType"] == "applicationConsistent"
+    assert data["consistencyReason"]  # ours, in its own key
+    assert data["extErrorCode"] == "success"
+    assert data["prePostEnabled"] == "True"
+    for key in ("FreezeTime", "ThawTime", "snapshotTimeTaken"):
+        assert _TIMEDELTA.fullmatch(data[key]), (key, data[key])
+    # The frozen window is short here: seconds, never minutes.
+    assert data["FreezeTime"].startswith("0:00:") and data["snapshotTimeTaken"].startswith("0:00:")
+    assert data["extensionVersion"] == __version__  # the project's version stays in telemetry
+    assert __version__ != "1.0"
+    assert json.loads(status["formattedMessage"]["message"])["snapshotConsistency"] == 2
+    _no_leak(h, sig_values(rig.disk_url), out, err)
+
+
+def test_refusals_carry_the_handler_environment_name_and_version(
+    handler: HandlerDir, cert, monkeypatch, capsys
+) -> None:
+    import datetime as dt
+
+    env = json.loads((handler.root / "HandlerEnvironment.json").read_text())
+    env[0]["version"] = "1.0.9225.0"  # the agent may write a string too
+    (handler.root / "HandlerEnvironment.json").write_text(json.dumps(env))
+    _settings(handler, cert, commandStartTimeUTCTicks=now_ticks(-dt.timedelta(minutes=141)))
+    rc, _, _ = _enable(handler, "0", monkeypatch, capsys)
+    assert rc == 0
+    status = _assert_error(handler, 0, ErrorCode.COMMAND_TOO_LATE, "140 minutes")
+    assert agent_status_problems([status]) == []
+    for entry in (status, status["blob"]):
+        assert entry["version"] == "1.0.9225.0"
+        assert entry["status"]["name"] == "Microsoft.Azure.RecoveryServices.VMSnapshotLinux"
+    data = _telemetry(status["blob"])
+    assert data["extErrorCode"] == "CommandTooLate"
+    assert data["extensionVersion"] == __version__
+
+
+def test_without_handler_environment_the_published_name_and_our_version(
+    handler: HandlerDir, cert, monkeypatch, capsys
+) -> None:
+    _settings(handler, cert)
+    (handler.root / "HandlerEnvironment.json").unlink()
+    rc, _, _ = _enable(handler, None, monkeypatch, capsys)
+    assert rc == 0
+    status = _assert_error(handler, 0, ErrorCode.HANDLER_ENVIRONMENT_INVALID, "does not exist")
+    for entry in (status, status["blob"]):
+        assert entry["version"] == __version__
+        assert entry["status"]["name"] == "Microsoft.Azure.RecoveryServices.VMSnapshotLinux"

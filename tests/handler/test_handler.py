@@ -49,6 +49,16 @@ SCRIPTS_BASE = "/var/lib/snapshot-runtime-tests"
 FAKE_DISK = "https://acct.blob.core.windows.net/vhds/os.vhd?sv=2024-08-04&sr=b&sp=rw&sig=Zm9vYmFyU0VDUkVUc2lnbmF0dXJl%3D"
 
 
+def _no_host_files(tmp_path: Path) -> dict[str, str]:
+    """handler.conf paths for the host files a handler reads (vmbackup.conf,
+    the VM identity), absent until a test writes them."""
+    return {
+        "vmbackup_conf": str(tmp_path / "etc-azure" / "vmbackup.conf"),
+        "product_uuid_file": str(tmp_path / "dmi" / "product_uuid"),
+        "hosting_environment_config": str(tmp_path / "waagent-xml" / "HEC.xml"),
+    }
+
+
 @pytest.fixture(scope="module")
 def cert() -> TransportCert:
     return make_transport_cert()
@@ -62,6 +72,8 @@ def handler(tmp_path: Path, cert: TransportCert) -> HandlerDir:
         state_dir=str(tmp_path / "state"),
         run_dir=str(tmp_path / "run"),
         include_mounts=str(tmp_path / "never-mounted"),  # belt and braces: no host freeze
+        # The same behaviour on any host: no VM identity, no vmbackup.conf.
+        **_no_host_files(tmp_path),
     )
     return make_handler_dir(tmp_path, tmp_path / "waagent", handler_config=conf)
 
@@ -424,6 +436,7 @@ def rig(tmp_path: Path, cert: TransportCert, azurite: Azurite) -> Iterator[Rig]:
                 freeze_timeout_seconds="30",
                 state_dir=str(tmp_path / "state"),
                 run_dir=str(tmp_path / "run"),
+                **_no_host_files(tmp_path),  # tests write them as they need
             )
             h = make_handler_dir(tmp_path, tmp_path / "waagent", handler_config=conf)
             container = azurite.container()
@@ -703,3 +716,78 @@ def test_without_handler_environment_the_published_name_and_our_version(
     for entry in (status, status["blob"]):
         assert entry["version"] == __version__
         assert entry["status"]["name"] == "Microsoft.Azure.RecoveryServices.VMSnapshotLinux"
+
+
+# --- restore / clone: the guards follow the VM identity ----------------------------------------
+
+_HOSTING_XML = (
+    '<?xml version="1.0" encoding="utf-8"?>\n'
+    '<HostingEnvironmentConfig version="1.0.0.0" goalStateIncarnation="1">'
+    '<Deployment name="d" guid="{11111111-2222-3333-4444-555555555555}" incarnation="0"/>'
+    '<Role guid="{ROLE}" name="vm-1" settleTimeSeconds="10"/>'
+    "</HostingEnvironmentConfig>\n"
+)
+
+
+def _set_identity(h: HandlerDir, product_uuid: str, role_guid: str) -> None:
+    """Fixture identity files at the paths handler.conf names (_no_host_files)."""
+    base = h.root.parent
+    (base / "dmi").mkdir(exist_ok=True)
+    (base / "dmi" / "product_uuid").write_text(product_uuid + "\n")
+    (base / "waagent-xml").mkdir(exist_ok=True)
+    (base / "waagent-xml" / "HEC.xml").write_text(_HOSTING_XML.replace("ROLE", role_guid))
+
+
+@pytest.mark.azurite
+@pytest.mark.root
+def test_a_restored_or_cloned_vm_runs_its_first_job(
+    rig: Rig, cert: TransportCert, azurite: Azurite
+) -> None:
+    h = rig.handler
+    _set_identity(h, "8F1A2B3C-0000-4D5E-9F00-112233445566", "D0D0D0D0-1234-5678-9ABC-DEF012345678")
+    (rig.scripts / "go").touch()  # the pre-script does not hold these jobs
+    _write(rig, cert, 0, "task-a")
+    assert h.run("enable", 0)[0] == 0
+    assert h.wait_status(0, {"success", "error"})["blob"]["status"]["status"] == "success"
+    _wait(lambda: _lock_free(rig), "the first daemon to exit")
+    identity_file = h.root.parent / "state" / "handler" / "vm-identity"
+    assert identity_file.read_text() == (
+        "product_uuid=8f1a2b3c-0000-4d5e-9f00-112233445566;"
+        "role_guid=d0d0d0d0-1234-5678-9abc-def012345678\n"
+    )
+
+    # Same VM (unchanged identity): the repeated task is refused.
+    _write(rig, cert, 1, "task-a")
+    assert h.run("enable", 1)[0] == 0
+    assert h.read_status(1)["status"]["code"] == str(ErrorCode.ALREADY_PROCESSED.code)
+    assert (h.root / "mrseq").read_text().strip() == "1"
+
+    # Restored as a new VM: the agent's Role GUID changed (the product UUID did
+    # too, but the Role GUID alone must be enough), and the restored disk
+    # carries the source's mrseq and processed task ids. Its agent hands it the
+    # task under the sequence number the source had reached.
+    _set_identity(h, "8F1A2B3C-0000-4D5E-9F00-112233445566", "E1E1E1E1-1234-5678-9ABC-DEF012345678")
+    _write(rig, cert, 1, "task-a")
+    rc, out, err, _ = h.run("enable", 1)
+    assert rc == 0, err
+    assert "job started" in out  # neither "already handled" (mrseq) nor already processed
+    final = h.wait_status(1, {"success", "error"})
+    assert final["blob"]["status"]["status"] == "success", final["message"]
+    assert len(rig.snapshots(azurite)) == 2
+    _wait(lambda: _lock_free(rig), "the second daemon to exit")
+    log = (h.log / "extension.log").read_text()
+    assert "VM identity changed" in log and "guards were reset" in log
+
+    # A clone (new product UUID, same everything else): the same holds.
+    _set_identity(h, "9E2B3C4D-0000-4D5E-9F00-112233445566", "E1E1E1E1-1234-5678-9ABC-DEF012345678")
+    _write(rig, cert, 2, "task-a")
+    assert h.run("enable", 2)[0] == 0
+    assert h.wait_status(2, {"success", "error"})["blob"]["status"]["status"] == "success"
+    assert len(rig.snapshots(azurite)) == 3
+    _wait(lambda: _lock_free(rig), "the third daemon to exit")
+
+    # And on that VM, a repeat is refused again.
+    _write(rig, cert, 3, "task-a")
+    assert h.run("enable", 3)[0] == 0
+    assert h.read_status(3)["status"]["code"] == str(ErrorCode.ALREADY_PROCESSED.code)
+    assert len(rig.snapshots(azurite)) == 3

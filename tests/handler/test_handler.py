@@ -791,3 +791,90 @@ def test_a_restored_or_cloned_vm_runs_its_first_job(
     assert h.run("enable", 3)[0] == 0
     assert h.read_status(3)["status"]["code"] == str(ErrorCode.ALREADY_PROCESSED.code)
     assert len(rig.snapshots(azurite)) == 3
+
+
+# --- vmbackup.conf reaches a real job --------------------------------------------------------
+
+_PRE_MOUNTS = """#!/bin/sh
+printf '%s' "$SNAPSHOT_MOUNTS" > "$1/mounts"
+"""
+
+
+@pytest.mark.azurite
+@pytest.mark.root
+def test_a_mount_in_vmbackup_conf_is_not_frozen(
+    tmp_path: Path, cert: TransportCert, azurite: Azurite
+) -> None:
+    require(os.geteuid() == 0, "needs root: freezes loop filesystems, scripts must be root-owned")
+    os.makedirs(SCRIPTS_BASE, mode=0o755, exist_ok=True)
+    scripts = Path(tempfile.mkdtemp(dir=SCRIPTS_BASE))
+    try:
+        with loop_filesystem("ext4") as kept, loop_filesystem("ext4") as skipped:
+            for name, body in (("pre.sh", _PRE_MOUNTS), ("post.sh", _POST)):
+                (scripts / name).write_text(body)
+                (scripts / name).chmod(0o700)
+            plugin = scripts / "VMSnapshotScriptPluginConfig.json"
+            plugin.write_text(
+                json.dumps(
+                    {
+                        "pluginName": "ScriptRunner",
+                        "preScriptLocation": str(scripts / "pre.sh"),
+                        "postScriptLocation": str(scripts / "post.sh"),
+                        "preScriptParams": [str(scripts)],
+                        "postScriptParams": [str(scripts)],
+                        "timeoutInSeconds": 30,
+                        "continueBackupOnFailure": False,
+                        "fsFreezeEnabled": True,
+                    }
+                )
+            )
+            plugin.chmod(0o600)
+            cert.install(tmp_path / "waagent")
+            files = _no_host_files(tmp_path)
+            conf = write_handler_config(
+                tmp_path / "handler.conf",
+                include_mounts=f"{kept.mountpoint},{skipped.mountpoint}",  # both eligible
+                plugin_config=str(plugin),
+                freeze_timeout_seconds="30",
+                state_dir=str(tmp_path / "state"),
+                run_dir=str(tmp_path / "run"),
+                **files,
+            )
+            # The reference's file, as an operator of the reference wrote it.
+            vmbackup = Path(files["vmbackup_conf"])
+            vmbackup.parent.mkdir()
+            vmbackup.write_text(
+                "[SnapshotThread]\nfsfreeze: True\n"
+                f"MountsToSkip = {skipped.mountpoint}\nWriteLog = False\nfutureKey = 1\n"
+            )
+            vmbackup.chmod(0o644)
+            h = make_handler_dir(tmp_path, tmp_path / "waagent", handler_config=conf)
+            url = azurite.create_page_blob(azurite.container(), "osdisk.vhd")
+            protected = encrypt_protected({"objectStr": disk_object_str([url])}, cert)
+            h.write_settings(0, public_settings("task-skip"), protected, thumbprint=cert.thumbprint)
+            rc, _, err, _ = h.run("enable", 0)
+            assert rc == 0, err
+            final = h.wait_status(0, {"success", "error"})
+            assert final["blob"]["status"]["status"] == "success", final["message"]
+            assert final["message"] == "Enable Succeeded with App Consistent Snapshot"
+
+            # The scripts saw the freeze plan: only the mount vmbackup.conf kept.
+            assert (scripts / "mounts").read_text().split() == [kept.mountpoint]
+            lines = [json.loads(x) for x in (h.log / "extension.log").read_text().splitlines()]
+            config_line = next(x["message"] for x in lines if "job config:" in x["message"])
+            assert f"exclude_mounts=['{skipped.mountpoint}'] (vmbackup.conf)" in config_line
+            assert any("ignored unknown keys ['futurekey']" in x["message"] for x in lines)
+            # WriteLog = False: the job wrote no line of its own to the local log
+            # (the handler's own lines stay).
+            assert {x["phase"] for x in lines} == {"handler"}
+            # ... while the spool (for the sidecar and logsBlobUri) has them all.
+            spooled = [
+                json.loads(x)
+                for p in (tmp_path / "run" / "spool").rglob("log.jsonl")
+                for x in p.read_text().splitlines()
+            ]
+            assert {"freeze", "thaw", "prepare"} <= {x.get("phase") for x in spooled}
+    finally:
+        shutil.rmtree(scripts, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(SCRIPTS_BASE)

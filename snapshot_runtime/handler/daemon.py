@@ -208,9 +208,10 @@ def _job_config(ctx: Context, doc: object) -> JobConfig:
     reporter = ctx.reporter
     vmbackup = load_vmbackup_conf(ctx.config.vmbackup_conf)
     custom = _custom_settings(doc)
-    for problem in (*vmbackup.problems, *custom.problems):
-        where = vmbackup.source if problem in vmbackup.problems else "customSettings"
-        reporter.log("WARNING", f"{where}: {problem}")
+    for problem in vmbackup.problems:
+        reporter.log("WARNING", f"{vmbackup.source}: {problem}")
+    for problem in custom.problems:
+        reporter.log("WARNING", f"customSettings: {problem}")
     if vmbackup.unknown:
         reporter.log("DEBUG", f"{vmbackup.source}: ignored unknown keys {list(vmbackup.unknown)}")
     merged = merge_job_config(ctx.config, vmbackup, custom)

@@ -14,9 +14,10 @@ starts it.
    them (always, whatever follows), parse and validate the settings;
 4. guards: the single-job lock (JOB_ALREADY_RUNNING), the processed task ids
    (ALREADY_PROCESSED), the 140-minute limit (COMMAND_TOO_LATE);
-5. N.status "transitioning" (code 4), then the daemon: a new session, stdio on
-   /dev/null, the lock's descriptor inherited, the decrypted settings written
-   to its stdin pipe (never argv, environment or disk); enable exits 0.
+5. N.status "success" code 4 (the reference's interim report), then the
+   daemon: a new session, stdio on /dev/null, the lock's descriptor
+   inherited, the decrypted settings written to its stdin pipe (never argv,
+   environment or disk); enable exits 0.
 
 The daemon reads the settings from the pipe into an anonymous memory file
 (``memfd``) that ``run_job`` opens as ``/proc/self/fd/N``, runs the job with

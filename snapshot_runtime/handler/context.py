@@ -30,11 +30,13 @@ from snapshot_runtime.handler.status import Reporter
 
 __all__ = [
     "DEFAULT_CERT_DIR",
+    "IDENTITY_FILE",
     "LOCK_FILE",
     "PROCESSED_FILE",
     "Context",
     "HandlerOptions",
     "fallback_reporter",
+    "identity_path",
     "job_lock",
     "load_context",
     "processed_tasks",
@@ -43,6 +45,8 @@ __all__ = [
 DEFAULT_CERT_DIR = "/var/lib/waagent"
 LOCK_FILE = "handler.lock"
 PROCESSED_FILE = os.path.join("handler", "processed-tasks.json")
+# The VM identity the guards belong to (guards.reset_guards_on_new_identity).
+IDENTITY_FILE = os.path.join("handler", "vm-identity")
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,10 @@ def load_context(opts: HandlerOptions, out: Callable[[str], None]) -> Context:
     reporter = Reporter(
         command=opts.command, status_path=None, log_path=env.log_path, seq=None, out=out
     )
+    # The status documents carry the extension's name and version as the agent
+    # laid them out, as the reference's do.
+    reporter.name = env.name or reporter.name
+    reporter.version = env.version or reporter.version
     try:
         if opts.seq is not None:
             seq = opts.seq
@@ -124,3 +132,7 @@ def job_lock(config: HandlerConfig) -> JobLock:
 
 def processed_tasks(config: HandlerConfig) -> ProcessedTasks:
     return ProcessedTasks(os.path.join(config.state_dir, PROCESSED_FILE))
+
+
+def identity_path(config: HandlerConfig) -> str:
+    return os.path.join(config.state_dir, IDENTITY_FILE)

@@ -33,8 +33,14 @@ from snapshot_runtime.handler.context import (
     load_context,
     processed_tasks,
 )
+from snapshot_runtime.handler.environment import JobConfig, merge_job_config
 from snapshot_runtime.handler.guards import JobLock
 from snapshot_runtime.inputs.settings import HandlerSettings, parse_handler_settings
+from snapshot_runtime.inputs.vmbackup_conf import (
+    CustomSettings,
+    load_vmbackup_conf,
+    parse_custom_settings,
+)
 
 __all__ = ["HANDOFF_TIMEOUT_SECONDS", "run_daemon", "spawn_daemon"]
 
@@ -183,6 +189,36 @@ def run_daemon(opts: HandlerOptions, out: Callable[[str], None]) -> int:
     return 0
 
 
+def _custom_settings(doc: object) -> CustomSettings:
+    """The settings' ``customSettings``: public, else protected (the reference's order)."""
+    runtime = doc.get("runtimeSettings") if isinstance(doc, Mapping) else None
+    entry = runtime[0] if isinstance(runtime, list) and runtime else None
+    handler = entry.get("handlerSettings") if isinstance(entry, Mapping) else None
+    if not isinstance(handler, Mapping):
+        return CustomSettings()
+    for key in ("publicSettings", "protectedSettings"):
+        part = handler.get(key)
+        if isinstance(part, Mapping) and part.get("customSettings") not in (None, ""):
+            return parse_custom_settings(part.get("customSettings"))
+    return CustomSettings()
+
+
+def _job_config(ctx: Context, doc: object) -> JobConfig:
+    """handler.conf over vmbackup.conf over customSettings, logged with sources."""
+    reporter = ctx.reporter
+    vmbackup = load_vmbackup_conf(ctx.config.vmbackup_conf)
+    custom = _custom_settings(doc)
+    for problem in vmbackup.problems:
+        reporter.log("WARNING", f"{vmbackup.source}: {problem}")
+    for problem in custom.problems:
+        reporter.log("WARNING", f"customSettings: {problem}")
+    if vmbackup.unknown:
+        reporter.log("DEBUG", f"{vmbackup.source}: ignored unknown keys {list(vmbackup.unknown)}")
+    merged = merge_job_config(ctx.config, vmbackup, custom)
+    reporter.log("INFO", f"job config: {merged.describe()}")
+    return merged
+
+
 def _run(ctx: Context, data: bytes, settings: HandlerSettings) -> None:
     from snapshot_runtime.job.records import JobOptions  # noqa: PLC0415 - heavy, daemon only
     from snapshot_runtime.job.run import run_job  # noqa: PLC0415 - heavy, daemon only
@@ -196,17 +232,23 @@ def _run(ctx: Context, data: bytes, settings: HandlerSettings) -> None:
         while view:
             view = view[os.write(memfd, view) :]
         config = ctx.config
+        merged = _job_config(ctx, json.loads(data.decode("utf-8")))
         report = run_job(
             JobOptions(
                 settings_path=f"/proc/self/fd/{memfd}",
                 config_path=config.plugin_config,
                 include_mounts=config.include_mounts,
-                exclude_mounts=config.exclude_mounts,
-                freeze_timeout_seconds=config.freeze_timeout_seconds,
-                log_path=ctx.env.log_path,
+                exclude_mounts=merged.exclude_mounts,
+                freeze_timeout_seconds=merged.freeze_timeout_seconds,
+                # vmbackup.conf WriteLog=False: no local log file (the spool,
+                # hence the sidecar and logsBlobUri, still get every line).
+                log_path=ctx.env.log_path if merged.write_log else None,
+                upload_status=merged.upload_status,
                 state_dir=config.state_dir,
                 status_path=ctx.env.status_path(ctx.seq),
                 run_dir=config.run_dir,
+                status_name=reporter.name,
+                status_version=reporter.version,
             )
         )
     finally:

@@ -1,14 +1,16 @@
 """``handler enable``: from the agent's N.settings to a running job daemon.
 
 1. HandlerEnvironment.json, the sequence number N, ``handler.conf``
-   (``handler_context.load_context``);
+   (``handler_context.load_context``); a new VM identity (restore, clone)
+   resets the sequence and task guards (``guards.reset_guards_on_new_identity``);
 2. N already handled here (``mrseq``), or N.settings already sanitised: leave
    N.status as it is and exit (the agent re-runs enable after restarting);
 3. decrypt ``protectedSettings`` in-process, then rewrite N.settings without
    them (always, whatever follows), parse and validate the settings;
 4. guards: the single-job lock (JOB_ALREADY_RUNNING), the processed task ids
    (ALREADY_PROCESSED), the 140-minute limit (COMMAND_TOO_LATE);
-5. N.status "transitioning" (code 4), then the daemon (``handler_daemon``);
+5. N.status "success" with code 4 (the reference's interim report,
+   ``ExtensionTempTerminalState``), then the daemon (``handler_daemon``);
    enable exits 0.
 
 Every failure is a status (``Reporter.fail``) and raises ``Reported``; N is
@@ -28,12 +30,14 @@ from snapshot_runtime.core.errors import ConfigError, ErrorCode
 from snapshot_runtime.handler.context import (
     Context,
     HandlerOptions,
+    identity_path,
     job_lock,
     load_context,
     processed_tasks,
 )
 from snapshot_runtime.handler.daemon import spawn_daemon
 from snapshot_runtime.handler.environment import (
+    LAST_SEQUENCE_FILE,
     SEQUENCE_ENV,
     is_sanitised,
     read_last_sequence,
@@ -42,18 +46,53 @@ from snapshot_runtime.handler.environment import (
     sanitised,
     write_last_sequence,
 )
-from snapshot_runtime.handler.guards import JobLock, command_too_late
+from snapshot_runtime.handler.guards import (
+    JobLock,
+    command_too_late,
+    reset_guards_on_new_identity,
+)
 from snapshot_runtime.handler.protected_settings import (
     decrypt_protected_settings,
     load_certificate_pair,
     normalise_thumbprint,
 )
 from snapshot_runtime.handler.status import Reported, Reporter
-from snapshot_runtime.inputs.machine import utcnow
+from snapshot_runtime.inputs.machine import read_vm_identity, utcnow
 from snapshot_runtime.inputs.settings import HandlerSettings, parse_handler_settings
-from snapshot_runtime.job.status_document import StatusValue
+from snapshot_runtime.job.status_document import TEMP_TERMINAL_MESSAGE, StatusValue
 
 __all__ = ["run_enable"]
+
+
+def _check_identity(ctx: Context) -> None:
+    """Reset the sequence and task guards if this VM is a restore or a clone.
+
+    Before the ``mrseq`` check: a restored VM carries its source's ``mrseq``
+    and processed task ids, and must not refuse its first job.
+    """
+    config = ctx.config
+    identity = read_vm_identity(
+        product_uuid_path=config.product_uuid_file,
+        hosting_config_path=config.hosting_environment_config,
+    )
+    try:
+        check = reset_guards_on_new_identity(
+            identity.key,
+            identity_path=identity_path(config),
+            processed=processed_tasks(config),
+            sequence_path=os.path.join(ctx.env.handler_dir, LAST_SEQUENCE_FILE),
+        )
+    except OSError as exc:
+        ctx.reporter.log("WARNING", f"VM identity not checked: {exc}")
+        return
+    if check.current is None:
+        ctx.reporter.log("WARNING", "no VM identity readable: guards kept as they are")
+    elif check.reset:
+        ctx.reporter.log(
+            "INFO",
+            f"VM identity changed ({check.previous} -> {check.current}): a restore or a "
+            "clone; the sequence and task guards were reset",
+        )
 
 
 def _already_handled(ctx: Context, why: str) -> int:
@@ -163,6 +202,7 @@ def run_enable(opts: HandlerOptions, out: Callable[[str], None]) -> int:
     ctx = load_context(opts, out)
     reporter = ctx.reporter
     reporter.log("INFO", f"enable: sequence {ctx.seq} (handler {ctx.env.handler_dir})")
+    _check_identity(ctx)
     if read_last_sequence(ctx.env.handler_dir) == ctx.seq:
         return _already_handled(ctx, "was already handled")
     path = ctx.env.settings_path(ctx.seq)
@@ -203,7 +243,7 @@ def run_enable(opts: HandlerOptions, out: Callable[[str], None]) -> int:
                 "success" if refusal.code is ErrorCode.ALREADY_PROCESSED else "error"
             )
             raise _record(ctx, reporter.fail(refusal, status=done))
-        reporter.status(None, "Transitioning state in extension")
+        reporter.status(None, TEMP_TERMINAL_MESSAGE)
         _record(ctx, None)
         try:
             pid = spawn_daemon(ctx, opts, lock, plain_doc, settings.task_id)

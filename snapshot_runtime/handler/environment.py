@@ -48,6 +48,16 @@ from snapshot_runtime.core.defaults import (
 )
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
 from snapshot_runtime.core.untrusted_file import read_at_most
+from snapshot_runtime.inputs.machine import (
+    DEFAULT_HOSTING_CONFIG_PATH,
+    DEFAULT_PRODUCT_UUID_PATH,
+)
+from snapshot_runtime.inputs.vmbackup_conf import (
+    DEFAULT_VMBACKUP_CONF,
+    SNAPSHOT_METHODS,
+    CustomSettings,
+    VmBackupConf,
+)
 
 __all__ = [
     "DEFAULT_HANDLER_CONFIG_PATH",
@@ -59,12 +69,14 @@ __all__ = [
     "SEQUENCE_ENV",
     "HandlerConfig",
     "HandlerEnvironment",
+    "JobConfig",
     "SettingsFile",
     "choose_sequence",
     "is_sanitised",
     "list_settings_files",
     "load_handler_config",
     "load_handler_environment",
+    "merge_job_config",
     "parse_handler_config",
     "parse_handler_environment",
     "parse_sequence_number",
@@ -159,8 +171,14 @@ def parse_handler_environment(doc: object, *, handler_dir: str) -> HandlerEnviro
         status_folder=status,
         heartbeat_file=_folder(env, "heartbeatFile", handler_dir, required=False),
         events_folder=_folder(env, "eventsFolder", handler_dir, required=False),
-        name=name if isinstance(name, str) else None,
-        version=str(version) if isinstance(version, str | int | float) else None,
+        # The agent writes both (version as the number 1.0); the status
+        # documents carry them as the reference does (str(1.0) == "1.0").
+        name=name.strip() if isinstance(name, str) and name.strip() else None,
+        version=(
+            str(version).strip() or None
+            if isinstance(version, str | int | float) and not isinstance(version, bool)
+            else None
+        ),
     )
 
 
@@ -363,6 +381,16 @@ class HandlerConfig:
       ``/etc/azure/VMSnapshotScriptPluginConfig.json`` when present).
     * ``state_dir``, ``run_dir``: the runtime's state (processed task ids) and
       tmpfs directory (the single-job lock).
+    * ``snapshot_method``: the snapshot mode (the reference's modes; above
+      vmbackup.conf ``SnapshotMethod`` and customSettings ``takeSnapshotFrom``).
+      Recorded; the host path acts on it.
+    * ``vmbackup_conf``: the reference's config file (default
+      ``/etc/azure/vmbackup.conf``).
+    * ``product_uuid_file``, ``hosting_environment_config``: where the VM
+      identity is read (``inputs.machine.read_vm_identity``).
+
+    ``explicit`` names the keys the file sets: a key it sets wins over
+    vmbackup.conf and customSettings (``merge_job_config``).
     """
 
     include_mounts: tuple[str, ...] | None = None
@@ -371,7 +399,12 @@ class HandlerConfig:
     plugin_config: str | None = None
     state_dir: str = DEFAULT_HANDLER_STATE_DIR
     run_dir: str = DEFAULT_HANDLER_RUN_DIR
+    snapshot_method: str | None = None
+    vmbackup_conf: str = DEFAULT_VMBACKUP_CONF
+    product_uuid_file: str = DEFAULT_PRODUCT_UUID_PATH
+    hosting_environment_config: str = DEFAULT_HOSTING_CONFIG_PATH
     source: str | None = None
+    explicit: frozenset[str] = frozenset()
 
 
 _CONFIG_KEYS = (
@@ -381,6 +414,10 @@ _CONFIG_KEYS = (
     "plugin_config",
     "state_dir",
     "run_dir",
+    "snapshot_method",
+    "vmbackup_conf",
+    "product_uuid_file",
+    "hosting_environment_config",
 )
 
 
@@ -424,6 +461,13 @@ def parse_handler_config(text: str, *, source: str) -> HandlerConfig:
     if not 1.0 <= timeout <= 600.0:
         raise _env_error(f"{source}: freeze_timeout_seconds must lie between 1 and 600")
     plugin = section.get("plugin_config", "").strip()
+    method = section.get("snapshot_method", "").strip() or None
+    if method is not None and method not in SNAPSHOT_METHODS:
+        raise _env_error(f"{source}: snapshot_method must be one of {sorted(SNAPSHOT_METHODS)}")
+
+    def path(key: str, default: str) -> str:
+        return _absolute(section.get(key, default), key, source)
+
     return HandlerConfig(
         include_mounts=(
             _mount_list(include, "include_mounts", source) if include is not None else None
@@ -435,7 +479,12 @@ def parse_handler_config(text: str, *, source: str) -> HandlerConfig:
             section.get("state_dir", DEFAULT_HANDLER_STATE_DIR), "state_dir", source
         ),
         run_dir=_absolute(section.get("run_dir", DEFAULT_HANDLER_RUN_DIR), "run_dir", source),
+        snapshot_method=method,
+        vmbackup_conf=path("vmbackup_conf", DEFAULT_VMBACKUP_CONF),
+        product_uuid_file=path("product_uuid_file", DEFAULT_PRODUCT_UUID_PATH),
+        hosting_environment_config=path("hosting_environment_config", DEFAULT_HOSTING_CONFIG_PATH),
         source=source,
+        explicit=frozenset(section),
     )
 
 
@@ -477,3 +526,75 @@ def load_handler_config(path: str | None) -> HandlerConfig:
     except UnicodeDecodeError:
         raise _env_error(f"handler config {path} is not UTF-8 text") from None
     return parse_handler_config(text, source=path)
+
+
+# --- the effective job configuration ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """What a job the agent starts runs with, and where each value came from.
+
+    Precedence, per key (docs/extension-handler.md): handler.conf (ours) over
+    vmbackup.conf (the reference's) over the settings' customSettings, as the
+    reference puts its conf over customSettings; then the default.
+    ``*_from`` names the source: "handler.conf", "vmbackup.conf",
+    "customSettings" or "default".
+    """
+
+    exclude_mounts: tuple[str, ...]
+    exclude_mounts_from: str
+    freeze_timeout_seconds: float
+    freeze_timeout_from: str
+    snapshot_method: str | None
+    snapshot_method_from: str
+    write_log: bool
+    upload_status: bool
+    vmbackup: VmBackupConf
+
+    def describe(self) -> str:
+        """One log line: values and sources (mount points and modes only)."""
+        return (
+            f"exclude_mounts={list(self.exclude_mounts)} ({self.exclude_mounts_from}), "
+            f"freeze_timeout={self.freeze_timeout_seconds:g}s ({self.freeze_timeout_from}), "
+            f"snapshot_method={self.snapshot_method or '-'} ({self.snapshot_method_from}), "
+            f"write_log={self.write_log}, upload_status={self.upload_status}"
+        )
+
+
+def merge_job_config(
+    config: HandlerConfig, vmbackup: VmBackupConf, custom: CustomSettings
+) -> JobConfig:
+    """handler.conf over vmbackup.conf over customSettings, key by key. Pure."""
+    if "exclude_mounts" in config.explicit:
+        exclude, exclude_from = config.exclude_mounts, "handler.conf"
+    elif vmbackup.mounts_to_skip is not None:
+        exclude, exclude_from = vmbackup.mounts_to_skip, "vmbackup.conf"
+    else:
+        exclude, exclude_from = config.exclude_mounts, "default"
+    if "freeze_timeout_seconds" in config.explicit:
+        timeout, timeout_from = config.freeze_timeout_seconds, "handler.conf"
+    elif vmbackup.freeze_timeout_seconds is not None:
+        timeout, timeout_from = vmbackup.freeze_timeout_seconds, "vmbackup.conf"
+    else:
+        timeout, timeout_from = config.freeze_timeout_seconds, "default"
+    method: str | None
+    if config.snapshot_method is not None:
+        method, method_from = config.snapshot_method, "handler.conf"
+    elif vmbackup.snapshot_method is not None:
+        method, method_from = vmbackup.snapshot_method, "vmbackup.conf"
+    elif custom.take_snapshot_from is not None:
+        method, method_from = custom.take_snapshot_from, "customSettings"
+    else:
+        method, method_from = None, "default"
+    return JobConfig(
+        exclude_mounts=exclude,
+        exclude_mounts_from=exclude_from,
+        freeze_timeout_seconds=timeout,
+        freeze_timeout_from=timeout_from,
+        snapshot_method=method,
+        snapshot_method_from=method_from,
+        write_log=vmbackup.write_log is not False,
+        upload_status=vmbackup.upload_status_and_log is not False,
+        vmbackup=vmbackup,
+    )

@@ -14,12 +14,19 @@
   flock is the truth.
 * ``command_too_late``: the reference's 140-minute limit on
   ``commandStartTimeUTCTicks`` (``FailedGuestAgentInvokedCommandTooLate``).
+* ``reset_guards_on_new_identity``: the sequence (``mrseq``) and task guards
+  belong to one VM. A restored or cloned VM carries its source's guard files
+  on its disks, so it would refuse its first job as already processed; the
+  reference resets them when its ``MachineIdentity`` (the agent's Role GUID)
+  changes. Ours is keyed to ``inputs.machine.VmIdentity`` (the SMBIOS product
+  UUID and that Role GUID), stored next to the processed task ids.
 
-``command_too_late`` is pure; the classes do file I/O only.
+``command_too_late`` is pure; the classes and functions do file I/O only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -33,10 +40,12 @@ from snapshot_runtime.core.atomic_file import write_atomic
 __all__ = [
     "COMMAND_DEADLINE",
     "MAX_PROCESSED",
+    "IdentityCheck",
     "JobLock",
     "LockHolder",
     "ProcessedTasks",
     "command_too_late",
+    "reset_guards_on_new_identity",
 ]
 
 COMMAND_DEADLINE = timedelta(minutes=140)
@@ -95,6 +104,62 @@ class ProcessedTasks:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         data = json.dumps({"version": 1, "tasks": tasks}, indent=1).encode("utf-8")
         write_atomic(self.path, data, mode=0o600)
+
+    def clear(self) -> None:
+        """Forget every task id (a new VM identity); OSError on failure."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+@dataclass(frozen=True)
+class IdentityCheck:
+    """What ``reset_guards_on_new_identity`` found and did."""
+
+    previous: str | None
+    current: str | None
+    reset: bool
+
+
+_MAX_IDENTITY_BYTES = 4096
+
+
+def _stored_identity(path: str) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read(_MAX_IDENTITY_BYTES).decode("utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    return text or None
+
+
+def reset_guards_on_new_identity(
+    current: str | None,
+    *,
+    identity_path: str,
+    processed: ProcessedTasks,
+    sequence_path: str,
+) -> IdentityCheck:
+    """Reset the sequence and task guards when the VM identity changed.
+
+    ``current`` None (no identity readable, e.g. a container): nothing is
+    touched, the guards keep working as before. No stored identity (first run,
+    or an older version): ``current`` is stored, nothing reset; a clone made
+    before this was ever stored cannot be told apart. A stored identity that
+    differs: ``processed`` and ``sequence_path`` (``mrseq``) are removed and
+    ``current`` stored, so the first job of the restored or cloned VM runs.
+    OSError if the guards cannot be reset or the identity stored.
+    """
+    previous = _stored_identity(identity_path)
+    if current is None or previous == current:
+        return IdentityCheck(previous=previous, current=current, reset=False)
+    reset = previous is not None
+    if reset:
+        processed.clear()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sequence_path)
+    os.makedirs(os.path.dirname(os.path.abspath(identity_path)), mode=0o700, exist_ok=True)
+    write_atomic(identity_path, (current + "\n").encode("utf-8"), mode=0o600)
+    return IdentityCheck(previous=previous, current=current, reset=reset)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from snapshot_runtime.core.redact import Redactor, scrub
 from snapshot_runtime.inputs.machine import machine_id, utcnow
 from snapshot_runtime.inputs.settings import HandlerSettings
 from snapshot_runtime.job.status_document import (
+    REFERENCE_NAME,
     TEMP_TERMINAL_CODE,
     StatusValue,
     status_document,
@@ -65,6 +66,9 @@ class Reporter:
         self.task_id: str | None = None
         self.ticks: int | None = None
         self.vm_type: str | None = None
+        # HandlerEnvironment.json's name and version once known (load_context).
+        self.name = REFERENCE_NAME
+        self.version = __version__
 
     def learn_public(self, doc: Mapping[str, Any]) -> None:
         """Best-effort task id, start ticks and VM type for status documents."""
@@ -126,11 +130,16 @@ class Reporter:
         *,
         status: StatusValue | None = None,
     ) -> bool:
-        """Write the status file; ``code`` None is the transitioning report."""
+        """Write the status file; ``code`` None is the interim report.
+
+        The interim report is the reference's: "success" with code 4
+        (``ExtensionTempTerminalState``), so the agent reports enable as done
+        while the daemon works (docs/extension-handler.md).
+        """
         if self.status_path is None:
             return False
         number = TEMP_TERMINAL_CODE if code is None else code.code
-        value: StatusValue = status or ("transitioning" if code is None else "error")
+        value: StatusValue = status or ("success" if code is None else "error")
         text = self.redactor(message if code is None else f"{code.value}: {message}")
         now = utcnow()
         doc = status_document(
@@ -144,12 +153,14 @@ class Reporter:
             telemetry={
                 "extensionVersion": __version__,
                 "handlerCommand": self.command,
-                "extErrorCode": code.value if code else "",
+                "extErrorCode": code.value if code else "success",
             },
             health=code.health if code else Health.GREEN,
             unique_machine_id=machine_id(),
             now=now,
-            extension_version=__version__,
+            name=self.name,
+            extension_version=self.version,
+            vm_health_code=0 if code is None else None,  # no extension error yet
             redact=self.redactor,
         )
         try:

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from snapshot_runtime import __version__
 from snapshot_runtime.core.defaults import (
     DEFAULT_FREEZE_TIMEOUT,
     DEFAULT_RUN_DIR,
@@ -20,6 +21,7 @@ from snapshot_runtime.core.defaults import (
 from snapshot_runtime.core.errors import ErrorCode, SnapshotError
 from snapshot_runtime.core.phases import PhaseRecord
 from snapshot_runtime.freeze.state import FreezeResult
+from snapshot_runtime.job.status_document import REFERENCE_NAME
 from snapshot_runtime.scripts.runner import ScriptResult
 from snapshot_runtime.snapshot.blob_retry import BlobPolicy
 from snapshot_runtime.snapshot.results import DiskSnapshot
@@ -60,6 +62,12 @@ class JobOptions:
     otlp_endpoint: str | None = None
     otlp_timeout_seconds: float = 5.0
     recover: bool = True
+    # The status documents' name and version: HandlerEnvironment.json's when
+    # the agent runs us, else the reference's published name and our version.
+    status_name: str = REFERENCE_NAME
+    status_version: str = __version__
+    # vmbackup.conf UploadStatusAndLog=False: no statusBlobUri upload.
+    upload_status: bool = True
 
     def __post_init__(self) -> None:
         for name in ("freeze_timeout_seconds", "otlp_timeout_seconds"):

@@ -1,6 +1,6 @@
 """The snapshot job: settings -> plan -> phases -> job report.
 
-Phases in order: settings, plugin config, "transitioning" status, pre-script,
+Phases in order: settings, plugin config, interim status (code 4), pre-script,
 prepare (everything the frozen window needs: mount fds, the thaw watchdog,
 warmed blob connections), freeze, snapshot all disks, thaw, post-script,
 final status. Decisions come from pure modules (``consistency``,
@@ -55,6 +55,7 @@ from snapshot_runtime.job.state import (
     post_script_due,
     script_error,
 )
+from snapshot_runtime.job.status_document import TEMP_TERMINAL_CODE, TEMP_TERMINAL_MESSAGE
 from snapshot_runtime.job.status_report import JobStatusWriter, StatusName
 from snapshot_runtime.scripts.runner import ScriptResult, run_script
 from snapshot_runtime.telemetry.job_log import JobLog
@@ -332,8 +333,9 @@ class _Job:
         assert settings is not None
         self.load_plugin_config()
         with self.phases.phase("status_start") as ph:
-            ph.attributes["status"] = "transitioning"
-            self.status.write("transitioning", 4, "Transitioning state in extension", final=None)
+            # The reference's interim report: "success" with code 4 (status_document).
+            ph.attributes["status"] = "success"
+            self.status.write("success", TEMP_TERMINAL_CODE, TEMP_TERMINAL_MESSAGE, final=None)
             ph.attributes["status_upload"] = self.state.status_upload
         try:
             self.state.plan = self.plan_mounts()

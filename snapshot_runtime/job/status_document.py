@@ -48,10 +48,21 @@ Decisions:
   from the blob. Nothing is hidden: the file keeps the real ``code``, the
   message and, in its substatus, the whole truthful blob document. The blob
   is never forced. With ``vm_type=None`` nothing is forced.
-* The reference writes no "transitioning" status: its interim reports are
-  "success" with code 4 (``ExtensionTempTerminalState``, ``TEMP_TERMINAL_CODE``)
-  so that the agent's enable completes while the daemon works. Both are
-  accepted here; which one the job writes is the caller's decision.
+* The reference writes no "transitioning" status: its interim reports (enable,
+  and the daemon before the pre-script) are "success" with code 4
+  (``ExtensionTempTerminalState``, ``TEMP_TERMINAL_CODE``, message
+  ``TEMP_TERMINAL_MESSAGE``), so that the agent reports the extension's enable
+  as complete while the daemon works; the service then reads the job's outcome
+  from the blob, keyed on the code. The handler and the job write that shape
+  too. "transitioning" stays accepted here for callers that want it.
+* ``name`` and ``version`` are the extension's as the agent laid out
+  HandlerEnvironment.json (``Microsoft.Azure.RecoveryServices.VMSnapshotLinux``,
+  ``1.0``), as the reference writes them; without a handler directory the
+  reference's published name (``REFERENCE_NAME``) and our version. The
+  project's own version stays in ``telemetryData`` (``extensionVersion``).
+* ``telemetryData`` ``consistencyType`` uses the reference's words
+  (``consistency_type``: applicationConsistent, fileSystemConsistent,
+  crashConsistent, none); our reason has its own key.
 """
 
 from __future__ import annotations
@@ -71,11 +82,14 @@ from snapshot_runtime.core.redact import scrub, strip_sas
 
 __all__ = [
     "ARM_VM_TYPE",
+    "REFERENCE_NAME",
     "STATUS_FILE_MODE",
     "TEMP_TERMINAL_CODE",
+    "TEMP_TERMINAL_MESSAGE",
     "StatusValue",
     "StorageDetails",
     "consistency_number",
+    "consistency_type",
     "render",
     "status_document",
     "status_file_document",
@@ -86,6 +100,9 @@ StatusValue = Literal["transitioning", "success", "error"]
 
 ARM_VM_TYPE = "microsoft.compute/virtualmachines"
 TEMP_TERMINAL_CODE = 4
+TEMP_TERMINAL_MESSAGE = "Transitioning state in extension"
+# The published extension name (reference VMBackup/manifest.xml).
+REFERENCE_NAME = "Microsoft.Azure.RecoveryServices.VMSnapshotLinux"
 STATUS_FILE_MODE = 0o600
 
 _STATUSES = frozenset({"transitioning", "success", "error"})
@@ -96,6 +113,14 @@ _CONSISTENCY_NUMBERS: dict[str | None, int] = {
     "filesystem": 1,
     "application": 2,
     "crash": 3,
+}
+# The reference's CommonVariables.consistency_* words for telemetryData.
+_CONSISTENCY_TYPES: dict[str | None, str] = {
+    None: "none",
+    "none": "none",
+    "filesystem": "fileSystemConsistent",
+    "application": "applicationConsistent",
+    "crash": "crashConsistent",
 }
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
@@ -125,6 +150,11 @@ class StorageDetails:
 def consistency_number(c: Consistency | None) -> int:
     """``SnapshotConsistencyType``: none 0, filesystem 1, application 2, crash 3."""
     return _CONSISTENCY_NUMBERS.get(c, 0)
+
+
+def consistency_type(c: Consistency | None) -> str:
+    """The reference's ``consistencyType`` word for ``c`` (``none`` when unknown)."""
+    return _CONSISTENCY_TYPES.get(c, "none")
 
 
 def _aware(now: datetime) -> datetime:
@@ -185,7 +215,7 @@ def status_document(
     unique_machine_id: str,
     now: datetime,
     operation: str = "Enable",
-    name: str = "VMSnapshotLinux",
+    name: str = REFERENCE_NAME,
     extension_version: str,
     vm_health_code: int | None = None,
     storage: StorageDetails | None = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Literal
 
 from snapshot_runtime import __version__
@@ -22,6 +23,7 @@ from snapshot_runtime.inputs.machine import utcnow
 from snapshot_runtime.job.records import JobOptions
 from snapshot_runtime.job.state import JobState
 from snapshot_runtime.job.status_document import (
+    consistency_type,
     render,
     status_document,
     status_file_document,
@@ -62,16 +64,29 @@ def status_snapshots(disks: Sequence[DiskSnapshot]) -> list[dict[str, object]]:
             "snapshotUri": d.snapshot_url or "",
             "errorMessage": d.error or "",
             "blobUri": d.blob_url,
-            "directDriveSnapshotIdentifier": "",
+            # The guest path has no DirectDrive identifier: null, as the reference.
+            "directDriveSnapshotIdentifier": None,
         }
         for d in disks
     ]
 
 
+def _timedelta_text(phases: PhaseRecorder, name: str) -> str | None:
+    """A phase's length as ``str(timedelta)``, the reference's form; None if it never ran."""
+    if not any(r.name == name for r in phases.records):
+        return None
+    return str(timedelta(seconds=phases.seconds(name)))
+
+
 def status_telemetry(
     state: JobState, phases: PhaseRecorder, final: Verdict | None
 ) -> dict[str, str]:
-    """The status document's ``telemetryData`` name/value pairs."""
+    """The status document's ``telemetryData`` name/value pairs.
+
+    The reference's keys (``prePostEnabled``, ``FreezeTime``, ``ThawTime``,
+    ``snapshotTimeTaken``, ``consistencyType``, ``extErrorCode``) with its
+    value forms, alongside ours (``*Seconds``, ``consistencyReason``, ...).
+    """
     data = {
         "extensionVersion": __version__,
         "prePostEnabled": str(state.config_state == "valid"),
@@ -80,12 +95,22 @@ def status_telemetry(
         "snapshotSeconds": f"{phases.seconds('snapshot'):.6f}",
         "thawSeconds": f"{phases.seconds('thaw'):.6f}",
     }
+    # The reference's timedelta strings. Its FreezeTime subtracts a fixed 5 s
+    # (its own sleep before starting the binary); ours is the measured time.
+    for key, phase in (("FreezeTime", "freeze"), ("ThawTime", "thaw")):
+        text = _timedelta_text(phases, phase)
+        if text is not None:
+            data[key] = text
+    snapshot_text = _timedelta_text(phases, "snapshot")
+    if snapshot_text is not None:
+        data["snapshotTimeTaken"] = snapshot_text
     if state.freeze is not None:
         data["frozenWindowSeconds"] = f"{state.freeze.window_seconds:.6f}"
     if final is not None:
-        data["consistencyType"] = final.consistency
+        data["consistencyType"] = consistency_type(final.consistency)
         data["consistencyReason"] = final.reason
-        data["extErrorCode"] = final.error.value if final.error else ""
+        # The reference's name for no error is "success".
+        data["extErrorCode"] = final.error.value if final.error else "success"
         data["warnings"] = ",".join(w.value for w in final.warnings)
     if state.status_upload.startswith("failed"):
         data["statusBlobUploadError"] = state.status_upload
@@ -130,8 +155,11 @@ class JobStatusWriter:
             health=final.health if final else Health.GREEN,
             unique_machine_id=self.machine_id,
             now=utcnow(),
-            extension_version=__version__,
-            vm_health_code=final.error.code if final and final.error else None,
+            name=self.options.status_name,
+            extension_version=self.options.status_version,
+            # The reference's extension error code: 0 while none is set (the
+            # interim report, a success without warnings), not the status code.
+            vm_health_code=final.error.code if final and final.error else 0,
             redact=self.redactor,
         )
         path = status_file_path(self.options, task_id)
@@ -147,6 +175,9 @@ class JobStatusWriter:
             log.error("status file {} not written: {}", path, exc)
         if settings is None or not settings.status_blob_uri:
             state.status_upload = "skipped: no statusBlobUri"
+            return
+        if not self.options.upload_status:
+            state.status_upload = "skipped: UploadStatusAndLog is off"
             return
         try:
             upload_block_blob(

@@ -25,6 +25,7 @@ from snapshot_runtime.handler.environment import (
     list_settings_files,
     load_handler_config,
     load_handler_environment,
+    merge_job_config,
     parse_handler_config,
     parse_handler_environment,
     parse_sequence_number,
@@ -39,6 +40,12 @@ from snapshot_runtime.handler.guards import (
     JobLock,
     ProcessedTasks,
     command_too_late,
+)
+from snapshot_runtime.inputs.vmbackup_conf import (
+    CustomSettings,
+    VmBackupConf,
+    parse_custom_settings,
+    parse_vmbackup_conf,
 )
 from tests.support.processes import stop_process
 
@@ -200,6 +207,8 @@ def test_handler_config_values() -> None:
         "[handler]\nfreeze_timeout_seconds = 0\n",
         "[handler]\nfreeze_timeout_seconds = soon\n",
         "[handler]\nstate_dir = relative\n",
+        "[handler]\nsnapshot_method = sideways\n",
+        "[handler]\nvmbackup_conf = relative.conf\n",
         "not ini",
     ],
 )
@@ -337,3 +346,85 @@ def test_handler_manifest_maps_every_command() -> None:
     assert handler["reportHeartbeat"] is False
     assert handler["rebootAfterInstall"] is False
     assert handler["updateMode"] == "UpdateWithInstall"
+
+
+# --- handler.conf over vmbackup.conf over customSettings (issue 12) -------------------------
+
+
+def _conf(text: str = "") -> HandlerConfig:
+    return parse_handler_config("[handler]\n" + text, source="handler.conf")
+
+
+def _vmbackup(text: str = "") -> VmBackupConf:
+    return parse_vmbackup_conf("[SnapshotThread]\n" + text, source="vmbackup.conf")
+
+
+def test_handler_config_new_keys() -> None:
+    config = _conf(
+        "snapshot_method = onlyHost\nvmbackup_conf = /srv/vmbackup.conf\n"
+        "product_uuid_file = /x/uuid\nhosting_environment_config = /x/hec.xml\n"
+    )
+    assert config.snapshot_method == "onlyHost"
+    assert (config.vmbackup_conf, config.product_uuid_file) == ("/srv/vmbackup.conf", "/x/uuid")
+    assert config.hosting_environment_config == "/x/hec.xml"
+    defaults_ = _conf()
+    assert defaults_.vmbackup_conf == "/etc/azure/vmbackup.conf"
+    assert defaults_.product_uuid_file == "/sys/class/dmi/id/product_uuid"
+    assert defaults_.hosting_environment_config == "/var/lib/waagent/HostingEnvironmentConfig.xml"
+    assert defaults_.explicit == frozenset()
+
+
+def test_snapshot_method_conf_over_custom_settings() -> None:
+    custom = parse_custom_settings('{"takeSnapshotFrom": "firstHostThenGuest"}')
+    only_custom = merge_job_config(_conf(), _vmbackup(), custom)
+    assert (only_custom.snapshot_method, only_custom.snapshot_method_from) == (
+        "firstHostThenGuest",
+        "customSettings",
+    )
+    conf_wins = merge_job_config(_conf(), _vmbackup("SnapshotMethod = onlyGuest\n"), custom)
+    assert (conf_wins.snapshot_method, conf_wins.snapshot_method_from) == (
+        "onlyGuest",
+        "vmbackup.conf",
+    )
+    ours_win = merge_job_config(
+        _conf("snapshot_method = onlyHost\n"), _vmbackup("SnapshotMethod = onlyGuest\n"), custom
+    )
+    assert (ours_win.snapshot_method, ours_win.snapshot_method_from) == ("onlyHost", "handler.conf")
+    none = merge_job_config(_conf(), _vmbackup(), CustomSettings())
+    assert (none.snapshot_method, none.snapshot_method_from) == (None, "default")
+
+
+def test_mounts_to_skip_below_handler_conf() -> None:
+    skip = _vmbackup("MountsToSkip = /mnt/resource,/data\n")
+    from_conf = merge_job_config(_conf(), skip, CustomSettings())
+    assert (from_conf.exclude_mounts, from_conf.exclude_mounts_from) == (
+        ("/mnt/resource", "/data"),
+        "vmbackup.conf",
+    )
+    ours = merge_job_config(_conf("exclude_mounts = /srv\n"), skip, CustomSettings())
+    assert (ours.exclude_mounts, ours.exclude_mounts_from) == (("/srv",), "handler.conf")
+    # Set to nothing in handler.conf is still set: it wins (freeze everything eligible).
+    cleared = merge_job_config(_conf("exclude_mounts =\n"), skip, CustomSettings())
+    assert (cleared.exclude_mounts, cleared.exclude_mounts_from) == ((), "handler.conf")
+    neither = merge_job_config(_conf(), _vmbackup(), CustomSettings())
+    assert (neither.exclude_mounts, neither.exclude_mounts_from) == ((), "default")
+
+
+def test_freeze_timeout_below_handler_conf() -> None:
+    conf_timeout = _vmbackup("timeout = 45\n")
+    merged = merge_job_config(_conf(), conf_timeout, CustomSettings())
+    assert (merged.freeze_timeout_seconds, merged.freeze_timeout_from) == (45.0, "vmbackup.conf")
+    ours = merge_job_config(_conf("freeze_timeout_seconds = 20\n"), conf_timeout, CustomSettings())
+    assert (ours.freeze_timeout_seconds, ours.freeze_timeout_from) == (20.0, "handler.conf")
+    default = merge_job_config(_conf(), _vmbackup(), CustomSettings())
+    assert (default.freeze_timeout_seconds, default.freeze_timeout_from) == (60.0, "default")
+
+
+def test_logging_switches() -> None:
+    on = merge_job_config(_conf(), _vmbackup(), CustomSettings())
+    assert (on.write_log, on.upload_status) == (True, True)
+    off = merge_job_config(
+        _conf(), _vmbackup("WriteLog = False\nUploadStatusAndLog = False\n"), CustomSettings()
+    )
+    assert (off.write_log, off.upload_status) == (False, False)
+    assert "write_log=False" in off.describe() and "vmbackup.conf" not in off.describe()

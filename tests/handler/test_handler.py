@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from snapshot_runtime import __version__
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.handler.commands import handler_main
 from snapshot_runtime.handler.guards import JobLock, ProcessedTasks
@@ -28,6 +30,7 @@ from tests.support.azurite import Azurite
 from tests.support.handlerkit import (
     HandlerDir,
     TransportCert,
+    agent_status_problems,
     disk_object_str,
     encrypt_protected,
     encrypt_protected_cms,
@@ -47,6 +50,16 @@ SCRIPTS_BASE = "/var/lib/snapshot-runtime-tests"
 FAKE_DISK = "https://acct.blob.core.windows.net/vhds/os.vhd?sv=2024-08-04&sr=b&sp=rw&sig=Zm9vYmFyU0VDUkVUc2lnbmF0dXJl%3D"
 
 
+def _no_host_files(tmp_path: Path) -> dict[str, str]:
+    """handler.conf paths for the host files a handler reads (vmbackup.conf,
+    the VM identity), absent until a test writes them."""
+    return {
+        "vmbackup_conf": str(tmp_path / "etc-azure" / "vmbackup.conf"),
+        "product_uuid_file": str(tmp_path / "dmi" / "product_uuid"),
+        "hosting_environment_config": str(tmp_path / "waagent-xml" / "HEC.xml"),
+    }
+
+
 @pytest.fixture(scope="module")
 def cert() -> TransportCert:
     return make_transport_cert()
@@ -60,6 +73,8 @@ def handler(tmp_path: Path, cert: TransportCert) -> HandlerDir:
         state_dir=str(tmp_path / "state"),
         run_dir=str(tmp_path / "run"),
         include_mounts=str(tmp_path / "never-mounted"),  # belt and braces: no host freeze
+        # The same behaviour on any host: no VM identity, no vmbackup.conf.
+        **_no_host_files(tmp_path),
     )
     return make_handler_dir(tmp_path, tmp_path / "waagent", handler_config=conf)
 
@@ -422,6 +437,7 @@ def rig(tmp_path: Path, cert: TransportCert, azurite: Azurite) -> Iterator[Rig]:
                 freeze_timeout_seconds="30",
                 state_dir=str(tmp_path / "state"),
                 run_dir=str(tmp_path / "run"),
+                **_no_host_files(tmp_path),  # tests write them as they need
             )
             h = make_handler_dir(tmp_path, tmp_path / "waagent", handler_config=conf)
             container = azurite.container()
@@ -463,10 +479,11 @@ def test_enable_runs_a_real_job(rig: Rig, cert: TransportCert, azurite: Azurite)
     print(f"enable returned in {seconds:.3f}s")
     assert "job started (daemon pid" in out and err == ""
 
-    # While the pre-script holds the job: transitioning, settings already sanitised.
+    # While the pre-script holds the job: the reference's interim report
+    # ("success", code 4), settings already sanitised.
     wait_until(lambda: rig.pre_runs() == ["task-a"], 30, "the pre-script")
     status = h.read_status(0)
-    assert status["status"]["status"] == "transitioning" and status["status"]["code"] == "4"
+    assert status["status"]["status"] == "success" and status["status"]["code"] == "4"
     settings = json.loads(h.settings_path(0).read_text())
     handler_settings = settings["runtimeSettings"][0]["handlerSettings"]
     assert "protectedSettings" not in handler_settings
@@ -538,5 +555,310 @@ def test_one_job_at_a_time_and_a_killed_daemon_frees_the_lock(
     wait_until(lambda: "task-c" in processed, 30, "task-c to be recorded")
     assert "task-a" not in processed and "task-b" not in processed
     with contextlib.suppress(FileNotFoundError):
-        assert h.read_status(0)["status"]["status"] == "transitioning"  # killed mid-job
+        killed = h.read_status(0)["status"]  # killed mid-job: still the interim report
+        assert (killed["status"], killed["code"]) == ("success", "4")
     _no_leak(h, sig_values(rig.disk_url), out, err)
+
+
+# --- the reference's status words (issue 12) -------------------------------------------------
+
+_TOP_KEYS = ["version", "timestampUTC", "status"]
+_STATUS_KEYS = [
+    "name",
+    "operation",
+    "status",
+    "substatus",
+    "code",
+    "taskId",
+    "formattedMessage",
+    "storageDetails",
+    "commandStartTimeUTCTicks",
+    "telemetryData",
+    "uniqueMachineId",
+    "snapshotInfo",
+    "vmHealthInfo",
+]
+_SNAPSHOT_KEYS = [
+    "isSuccessful",
+    "snapshotUri",
+    "errorMessage",
+    "blobUri",
+    "directDriveSnapshotIdentifier",
+]
+_TIMEDELTA = re.compile(r"[0-9]+:[0-5][0-9]:[0-5][0-9](\.[0-9]{6})?")
+
+
+def _reference_shape(h: HandlerDir, seq: int) -> tuple[dict, dict]:
+    """The status file and its embedded blob document, checked key by key
+    against the reference's shape and the guest agent's parser rules."""
+    doc = json.loads(h.status_path(seq).read_text())
+    assert agent_status_problems(doc) == []
+    (top,) = doc
+    assert list(top) == _TOP_KEYS
+    assert list(top["status"]) == _STATUS_KEYS
+    (sub,) = top["status"]["substatus"]
+    assert (sub["code"], sub["status"], sub["formattedMessage"]) == ("0", "success", None)
+    blob_doc = json.loads(sub["name"])
+    assert agent_status_problems(blob_doc) == []
+    (blob,) = blob_doc
+    assert list(blob) == _TOP_KEYS and list(blob["status"]) == _STATUS_KEYS
+    for entry in (top, blob):
+        # HandlerEnvironment.json as the agent laid it out: its name, and its
+        # version 1.0 (a JSON number) as "1.0"; not the project's (0.1.0).
+        assert entry["status"]["name"] == "Microsoft.Azure.RecoveryServices.VMSnapshotLinux"
+        assert entry["version"] == "1.0"
+        assert entry["status"]["operation"] == "Enable"
+    assert re.fullmatch(r"/Date\([0-9]+\)/", blob["timestampUTC"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", top["timestampUTC"])
+    return top, blob
+
+
+def _telemetry(blob: dict) -> dict[str, str]:
+    pairs = blob["status"]["telemetryData"]
+    assert all(list(p) == ["Key", "Value"] for p in pairs)
+    return {p["Key"]: p["Value"] for p in pairs}
+
+
+@pytest.mark.azurite
+@pytest.mark.root
+def test_real_job_status_speaks_the_reference_words(
+    rig: Rig, cert: TransportCert, azurite: Azurite
+) -> None:
+    h = rig.handler
+    _write(rig, cert, 0, "task-words")
+    rc, out, err, _ = h.run("enable", 0)
+    assert rc == 0, err
+
+    # The interim report, as enable and then the daemon write it: "success"
+    # with code 4 and the reference's message, never "transitioning".
+    wait_until(lambda: rig.pre_runs() == ["task-words"], 30, "the pre-script")
+    top, blob = _reference_shape(h, 0)
+    for entry in (top["status"], blob["status"]):
+        assert (entry["status"], entry["code"]) == ("success", "4")
+        message = json.loads(entry["formattedMessage"]["message"])
+        assert message["messageStr"] == "Transitioning state in extension"
+        assert message["snapshotConsistency"] == 0
+    assert blob["status"]["snapshotInfo"] is None
+    # The reference's vmHealthInfo carries its extension error code: none yet.
+    assert blob["status"]["vmHealthInfo"] == {"vmHealthState": 0, "vmHealthStatusCode": 0}
+
+    (rig.scripts / "go").touch()
+    h.wait_status(0, {"success", "error"})
+    top, blob = _reference_shape(h, 0)
+    status = blob["status"]
+    assert (status["status"], status["code"]) == ("success", "0")
+    assert (top["status"]["status"], top["status"]["code"]) == ("success", "0")
+    (info,) = status["snapshotInfo"]
+    assert list(info) == _SNAPSHOT_KEYS
+    assert info["isSuccessful"] is True
+    assert info["directDriveSnapshotIdentifier"] is None  # a disk without one: null
+    assert info["errorMessage"] in (None, "")
+    data = _telemetry(blob)
+    assert data["consistencyType"] == "applicationConsistent"
+    assert data["consistencyReason"]  # ours, in its own key
+    assert data["extErrorCode"] == "success"
+    assert data["prePostEnabled"] == "True"
+    for key in ("FreezeTime", "ThawTime", "snapshotTimeTaken"):
+        assert _TIMEDELTA.fullmatch(data[key]), (key, data[key])
+    # The frozen window is short here: seconds, never minutes.
+    assert data["FreezeTime"].startswith("0:00:") and data["snapshotTimeTaken"].startswith("0:00:")
+    assert data["extensionVersion"] == __version__  # the project's version stays in telemetry
+    assert __version__ != "1.0"
+    assert json.loads(status["formattedMessage"]["message"])["snapshotConsistency"] == 2
+    _no_leak(h, sig_values(rig.disk_url), out, err)
+
+
+def test_refusals_carry_the_handler_environment_name_and_version(
+    handler: HandlerDir, cert, monkeypatch, capsys
+) -> None:
+    import datetime as dt
+
+    env = json.loads((handler.root / "HandlerEnvironment.json").read_text())
+    env[0]["version"] = "1.0.9225.0"  # the agent may write a string too
+    (handler.root / "HandlerEnvironment.json").write_text(json.dumps(env))
+    _settings(handler, cert, commandStartTimeUTCTicks=now_ticks(-dt.timedelta(minutes=141)))
+    rc, _, _ = _enable(handler, "0", monkeypatch, capsys)
+    assert rc == 0
+    status = _assert_error(handler, 0, ErrorCode.COMMAND_TOO_LATE, "140 minutes")
+    assert agent_status_problems([status]) == []
+    for entry in (status, status["blob"]):
+        assert entry["version"] == "1.0.9225.0"
+        assert entry["status"]["name"] == "Microsoft.Azure.RecoveryServices.VMSnapshotLinux"
+    data = _telemetry(status["blob"])
+    assert data["extErrorCode"] == "CommandTooLate"
+    assert data["extensionVersion"] == __version__
+
+
+def test_without_handler_environment_the_published_name_and_our_version(
+    handler: HandlerDir, cert, monkeypatch, capsys
+) -> None:
+    _settings(handler, cert)
+    (handler.root / "HandlerEnvironment.json").unlink()
+    rc, _, _ = _enable(handler, None, monkeypatch, capsys)
+    assert rc == 0
+    status = _assert_error(handler, 0, ErrorCode.HANDLER_ENVIRONMENT_INVALID, "does not exist")
+    for entry in (status, status["blob"]):
+        assert entry["version"] == __version__
+        assert entry["status"]["name"] == "Microsoft.Azure.RecoveryServices.VMSnapshotLinux"
+
+
+# --- restore / clone: the guards follow the VM identity ----------------------------------------
+
+_HOSTING_XML = (
+    '<?xml version="1.0" encoding="utf-8"?>\n'
+    '<HostingEnvironmentConfig version="1.0.0.0" goalStateIncarnation="1">'
+    '<Deployment name="d" guid="{11111111-2222-3333-4444-555555555555}" incarnation="0"/>'
+    '<Role guid="{ROLE}" name="vm-1" settleTimeSeconds="10"/>'
+    "</HostingEnvironmentConfig>\n"
+)
+
+
+def _set_identity(h: HandlerDir, product_uuid: str, role_guid: str) -> None:
+    """Fixture identity files at the paths handler.conf names (_no_host_files)."""
+    base = h.root.parent
+    (base / "dmi").mkdir(exist_ok=True)
+    (base / "dmi" / "product_uuid").write_text(product_uuid + "\n")
+    (base / "waagent-xml").mkdir(exist_ok=True)
+    (base / "waagent-xml" / "HEC.xml").write_text(_HOSTING_XML.replace("ROLE", role_guid))
+
+
+@pytest.mark.azurite
+@pytest.mark.root
+def test_a_restored_or_cloned_vm_runs_its_first_job(
+    rig: Rig, cert: TransportCert, azurite: Azurite
+) -> None:
+    h = rig.handler
+    _set_identity(h, "8F1A2B3C-0000-4D5E-9F00-112233445566", "D0D0D0D0-1234-5678-9ABC-DEF012345678")
+    (rig.scripts / "go").touch()  # the pre-script does not hold these jobs
+    _write(rig, cert, 0, "task-a")
+    assert h.run("enable", 0)[0] == 0
+    assert h.wait_status(0, {"success", "error"})["blob"]["status"]["status"] == "success"
+    wait_until(lambda: _lock_free(rig), 30, "the first daemon to exit")
+    identity_file = h.root.parent / "state" / "handler" / "vm-identity"
+    assert identity_file.read_text() == (
+        "product_uuid=8f1a2b3c-0000-4d5e-9f00-112233445566;"
+        "role_guid=d0d0d0d0-1234-5678-9abc-def012345678\n"
+    )
+
+    # Same VM (unchanged identity): the repeated task is refused.
+    _write(rig, cert, 1, "task-a")
+    assert h.run("enable", 1)[0] == 0
+    assert h.read_status(1)["status"]["code"] == str(ErrorCode.ALREADY_PROCESSED.code)
+    assert (h.root / "mrseq").read_text().strip() == "1"
+
+    # Restored as a new VM: the agent's Role GUID changed (the product UUID did
+    # too, but the Role GUID alone must be enough), and the restored disk
+    # carries the source's mrseq and processed task ids. Its agent hands it the
+    # task under the sequence number the source had reached.
+    _set_identity(h, "8F1A2B3C-0000-4D5E-9F00-112233445566", "E1E1E1E1-1234-5678-9ABC-DEF012345678")
+    _write(rig, cert, 1, "task-a")
+    rc, out, err, _ = h.run("enable", 1)
+    assert rc == 0, err
+    assert "job started" in out  # neither "already handled" (mrseq) nor already processed
+    final = h.wait_status(1, {"success", "error"})
+    assert final["blob"]["status"]["status"] == "success", final["message"]
+    assert len(rig.snapshots(azurite)) == 2
+    wait_until(lambda: _lock_free(rig), 30, "the second daemon to exit")
+    log = (h.log / "extension.log").read_text()
+    assert "VM identity changed" in log and "guards were reset" in log
+
+    # A clone (new product UUID, same everything else): the same holds.
+    _set_identity(h, "9E2B3C4D-0000-4D5E-9F00-112233445566", "E1E1E1E1-1234-5678-9ABC-DEF012345678")
+    _write(rig, cert, 2, "task-a")
+    assert h.run("enable", 2)[0] == 0
+    assert h.wait_status(2, {"success", "error"})["blob"]["status"]["status"] == "success"
+    assert len(rig.snapshots(azurite)) == 3
+    wait_until(lambda: _lock_free(rig), 30, "the third daemon to exit")
+
+    # And on that VM, a repeat is refused again.
+    _write(rig, cert, 3, "task-a")
+    assert h.run("enable", 3)[0] == 0
+    assert h.read_status(3)["status"]["code"] == str(ErrorCode.ALREADY_PROCESSED.code)
+    assert len(rig.snapshots(azurite)) == 3
+
+
+# --- vmbackup.conf reaches a real job --------------------------------------------------------
+
+_PRE_MOUNTS = """#!/bin/sh
+printf '%s' "$SNAPSHOT_MOUNTS" > "$1/mounts"
+"""
+
+
+@pytest.mark.azurite
+@pytest.mark.root
+def test_a_mount_in_vmbackup_conf_is_not_frozen(
+    tmp_path: Path, cert: TransportCert, azurite: Azurite
+) -> None:
+    require(os.geteuid() == 0, "needs root: freezes loop filesystems, scripts must be root-owned")
+    os.makedirs(SCRIPTS_BASE, mode=0o755, exist_ok=True)
+    scripts = Path(tempfile.mkdtemp(dir=SCRIPTS_BASE))
+    try:
+        with loop_filesystem("ext4") as kept, loop_filesystem("ext4") as skipped:
+            for name, body in (("pre.sh", _PRE_MOUNTS), ("post.sh", _POST)):
+                (scripts / name).write_text(body)
+                (scripts / name).chmod(0o700)
+            plugin = scripts / "VMSnapshotScriptPluginConfig.json"
+            plugin.write_text(
+                json.dumps(
+                    {
+                        "pluginName": "ScriptRunner",
+                        "preScriptLocation": str(scripts / "pre.sh"),
+                        "postScriptLocation": str(scripts / "post.sh"),
+                        "preScriptParams": [str(scripts)],
+                        "postScriptParams": [str(scripts)],
+                        "timeoutInSeconds": 30,
+                        "continueBackupOnFailure": False,
+                        "fsFreezeEnabled": True,
+                    }
+                )
+            )
+            plugin.chmod(0o600)
+            cert.install(tmp_path / "waagent")
+            files = _no_host_files(tmp_path)
+            conf = write_handler_config(
+                tmp_path / "handler.conf",
+                include_mounts=f"{kept.mountpoint},{skipped.mountpoint}",  # both eligible
+                plugin_config=str(plugin),
+                freeze_timeout_seconds="30",
+                state_dir=str(tmp_path / "state"),
+                run_dir=str(tmp_path / "run"),
+                **files,
+            )
+            # The reference's file, as an operator of the reference wrote it.
+            vmbackup = Path(files["vmbackup_conf"])
+            vmbackup.parent.mkdir()
+            vmbackup.write_text(
+                "[SnapshotThread]\nfsfreeze: True\n"
+                f"MountsToSkip = {skipped.mountpoint}\nWriteLog = False\nfutureKey = 1\n"
+            )
+            vmbackup.chmod(0o644)
+            h = make_handler_dir(tmp_path, tmp_path / "waagent", handler_config=conf)
+            url = azurite.create_page_blob(azurite.container(), "osdisk.vhd")
+            protected = encrypt_protected({"objectStr": disk_object_str([url])}, cert)
+            h.write_settings(0, public_settings("task-skip"), protected, thumbprint=cert.thumbprint)
+            rc, _, err, _ = h.run("enable", 0)
+            assert rc == 0, err
+            final = h.wait_status(0, {"success", "error"})
+            assert final["blob"]["status"]["status"] == "success", final["message"]
+            assert final["message"] == "Enable Succeeded with App Consistent Snapshot"
+
+            # The scripts saw the freeze plan: only the mount vmbackup.conf kept.
+            assert (scripts / "mounts").read_text().split() == [kept.mountpoint]
+            lines = [json.loads(x) for x in (h.log / "extension.log").read_text().splitlines()]
+            config_line = next(x["message"] for x in lines if "job config:" in x["message"])
+            assert f"exclude_mounts=['{skipped.mountpoint}'] (vmbackup.conf)" in config_line
+            assert any("ignored unknown keys ['futurekey']" in x["message"] for x in lines)
+            # WriteLog = False: the job wrote no line of its own to the local log
+            # (the handler's own lines stay).
+            assert {x["phase"] for x in lines} == {"handler"}
+            # ... while the spool (for the sidecar and logsBlobUri) has them all.
+            spooled = [
+                json.loads(x)
+                for p in (tmp_path / "run" / "spool").rglob("log.jsonl")
+                for x in p.read_text().splitlines()
+            ]
+            assert {"freeze", "thaw", "prepare"} <= {x.get("phase") for x in spooled}
+    finally:
+        shutil.rmtree(scripts, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(SCRIPTS_BASE)

@@ -11,19 +11,25 @@ from urllib.parse import unquote
 
 import pytest
 
-from snapshot_runtime.core.consistency import Consistency
+from snapshot_runtime.core.consistency import Consistency, Verdict, verdict
 from snapshot_runtime.core.errors import ErrorCode, Health
+from snapshot_runtime.core.phases import PhaseRecorder
 from snapshot_runtime.core.redact import Redactor
 from snapshot_runtime.inputs.settings import parse_handler_settings
+from snapshot_runtime.job.state import JobState
 from snapshot_runtime.job.status_document import (
     ARM_VM_TYPE,
+    REFERENCE_NAME,
     StorageDetails,
     consistency_number,
+    consistency_type,
     render,
     status_document,
     status_file_document,
     write_status_file,
 )
+from snapshot_runtime.job.status_report import status_snapshots, status_telemetry
+from snapshot_runtime.snapshot.results import DiskSnapshot
 from tests.inputs.test_settings import ALL_SIGS, DISK0, DISK1, LOGS, TICKS, flat
 
 NOW = datetime(2017, 11, 9, 8, 13, 20, 123456, tzinfo=UTC)
@@ -96,7 +102,7 @@ def test_blob_document_golden_shape() -> None:
     assert doc[0]["timestampUTC"] == f"/Date({NOW_MS})/"
     s = inner(doc)
     assert list(s) == STATUS_KEYS
-    assert s["name"] == "VMSnapshotLinux"
+    assert s["name"] == "Microsoft.Azure.RecoveryServices.VMSnapshotLinux"  # reference's
     assert s["operation"] == "Enable"
     assert s["status"] == "success"
     assert s["substatus"] == []
@@ -401,3 +407,121 @@ def test_no_sas_signature_reaches_the_status(use_redactor: bool) -> None:
     # The blobs stay identifiable.
     assert b"acct1.blob.core.windows.net/vhds/os.vhd" in render(blob)
     assert DISK0.split("?")[0] in inner(blob)["snapshotInfo"][0]["blobUri"]
+
+
+# --- the reference's words (issue 12) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("consistency", "word"),
+    [
+        (None, "none"),
+        ("none", "none"),
+        ("filesystem", "fileSystemConsistent"),
+        ("application", "applicationConsistent"),
+        ("crash", "crashConsistent"),
+    ],
+)
+def test_consistency_type_uses_the_reference_words(
+    consistency: Consistency | None, word: str
+) -> None:
+    assert consistency_type(consistency) == word
+
+
+def _verdict_for(consistency: str) -> Verdict:
+    """A real ``verdict`` whose consistency is ``consistency``."""
+    facts: dict[str, Any] = {
+        "config_state": "absent",
+        "config_error": None,
+        "continue_on_failure": True,
+        "fs_freeze_enabled": True,
+        "pre_error": None,
+        "freeze_attempted": True,
+        "freeze_ok": True,
+        "freeze_error": None,
+        "freeze_timed_out": False,
+        "snapshot_error": None,
+        "disks_ok": 1,
+        "disks_total": 1,
+        "post_error": None,
+        "thaw_error": None,
+    }
+    variants: dict[str, dict[str, Any]] = {
+        "application": {"config_state": "valid"},
+        "filesystem": {},
+        "crash": {"freeze_ok": False, "freeze_error": ErrorCode.FS_FREEZE_FAILED},
+        "none": {"snapshot_error": ErrorCode.SNAPSHOT_FAILED, "disks_ok": 0},
+    }
+    facts.update(variants[consistency])
+    result = verdict(**facts)
+    assert result.consistency == consistency
+    return result
+
+
+def _phases(*names: str) -> PhaseRecorder:
+    ticks = iter(float(i) for i in range(100))
+    recorder = PhaseRecorder(clock=lambda: next(ticks), wall=lambda: 1.0)
+    for name in names:
+        with recorder.phase(name):
+            pass
+    return recorder
+
+
+@pytest.mark.parametrize(
+    ("consistency", "word", "code"),
+    [
+        ("application", "applicationConsistent", "success"),
+        ("filesystem", "fileSystemConsistent", "success"),
+        ("crash", "crashConsistent", "FsFreezeFailed"),
+        ("none", "none", "SnapshotFailed"),
+    ],
+)
+def test_status_telemetry_keeps_the_reference_keys_for_each_verdict(
+    consistency: str, word: str, code: str
+) -> None:
+    final = _verdict_for(consistency)
+    data = status_telemetry(
+        JobState(config_state="valid" if consistency == "application" else "absent"),
+        _phases("freeze", "snapshot", "thaw"),
+        final,
+    )
+    assert data["consistencyType"] == word
+    assert data["consistencyReason"] == final.reason  # ours, in its own key
+    assert data["extErrorCode"] == code
+    assert data["prePostEnabled"] == str(consistency == "application")
+    # The reference's timedelta strings: each fake phase lasted exactly 1 s.
+    assert data["FreezeTime"] == data["ThawTime"] == data["snapshotTimeTaken"] == "0:00:01"
+    assert data["freezeSeconds"] == "1.000000"  # ours stay alongside
+
+
+def test_status_telemetry_omits_the_times_of_phases_that_never_ran() -> None:
+    data = status_telemetry(JobState(), _phases(), None)
+    assert not {"FreezeTime", "ThawTime", "snapshotTimeTaken"} & set(data)
+    assert data["prePostEnabled"] == "False"
+
+
+def test_snapshot_info_direct_drive_identifier_is_null() -> None:
+    disk = DiskSnapshot(
+        index=0,
+        blob_url="https://acct.blob.core.windows.net/vhds/os.vhd",
+        ok=True,
+        snapshot="2026-12-04T10:00:00.0000000Z",
+        snapshot_url="https://acct.blob.core.windows.net/vhds/os.vhd?snapshot=x",
+        attempts=1,
+        started_at=1.0,
+        duration_seconds=0.1,
+        status_code=201,
+        error=None,
+        failure_kind=None,
+    )
+    (entry,) = status_snapshots([disk])
+    assert entry["directDriveSnapshotIdentifier"] is None
+    (rendered,) = inner(make(snapshots=[entry]))["snapshotInfo"]
+    assert rendered["directDriveSnapshotIdentifier"] is None
+    assert list(rendered) == SNAPSHOT_KEYS
+
+
+def test_the_default_name_is_the_reference_published_one() -> None:
+    assert REFERENCE_NAME == "Microsoft.Azure.RecoveryServices.VMSnapshotLinux"
+    assert inner(make())["name"] == REFERENCE_NAME
+    assert inner(make(name="Custom.Name"))["name"] == "Custom.Name"

@@ -301,14 +301,16 @@ class HandlerDir:
         return top
 
     def wait_status(self, seq: int, want: set[str], *, timeout: float = 30) -> dict[str, Any]:
-        """Poll until the blob status (the truth; the file may be forced) is in ``want``."""
+        """Poll until the blob status (the truth; the file may be forced) is in
+        ``want`` and is not the interim report ("success" with code 4)."""
         last: dict[str, Any] | None = None
 
         def reached() -> dict[str, Any] | None:
             nonlocal last
             if self.status_path(seq).exists():
                 last = self.read_status(seq)
-                if last["blob"]["status"]["status"] in want:
+                blob = last["blob"]["status"]
+                if blob["status"] in want and blob["code"] != "4":
                     return last
             return None
 
@@ -346,3 +348,39 @@ def write_handler_config(path: Path, **values: str) -> Path:
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
     return path
+
+
+# The guest agent's status parser (WALinuxAgent ``parse_ext_status``), as rules:
+# a list whose first entry has ``status.status`` in the agent's values (an
+# unknown value becomes "error"), an optional ``formattedMessage`` holding
+# ``lang`` and ``message``, and substatus entries with a valid ``status``.
+AGENT_STATUS_VALUES = frozenset({"transitioning", "error", "success", "warning"})
+
+
+def agent_status_problems(doc: object) -> list[str]:
+    """Why the guest agent would reject (or degrade) a status file; [] if it accepts it."""
+    problems: list[str] = []
+    if not isinstance(doc, list) or not doc:
+        return ["the status must be a non-empty array"]
+    entry = doc[0]
+    status = entry.get("status") if isinstance(entry, dict) else None
+    if not isinstance(status, dict):
+        return ["status is missing"]
+    if status.get("status") not in AGENT_STATUS_VALUES:
+        problems.append(f"status/status {status.get('status')!r} would be reported as error")
+    message = status.get("formattedMessage")
+    if message is not None and not (
+        isinstance(message, dict) and "lang" in message and "message" in message
+    ):
+        problems.append("formattedMessage lacks lang/message")
+    for sub in status.get("substatus") or []:
+        if sub is None:
+            continue
+        if not isinstance(sub, dict) or sub.get("status") not in AGENT_STATUS_VALUES:
+            problems.append(f"substatus/status invalid in {sub!r:.80}")
+        elif sub.get("formattedMessage") is not None and not (
+            isinstance(sub["formattedMessage"], dict)
+            and {"lang", "message"} <= set(sub["formattedMessage"])
+        ):
+            problems.append("substatus formattedMessage lacks lang/message")
+    return problems

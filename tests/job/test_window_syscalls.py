@@ -154,48 +154,27 @@ def test_frozen_window_syscalls(
         traced = [strace, *STRACE_ARGS, "-s", STRACE_STRING_BYTES, "-o", str(trace_path)]
         command = [*prefix, *traced, "--", jobkit.CLI, *args]
         result = ws.cli(*command[1:], program=command[0], timeout=120)
-        assert result.returncode == 0, scrub(result.output[-4000:])
-        report = result.json
         otlp_requests = len(receiver.requests)
-        record = json.loads(Path(spool, "jobs", task_id, "record.json").read_text())
+        record_file = Path(spool, "jobs", task_id, "record.json")
+        record = json.loads(record_file.read_text()) if record_file.exists() else None
         mounts = syscall_trace.read_mounts()  # while the tmpfs is mounted
-    assert (report["consistency"], report["snapshotTaken"]) == ("application", True), report
-    assert report["statusUpload"] == "ok"
-    assert otlp_requests == 1  # the spans went out, after the window (checked below)
-    assert b"filesystems frozen" in jobkit.blob_bytes(azurite, container, logs_blob)
-    assert record["spool"]["gated"] is (placement != "spool_on_tmpfs")
 
+    # The verdict first: a violation is the diagnosis even when it also broke the
+    # job (a write to a frozen filesystem blocks until the deadline thaws it).
     calls = syscall_trace.parse(trace_path.read_text(errors="replace"))
     window = syscall_trace.frozen_window(calls)
     assert window is not None, "no successful FIFREEZE/FITHAW in the trace"
-
-    # Not vacuous: every planned mount was frozen and thawed inside this window,
-    # and each disk's snapshot request went out inside it, to the snapshot endpoint.
-    froze = {path for _, path in syscall_trace.ioctl_targets(calls, "FIFREEZE")}
-    thawed = {path for _, path in syscall_trace.ioctl_targets(calls, "FITHAW")}
-    assert froze == thawed == set(frozen), (froze, thawed)
     peers = {f"127.0.0.1:{proxy.port}"}
-    sent = syscall_trace.snapshot_request_sends(calls, window, peers)
-    assert sorted(t.rsplit("/", 1)[-1] for t in sent) == [f"disk{i}.vhd" for i in range(DISKS)]
-    assert all(n == 1 for n in sent.values()), sent  # one attempt each: no retry hides here
-
-    # Not vacuous either: libuuid's source of time UUIDs was the one this case
-    # is about (outside the window: the SDK's preflight request makes a uuid1()).
-    uuidd_connects = syscall_trace.unix_connects(calls, syscall_trace.UUIDD_SOCKET)
-    if uuid_source == "uuidd":
-        assert any(c.result == "0" for c in uuidd_connects), "libuuid never reached uuidd"
-    else:
-        assert uuidd_connects and all(c.result.startswith("-1 ENOENT") for c in uuidd_connects)
-
     violations = syscall_trace.window_violations(
         calls, window, frozen_mounts=frozen, allowed_peers=peers, mounts=mounts
     )
+    sent = syscall_trace.snapshot_request_sends(calls, window, peers)
     inside = [c for c in calls if window.contains(c)]
     reads = syscall_trace.window_opens_for_read(calls, window)
     print(
-        f"\n[I1 syscalls, {placement}, {uuid_source}] {len(inside)} syscalls in the frozen window "
-        f"({len({c.pid for c in inside})} threads), {sum(sent.values())} snapshot requests, "
-        f"{len(reads)} opens for reading, {len(violations)} violations; "
+        f"\n[I1 syscalls, {placement}, {uuid_source}] {len(inside)} syscalls in the frozen "
+        f"window ({len({c.pid for c in inside})} threads), {sum(sent.values())} snapshot "
+        f"requests, {len(reads)} opens for reading, {len(violations)} violations; "
         f"{len(calls)} syscalls traced, job {result.seconds:.1f} s under strace"
     )
     if violations:
@@ -206,3 +185,30 @@ def test_frozen_window_syscalls(
             + "\n".join(scrub(str(v)) for v in violations),
             pytrace=False,
         )
+
+    # The job itself: application consistent, with all its telemetry delivered
+    # (after the window: a send to the OTLP receiver or Azurite's own endpoint
+    # inside it would have been a violation above).
+    assert result.returncode == 0, scrub(result.output[-4000:])
+    report = result.json
+    assert (report["consistency"], report["snapshotTaken"]) == ("application", True), report
+    assert report["statusUpload"] == "ok"
+    assert otlp_requests == 1
+    assert b"filesystems frozen" in jobkit.blob_bytes(azurite, container, logs_blob)
+    assert record is not None and record["spool"]["gated"] is (placement != "spool_on_tmpfs")
+
+    # Not vacuous: every planned mount was frozen and thawed inside this window,
+    # and each disk's snapshot request went out inside it, to the snapshot endpoint.
+    froze = {path for _, path in syscall_trace.ioctl_targets(calls, "FIFREEZE")}
+    thawed = {path for _, path in syscall_trace.ioctl_targets(calls, "FITHAW")}
+    assert froze == thawed == set(frozen), (froze, thawed)
+    assert sorted(t.rsplit("/", 1)[-1] for t in sent) == [f"disk{i}.vhd" for i in range(DISKS)]
+    assert all(n == 1 for n in sent.values()), sent  # one attempt each: no retry hides here
+
+    # Not vacuous either: libuuid's source of time UUIDs was the one this case
+    # is about (outside the window: the SDK's preflight request makes a uuid1()).
+    uuidd_connects = syscall_trace.unix_connects(calls, syscall_trace.UUIDD_SOCKET)
+    if uuid_source == "uuidd":
+        assert any(c.result == "0" for c in uuidd_connects), "libuuid never reached uuidd"
+    else:
+        assert uuidd_connects and all(c.result.startswith("-1 ENOENT") for c in uuidd_connects)

@@ -203,7 +203,6 @@ def test_frozen_window_syscalls(
     thawed = {path for _, path in syscall_trace.ioctl_targets(calls, "FITHAW")}
     assert froze == thawed == set(frozen), (froze, thawed)
     assert sorted(t.rsplit("/", 1)[-1] for t in sent) == [f"disk{i}.vhd" for i in range(DISKS)]
-    assert all(n == 1 for n in sent.values()), sent  # one attempt each: no retry hides here
 
     # Not vacuous either: libuuid's source of time UUIDs was the one this case
     # is about (outside the window: the SDK's preflight request makes a uuid1()).

@@ -41,8 +41,6 @@ from tests.support.loopfs import LoopFs, loop_filesystem
 from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.requirements import require
 
-pytestmark = [pytest.mark.root, pytest.mark.azurite]
-
 DISKS = 3
 STRACE_ARGS = ("-f", "-tt", "-yy", "-e", "trace=all", "-qq")
 # Enough of each buffer to read an HTTP request line up to "comp=snapshot"
@@ -75,6 +73,8 @@ def strace() -> str:
 HIDE_UUIDD = 'mount -t tmpfs -o size=64k,mode=0755 tmpfs "$0" && exec "$@"'
 
 
+@pytest.mark.root
+@pytest.mark.azurite
 @pytest.mark.parametrize(
     ("placement", "uuid_source"),
     [
@@ -211,3 +211,86 @@ def test_frozen_window_syscalls(
         assert any(c.result == "0" for c in uuidd_connects), "libuuid never reached uuidd"
     else:
         assert uuidd_connects and all(c.result.startswith("-1 ENOENT") for c in uuidd_connects)
+
+
+# -- the classifier on its own: one trace with every kind of syscall it judges --------
+
+_MNT = "/tmp/snaprt-ext4-x/mnt"
+_PEER = "127.0.0.1:38043"
+_SAMPLE = f"""\
+100 16:52:42.600000 write(4</var/lib/t/log/extension.log>, "before the window", 17) = 17
+101 16:52:42.688000 ioctl(14<{_MNT}>, FIFREEZE <unfinished ...>
+100 16:52:42.688100 write(5<pipe:[77]>, "leave_frozen", 12) = 12
+101 16:52:42.688200 <... ioctl resumed>) = 0
+100 16:52:42.741746 write(4</run/spool/jobs/t_1/log.jsonl>, "{{\\"message\\": \\"filesystems froze"..., 272) = 272
+102 16:52:42.742684 connect(16<UNIX-STREAM:[51977]>, {{sa_family=AF_UNIX, sun_path="/run/uuidd/request"}}, 110) = -1 ENOENT (No such file or directory)
+102 16:52:42.742962 write(11</var/lib/libuuid/clock.txt>, "clock: 0d5b tv: 0000001796403162 00742928 adj: 00000000\\n", 56) = 56
+102 16:52:42.742995 ftruncate(11</var/lib/libuuid/clock.txt>, 56) = 0
+103 16:52:42.748228 sendto(13<TCP:[127.0.0.1:47642->{_PEER}]>, "PUT /devstoreaccount1/c1/disk0.vhd?comp=snapshot&timeout=10&se=2026"..., 553, 0, NULL, 0 <unfinished ...>
+104 16:52:42.748300 sendto(12<TCP:[127.0.0.1:47643->{_PEER}]>, "PUT /devstoreaccount1/c1/job.Status.txt?se=2026-12-04T18%3A52%3A41Z"..., 900, 0, NULL, 0) = 900
+103 16:52:42.748317 <... sendto resumed>) = 553
+105 16:52:42.748400 connect(17<TCP:[51990]>, {{sa_family=AF_INET, sin_port=htons(4318), sin_addr=inet_addr("127.0.0.1")}}, 16) = 0
+105 16:52:42.748500 connect(18<TCP:[51991]>, {{sa_family=AF_INET, sin_port=htons(38043), sin_addr=inet_addr("127.0.0.1")}}, 16) = 0
+105 16:52:42.748600 sendto(19<TCP:[127.0.0.1:47644->127.0.0.1:4318]>, "POST /v1/traces HTTP/1.1\\r\\n", 27, 0, NULL, 0) = 27
+100 16:52:42.749000 openat(AT_FDCWD</>, "/usr/lib/python3.11/json/__init__.py", O_RDONLY|O_CLOEXEC) = 20</usr/lib/python3.11/json/__init__.py>
+100 16:52:42.749100 openat(21<{_MNT}>, "state/x.tmp", O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, 0600) = 22<{_MNT}/state/x.tmp>
+100 16:52:42.749200 rename("/var/lib/t/state/a.tmp", "/var/lib/t/state/a") = 0
+100 16:52:42.749300 vfork( <unfinished ...>
+100 16:52:42.749400 <... vfork resumed>) = 4242
+4242 16:52:42.749500 execve("/bin/true", ["/bin/true"], 0x7ffe /* 4 vars */) = 0
+100 16:52:42.749600 clone3({{flags=CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_THREAD|CLONE_SYSVSEM, exit_signal=0}}, 88) = 4243
+106 16:52:42.749700 write(7</dev/shm/ok>, "x", 1) = 1
+106 16:52:42.749800 futex(0x7fd978000ba0, FUTEX_WAKE_PRIVATE, 1) = 1
+101 16:52:42.758157 ioctl(14<{_MNT}>, FITHAW <unfinished ...>
+106 16:52:42.758200 fsync(8<{_MNT}/late>) = 0
+101 16:52:42.758530 <... ioctl resumed>) = 0
+100 16:52:42.759000 write(4</var/lib/t/log/extension.log>, "after the window", 16) = 16
+"""  # noqa: E501 - real strace lines, kept whole
+
+
+def test_classifier_flags_each_kind_of_window_violation() -> None:
+    """The rules of tests/support/syscall_trace.py, line by line, without root."""
+    mounts = [
+        syscall_trace.Mount("/", "ext4"),
+        syscall_trace.Mount("/dev/shm", "tmpfs"),
+        syscall_trace.Mount("/run", "tmpfs"),
+        syscall_trace.Mount(_MNT, "ext4"),
+    ]
+    calls = syscall_trace.parse(_SAMPLE)
+    window = syscall_trace.frozen_window(calls)
+    assert window is not None
+    # From the FIFREEZE's entry (line 1) to the FITHAW's return (line 25), its
+    # unfinished/resumed halves joined; the writes before and after are outside.
+    assert (window.start, window.end) == (1, 25)
+    assert syscall_trace.ioctl_targets(calls, "FITHAW")[0][0].result == "0"
+    violations = syscall_trace.window_violations(
+        calls, window, frozen_mounts=[_MNT], allowed_peers=[_PEER], mounts=mounts
+    )
+    freezable = (
+        "write to ext4 / (a filesystem a VM's job freezes: this write would block there "
+        "until the thaw)"
+    )
+    frozen = f"write to the frozen filesystem {_MNT}"
+    assert [(v.call.start, v.reason) for v in violations] == [
+        # libuuid inside the window: uuidd's socket (even a failed connect), then its
+        # clock file through a descriptor opened before the freeze.
+        (5, "connect (AF_UNIX) to something other than a snapshot endpoint"),
+        (6, freezable),
+        (7, freezable),
+        (9, "a PUT that is not a snapshot request"),  # the status blob, same endpoint
+        (11, "connect (AF_INET) to something other than a snapshot endpoint"),
+        (13, "send on a TCP socket to 127.0.0.1:4318 (not a snapshot endpoint)"),
+        (15, f"open for writing: {frozen}"),  # relative to a dirfd on the frozen mount
+        (16, f"rename: {freezable}"),
+        (17, "a process started inside the window"),
+        (19, "a program executed inside the window"),
+        (20, "a thread started inside the window"),
+        (24, frozen),  # entered before the FITHAW returned
+    ]
+    # Allowed (the pipe, the tmpfs spool, the snapshot request and a connect to its
+    # endpoint, a read-only open, /dev/shm, a futex) and outside (lines 0 and 26).
+    assert [c.start for c in syscall_trace.window_opens_for_read(calls, window)] == [14]
+    assert syscall_trace.snapshot_request_sends(calls, window, [_PEER]) == {
+        "/devstoreaccount1/c1/disk0.vhd": 1
+    }
+    assert len(syscall_trace.unix_connects(calls, syscall_trace.UUIDD_SOCKET)) == 1

@@ -458,8 +458,15 @@ def unix_connects(calls: Iterable[Syscall], path: str) -> list[Syscall]:
 
 
 def window_opens_for_read(calls: Sequence[Syscall], window: Window) -> list[Syscall]:
-    """Opens inside the window that are not violations (reads): for the record."""
-    return [c for c in calls if window.contains(c) and c.name in _OPENS]
+    """Opens for reading inside the window (not violations): for the record."""
+    return [
+        c
+        for c in calls
+        if window.contains(c)
+        and c.name in _OPENS
+        and c.name != "creat"
+        and not any(flag in c.args for flag in _OPEN_WRITE_FLAGS)
+    ]
 
 
 def snapshot_request_sends(

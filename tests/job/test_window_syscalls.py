@@ -13,9 +13,11 @@ it; its docstring is the list of what is allowed, and why.
 The disks are reached through a separate endpoint (a FaultProxy that injects
 nothing) so that "the snapshot endpoints" is one TCP peer the status blob,
 the log blob and the OTLP receiver do not share: any of those inside the
-window is a violation. A real uuidd serves libuuid's socket, as on hosts
-that run Debian's uuid-runtime, so a library that asks it for a time UUID
-inside the window shows up as a connect.
+window is a violation. libuuid (behind Python's uuid1(), which the Azure SDK
+uses for request ids) is exercised both ways it works on a real host: a real
+uuidd serving its socket (Debian's uuid-runtime), and no daemon (the CLI in a
+private mount namespace with an empty /run/uuidd), where libuuid rewrites
+/var/lib/libuuid/clock.txt on the root filesystem instead.
 
 The trace file is on the (unfrozen) workspace, and is removed with it: it
 holds request lines, so it is never printed, and violations are scrubbed
@@ -193,6 +195,7 @@ def test_frozen_window_syscalls(
     report = result.json
     assert (report["consistency"], report["snapshotTaken"]) == ("application", True), report
     assert report["statusUpload"] == "ok"
+    print(f"[I1 syscalls, {placement}] frozen window {report['freezeSeconds'] * 1000:.1f} ms")
     assert otlp_requests == 1
     assert b"filesystems frozen" in jobkit.blob_bytes(azurite, container, logs_blob)
     assert record is not None and record["spool"]["gated"] is (placement != "spool_on_tmpfs")

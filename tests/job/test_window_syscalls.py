@@ -207,6 +207,12 @@ def test_frozen_window_syscalls(
     assert froze == thawed == set(frozen), (froze, thawed)
     assert sorted(t.rsplit("/", 1)[-1] for t in sent) == [f"disk{i}.vhd" for i in range(DISKS)]
 
+    # The trace covers the other processes too: the thaw watchdog was traced, and
+    # was alive across the window (its pid made syscalls on both sides of it).
+    (watchdog,) = [c.pid for c in calls if c.name == "execve" and "freeze/watchdog.py" in c.args]
+    watchdog_lines = [c.start for c in calls if c.pid == watchdog]
+    assert min(watchdog_lines) < window.start and max(watchdog_lines) > window.end
+
     # Not vacuous either: libuuid's source of time UUIDs was the one this case
     # is about (outside the window: the SDK's preflight request makes a uuid1()).
     uuidd_connects = syscall_trace.unix_connects(calls, syscall_trace.UUIDD_SOCKET)

@@ -207,6 +207,11 @@ def test_frozen_window_syscalls(
     assert froze == thawed == set(frozen), (froze, thawed)
     assert sorted(t.rsplit("/", 1)[-1] for t in sent) == [f"disk{i}.vhd" for i in range(DISKS)]
 
+    # What is allowed was exercised: with the spool on a tmpfs, the window's log
+    # line went to the spool at once (I2); on a frozen filesystem it was held.
+    spool_writes = [c for c in inside if c.name == "write" and f"<{spool}/" in c.args]
+    assert bool(spool_writes) is (placement == "spool_on_tmpfs"), len(spool_writes)
+
     # The trace covers the other processes too: the thaw watchdog was traced, and
     # was alive across the window (its pid made syscalls on both sides of it).
     (watchdog,) = [c.pid for c in calls if c.name == "execve" and "freeze/watchdog.py" in c.args]

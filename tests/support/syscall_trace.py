@@ -368,7 +368,11 @@ def _resolve(base: str, path: str) -> str:
 
 
 def _paths(call: Syscall) -> list[str]:
-    """Absolute paths a path-based syscall names, resolved against its dirfd(s)."""
+    """Absolute paths a path-based syscall names, resolved against its dirfd.
+
+    strace -yy shows the directory behind a dirfd (AT_FDCWD</> included); a
+    relative path with no dirfd shown is taken relative to "/", the CLI's cwd.
+    """
     dirfds = [m["ann"] for m in _FILE_FD.finditer(call.args) if m["ann"].startswith("/")]
     base = dirfds[0] if dirfds else "/"
     return [_resolve(base, p) for p in _QUOTED.findall(call.args) if p]
@@ -392,15 +396,14 @@ def _classify(call: Syscall, rules: _Rules) -> str | None:
         kind = family["family"] if family else "unknown family"
         return f"connect ({kind}) to something other than a snapshot endpoint"
     if name in _SENDS or name in _FD_WRITES:
-        sock = _SOCKET_FD.search(call.args)
-        if sock is not None and (name in _SENDS or name in {"write", "writev"}):
+        # Every descriptor the call names (sendfile, splice, copy_file_range name two).
+        for sock in _SOCKET_FD.finditer(call.args):
             problem = rules.peer_problem(sock["proto"], sock["inner"])
             if problem is not None:
                 return problem
-            request = _HTTP_REQUEST.search(call.args)
-            if request is not None and "comp=snapshot" not in request["target"]:
-                return f"a {request['method']} that is not a snapshot request"
-            return None
+        request = _HTTP_REQUEST.search(call.args)
+        if request is not None and "comp=snapshot" not in request["target"]:
+            return f"a {request['method']} that is not a snapshot request"
         for match in _FILE_FD.finditer(call.args):
             problem = rules.path_problem(match["ann"])
             if problem is not None:

@@ -188,6 +188,11 @@ def test_frozen_window_syscalls(
             pytrace=False,
         )
 
+    # Stricter than the kernel needs (a read does not block on a frozen
+    # filesystem), as docs/freeze.md promises: the window opens no file at all,
+    # so it imports nothing either.
+    assert not reads, "\n".join(scrub(c.describe()) for c in reads)
+
     # The job itself: application consistent, with all its telemetry delivered
     # (after the window: a send to the OTLP receiver or Azurite's own endpoint
     # inside it would have been a violation above).

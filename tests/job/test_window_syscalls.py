@@ -313,3 +313,22 @@ def test_classifier_flags_each_kind_of_window_violation() -> None:
         "/devstoreaccount1/c1/disk0.vhd": 1
     }
     assert len(syscall_trace.unix_connects(calls, syscall_trace.UUIDD_SOCKET)) == 1
+
+
+def test_parser_reads_strace_line_shapes() -> None:
+    """Padding, results with parentheses, quoted ") = ", a call its process never finished."""
+    trace = (
+        "1 10:00:00.000001 close(3</x>)         = -1 EBADF (Bad file descriptor)\n"
+        "1 10:00:00.000002 getpid()          = 7\n"
+        '1 10:00:00.000003 write(4</a>, "x) = y", 6) = 6\n'
+        "strace: Process 2 attached\n"
+        "2 10:00:00.000004 read(3</b>,  <unfinished ...>\n"
+        "1 10:00:00.000005 --- SIGCHLD {si_signo=SIGCHLD} ---\n"
+        "2 10:00:00.000006 +++ killed by SIGKILL +++\n"
+    )
+    assert [(c.name, c.args, c.result, c.start, c.end) for c in syscall_trace.parse(trace)] == [
+        ("close", "3</x>", "-1 EBADF (Bad file descriptor)", 0, 0),
+        ("getpid", "", "7", 1, 1),
+        ("write", '4</a>, "x) = y", 6', "6", 2, 2),
+        ("read", "3</b>, ", "<unfinished>", 4, -1),
+    ]

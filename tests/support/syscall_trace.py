@@ -84,6 +84,7 @@ _LINE = re.compile(r"^(?P<pid>\d+)\s+(?P<time>\d\d:\d\d:\d\d\.\d+)\s+(?P<rest>.*
 _RESUMED = re.compile(r"^<\.\.\. (?P<name>\w+) resumed>(?P<tail>.*)$")
 _CALL = re.compile(r"^(?P<name>\w+)\((?P<body>.*)$")
 _UNFINISHED = " <unfinished ...>"
+_RESULT = re.compile(r"\)\s+= ")
 # An fd with strace -yy's annotation: 13<TCP:[a:1->b:2]>, 4</path/to/file>, 7<pipe:[123]>.
 _SOCKET_FD = re.compile(
     r"(?:^|[\s(,])(?P<fd>\d+)<(?P<proto>[A-Z][A-Za-z0-9-]*):\[(?P<inner>.*?)\]>"
@@ -251,13 +252,14 @@ class _Parser:
         self._finish(pid, _Pending(time, call["name"], body, index), body, index)
 
     def _finish(self, pid: int, head: _Pending, body: str, end: int) -> None:
-        cut = body.rfind(") = ")
-        if cut < 0:
-            # exit(0) = ?, or a call cut by the process's death: keep what there is.
-            cut = body.rfind(")")
-            args, result = (body[:cut], body[cut + 1 :].strip(" =")) if cut >= 0 else (body, "?")
-        else:
-            args, result = body[:cut], body[cut + 4 :]
+        # The last ") = " (strace pads short calls: "getpid()          = 7") ends
+        # the arguments; a string argument quoting ") = " comes before it.
+        results = list(_RESULT.finditer(body))
+        if results:
+            cut = results[-1]
+            args, result = body[: cut.start()], body[cut.end() :]
+        else:  # a call cut short by its process's death
+            args, result = body.removesuffix(")"), "?"
         self.calls.append(Syscall(pid, head.time, head.name, args, result, head.start, end))
 
     def finish(self) -> list[Syscall]:

@@ -19,7 +19,7 @@ command -v node >/dev/null 2>&1 || apt_packages+=(nodejs npm)
 command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)
 command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)   # test-side CMS cross-check only
 command -v strace >/dev/null 2>&1 || apt_packages+=(strace)     # the frozen window's syscall trace test
-command -v uuidd >/dev/null 2>&1 || apt_packages+=(uuid-runtime)  # libuuid's daemon, real in that test
+command -v uuidd >/dev/null 2>&1 || [ -x /usr/sbin/uuidd ] || apt_packages+=(uuid-runtime)  # libuuid's daemon, real in that test
 
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

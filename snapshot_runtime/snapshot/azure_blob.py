@@ -17,10 +17,15 @@ Contracts:
 * I1 - ``snapshot_all`` performs no file writes, no logging, no imports, no
   thread creation and no new connections on the happy path: ``prepare`` has
   imported everything, built one ``BlobClient`` (one ``requests`` session) per
-  disk, started the worker threads and opened each disk's connection with a
-  ``get_blob_properties``. A retry after a reset, or a connection the server
-  closed while idle, does open a new TCP connection (and, for a host name, a
-  DNS lookup): that is what the prepared client needs to reach Storage.
+  disk, started the worker threads, opened each disk's connection with a
+  ``get_blob_properties`` and drawn each disk's ``x-ms-client-request-id``.
+  (Left to the SDK, that id is a ``uuid1()`` made per request: libuuid then
+  asks uuidd over /run/uuidd/request or, with no daemon, rewrites
+  /var/lib/libuuid/clock.txt, a write that blocks on a frozen root
+  filesystem; tests/job/test_window_syscalls.py saw both.) A retry after a
+  reset, or a connection the server closed while idle, does open a new TCP
+  connection (and, for a host name, a DNS lookup): that is what the prepared
+  client needs to reach Storage.
 * I5 - URLs in results are ``strip_sas`` forms; error texts are scrubbed by
   pattern and by the exact signature of the disk's SAS.
 * Blocking - ``prepare`` blocks for at most about ``connect_timeout +
@@ -40,6 +45,7 @@ import functools
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -76,6 +82,9 @@ class _Disk:
     index: int
     blob_url: str
     redact: Redactor
+    # x-ms-client-request-id of this disk's snapshot request, the same on each
+    # of our retries: drawn before the freeze (uuid4: getrandom(2), no file).
+    request_id: str
     client: BlobClient | None = None
     preflight: DiskSnapshot | None = None
 
@@ -141,7 +150,7 @@ class DiskSnapshotter:
             raise RuntimeError("prepare() was already called")
         now = self._clock()
         for index, url in enumerate(self._urls):
-            disk = _Disk(index, strip_sas(url), sas_redactor(url))
+            disk = _Disk(index, strip_sas(url), sas_redactor(url), str(uuid.uuid4()))
             try:
                 disk.client = blob_client(url, self._policy)
             except BlobOpError as exc:
@@ -267,6 +276,7 @@ class DiskSnapshotter:
                 timeout=server_timeout,
                 read_timeout=budget,
                 connection_timeout=min(self._policy.connect_timeout, budget),
+                client_request_id=disk.request_id,  # not a uuid1() in the window
             )
             return reply
 

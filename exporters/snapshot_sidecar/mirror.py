@@ -49,7 +49,7 @@ from typing import TypeVar
 from azure.storage.blob import BlobClient
 
 from snapshot_runtime.core.errors import ErrorCode
-from snapshot_runtime.core.redact import Redactor, strip_sas
+from snapshot_runtime.core.redact import Redactor, redact_then_truncate, scrub, strip_sas
 from snapshot_runtime.snapshot.blob_requests import blob_client, sas_redactor
 from snapshot_runtime.snapshot.blob_retry import Attempt, BlobPolicy, call_with_retries
 from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError
@@ -415,7 +415,7 @@ class LogMirror:
             job = state.jobs.get(name)
             if job is not None:
                 job.log.status = "failed"
-                job.log.error = f"{reason}: {text}"[:300]
+                job.log.error = redact_then_truncate(f"{reason}: {text}", 300, mem.redact or scrub)
             state.metrics.inc("vmsnap_sidecar_log_mirror_abandoned_total", (reason,))
             if reason in ("unseal", "block_limit", "expired"):
                 state.metrics.inc("vmsnap_sidecar_log_mirror_errors_total", (reason,))

@@ -29,6 +29,9 @@ from .phases import PhaseHandle as PhaseHandle
 from .phases import PhaseRecord as PhaseRecord
 from .phases import PhaseRecorder as PhaseRecorder
 from .redact import Redactor as Redactor
+from .redact import drop_partial_run as drop_partial_run
+from .redact import redact_then_keep_tail as redact_then_keep_tail
+from .redact import redact_then_truncate as redact_then_truncate
 from .redact import scrub as scrub
 from .redact import strip_sas as strip_sas
 from .ticks import MAX_TICKS as MAX_TICKS
@@ -62,8 +65,11 @@ __all__ = [
     "datetime_to_ticks",
     "decide_after_freeze",
     "decide_after_pre_script",
+    "drop_partial_run",
     "interrupt_name",
     "read_at_most",
+    "redact_then_keep_tail",
+    "redact_then_truncate",
     "scrub",
     "settings_rejected",
     "strip_sas",

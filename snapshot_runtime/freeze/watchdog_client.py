@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from snapshot_runtime.core.errors import ErrorCode, FreezeError
+from snapshot_runtime.core.redact import redact_then_keep_tail
 from snapshot_runtime.freeze import watchdog as watchdog_module
 from snapshot_runtime.freeze.watchdog import ARMED, DISARM, ERROR_PREFIX, THAWED_PREFIX, LineReader
 
@@ -212,7 +213,9 @@ class WatchdogClient:
                 proc.lines.extend(proc.reader.read_lines(until - time.monotonic()))
             assert proc.popen.stderr is not None
             with contextlib.suppress(OSError):
-                stderr = proc.popen.stderr.read().decode("utf-8", "replace")[-2000:]
+                stderr = redact_then_keep_tail(
+                    proc.popen.stderr.read().decode("utf-8", "replace"), 2000
+                )
                 proc.popen.stderr.close()
             if proc.popen.stdout is not None:
                 proc.popen.stdout.close()

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
-from snapshot_runtime.core.redact import scrub
+from snapshot_runtime.core.redact import ELLIPSIS, redact_then_truncate, scrub
 from snapshot_runtime.inputs.plugin_config_file import (
     read_config_file,
 )
@@ -162,8 +162,8 @@ def _fail(problem: str) -> ConfigError:
 
 def _quote(text: str) -> str:
     # ASCII-only and bounded: messages go to logs and status whatever the input.
-    short = text if len(text) <= _SHOW_CHARS else text[:_SHOW_CHARS] + "..."
-    return json.dumps(scrub(short))
+    # Redacted before it is cut: a cut secret is recognised by no pattern.
+    return json.dumps(redact_then_truncate(text, _SHOW_CHARS + len(ELLIPSIS), scrub))
 
 
 def _describe(value: object) -> str:

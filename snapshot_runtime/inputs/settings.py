@@ -57,6 +57,7 @@ query string and every ``sig`` value (raw and percent-decoded), for a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -68,6 +69,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
+from snapshot_runtime.core.permissions import check_config_mode, check_parent_dir_mode
 from snapshot_runtime.core.redact import strip_sas
 from snapshot_runtime.core.ticks import (
     MAX_TICKS,
@@ -347,21 +349,100 @@ def parse_handler_settings(doc: object) -> HandlerSettings:
 # --- the file shell ---------------------------------------------------------------
 
 
+# How the handler hands a decrypted settings document to ``run_job``: an
+# anonymous memory file (memfd) of this very process, never on a filesystem.
+_OWN_FD = re.compile(r"/proc/self/fd/[0-9]+\Z")
+
+
+def _own_memfd(path: str) -> bool:
+    """True for ``/proc/self/fd/N`` naming a memfd this process holds."""
+    if not _OWN_FD.match(path):
+        return False
+    try:
+        return os.readlink(path).startswith("/memfd:")
+    except OSError:
+        return False
+
+
+def _trust_problem(path: str) -> str | None:
+    """Why a directory on the way to ``path`` (absolute, normalised) lets
+    someone other than root replace the file, or None.
+
+    A symlinked parent is refused (not followed): whoever owns its target
+    decides what is read. A missing component is left to ``open`` to report.
+    """
+    current = "/"
+    for part in ["", *(p for p in os.path.dirname(path).split("/") if p)]:
+        current = os.path.join(current, part) if part else "/"
+        try:
+            st = os.lstat(current)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            return (
+                f"is reached through the symbolic link {current}, which is refused; "
+                f"fix: pass the real path {os.path.realpath(path)}"
+            )
+        problem = check_parent_dir_mode(current, st.st_mode, st.st_uid)
+        if problem:
+            return f"is in an unsafe directory: {problem}; fix: chown root:root and chmod 755 it"
+    return None
+
+
+def _open_settings(path: str) -> tuple[int, bool]:
+    """An fd on the settings file once its path is trusted, and whether it
+    is the handler's memfd (whose owner and mode need no check)."""
+    if _own_memfd(path):
+        flags = os.O_RDONLY | os.O_CLOEXEC  # a procfs magic link: must be followed
+        return os.open(path, flags), True
+    absolute = os.path.abspath(path)  # checked and opened: the same path
+    problem = _trust_problem(absolute)
+    if problem:
+        raise invalid_settings(f"settings file {path} {problem}")
+    try:
+        # NOFOLLOW refuses a symlinked file; NONBLOCK lets a FIFO open (then
+        # refused by fstat) instead of hanging until a writer appears.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        return os.open(absolute, flags), False
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise invalid_settings(
+                f"settings file {path} is a symbolic link, which is refused (whoever owns "
+                f"its target could change it); fix: pass the real path "
+                f"{os.path.realpath(absolute)}"
+            ) from None
+        raise
+
+
 def load_settings_file(path: str) -> HandlerSettings:
     """Read, decode and parse one settings file. Every failure is ``ConfigError``.
 
-    Refuses non-regular files (a FIFO would block) and files over
-    ``MAX_SETTINGS_FILE_BYTES``. Error messages never quote the content.
+    The file carries the protected settings (every SAS), so it is trusted
+    like the plugin config: not a symlink, no symlinked or non-root or
+    group/other-writable parent directory, a regular file owned by root with
+    no group or other permission (600 or 400). The handler's own memfd
+    (``/proc/self/fd/N``) is exempt: it never was on a filesystem. Refuses
+    files over ``MAX_SETTINGS_FILE_BYTES``. Every refusal is
+    ``INVALID_SETTINGS`` with the fix in the message, which never quotes
+    the content.
     """
     try:
-        # O_NONBLOCK: opening a FIFO must not hang; regular files ignore it.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd, memfd = _open_settings(path)
     except OSError as exc:
         raise invalid_settings(f"cannot open settings file {path}: {exc.strerror}") from None
+    except ValueError:  # an embedded NUL in the path
+        raise invalid_settings("cannot open settings file: its path holds a NUL") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise invalid_settings(f"settings file {path} is not a regular file")
+        problem = None if memfd else check_config_mode(info.st_mode, info.st_uid)
+        if problem:
+            chown = f"chown root:root {path} && " if info.st_uid != 0 else ""
+            raise invalid_settings(
+                f"settings file {path} {problem}; it holds the protected settings, so it must "
+                f"be readable by root alone; fix: {chown}chmod 600 {path}"
+            )
         if info.st_size > MAX_SETTINGS_FILE_BYTES:
             raise invalid_settings(
                 f"settings file {path} is {info.st_size} bytes, "

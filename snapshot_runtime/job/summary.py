@@ -1,12 +1,15 @@
 """Rendering a job report for people (a table) and machines (one JSON object).
 
 Pure module: takes a ``JobReport``, returns text or a dict. URLs in a report
-are already stripped of their SAS; nothing here adds one.
+are already stripped of their SAS; nothing here adds one. Table cells are
+shortened with ``redact_then_truncate`` (redacted, then cut).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from snapshot_runtime.core.redact import redact_then_truncate
 
 if TYPE_CHECKING:
     from snapshot_runtime.job.records import JobReport
@@ -146,7 +149,12 @@ def report_text(report: JobReport) -> str:
         table(
             ["phase", "seconds", "status", "detail"],
             [
-                [p.name, f"{p.seconds:.3f}", p.status, (p.error or p.detail or "")[:80]]
+                [
+                    p.name,
+                    f"{p.seconds:.3f}",
+                    p.status,
+                    redact_then_truncate(p.error or p.detail or "", 80),
+                ]
                 for p in report.phases
             ],
         )
@@ -184,7 +192,7 @@ def report_text(report: JobReport) -> str:
                         d.snapshot or "-",
                         f"{d.duration_seconds:.3f}",
                         str(d.attempts),
-                        "ok" if d.ok else (d.error or "failed")[:60],
+                        "ok" if d.ok else redact_then_truncate(d.error or "failed", 60),
                     ]
                     for d in report.disks
                 ],

@@ -6,8 +6,10 @@ on readiness, non-blocking). Per stream, at most ``limit`` bytes of head and
 (``OutputCapture.output_bytes`` is the true total of both streams, all
 attempts). When bytes are omitted, the head and tail are cut to whole lines
 (when they hold a line break) so that no secret is left half-visible, and
-joined with ``…[N bytes omitted]…``. Attempts after the first are separated
-by a ``--- attempt N ---`` line. Text is decoded with ``errors="replace"``;
+joined with ``…[N bytes omitted]…``; a single long line has the secret-like
+run (base64, percent escapes) at each side of the seam dropped, since the
+tail may start with the END of a signature. Attempts after the first are
+separated by a ``--- attempt N ---`` line. Text is decoded with ``errors="replace"``;
 redaction is the caller's.
 
 Memory is bounded by ``2 * limit`` per stream plus one read buffer
@@ -20,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+
+from snapshot_runtime.core.redact import drop_partial_run
 
 __all__ = ["OutputCapture", "OutputExcerpt", "render_excerpt"]
 
@@ -41,11 +45,20 @@ def render_excerpt(head: bytes, tail: bytes, omitted: int) -> str:
     if cut:
         omitted += cut
         tail = tail[cut:]
-    return (
-        head.decode("utf-8", "replace")
-        + f"…[{omitted} bytes omitted]…"
-        + tail.decode("utf-8", "replace")
-    )
+    head_text = head.decode("utf-8", "replace")
+    tail_text = tail.decode("utf-8", "replace")
+    # One long line (no line break to cut at): drop the secret-like run the
+    # seam goes through. The tail's first run may be the END of a signature,
+    # which no pattern recognises.
+    if not cut and tail_text:
+        kept = drop_partial_run(tail_text, at_end=False)
+        omitted += len(tail) - len(kept.encode("utf-8", "replace"))
+        tail_text = kept
+    if head_text and not head_text.endswith("\n"):
+        kept = drop_partial_run(head_text, at_end=True)
+        omitted += len(head) - len(kept.encode("utf-8", "replace"))
+        head_text = kept
+    return head_text + f"…[{omitted} bytes omitted]…" + tail_text
 
 
 class OutputExcerpt:

@@ -178,7 +178,7 @@ class DiskSnapshotter:
             assert disk.client is not None
             disk.client.get_blob_properties()
         except Exception as exc:
-            failure = classify(exc)
+            failure = classify(exc, disk.redact)
             code = (failure.error_code or "").lower()
             if failure.kind == "not_found" or (
                 failure.kind == "auth" and code in _DEFINITIVE_CODES

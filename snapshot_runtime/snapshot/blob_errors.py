@@ -2,9 +2,9 @@
 
 Pure: no I/O, no logging. ``classify`` turns any exception a blob request can
 raise into a ``BlobFailure`` (a kind, the HTTP status, the storage error
-code, whether a retry can help, and a message scrubbed of SAS signatures by
-pattern) and never raises. ``BlobOpError`` is the ``BlobError`` this
-package raises for a failed request; it carries the ``BlobFailure``.
+code, whether a retry can help, and a message scrubbed of SAS signatures
+before it is cut to ``MAX_MESSAGE``) and never raises. ``BlobOpError`` is the
+``BlobError`` this package raises for a failed request; it carries the ``BlobFailure``.
 ``TRANSLATED`` lists the exception types a request raises that are
 translated (anything else is a bug and passes through).
 
@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 
 import requests
 import urllib3.exceptions
 from azure.core import exceptions as azure_exc
 
-from snapshot_runtime.core.redact import scrub
+from snapshot_runtime.core.redact import redact_then_truncate, scrub
 from snapshot_runtime.snapshot.failures import (
     MAX_MESSAGE,
     RETRYABLE_KINDS,
@@ -189,22 +190,28 @@ def _kind(exc: BaseException, status: int | None, code: str | None, text: str) -
     return kind
 
 
-def _first_line(text: str) -> str:
+def _first_line(text: str, redact: Callable[[str], str]) -> str:
+    """The first line, redacted, then cut to ``MAX_MESSAGE`` (never cut first:
+    an echoed URL's signature cut in half is no longer recognised)."""
     line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "..."
+    return redact_then_truncate(line, MAX_MESSAGE, redact)
 
 
-def classify(exc: BaseException) -> BlobFailure:
-    """Classify any exception a blob request raised. Pure; never raises."""
+def classify(exc: BaseException, redact: Callable[[str], str] = scrub) -> BlobFailure:
+    """Classify any exception a blob request raised. Pure; never raises.
+
+    ``redact`` (default: the patterns) runs on the text before it is cut;
+    pass the request's ``sas_redactor`` so its exact ``sig`` value goes too.
+    """
     try:
         status = _status(exc)
         code = _error_code(exc)
         text = _text(exc)
         kind = _kind(exc, status, code, text)
-        detail = _first_line(text) or type(exc).__name__
+        detail = _first_line(text, redact) or type(exc).__name__
         parts = [str(p) for p in (status, code) if p is not None]
         head = f"{kind} ({' '.join(parts)})" if parts else kind
-        message = scrub(f"{head}: {type(exc).__name__}: {detail}")
+        message = redact(f"{head}: {type(exc).__name__}: {detail}")
         return BlobFailure(
             kind=kind,
             status_code=status,

@@ -38,7 +38,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -128,8 +127,7 @@ def translate(
         raise
     except TRANSLATED as exc:
         redact = sas_redactor(url)
-        failure = classify(exc)
-        failure = replace(failure, message=redact(failure.message))
+        failure = classify(exc, redact)
         _scrub_chain(exc, redact)
         message = f"{operation} {strip_sas(url)} failed: {failure.message}"
         raise BlobOpError(code, message, failure) from exc

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from snapshot_runtime.core.redact import scrub
@@ -101,8 +101,7 @@ def call_with_retries(
         try:
             return Attempt(op(budget), attempts, None)
         except TRANSLATED as exc:
-            failure = classify(exc)
-            failure = replace(failure, message=redact(failure.message))
+            failure = classify(exc, redact)
         if not failure.retryable or attempts > policy.retries:
             break
         delay = backoff_delay(policy, attempts, failure)

@@ -16,7 +16,8 @@ __all__ = ["MAX_MESSAGE", "RETRYABLE_KINDS", "BlobFailure", "BlobOpError", "Fail
 FailureKind = Literal["auth", "not_found", "throttled", "limit", "transient", "timeout", "other"]
 
 RETRYABLE_KINDS: frozenset[str] = frozenset({"throttled", "transient", "timeout"})
-# Longest message we keep; storage errors echo the whole XML body otherwise.
+# Longest message detail we keep; storage errors echo the whole XML body otherwise.
+# Cut only with ``core.redact.redact_then_truncate`` (redact first, I5).
 MAX_MESSAGE = 300
 
 

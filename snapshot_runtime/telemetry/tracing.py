@@ -36,7 +36,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import ProcessResourceDetector, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
@@ -45,6 +45,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from snapshot_runtime import __version__
+from snapshot_runtime.core.redact import redact_then_truncate, scrub
 
 __all__ = [
     "DEFAULT_SERVICE_NAME",
@@ -229,6 +230,26 @@ class JobTracer:
         self._wall0, self._mono0 = clock_pair or (time.time_ns(), time.monotonic_ns())
         self.root: Span | None = None
         self.current: Span | None = None
+        # OTEL_(SPAN_)ATTRIBUTE_VALUE_LENGTH_LIMIT makes the SDK cut strings
+        # blindly; cut them first ourselves, redacted, dropping a cut secret-like run.
+        self._value_limit = SpanLimits().max_span_attribute_length
+
+    def _fit(
+        self, attributes: Mapping[str, AttributeValue] | None
+    ) -> Mapping[str, AttributeValue] | None:
+        """``attributes`` with every string redacted, then cut to the SDK's limit."""
+        limit = self._value_limit
+        if not attributes or limit is None:
+            return attributes
+        fitted: dict[str, AttributeValue] = {}
+        for key, value in attributes.items():
+            if isinstance(value, str):
+                fitted[key] = redact_then_truncate(value, limit, scrub)
+            elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+                fitted[key] = [redact_then_truncate(str(v), limit, scrub) for v in value]
+            else:
+                fitted[key] = value
+        return fitted
 
     # -- time -------------------------------------------------------------
 
@@ -253,7 +274,7 @@ class JobTracer:
             name,
             context=self._parent,
             kind=SpanKind.INTERNAL,
-            attributes=attributes,
+            attributes=self._fit(attributes),
             start_time=start_ns,
             record_exception=False,
             set_status_on_exception=False,
@@ -276,7 +297,7 @@ class JobTracer:
         span = self.tracer.start_span(
             name,
             context=ctx,
-            attributes=attributes,
+            attributes=self._fit(attributes),
             start_time=start_ns,
             record_exception=False,
             set_status_on_exception=False,
@@ -295,8 +316,9 @@ class JobTracer:
         description: str | None = None,
     ) -> None:
         """Set the last attributes, ERROR + ``error.type`` when given, and end."""
-        if attributes:
-            span.set_attributes(attributes)
+        fitted = self._fit(attributes)
+        if fitted:
+            span.set_attributes(fitted)
         if error_type is not None:
             span.set_attribute("error.type", error_type)
             span.set_status(Status(StatusCode.ERROR, description))

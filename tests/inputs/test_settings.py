@@ -5,7 +5,10 @@ import copy
 import json
 import os
 import re
+import shutil
+import tempfile
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from snapshot_runtime.inputs.settings import (
     load_settings_file,
     parse_handler_settings,
 )
+from tests.support.requirements import require
 
 # Distinctive, so a leak is easy to find. %2B and %3D decode to + and =.
 SIG = "SeCrEtSiGnAtUrE0123%2Babc%3D"
@@ -579,14 +583,41 @@ def assert_settings_error(exc: ConfigError) -> None:
 
 # --- the file shell -----------------------------------------------------------------
 
+# Settings files are trusted like the plugin config (root's, 600, no symlink,
+# root-only parents): /tmp (sticky, world-writable) is refused, so the file
+# tests work in a fresh root-only directory like tests/support/jobkit.py.
+SAFE_BASE = "/var/lib/snapshot-runtime-tests"
 
-def test_load_settings_file(tmp_path: Path) -> None:
-    path = tmp_path / "0.settings"
-    path.write_text(json.dumps(handler_file()))
+
+@pytest.fixture
+def safe_dir() -> Iterator[Path]:
+    require(os.geteuid() == 0, "needs root: settings files must be root-owned")
+    os.makedirs(SAFE_BASE, mode=0o755, exist_ok=True)
+    os.chmod(SAFE_BASE, 0o755)
+    path = Path(tempfile.mkdtemp(dir=SAFE_BASE))  # 0700, root
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(SAFE_BASE)
+
+
+def _write_secret(path: Path, data: bytes | str, mode: int = 0o600) -> Path:
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.chmod(path, mode)
+    return path
+
+
+def test_load_settings_file(safe_dir: Path) -> None:
+    path = _write_secret(safe_dir / "0.settings", json.dumps(handler_file()))
     assert load_settings_file(str(path)) == parse_handler_settings(handler_file())
-    bom = tmp_path / "1.settings"
-    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(handler_file()).encode())
+    bom = _write_secret(
+        safe_dir / "1.settings", b"\xef\xbb\xbf" + json.dumps(handler_file()).encode()
+    )
     assert isinstance(load_settings_file(str(bom)), HandlerSettings)
+    read_only = _write_secret(safe_dir / "2.settings", json.dumps(handler_file()), 0o400)
+    assert isinstance(load_settings_file(str(read_only)), HandlerSettings)
 
 
 def _load_error(path: Path) -> ConfigError:
@@ -597,26 +628,84 @@ def _load_error(path: Path) -> ConfigError:
     return info.value
 
 
-def test_load_errors(tmp_path: Path) -> None:
-    assert "cannot open" in _load_error(tmp_path / "missing").message
-    assert "not a regular file" in _load_error(tmp_path).message
-    big = tmp_path / "big.settings"
-    big.write_bytes(b" " * (MAX_SETTINGS_FILE_BYTES + 1))
+def test_load_errors(safe_dir: Path) -> None:
+    assert "cannot open" in _load_error(safe_dir / "missing").message
+    assert "not a regular file" in _load_error(safe_dir).message
+    big = _write_secret(safe_dir / "big.settings", b" " * (MAX_SETTINGS_FILE_BYTES + 1))
     assert "limit" in _load_error(big).message
-    broken = tmp_path / "broken.settings"
-    broken.write_text(json.dumps(handler_file())[:-5])
+    broken = _write_secret(safe_dir / "broken.settings", json.dumps(handler_file())[:-5])
     err = _load_error(broken)
     assert "not valid JSON" in err.message and "blob.core" not in err.message
-    latin = tmp_path / "latin.settings"
-    latin.write_bytes(b'{"x": "\xff"}')
+    latin = _write_secret(safe_dir / "latin.settings", b'{"x": "\xff"}')
     assert "not UTF-8" in _load_error(latin).message
-    deep = tmp_path / "deep.settings"
-    deep.write_text("[" * 200_000 + "]" * 200_000)
+    deep = _write_secret(safe_dir / "deep.settings", "[" * 200_000 + "]" * 200_000)
     assert "nested" in _load_error(deep).message
 
 
-def test_load_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
-    fifo = tmp_path / "fifo.settings"
+@pytest.mark.parametrize(
+    ("mode", "uid", "fix"),
+    [
+        (0o644, 0, "chmod 600"),  # world-readable: anyone reads every SAS
+        (0o604, 0, "chmod 600"),
+        (0o620, 0, "chmod 600"),  # group-writable: the group rewrites the job
+        (0o640, 0, "chmod 600"),
+        (0o700, 0, "chmod 600"),  # executable
+        (0o600, 65534, "chown root:root"),  # not root's
+    ],
+    ids=["world-readable", "other-readable", "group-writable", "group-readable", "exec", "nobody"],
+)
+def test_untrusted_settings_file_is_refused(safe_dir: Path, mode: int, uid: int, fix: str) -> None:
+    path = _write_secret(safe_dir / "0.settings", json.dumps(handler_file()), mode)
+    os.chown(path, uid, uid)
+    err = _load_error(path)
+    assert "protected settings" in err.message, err.message
+    assert f"fix: {fix}" in err.message and str(path) in err.message, err.message
+
+
+def test_symlinked_settings_file_is_refused(safe_dir: Path) -> None:
+    real = _write_secret(safe_dir / "real.settings", json.dumps(handler_file()))
+    link = safe_dir / "link.settings"
+    link.symlink_to(real)
+    err = _load_error(link)
+    assert "symbolic link" in err.message and f"fix: pass the real path {real}" in err.message
+
+
+def test_settings_file_under_a_symlinked_parent_is_refused(safe_dir: Path) -> None:
+    (safe_dir / "real").mkdir(mode=0o700)
+    real = _write_secret(safe_dir / "real" / "0.settings", json.dumps(handler_file()))
+    (safe_dir / "alias").symlink_to(safe_dir / "real")
+    err = _load_error(safe_dir / "alias" / "0.settings")
+    assert f"symbolic link {safe_dir / 'alias'}" in err.message, err.message
+    assert f"fix: pass the real path {real}" in err.message
+
+
+@pytest.mark.parametrize(("mode", "uid"), [(0o777, 0), (0o1777, 0), (0o700, 65534)])
+def test_settings_file_in_an_unsafe_directory_is_refused(
+    safe_dir: Path, mode: int, uid: int
+) -> None:
+    parent = safe_dir / "dir"
+    parent.mkdir()
+    os.chmod(parent, mode)
+    os.chown(parent, uid, uid)
+    path = _write_secret(parent / "0.settings", json.dumps(handler_file()))
+    err = _load_error(path)
+    assert "unsafe directory" in err.message and str(parent) in err.message, err.message
+
+
+def test_the_handlers_memfd_is_accepted() -> None:
+    """The handler passes decrypted settings as /proc/self/fd/N of a memfd
+    (mode 777, a procfs symlink): never on a filesystem, so not refused."""
+    fd = os.memfd_create("settings-test", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, json.dumps(handler_file()).encode())
+        loaded = load_settings_file(f"/proc/self/fd/{fd}")
+        assert loaded == parse_handler_settings(handler_file())
+    finally:
+        os.close(fd)
+
+
+def test_load_refuses_a_fifo_without_blocking(safe_dir: Path) -> None:
+    fifo = safe_dir / "fifo.settings"
     os.mkfifo(fifo)
     result: list[BaseException] = []
 

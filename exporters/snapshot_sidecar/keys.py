@@ -6,7 +6,10 @@
   rename), because the spool lives on a tmpfs that a reboot empties.
 
 ``Keys.open(sealed)`` returns the logsBlobUri sealed in a credentials.sealed
-text, or raises ``ValueError`` (tampered, sealed to another key, malformed).
+text of either format version (2, PyNaCl's sealed box, what the runtime
+writes; or 1, what the previous runtime wrote), or raises ``ValueError``
+(tampered, sealed to another key, malformed). The key files are the same for
+both versions: a sidecar upgraded in place keeps its key.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 from pathlib import Path
 
 from snapshot_runtime.core.atomic_file import write_atomic
-from snapshot_runtime.telemetry.sealing import generate_keypair, unseal
+from snapshot_runtime.telemetry.sealing import generate_keypair, public_key_of, unseal
 
 __all__ = ["PRIVATE_FILE", "PUBLIC_FILE", "Keys"]
 
@@ -50,6 +53,14 @@ class Keys:
                 os.chmod(private_path, 0o600)
         if len(public) != 32:
             raise ValueError(f"{public_path} is not a raw 32-byte X25519 public key")
+        try:
+            derived = public_key_of(private)
+        except ValueError as exc:
+            raise ValueError(f"{private_path}: {exc}") from exc
+        if derived != public:
+            # Runtimes would seal to a key nothing here opens: say so at start,
+            # not at the first job.
+            raise ValueError(f"{public_path} is not the public key of {private_path}")
         return cls(private, public)
 
     def publish(self, spool: str | os.PathLike[str]) -> Path:

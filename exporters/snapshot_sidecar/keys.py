@@ -35,32 +35,38 @@ class Keys:
 
     @classmethod
     def load_or_create(cls, state_dir: str | os.PathLike[str]) -> Keys:
+        """Load the key pair, making one when there is no private key.
+
+        The private key is the truth: ``sidecar.pub`` is derived from it (as
+        PyNaCl, which opens version 2, derives it) and rewritten when missing
+        or different, never a reason to make a new key, which would strand
+        every job already sealed to the old one. ``ValueError`` when the key
+        file is not an X25519 private key.
+        """
         directory = Path(state_dir)
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         private_path = directory / PRIVATE_FILE
         public_path = directory / PUBLIC_FILE
         try:
             private = private_path.read_bytes()
-            public = public_path.read_bytes()
         except FileNotFoundError:
             private, public = generate_keypair()
             write_atomic(private_path, private, mode=0o600)
-            write_atomic(public_path, public, mode=0o644)
         else:
             # A key someone made readable by others is still ours, but no longer
             # secret to them: tighten it (and say so in the log at the caller).
             if private_path.stat().st_mode & 0o077:
                 os.chmod(private_path, 0o600)
-        if len(public) != 32:
-            raise ValueError(f"{public_path} is not a raw 32-byte X25519 public key")
+            try:
+                public = public_key_of(private)
+            except ValueError as exc:
+                raise ValueError(f"{private_path}: {exc}") from exc
         try:
-            derived = public_key_of(private)
-        except ValueError as exc:
-            raise ValueError(f"{private_path}: {exc}") from exc
-        if derived != public:
-            # Runtimes would seal to a key nothing here opens: say so at start,
-            # not at the first job.
-            raise ValueError(f"{public_path} is not the public key of {private_path}")
+            stored = public_path.read_bytes()
+        except FileNotFoundError:
+            stored = None
+        if stored != public:
+            write_atomic(public_path, public, mode=0o644)
         return cls(private, public)
 
     def publish(self, spool: str | os.PathLike[str]) -> Path:

@@ -20,7 +20,13 @@ import os
 from pathlib import Path
 
 from snapshot_runtime.core.atomic_file import write_atomic
-from snapshot_runtime.telemetry.sealing import generate_keypair, public_key_of, unseal
+from snapshot_runtime.telemetry.sealing import (
+    VERSIONS_FILE,
+    generate_keypair,
+    public_key_of,
+    unseal,
+    versions_document,
+)
 
 __all__ = ["PRIVATE_FILE", "PUBLIC_FILE", "Keys"]
 
@@ -70,9 +76,21 @@ class Keys:
         return cls(private, public)
 
     def publish(self, spool: str | os.PathLike[str]) -> Path:
-        """Write ``<spool>/sidecar.pub`` (creating the spool directory, 0700)."""
+        """Write ``<spool>/sidecar.sealing`` then ``<spool>/sidecar.pub`` (spool dir 0700).
+
+        ``sidecar.sealing`` lists the credentials.sealed versions this sidecar
+        opens; a runtime seals only in a version listed there. Written first,
+        so a runtime that sees the key also sees what it may seal with it.
+        """
         root = Path(spool)
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        versions = root / VERSIONS_FILE
+        try:
+            current = versions.read_bytes()
+        except FileNotFoundError:
+            current = None
+        if current != versions_document():
+            write_atomic(versions, versions_document(), mode=0o644)
         target = root / PUBLIC_FILE
         with contextlib.suppress(FileNotFoundError):
             if target.read_bytes() == self.public:

@@ -21,6 +21,12 @@ Both use the same key pair: the sidecar's key file (PKCS8 PEM) holds a plain
 X25519 private key, whose 32 raw bytes are what PyNaCl's ``PrivateKey``
 takes, so an upgrade needs no new key.
 
+Which versions a sidecar opens, it says in ``<spool>/sidecar.sealing``
+(``versions_document``; sidecars before version 2 write no such file). The
+runtime seals only when the current version is listed (``parse_versions``),
+and otherwise uploads the job log itself: an older sidecar is never handed a
+text it cannot open.
+
 Pure: no file or network I/O. Shared API (the sidecar imports exactly these
 names; keep them stable):
 
@@ -50,13 +56,19 @@ __all__ = [
     "ALG_V1",
     "ALG_V2",
     "FORMAT_VERSION",
+    "VERSIONS_FILE",
     "generate_keypair",
+    "parse_versions",
     "public_key_of",
     "seal",
     "unseal",
+    "versions_document",
 ]
 
 FORMAT_VERSION = 2
+# Versions ``unseal`` opens; published by the sidecar in VERSIONS_FILE.
+_OPENS = (1, 2)
+VERSIONS_FILE = "sidecar.sealing"
 ALG_V2 = "X25519-XSalsa20Poly1305-SealedBox"
 ALG_V1 = "X25519-HKDF-SHA256-ChaCha20Poly1305"
 
@@ -78,6 +90,25 @@ def generate_keypair() -> tuple[bytes, bytes]:
         serialization.NoEncryption(),
     )
     return pem, bytes(private.public_key)
+
+
+def versions_document() -> bytes:
+    """What the sidecar publishes in ``<spool>/sidecar.sealing``: the versions it opens."""
+    return json.dumps({"versions": list(_OPENS)}).encode() + b"\n"
+
+
+def parse_versions(data: bytes | None) -> frozenset[int]:
+    """The versions a ``sidecar.sealing`` document lists; empty when absent or malformed."""
+    if not data:
+        return frozenset()
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return frozenset()
+    versions = doc.get("versions") if isinstance(doc, dict) else None
+    if not isinstance(versions, list):
+        return frozenset()
+    return frozenset(v for v in versions if isinstance(v, int) and not isinstance(v, bool))
 
 
 def seal(public_key_raw: bytes, plaintext: bytes) -> str:

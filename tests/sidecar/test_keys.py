@@ -17,7 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from snapshot_sidecar.cli import main as sidecar_main
 from snapshot_sidecar.keys import PRIVATE_FILE, PUBLIC_FILE, Keys
 
-from snapshot_runtime.telemetry.sealing import generate_keypair, seal
+from snapshot_runtime.telemetry.sealing import (
+    FORMAT_VERSION,
+    VERSIONS_FILE,
+    generate_keypair,
+    parse_versions,
+    seal,
+)
 from tests.support.sealing_v1 import generate_keypair_v1, seal_v1
 
 URL = "https://a.blob.core.windows.net/c/job.log?sv=1&sig=SECRETSIG"
@@ -57,6 +63,9 @@ def test_the_public_file_is_derived_from_the_key(tmp_path: Path, damage: str) ->
     assert (state / PRIVATE_FILE).read_bytes() == private
     keys.publish(tmp_path / "spool")
     assert (tmp_path / "spool" / PUBLIC_FILE).read_bytes() == public_raw
+    # And it says which credentials.sealed versions it opens (docs/spool.md).
+    published = parse_versions((tmp_path / "spool" / VERSIONS_FILE).read_bytes())
+    assert published == {1, FORMAT_VERSION}
 
 
 def test_a_new_state_gets_a_key_pair(tmp_path: Path) -> None:

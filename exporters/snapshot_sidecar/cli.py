@@ -191,7 +191,11 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     ledger = Ledger(args.state_dir)
     if ledger.reset_reason:
         _log.error("%s", ledger.reset_reason)
-    keys = Keys.load_or_create(args.state_dir)
+    try:
+        keys = Keys.load_or_create(args.state_dir)
+    except ValueError as exc:  # an unusable key file: say which, in one line
+        print(f"snapshot-sidecar: {exc}", file=sys.stderr)
+        return 1
     keys.publish(args.spool)
     reader = SpoolReader(args.spool)
     mirror_config = MirrorConfig(

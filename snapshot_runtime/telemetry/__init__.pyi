@@ -7,7 +7,9 @@ from .job_telemetry import JobTelemetry as JobTelemetry
 from .job_telemetry import TelemetryOptions as TelemetryOptions
 from .record import RecordFacts as RecordFacts
 from .sealing import generate_keypair as generate_keypair
+from .sealing import public_key_of as public_key_of
 from .sealing import unseal as unseal
+from .sealing import versions_document as versions_document
 from .span_attributes import root_attributes as root_attributes
 from .spool import DEFAULT_MAX_BYTES as DEFAULT_MAX_BYTES
 from .spool import recover_interrupted as recover_interrupted
@@ -24,9 +26,11 @@ __all__ = [
     "TelemetryOptions",
     "generate_keypair",
     "load_job",
+    "public_key_of",
     "recover_interrupted",
     "root_attributes",
     "rows",
     "unseal",
+    "versions_document",
     "waterfall",
 ]

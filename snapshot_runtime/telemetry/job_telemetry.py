@@ -17,7 +17,8 @@ Frozen window (I1). While the job's ``FreezeGate`` is closed:
 After the job (``end_job``, then ``close``; their I/O is in ``telemetry_export``):
 the root span ends; spans go to ``spans.jsonl``; with no sidecar key in the
 spool they are also sent over OTLP when an endpoint is configured, and the job
-log is uploaded to ``logsBlobUri`` by the runtime itself; the final record
+log is uploaded to ``logsBlobUri`` by the runtime itself (so it is too when the
+sidecar does not open this sealing version, docs/spool.md); the final record
 (``complete: true``) is written last, to the spool and to
 ``<state-dir>/jobs/<taskId>.json`` (for ``snapshot-runtime trace``).
 """
@@ -42,7 +43,7 @@ from snapshot_runtime.telemetry.export import (
 )
 from snapshot_runtime.telemetry.job_spans import JobSpans
 from snapshot_runtime.telemetry.record import RecordFacts, build_record
-from snapshot_runtime.telemetry.sealing import seal
+from snapshot_runtime.telemetry.sealing import FORMAT_VERSION, seal
 from snapshot_runtime.telemetry.spool import JobSpool, Spool
 from snapshot_runtime.telemetry.tracing import JobTracer, build_resource, span_to_json
 
@@ -190,7 +191,20 @@ class JobTelemetry:
         for line in pending:
             self.job.append_log(line)
         self.sidecar_key = self.spool.sidecar_public_key()
-        if self.sidecar_key is not None and logs_blob_uri:
+        if (
+            self.sidecar_key is not None
+            and logs_blob_uri
+            and FORMAT_VERSION not in self.spool.sidecar_sealing_versions()
+        ):
+            # A sidecar older than this sealing format: it could not open what
+            # we seal and would drop the job's log, so it gets nothing and
+            # close() uploads the log (docs/spool.md, credentials.sealed).
+            self._log.phase("telemetry").info(
+                "the sidecar does not open credentials.sealed version {}: "
+                "the runtime uploads the job log itself",
+                FORMAT_VERSION,
+            )
+        elif self.sidecar_key is not None and logs_blob_uri:
             try:
                 sealed = seal(self.sidecar_key, json.dumps({"logsBlobUri": logs_blob_uri}).encode())
                 self.sealed = self.job.write_sealed(sealed)

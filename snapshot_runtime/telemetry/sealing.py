@@ -2,18 +2,40 @@
 
 The runtime must pass the job's ``logsBlobUri`` (a SAS URL) to the sidecar
 through the spool, where no record may hold a secret (I5). It seals it to the
-sidecar's X25519 public key: an ephemeral X25519 key pair, ECDH with the
-sidecar's static key, HKDF-SHA256 over the shared secret (salt = epk || pk),
-then ChaCha20-Poly1305 with a random 96-bit nonce. Only the holder of the
-private key can open it; any change to the text is detected.
+sidecar's X25519 public key with libsodium's sealed box (PyNaCl
+``SealedBox``: an ephemeral X25519 key, XSalsa20-Poly1305, the nonce derived
+from both public keys). Only the holder of the private key can open it; any
+change to the text is detected.
+
+Two formats exist (``credentials.sealed`` in docs/spool.md):
+
+* version 2, written by ``seal``: ``{"version": 2, "alg": ALG_V2, "box": b64}``;
+* version 1, no ``version`` field: ``{"alg": ALG_V1, "epk", "nonce", "ct"}``,
+  the hand-rolled construction this project used before (X25519, HKDF-SHA256
+  with salt epk || pk, ChaCha20-Poly1305). ``unseal`` still opens it, so a
+  sidecar upgraded while a job of the previous runtime is running loses
+  nothing; nothing here writes it any more (tests/support/sealing_v1.py keeps
+  the old writer to prove that).
+
+Both use the same key pair: the sidecar's key file (PKCS8 PEM) holds a plain
+X25519 private key, whose 32 raw bytes are what PyNaCl's ``PrivateKey``
+takes, so an upgrade needs no new key.
+
+Which versions a sidecar opens, it says in ``<spool>/sidecar.sealing``
+(``versions_document``; sidecars before version 2 write no such file). The
+runtime seals only when the current version is listed (``parse_versions``),
+and otherwise uploads the job log itself: an older sidecar is never handed a
+text it cannot open.
 
 Pure: no file or network I/O. Shared API (the sidecar imports exactly these
 names; keep them stable):
 
 * ``generate_keypair() -> (private_key_pem, public_key_raw)``
-* ``seal(public_key_raw, plaintext) -> str`` (JSON ``{"alg","epk","nonce","ct"}``)
-* ``unseal(private_key_pem, sealed) -> bytes``; ``ValueError`` on tamper,
-  wrong key or bad format.
+* ``seal(public_key_raw, plaintext) -> str`` (version 2)
+* ``unseal(private_key_pem, sealed) -> bytes`` (version 2 or 1); ``ValueError``
+  on tamper, wrong key or bad format.
+* ``public_key_of(private_key_pem) -> bytes``: the raw public key PyNaCl
+  derives from the key file (the sidecar checks its files with it).
 """
 
 from __future__ import annotations
@@ -21,93 +43,155 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from nacl.exceptions import CryptoError
+from nacl.public import PrivateKey, PublicKey, SealedBox
 
-__all__ = ["ALG", "generate_keypair", "seal", "unseal"]
+__all__ = [
+    "ALG_V1",
+    "ALG_V2",
+    "FORMAT_VERSION",
+    "VERSIONS_FILE",
+    "generate_keypair",
+    "parse_versions",
+    "public_key_of",
+    "seal",
+    "unseal",
+    "versions_document",
+]
 
-ALG = "X25519-HKDF-SHA256-ChaCha20Poly1305"
+FORMAT_VERSION = 2
+# Versions ``unseal`` opens; published by the sidecar in VERSIONS_FILE.
+_OPENS = (1, 2)
+VERSIONS_FILE = "sidecar.sealing"
+ALG_V2 = "X25519-XSalsa20Poly1305-SealedBox"
+ALG_V1 = "X25519-HKDF-SHA256-ChaCha20Poly1305"
 
-_INFO = b"snapshot-runtime/sealing/v1"
-_KEY_LEN = 32
-_NONCE_LEN = 12
+_V1_INFO = b"snapshot-runtime/sealing/v1"
+_V1_KEY_LEN = 32
+_V1_NONCE_LEN = 12
 
 
 def generate_keypair() -> tuple[bytes, bytes]:
-    """A new key pair: (private key PEM, PKCS8 unencrypted; raw 32-byte public key)."""
-    private = X25519PrivateKey.generate()
-    pem = private.private_bytes(
+    """A new key pair: (private key PEM, PKCS8 unencrypted; raw 32-byte public key).
+
+    PEM, not PyNaCl's raw bytes, because that is the key file's format since
+    version 1: both versions of the sidecar read the same file.
+    """
+    private = PrivateKey.generate()
+    pem = X25519PrivateKey.from_private_bytes(bytes(private)).private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    return pem, _raw_public(private.public_key())
+    return pem, bytes(private.public_key)
+
+
+def versions_document() -> bytes:
+    """What the sidecar publishes in ``<spool>/sidecar.sealing``: the versions it opens."""
+    return json.dumps({"versions": list(_OPENS)}).encode() + b"\n"
+
+
+def parse_versions(data: bytes | None) -> frozenset[int]:
+    """The versions a ``sidecar.sealing`` document lists; empty when absent or malformed."""
+    if not data:
+        return frozenset()
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return frozenset()
+    versions = doc.get("versions") if isinstance(doc, dict) else None
+    if not isinstance(versions, list):
+        return frozenset()
+    return frozenset(v for v in versions if isinstance(v, int) and not isinstance(v, bool))
 
 
 def seal(public_key_raw: bytes, plaintext: bytes) -> str:
     """Encrypt ``plaintext`` so only the holder of the matching private key reads it."""
     try:
-        recipient = X25519PublicKey.from_public_bytes(bytes(public_key_raw))
-    except ValueError as exc:
-        raise ValueError("public key must be 32 raw X25519 bytes") from exc
-    ephemeral = X25519PrivateKey.generate()
-    epk = _raw_public(ephemeral.public_key())
-    key = _derive(ephemeral.exchange(recipient), epk, _raw_public(recipient))
-    nonce = os.urandom(_NONCE_LEN)
-    ct = ChaCha20Poly1305(key).encrypt(nonce, plaintext, _aad(epk))
+        box = SealedBox(PublicKey(bytes(public_key_raw))).encrypt(plaintext)
+    except CryptoError as exc:  # wrong length, or a key libsodium refuses (low order)
+        raise ValueError("public key must be 32 raw X25519 bytes of a usable key") from exc
     return json.dumps(
-        {"alg": ALG, "epk": _b64(epk), "nonce": _b64(nonce), "ct": _b64(ct)},
+        {"version": FORMAT_VERSION, "alg": ALG_V2, "box": _b64(box)},
         sort_keys=True,
     )
 
 
 def unseal(private_key_pem: bytes, sealed: str) -> bytes:
-    """Open a ``seal`` result; ``ValueError`` on tamper, wrong key or bad format."""
+    """Open a sealed text of version 2 or 1; ``ValueError`` on tamper, wrong key or format."""
+    private = _load_private(private_key_pem)
+    try:
+        doc = json.loads(sealed)
+    except (ValueError, TypeError) as exc:
+        raise ValueError("sealed text is not JSON") from exc
+    if not isinstance(doc, dict):
+        raise ValueError("sealed text is not a JSON object")
+    version, alg = doc.get("version"), doc.get("alg")
+    if version == FORMAT_VERSION and alg == ALG_V2:
+        box = _unb64(doc.get("box"), "box")
+        try:
+            return SealedBox(PrivateKey(_raw_private(private))).decrypt(box)
+        except CryptoError as exc:  # too short, altered, or sealed to another key
+            raise ValueError("sealed text was tampered with or sealed to another key") from exc
+    if version is None and alg == ALG_V1:  # version 1 wrote no version field
+        return _unseal_v1(private, doc)
+    raise ValueError(
+        f"sealed text is neither version {FORMAT_VERSION} ({ALG_V2}) nor version 1 ({ALG_V1})"
+    )
+
+
+def public_key_of(private_key_pem: bytes) -> bytes:
+    """The raw 32-byte public key of a PEM key file, as PyNaCl (which opens version 2) sees it."""
+    return bytes(PrivateKey(_raw_private(_load_private(private_key_pem))).public_key)
+
+
+def _raw_private(private: X25519PrivateKey) -> bytes:
+    return private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+
+
+def _load_private(private_key_pem: bytes) -> X25519PrivateKey:
     try:
         private = serialization.load_pem_private_key(private_key_pem, password=None)
     except (ValueError, TypeError) as exc:
         raise ValueError("private key is not an unencrypted PKCS8 PEM") from exc
     if not isinstance(private, X25519PrivateKey):
         raise ValueError("private key is not an X25519 key")
-    try:
-        doc = json.loads(sealed)
-    except (ValueError, TypeError) as exc:
-        raise ValueError("sealed text is not JSON") from exc
-    if not isinstance(doc, dict) or doc.get("alg") != ALG:
-        raise ValueError(f"sealed text is not {ALG}")
+    return private
+
+
+# --- version 1: decode only ----------------------------------------------------------
+# Kept so that credentials sealed by a runtime of the previous version (a job
+# that was running while the package was upgraded) still open. Remove once no
+# such runtime can exist: one release after version 2 shipped.
+
+
+def _unseal_v1(private: X25519PrivateKey, doc: dict[str, object]) -> bytes:
     epk = _unb64(doc.get("epk"), "epk")
     nonce = _unb64(doc.get("nonce"), "nonce")
     ct = _unb64(doc.get("ct"), "ct")
-    if len(nonce) != _NONCE_LEN:
+    if len(nonce) != _V1_NONCE_LEN:
         raise ValueError("bad nonce length")
     try:
-        peer = X25519PublicKey.from_public_bytes(epk)
-        shared = private.exchange(peer)
+        shared = private.exchange(X25519PublicKey.from_public_bytes(epk))
     except ValueError as exc:
         raise ValueError("bad ephemeral public key") from exc
-    key = _derive(shared, epk, _raw_public(private.public_key()))
+    recipient = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=_V1_KEY_LEN, salt=epk + recipient, info=_V1_INFO)
+    aad = ALG_V1.encode("ascii") + b"\x00" + epk
     try:
-        return ChaCha20Poly1305(key).decrypt(nonce, ct, _aad(epk))
+        return ChaCha20Poly1305(hkdf.derive(shared)).decrypt(nonce, ct, aad)
     except InvalidTag as exc:
         raise ValueError("sealed text was tampered with or sealed to another key") from exc
-
-
-def _derive(shared: bytes, epk: bytes, recipient_pk: bytes) -> bytes:
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=_KEY_LEN, salt=epk + recipient_pk, info=_INFO)
-    return hkdf.derive(shared)
-
-
-def _aad(epk: bytes) -> bytes:
-    return ALG.encode("ascii") + b"\x00" + epk
-
-
-def _raw_public(key: X25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def _b64(data: bytes) -> str:

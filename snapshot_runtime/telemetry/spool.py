@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from snapshot_runtime.core.atomic_file import write_atomic
+from snapshot_runtime.telemetry.sealing import VERSIONS_FILE, parse_versions
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -150,6 +151,14 @@ class Spool:
         except OSError:
             return None
         return parse_public_key(data)
+
+    def sidecar_sealing_versions(self) -> frozenset[int]:
+        """The credentials.sealed versions the sidecar opens (empty: a sidecar before 2)."""
+        try:
+            with open(os.path.join(self.root, VERSIONS_FILE), "rb") as fh:
+                return parse_versions(fh.read(4096))
+        except OSError:
+            return frozenset()
 
     def open_job(self, task_id: str) -> JobSpool:
         """Create and lock a new job directory (``<name>``, else ``<name>~2``, ``~3``...)."""

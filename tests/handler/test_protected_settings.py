@@ -26,14 +26,13 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
-from snapshot_runtime.handler.protected_settings import (
-    SUPPORTED_CONTENT_CIPHERS,
-    decrypt_protected_settings,
+from snapshot_runtime.handler.certificates import (
     load_certificate_pair,
     normalise_thumbprint,
-    parse_envelope,
     thumbprint,
 )
+from snapshot_runtime.handler.cms import SUPPORTED_CONTENT_CIPHERS, parse_envelope
+from snapshot_runtime.handler.protected_settings import decrypt_protected_settings
 from tests.support.handlerkit import (
     TransportCert,
     encrypt_protected,

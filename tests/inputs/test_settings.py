@@ -680,7 +680,7 @@ def test_settings_file_under_a_symlinked_parent_is_refused(safe_dir: Path) -> No
     assert f"fix: pass the real path {real}" in err.message
 
 
-@pytest.mark.parametrize(("mode", "uid"), [(0o777, 0), (0o1777, 0), (0o700, 65534)])
+@pytest.mark.parametrize(("mode", "uid"), [(0o777, 0), (0o1777, 65534), (0o775, 0), (0o700, 65534)])
 def test_settings_file_in_an_unsafe_directory_is_refused(
     safe_dir: Path, mode: int, uid: int
 ) -> None:
@@ -691,6 +691,16 @@ def test_settings_file_in_an_unsafe_directory_is_refused(
     path = _write_secret(parent / "0.settings", json.dumps(handler_file()))
     err = _load_error(path)
     assert "unsafe directory" in err.message and str(parent) in err.message, err.message
+
+
+def test_settings_file_below_a_root_sticky_directory_is_accepted(safe_dir: Path) -> None:
+    # The plugin config's rule (issue 12): a root-owned sticky directory stops other
+    # users from replacing root's entries, and the file itself is root's and 0600.
+    parent = safe_dir / "sticky"
+    parent.mkdir()
+    os.chmod(parent, 0o1777)
+    path = _write_secret(parent / "0.settings", json.dumps(handler_file()))
+    assert load_settings_file(str(path)) == parse_handler_settings(handler_file())
 
 
 def test_the_handlers_memfd_is_accepted() -> None:

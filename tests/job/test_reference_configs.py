@@ -99,7 +99,7 @@ def test_job_runs_a_tolerated_config_and_reports_its_warnings(
     assert (status["status"], status["code"]) == ("success", "0")
     assert status["vmHealthInfo"] == {"vmHealthState": 128, "vmHealthStatusCode": 320}
     assert telemetry_of(blob_doc)["warnings"] == f"{CONV},{ADJ}"
-    assert telemetry_of(blob_doc)["consistencyType"] == "application"
+    assert telemetry_of(blob_doc)["consistencyType"] == "applicationConsistent"
     file_doc = json.loads(ws.status_file(task_id).read_text())
     assert file_doc[0]["status"]["status"] == "success"
     assert json.loads(file_doc[0]["status"]["substatus"][0]["name"]) == blob_doc

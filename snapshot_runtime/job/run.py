@@ -186,7 +186,6 @@ class _Job:
             except ConfigError as exc:
                 self.state.config_state = "invalid"
                 self.state.config_error = exc.code
-                self.state.config_message = exc.message
                 ph.warn(exc.code, exc.message)
                 log.warning("plugin config {} rejected: {}", path, exc.message)
                 return
@@ -401,7 +400,6 @@ class _Job:
                 fs_freeze_enabled=config.fs_freeze_enabled if config else True,
                 pre_error=script_error(self.state.pre),
             )
-            self.state.decision = decision
             if decision.proceed:
                 self.freeze_and_snapshot(decision.freeze)
             else:

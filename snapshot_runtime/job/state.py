@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from snapshot_runtime.core.consistency import ConfigState, ProceedDecision, Verdict, verdict
+from snapshot_runtime.core.consistency import ConfigState, Verdict, verdict
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
 from snapshot_runtime.core.phases import PhaseRecord
 from snapshot_runtime.freeze.mounts import FreezePlan
@@ -44,11 +44,9 @@ class JobState:
     config: PluginConfig | None = None
     config_state: ConfigState = "absent"
     config_error: ErrorCode | None = None
-    config_message: str | None = None
     pre: ScriptResult | None = None
     post: ScriptResult | None = None
     plan: FreezePlan | None = None
-    decision: ProceedDecision | None = None
     # The snapshot backend chosen before the freeze (None: every one declined),
     # and the ones that declined first, with their reasons (docs/snapshot-backends.md).
     backend: str | None = None

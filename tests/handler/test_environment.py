@@ -37,10 +37,10 @@ from snapshot_runtime.handler.environment import (
 from snapshot_runtime.handler.guards import (
     COMMAND_DEADLINE,
     MAX_PROCESSED,
-    JobLock,
     ProcessedTasks,
     command_too_late,
 )
+from snapshot_runtime.job.lock import JobLock
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {

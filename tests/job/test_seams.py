@@ -270,6 +270,10 @@ class UnguardedFreezer:
         self._calls.steps.append("thaw")
         return self._session.thaw()
 
+    @property
+    def already_frozen(self) -> tuple[str, ...]:
+        return self._session.already_frozen
+
 
 def test_the_job_freezes_through_the_injected_freezer(
     azurite: Azurite, ws: Workspace, ext4: LoopFs

@@ -78,6 +78,10 @@ class FrozenWindowSequence:
             with self.phases.phase("prepare") as ph:
                 snapshotter = self._choose_backend()
                 ph.attributes["snapshot_backend"] = self.state.backend or "none"
+                if self.state.backends_declined:
+                    ph.attributes["snapshot_backends_declined"] = [
+                        f"{d.name}: {d.reason}" for d in self.state.backends_declined
+                    ]
                 if snapshotter is None:
                     ph.fail(ErrorCode.SNAPSHOT_FAILED, self._no_backend_message())
                     self.state.snapshot = _no_backend_result(self._no_backend_message())

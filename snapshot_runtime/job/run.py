@@ -113,6 +113,15 @@ class _Job:
                 self.refused = True
                 self.refused_by = self.lock.holder()
                 self.lock = None
+        try:
+            self._set_up(options, span_exporter)
+        except BaseException:
+            # run() never comes: do not keep the machine's only job slot.
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _set_up(self, options: JobOptions, span_exporter: SpanExporter | None) -> None:
         if options.telemetry and options.recover and not self.refused:
             # Before our own log exists: replayed lines precede this job's lines.
             try:

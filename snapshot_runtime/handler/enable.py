@@ -48,7 +48,6 @@ from snapshot_runtime.handler.environment import (
     write_last_sequence,
 )
 from snapshot_runtime.handler.guards import (
-    JobLock,
     command_too_late,
     reset_guards_on_new_identity,
 )
@@ -56,6 +55,7 @@ from snapshot_runtime.handler.protected_settings import decrypt_protected_settin
 from snapshot_runtime.handler.status import Reported, Reporter
 from snapshot_runtime.inputs.machine import read_vm_identity, utcnow
 from snapshot_runtime.inputs.settings import HandlerSettings, parse_handler_settings
+from snapshot_runtime.job.lock import JobLock
 from snapshot_runtime.job.status_document import TEMP_TERMINAL_MESSAGE, StatusValue
 
 __all__ = ["run_enable"]

@@ -37,7 +37,6 @@ from snapshot_runtime.handler.environment import (
 from snapshot_runtime.handler.guards import (
     COMMAND_DEADLINE,
     MAX_PROCESSED,
-    JobLock,
     ProcessedTasks,
     command_too_late,
 )
@@ -47,6 +46,7 @@ from snapshot_runtime.inputs.vmbackup_conf import (
     parse_custom_settings,
     parse_vmbackup_conf,
 )
+from snapshot_runtime.job.lock import JobLock
 from tests.support.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[2]

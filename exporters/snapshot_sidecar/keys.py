@@ -18,11 +18,12 @@ from pathlib import Path
 
 from snapshot_runtime.core.atomic_file import write_atomic
 from snapshot_runtime.telemetry.sealing import generate_keypair, unseal
+from snapshot_runtime.telemetry.spool_schema import SIDECAR_PUB_FILE
 
 __all__ = ["PRIVATE_FILE", "PUBLIC_FILE", "Keys"]
 
 PRIVATE_FILE = "sidecar.key"
-PUBLIC_FILE = "sidecar.pub"
+PUBLIC_FILE = SIDECAR_PUB_FILE  # the same name in the state directory as in the spool
 
 
 class Keys:

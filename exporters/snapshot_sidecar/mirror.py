@@ -38,7 +38,6 @@ ledger's lock to commit. Blocking: network requests, each bounded by the
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -53,6 +52,7 @@ from snapshot_runtime.core.redact import Redactor, strip_sas
 from snapshot_runtime.snapshot.blob_requests import blob_client, sas_redactor
 from snapshot_runtime.snapshot.blob_retry import Attempt, BlobPolicy, call_with_retries
 from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError
+from snapshot_runtime.telemetry.spool_schema import LOG_FILE, line_seq
 from snapshot_sidecar.blob_targets import (
     BLOCK_BYTES,
     BlockLimitError,
@@ -61,7 +61,7 @@ from snapshot_sidecar.blob_targets import (
     open_target,
 )
 from snapshot_sidecar.keys import Keys
-from snapshot_sidecar.spool_reader import LOG_FILE, RecordError, SpoolReader
+from snapshot_sidecar.spool_reader import RecordError, SpoolReader
 from snapshot_sidecar.state import TERMINAL, JobState, Ledger
 
 __all__ = ["LogMirror", "MirrorConfig"]
@@ -122,12 +122,7 @@ class _Job:
 
 
 def _last_seq(data: bytes) -> int | None:
-    line = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
-    try:
-        seq = json.loads(line).get("seq")
-    except (ValueError, AttributeError):
-        return None
-    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+    return line_seq(data.rstrip(b"\n").rsplit(b"\n", 1)[-1])
 
 
 class LogMirror:
@@ -265,7 +260,11 @@ class LogMirror:
             mem.backoff = 0.0
 
     def _open_credentials(self, name: str, mem: _Job, *, finished: bool) -> bool:
-        sealed = self.reader.read_sealed(name)
+        try:
+            sealed = self.reader.read_sealed(name)
+        except (OSError, ValueError) as exc:
+            self._abandon(name, "unseal", f"credentials.sealed: {exc}")
+            return False
         if sealed is None:
             if finished:
                 # No logsBlobUri for us: the runtime mirrored it itself, or the

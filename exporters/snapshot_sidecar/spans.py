@@ -35,7 +35,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from snapshot_sidecar.spool_reader import SPANS_FILE, RecordError, SpoolReader
+from snapshot_runtime.telemetry.spool_schema import SPANS_FILE, SpoolFormatError, loads_bounded
+from snapshot_sidecar.spool_reader import RecordError, SpoolReader
 from snapshot_sidecar.state import TERMINAL, Ledger
 
 __all__ = ["SpanConfig", "SpanForwarder", "span_from_json"]
@@ -144,8 +145,8 @@ def parse_lines(data: bytes) -> tuple[list[ReadableSpan], int]:
         if not line.strip():
             continue
         try:
-            spans.append(span_from_json(json.loads(line)))
-        except (ValueError, KeyError, TypeError):
+            spans.append(span_from_json(loads_bounded(line)))
+        except (SpoolFormatError, ValueError, KeyError, TypeError):
             invalid += 1
     return spans, invalid
 

@@ -19,7 +19,7 @@ import pytest
 from snapshot_runtime import cli
 from snapshot_runtime.job.run import run_job
 from snapshot_runtime.telemetry.sealing import generate_keypair, unseal
-from snapshot_runtime.telemetry.spool import complete_lines
+from snapshot_runtime.telemetry.spool_schema import complete_lines
 from tests.freeze_support import wait_frozen, writable_within
 from tests.support import jobkit
 from tests.support.azurite import Azurite

@@ -23,7 +23,7 @@ from opentelemetry.trace import StatusCode
 from snapshot_runtime.core.redact import scrub
 from snapshot_runtime.job.run import run_job
 from snapshot_runtime.telemetry.sealing import generate_keypair
-from snapshot_runtime.telemetry.spool import complete_lines
+from snapshot_runtime.telemetry.spool_schema import complete_lines
 from snapshot_runtime.telemetry.tracing import (
     JobTracer,
     build_resource,

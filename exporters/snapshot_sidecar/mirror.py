@@ -62,7 +62,7 @@ from snapshot_sidecar.blob_targets import (
 )
 from snapshot_sidecar.keys import Keys
 from snapshot_sidecar.spool_reader import RecordError, SpoolReader
-from snapshot_sidecar.state import TERMINAL, JobState, Ledger
+from snapshot_sidecar.state import TERMINAL, JobProgress, Ledger
 
 __all__ = ["LogMirror", "MirrorConfig"]
 
@@ -206,7 +206,7 @@ class LogMirror:
 
     # -- one job -------------------------------------------------------------------
 
-    def _mirror(self, name: str, job: JobState) -> None:
+    def _mirror(self, name: str, job: JobProgress) -> None:
         mem = self._job(name)
         now = self.clock()
         if now < mem.next_try:
@@ -255,7 +255,7 @@ class LogMirror:
                     self._retry_later(name, None)
                     return
                 continue
-            self._advance(job, chunk.data, chunk.lines, result.size, result.blocks)
+            self._advance(job, chunk.data, chunk.lines, result.size)
             mem.waiting_since = None
             mem.backoff = 0.0
 
@@ -284,7 +284,7 @@ class LogMirror:
         mem.url, mem.redact = url, sas_redactor(url)
         return True
 
-    def _open_target(self, name: str, job: JobState, mem: _Job) -> bool:
+    def _open_target(self, name: str, job: JobProgress, mem: _Job) -> bool:
         client = mem.client
         assert client is not None
         known = job.log.blob_type
@@ -306,8 +306,7 @@ class LogMirror:
         with self.ledger.transaction():
             if job.log.blob_type is None:
                 job.log.blob_type = opened.target.blob_type
-                job.log.blob_base = job.log.blob_offset = opened.target.size
-                job.log.blocks = opened.target.blocks
+                job.log.blob_offset = opened.target.size
             job.log.status = "active"
         _log.info(
             "job %s: mirroring log to %s (%s, %s, at %d)",
@@ -335,7 +334,7 @@ class LogMirror:
             stop=self.stop,
         )
 
-    def _advance(self, job: JobState, data: bytes, lines: int, size: int, blocks: int) -> None:
+    def _advance(self, job: JobProgress, data: bytes, lines: int, size: int) -> None:
         seq = _last_seq(data)
         with self.ledger.transaction() as state:
             job.log.offset += len(data)
@@ -343,12 +342,11 @@ class LogMirror:
             if seq is not None:
                 job.log.seq = seq
             job.log.blob_offset = size
-            job.log.blocks = blocks
             state.metrics.inc("vmsnap_sidecar_log_mirror_bytes_total", (), len(data))
             state.metrics.inc("vmsnap_sidecar_log_mirror_lines_total", (), lines)
             state.metrics.inc("vmsnap_sidecar_log_mirror_writes_total")
 
-    def _resolve(self, name: str, job: JobState, size: int, target: LogTarget) -> bool:
+    def _resolve(self, name: str, job: JobProgress, size: int, target: LogTarget) -> bool:
         """The blob ends at ``size``, not at our offset: did our write land? True: go on."""
         ours = job.log.blob_offset
         extra = size - ours
@@ -365,7 +363,7 @@ class LogMirror:
                     _log.info(
                         "job %s: %d bytes at blob offset %d were ours already", name, extra, ours
                     )
-                    self._advance(job, mine, mine.count(b"\n"), size, target.blocks)
+                    self._advance(job, mine, mine.count(b"\n"), size)
                     return True
         if extra == 0:
             return True  # e.g. an etag change without new bytes: write again

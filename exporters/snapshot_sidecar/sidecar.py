@@ -34,7 +34,7 @@ from snapshot_sidecar.ingest import apply_record, apply_watchdog_report
 from snapshot_sidecar.mirror import LogMirror, MirrorConfig
 from snapshot_sidecar.spans import SpanConfig, SpanForwarder
 from snapshot_sidecar.spool_reader import JobRecord, RecordError, SpoolReader
-from snapshot_sidecar.state import JobState, Ledger
+from snapshot_sidecar.state import JobProgress, Ledger
 
 __all__ = ["DEFAULT_SPOOL", "DEFAULT_STATE_DIR", "Sidecar", "SidecarConfig", "StateDirLocked"]
 
@@ -241,7 +241,7 @@ class Sidecar:
                 state.metrics.inc("vmsnap_jobs_abandoned_total")
             _log.warning("job %s: runtime gone before completing; abandoned", name)
 
-    def _count(self, name: str, job: JobState, record: JobRecord, now: float) -> None:
+    def _count(self, name: str, job: JobProgress, record: JobRecord, now: float) -> None:
         # Exactly once: the values and the mark are committed in one write.
         if record.raw.get("interrupted") is True:
             # Completed on behalf of a dead runtime by the next run's recovery
@@ -272,13 +272,13 @@ class Sidecar:
             record.error or "no error",
         )
 
-    def _abandoned(self, name: str, record: JobRecord, job: JobState, now: float) -> bool:
+    def _abandoned(self, name: str, record: JobRecord, job: JobProgress, now: float) -> bool:
         if record.pid is not None and self.backstop is not None:
             return self.backstop.runtime_dead(record, self.reader.job_path(name))
         last = record.updated_at or job.first_seen
         return now - last > self.config.abandon_seconds
 
-    def _backstop(self, name: str, job: JobState, record: JobRecord) -> None:
+    def _backstop(self, name: str, job: JobProgress, record: JobRecord) -> None:
         assert self.backstop is not None
         mountpoints = self.backstop.due(record, self.reader.job_path(name))
         if mountpoints is None:
@@ -345,9 +345,6 @@ class Sidecar:
             ]
         if not done:
             return
-        with self.ledger.transaction() as state:
-            for name in done:
-                state.jobs[name].removed = True
         removed = []
         for name in done:
             path = self.reader.job_path(name)

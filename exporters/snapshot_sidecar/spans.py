@@ -246,7 +246,6 @@ class SpanForwarder:
                     return False
             with self.ledger.transaction() as state:
                 job.spans.offset = chunk.end
-                job.spans.lines += chunk.lines
                 state.metrics.inc("vmsnap_sidecar_spans_exported_total", (), len(spans))
                 if invalid:
                     state.metrics.inc("vmsnap_sidecar_spans_dropped_total", ("invalid",), invalid)
@@ -274,7 +273,6 @@ class SpanForwarder:
         chunk = self.reader.read_lines(name, SPANS_FILE, job.spans.offset, max(1, size))
         with self.ledger.transaction() as state:
             job.spans.offset = chunk.end
-            job.spans.lines += chunk.lines
             state.metrics.inc("vmsnap_sidecar_spans_dropped_total", (reason,), chunk.lines)
             if self._finished(name):
                 job.spans.status = "failed"

@@ -60,6 +60,7 @@ from snapshot_sidecar.blob_targets import (
     WriteResult,
     open_target,
 )
+from snapshot_sidecar.forwarders import ForwardResult, Guard
 from snapshot_sidecar.keys import Keys
 from snapshot_sidecar.spool_reader import RecordError, SpoolReader
 from snapshot_sidecar.state import TERMINAL, JobProgress, Ledger
@@ -126,6 +127,10 @@ def _last_seq(data: bytes) -> int | None:
 
 
 class LogMirror:
+    """The log mirror: a ``Forwarder`` (forwarders.py) of log.jsonl to logsBlobUri."""
+
+    name = "mirror"
+
     def __init__(
         self,
         reader: SpoolReader,
@@ -144,11 +149,16 @@ class LogMirror:
         self.stop = stop or threading.Event()
         self._jobs: dict[str, _Job] = {}
         self._finished: list[tuple[str, str]] = []
+        self._guard = Guard(ledger)
 
     # -- the loop ------------------------------------------------------------------
 
-    def step(self) -> None:
-        """One pass over every job with unmirrored lines; updates the backlog gauges."""
+    def step(self) -> ForwardResult:
+        """One pass over every job with unmirrored lines (never raises: ``Forwarder``)."""
+        return self._guard.run(self.name, self._pass)
+
+    def _pass(self) -> None:
+        """Mirror what each pending job has; updates the backlog gauges."""
         with self.ledger.locked() as state:
             names = [n for n, j in state.jobs.items() if j.log.status not in TERMINAL]
         for name in names:

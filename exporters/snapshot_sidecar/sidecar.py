@@ -1,11 +1,13 @@
-"""The sidecar's main loop: ingest the spool, thaw what was left frozen, mirror, forward.
+"""The sidecar's main loop: ingest the spool, thaw what was left frozen, forward.
 
 Threads (``Sidecar.run``):
 
 * main: every ``poll_seconds``, ``ingest()`` (new complete records counted
   exactly once, abandoned jobs, watchdog reports, the backstop) and
   ``cleanup()`` (job directories fully handled are removed);
-* ``mirror``: ``LogMirror.step()`` in a loop; ``spans``: ``SpanForwarder.step()``;
+* one per forwarder (``forwarders.Forwarder``; ``standard_forwarders`` is the
+  list: ``mirror`` = ``LogMirror``, ``spans`` = ``SpanForwarder``), each
+  running its ``step()`` in a loop;
 * ``metrics-http``: the /metrics server.
 
 A slow or failing blob endpoint or collector therefore never delays ingestion,
@@ -24,19 +26,30 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opentelemetry.sdk.trace.export import SpanExporter
+
 from snapshot_runtime.core.defaults import DEFAULT_SPOOL_DIR
 from snapshot_sidecar.backstop import Backstop
+from snapshot_sidecar.forwarders import Forwarder, Guard
 from snapshot_sidecar.ingest import apply_record, apply_watchdog_report
+from snapshot_sidecar.keys import Keys
 from snapshot_sidecar.mirror import LogMirror, MirrorConfig
 from snapshot_sidecar.spans import SpanConfig, SpanForwarder
 from snapshot_sidecar.spool_reader import JobRecord, RecordError, SpoolReader
 from snapshot_sidecar.state import JobProgress, Ledger
 
-__all__ = ["DEFAULT_SPOOL", "DEFAULT_STATE_DIR", "Sidecar", "SidecarConfig", "StateDirLocked"]
+__all__ = [
+    "DEFAULT_SPOOL",
+    "DEFAULT_STATE_DIR",
+    "Sidecar",
+    "SidecarConfig",
+    "StateDirLocked",
+    "standard_forwarders",
+]
 
 DEFAULT_SPOOL = DEFAULT_SPOOL_DIR
 DEFAULT_STATE_DIR = "/var/lib/snapshot-sidecar"
@@ -65,19 +78,20 @@ class StateDirLocked(RuntimeError):
     """Another sidecar holds this state directory."""
 
 
-class _Throttle:
-    """Log a repeated error at most once per ``seconds`` per key (DuplicateFilter-like)."""
-
-    def __init__(self, seconds: float = 60.0) -> None:
-        self.seconds = seconds
-        self._last: dict[str, float] = {}
-
-    def allow(self, key: str) -> bool:
-        now = time.monotonic()
-        if now - self._last.get(key, -self.seconds) >= self.seconds:
-            self._last[key] = now
-            return True
-        return False
+def standard_forwarders(
+    reader: SpoolReader,
+    ledger: Ledger,
+    keys: Keys,
+    config: SidecarConfig,
+    *,
+    exporter: SpanExporter | None,
+    stop: threading.Event | None = None,
+) -> list[Forwarder]:
+    """The sinks every job's output goes to: one line per ``Forwarder``."""
+    return [
+        LogMirror(reader, ledger, keys, config.mirror, stop=stop),
+        SpanForwarder(reader, ledger, exporter, config.spans, stop=stop),
+    ]
 
 
 def lock_state_dir(state_dir: str | os.PathLike[str]) -> int:
@@ -99,8 +113,7 @@ class Sidecar:
         *,
         reader: SpoolReader,
         ledger: Ledger,
-        mirror: LogMirror,
-        spans: SpanForwarder,
+        forwarders: Sequence[Forwarder],
         backstop: Backstop | None,
         config: SidecarConfig,
         clock: Callable[[], float] = time.time,
@@ -108,34 +121,41 @@ class Sidecar:
     ) -> None:
         self.reader = reader
         self.ledger = ledger
-        self.mirror = mirror
-        self.spans = spans
+        self.forwarders = list(forwarders)
         self.backstop = backstop
         self.config = config
         self.clock = clock
         self.stop = stop or threading.Event()
-        self._throttle = _Throttle()
+        self._guard = Guard(ledger)
         self._invalid_seen: set[tuple[str, str]] = set()
         # record.json (mtime, size, inode) when last read, per job directory.
         self._stats: dict[str, tuple[int, int, int]] = {}
-        self._wakes = {"mirror": threading.Event(), "spans": threading.Event()}
+        self._wakes = {f.name: threading.Event() for f in self.forwarders}
         self._new = 0  # jobs first seen in the last pass
         self._more = False  # the last pass stopped at max_new_jobs_per_pass
 
     # -- passes ------------------------------------------------------------------------
 
+    def forwarder(self, name: str) -> Forwarder:
+        return next(f for f in self.forwarders if f.name == name)
+
+    def close(self) -> None:
+        """Close every forwarder (after the last step)."""
+        for forwarder in self.forwarders:
+            self._guard.run(forwarder.name, forwarder.close)
+
     def run_once(self) -> None:
         """One pass of everything, on this thread."""
         self._guarded("ingest", self.ingest)
-        self._guarded("mirror", self.mirror.step)
-        self._guarded("spans", self.spans.step)
+        for forwarder in self.forwarders:
+            forwarder.step()
         self._guarded("ingest", self.cleanup)
 
     def run(self, on_started: Callable[[], None] | None = None) -> None:
-        """Until ``stop`` is set: the main loop here, mirror and spans on their threads."""
+        """Until ``stop`` is set: the main loop here, each forwarder on its thread."""
         workers = [
-            threading.Thread(target=self._loop, args=("mirror", self.mirror.step), name="mirror"),
-            threading.Thread(target=self._loop, args=("spans", self.spans.step), name="spans"),
+            threading.Thread(target=self._loop, args=(forwarder,), name=forwarder.name)
+            for forwarder in self.forwarders
         ]
         self._guarded("ingest", self.ingest)
         for worker in workers:
@@ -156,27 +176,17 @@ class Sidecar:
             wake.set()
         for worker in workers:
             worker.join(10.0)
-        self.mirror.close()
+        self.close()
 
-    def _loop(self, component: str, step: Callable[[], None]) -> None:
-        wake = self._wakes[component]
+    def _loop(self, forwarder: Forwarder) -> None:
+        wake = self._wakes[forwarder.name]
         while not self.stop.is_set():
-            self._guarded(component, step)
+            forwarder.step()  # never raises (the Forwarder contract)
             wake.wait(self.config.poll_seconds)  # new jobs wake the worker early
             wake.clear()
 
     def _guarded(self, component: str, step: Callable[[], None]) -> None:
-        try:
-            step()
-        except Exception as exc:
-            if self._throttle.allow(f"{component}:{type(exc).__name__}"):
-                _log.exception("%s pass failed (the sidecar goes on)", component)
-            try:
-                with self.ledger.transaction() as state:
-                    state.metrics.inc("vmsnap_sidecar_errors_total", (component,))
-            except OSError:
-                with self.ledger.locked() as state:
-                    state.metrics.inc("vmsnap_sidecar_state_write_errors_total")
+        self._guard.run(component, step)
 
     # -- ingest ------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from snapshot_runtime.telemetry.spool_schema import SPANS_FILE, SpoolFormatError, loads_bounded
+from snapshot_sidecar.forwarders import ForwardResult, Guard
 from snapshot_sidecar.spool_reader import RecordError, SpoolReader
 from snapshot_sidecar.state import TERMINAL, Ledger
 
@@ -152,6 +153,10 @@ def parse_lines(data: bytes) -> tuple[list[ReadableSpan], int]:
 
 
 class SpanForwarder:
+    """The span forwarder: a ``Forwarder`` (forwarders.py) of spans.jsonl over OTLP."""
+
+    name = "spans"
+
     def __init__(
         self,
         reader: SpoolReader,
@@ -171,9 +176,17 @@ class SpanForwarder:
         self.next_try = 0.0
         self.backoff = 0.0
         self._done: list[str] = []
+        self._guard = Guard(ledger)
         ledger.live("vmsnap_sidecar_span_backlog_max_bytes", config.backlog_bytes)
 
-    def step(self) -> None:
+    def step(self) -> ForwardResult:
+        """One pass over every job with spans to export (never raises: ``Forwarder``)."""
+        return self._guard.run(self.name, self._pass)
+
+    def close(self) -> None:
+        """Nothing to release: the exporter is the caller's (cli shuts it down)."""
+
+    def _pass(self) -> ForwardResult:
         with self.ledger.locked() as state:
             names = sorted(
                 (n for n, j in state.jobs.items() if j.spans.status not in TERMINAL),
@@ -181,11 +194,15 @@ class SpanForwarder:
             )
         if self.exporter is None:
             self._disabled(names)
-            return
+            return ForwardResult.SUCCESS
         self._bound(names)
+        result = ForwardResult.SUCCESS
         if self.clock() >= self.next_try:
             for name in names:
-                if self.stop.is_set() or not self._export_job(name):
+                if self.stop.is_set():
+                    break
+                if not self._export_job(name):
+                    result = ForwardResult.FAILURE  # the collector refused: back off
                     break
         if self._done:
             with self.ledger.transaction() as state:
@@ -195,6 +212,7 @@ class SpanForwarder:
                         job.spans.status = "done"
             self._done.clear()
         self.update_backlog()
+        return result
 
     def _finished(self, name: str) -> bool:
         job = self.ledger.state.jobs.get(name)

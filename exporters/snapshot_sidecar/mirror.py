@@ -225,7 +225,7 @@ class LogMirror:
             record = self.reader.read_record(name)
         except RecordError:
             record = None
-        finished = job.abandoned or (record is not None and record.complete)
+        finished = job.finished or (record is not None and record.complete)
         completed_at = job.completed_at if job.completed_at is not None else job.first_seen
         if finished and now - completed_at > self.config.give_up_seconds:
             self._abandon(name, "expired", "not mirrored within the give-up time")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -33,7 +34,8 @@ from pathlib import Path
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from snapshot_runtime.core.defaults import DEFAULT_SPOOL_DIR
-from snapshot_sidecar.backstop import Backstop
+from snapshot_runtime.telemetry.spool_schema import RECORD_FILE
+from snapshot_sidecar.backstop import Backstop, lock_free
 from snapshot_sidecar.forwarders import Forwarder, Guard
 from snapshot_sidecar.ingest import apply_record, apply_watchdog_report
 from snapshot_sidecar.keys import Keys
@@ -191,16 +193,23 @@ class Sidecar:
     # -- ingest ------------------------------------------------------------------------
 
     def ingest(self) -> None:
-        """One scan of the spool; every change of the pass is one commit."""
+        """One scan of the spool; every change of the pass is one commit.
+
+        The backstop pass comes first and on its own: I4 never waits for, or
+        depends on, ingestion. Each job, and the watchdog reports, are ingested
+        in isolation: whatever one of them raises is logged and counted
+        (``errors_total{component="ingest"}``) and the pass goes on.
+        """
         names = self.reader.job_names()
         self.ledger.live("vmsnap_sidecar_spool_jobs", len(names))
+        self._guarded("backstop", lambda: self.backstop_pass(names))
         self._new, self._more = 0, False
         with self.ledger.batch():
             for name in names:
                 if self.stop.is_set():
                     return
-                self._ingest_job(name)
-            self._ingest_watchdog_reports()
+                self._guarded("ingest", functools.partial(self._ingest_job, name))
+            self._guarded("ingest", self._ingest_watchdog_reports)
             present = set(names)
             gone = [n for n in self.ledger.state.jobs if n not in present]
             if gone:
@@ -214,19 +223,16 @@ class Sidecar:
         now = self.clock()
         job = self.ledger.state.jobs.get(name)
         stat = self.reader.record_stat(name)
-        if job is not None and job.complete and stat is not None and self._stats.get(name) == stat:
-            return  # counted, and its record has not changed since: nothing to read
+        settled = job is not None and (job.complete or job.quarantined)
+        if settled and stat is not None and self._stats.get(name) == stat:
+            return  # counted (or quarantined), and its record has not changed since
+        unreadable: RecordError | None = None
         try:
             record = self.reader.read_record(name)
         except RecordError as exc:
-            if (name, exc.reason) not in self._invalid_seen:
-                self._invalid_seen.add((name, exc.reason))
-                _log.warning("job %s: record not ingestible: %s", name, exc)
-                with self.ledger.transaction() as state:
-                    state.metrics.inc("vmsnap_sidecar_records_invalid_total", (exc.reason,))
-            return
-        if record is None:
-            return
+            record, unreadable = None, exc
+        if record is None and unreadable is None:
+            return  # no record yet
         if job is None:
             # Bounded work per pass (and so bounded state and memory while a
             # large spool is caught up): the rest waits for the next pass.
@@ -238,12 +244,17 @@ class Sidecar:
                 job = state.job(name, now=now)
         if stat is not None:
             self._stats[name] = stat
+        if unreadable is not None or record is None:
+            self._unreadable(name, job, unreadable, now)
+            return
+        if job.quarantined:
+            # Rewritten readable after all: from now on an ordinary job.
+            with self.ledger.transaction():
+                job.quarantined = False
         if record.complete:
             if job.run != record.run_id:
                 self._count(name, job, record, now)
             return
-        if self.backstop is not None and not job.backstop:
-            self._backstop(name, job, record)
         if not job.abandoned and self._abandoned(name, record, job, now):
             with self.ledger.transaction() as state:
                 job.abandoned = True
@@ -288,13 +299,65 @@ class Sidecar:
         last = record.updated_at or job.first_seen
         return now - last > self.config.abandon_seconds
 
-    def _backstop(self, name: str, job: JobProgress, record: JobRecord) -> None:
+    def _unreadable(
+        self, name: str, job: JobProgress, error: RecordError | None, now: float
+    ) -> None:
+        """record.json cannot be read: count it once; quarantine it once the runtime is gone."""
+        path = self.reader.job_path(name) / RECORD_FILE
+        reason = error.reason if error is not None else "io"
+        if (name, reason) not in self._invalid_seen:
+            self._invalid_seen.add((name, reason))
+            _log.warning("job %s: %s not ingestible (%s): %s", name, path, reason, error)
+            with self.ledger.transaction() as state:
+                state.metrics.inc("vmsnap_sidecar_records_invalid_total", (reason,))
+        if job.finished:
+            return
+        if lock_free(self.reader.job_path(name)) is False:
+            return  # a live runtime holds the lock: its next rewrite may be readable
+        with self.ledger.transaction() as state:
+            job.quarantined = True
+            job.completed_at = now
+            state.metrics.inc("vmsnap_sidecar_jobs_quarantined_total")
+        _log.error(
+            "job %s: %s unreadable (%s) and its runtime is gone: quarantined (no outcome "
+            "counted; its log and spans are still forwarded)",
+            name,
+            path,
+            reason,
+        )
+
+    # -- backstop ----------------------------------------------------------------------
+
+    def backstop_pass(self, names: Sequence[str] | None = None) -> None:
+        """Thaw what dead runtimes left frozen (I4, layer 3), each job on its own.
+
+        Reads the records itself: a job whose record cannot be read, or whose
+        ingestion fails, never keeps another job's filesystem frozen.
+        """
+        if self.backstop is None:
+            return
+        for name in self.reader.job_names() if names is None else names:
+            if self.stop.is_set():
+                return
+            job = self.ledger.state.jobs.get(name)
+            if job is not None and (job.complete or job.backstop):
+                continue
+            self._guarded("backstop", functools.partial(self._backstop, name))
+
+    def _backstop(self, name: str) -> None:
         assert self.backstop is not None
+        try:
+            record = self.reader.read_record(name)
+        except RecordError:
+            return  # counted by ingestion; without a record there is nothing to go by
+        if record is None or record.complete:
+            return
         mountpoints = self.backstop.due(record, self.reader.job_path(name))
         if mountpoints is None:
             return
         outcomes = self.backstop.thaw(mountpoints)
         with self.ledger.transaction() as state:
+            job = state.job(name, now=self.clock())
             job.backstop = True
             for outcome in outcomes:
                 state.metrics.inc("vmsnap_backstop_thaw_attempts_total", (outcome.result,))
@@ -317,17 +380,26 @@ class Sidecar:
                 )
 
     def _ingest_watchdog_reports(self) -> None:
-        reports = self.reader.watchdog_reports()
-        names = {r.name for r in reports}
+        reports, invalid = self.reader.watchdog_reports()
+        names = {r.name for r in reports} | {r.name for r in invalid}
         with self.ledger.locked() as state:
             new = [r for r in reports if r.name not in state.watchdog_seen]
+            bad = [r for r in invalid if r.name not in state.watchdog_seen]
             stale = state.watchdog_seen - names
-        if not new and not stale:
+        if not new and not bad and not stale:
             return
         with self.ledger.transaction() as state:
             for report in new:
                 apply_watchdog_report(state.metrics, report)
                 state.watchdog_seen.add(report.name)
+            for unreadable in bad:
+                # Counted once, like a report: the name is remembered while the file exists.
+                state.metrics.inc("vmsnap_sidecar_watchdog_reports_invalid_total")
+                state.watchdog_seen.add(unreadable.name)
+        for unreadable in bad:
+            _log.warning(
+                "watchdog report not readable (%s): %s", unreadable.reason, unreadable.message
+            )
             # Forget names whose files are gone: the set stays as small as the directory.
             state.watchdog_seen -= stale
         for report in new:

@@ -218,7 +218,7 @@ class SpanForwarder:
         job = self.ledger.state.jobs.get(name)
         if job is None:
             return True
-        if job.abandoned or job.complete:
+        if job.finished:
             return True
         try:
             record = self.reader.read_record(name)

@@ -14,7 +14,8 @@ in nesting (``loads_bounded``), so one hostile file fails only its own read.
 * ``read_lines`` reads whole lines of ``log.jsonl``/``spans.jsonl`` from a byte
   offset: a final line without ``\\n`` (torn by a SIGKILL, or still being
   written) is never returned.
-* ``watchdog_reports`` lists the watchdog's thaw reports.
+* ``watchdog_reports`` lists the watchdog's thaw reports, and the names of
+  those that cannot be read (``InvalidReport``: counted by the caller).
 
 Blocking: plain file reads of a tmpfs; nothing here waits. Thread-safe (no
 shared mutable state).
@@ -43,6 +44,7 @@ from snapshot_runtime.telemetry.spool_schema import (
 )
 
 __all__ = [
+    "InvalidReport",
     "JobRecord",
     "LineChunk",
     "RecordError",
@@ -187,6 +189,15 @@ class WatchdogReport:
     doc: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class InvalidReport:
+    """A watchdog directory file that is not a report (``reason``: as ``RecordError``'s)."""
+
+    name: str
+    reason: str
+    message: str
+
+
 class SpoolReader:
     """Read-only view of one spool directory."""
 
@@ -280,24 +291,37 @@ class SpoolReader:
             raise ValueError(f"credentials.sealed is over {MAX_SEALED_BYTES} bytes")
         return data.decode("utf-8")
 
-    def watchdog_reports(self) -> list[WatchdogReport]:
-        """Complete reports (``*.json``; the watchdog writes them tmp + rename)."""
+    def watchdog_reports(self) -> tuple[list[WatchdogReport], list[InvalidReport]]:
+        """Complete reports (``*.json``; the watchdog writes them tmp + rename), and the
+        files among them that are not reports."""
         try:
             names = sorted(os.listdir(self.watchdog_dir))
         except FileNotFoundError:
-            return []
-        reports = []
+            return [], []
+        reports: list[WatchdogReport] = []
+        invalid: list[InvalidReport] = []
         for name in names:
             if name.startswith(".") or not name.endswith(WATCHDOG_REPORT_SUFFIX):
                 continue
+            path = self.watchdog_dir / name
             try:
-                data = _read_bounded(self.watchdog_dir / name, MAX_WATCHDOG_REPORT_BYTES)
-                doc = loads_bounded(data, max_bytes=MAX_WATCHDOG_REPORT_BYTES)
-            except (OSError, SpoolFormatError):
+                doc = loads_bounded(
+                    _read_bounded(path, MAX_WATCHDOG_REPORT_BYTES),
+                    max_bytes=MAX_WATCHDOG_REPORT_BYTES,
+                )
+            except FileNotFoundError:
+                continue  # removed since the listing
+            except OSError as exc:
+                invalid.append(InvalidReport(name, "io", f"{path}: {exc.strerror}"))
+                continue
+            except SpoolFormatError as exc:
+                invalid.append(InvalidReport(name, exc.reason, f"{path}: {exc}"))
                 continue
             if isinstance(doc, dict):
                 reports.append(WatchdogReport(name, doc))
-        return reports
+            else:
+                invalid.append(InvalidReport(name, "schema", f"{path}: not a JSON object"))
+        return reports, invalid
 
 
 def _read_bounded(path: Path, limit: int) -> bytes:

@@ -78,18 +78,22 @@ class JobProgress:
     complete: bool = False
     abandoned: bool = False  # runtime died before completing; counted as abandoned
     backstop: bool = False  # the backstop already acted on this job
+    # record.json unreadable and the runtime gone: no outcome is counted, but
+    # the job is finished, so its readable log and spans are still forwarded.
+    quarantined: bool = False
     first_seen: float = 0.0
     completed_at: float | None = None
     log: LogProgress = field(default_factory=LogProgress)
     spans: SpanProgress = field(default_factory=SpanProgress)
 
     @property
+    def finished(self) -> bool:
+        """Nothing more will be written to the job directory (as far as we can tell)."""
+        return self.complete or self.abandoned or self.quarantined
+
+    @property
     def handled(self) -> bool:
-        return (
-            (self.complete or self.abandoned)
-            and self.log.status in TERMINAL
-            and self.spans.status in TERMINAL
-        )
+        return self.finished and self.log.status in TERMINAL and self.spans.status in TERMINAL
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> JobProgress:

@@ -8,7 +8,12 @@ One step, per job with unmirrored lines:
    no logsBlobUri for us, e.g. ``logs.mirrored_by == "runtime"``; a file that
    does not open: ``unseal``, stopped for good);
 2. the target is opened once per process (``blob_targets.open_target``:
-   create an append blob without overwriting, or continue what is there);
+   create an append blob without overwriting, or continue what is there).
+   With no progress of ours in the state (first sight, or a fresh start after
+   state.json was deleted, corrupt or of a newer version) and a blob with
+   content, the blob is the truth: when its last line is byte-equal to a line
+   of the spooled log, mirroring resumes after that line (``_resume_point``),
+   so nothing is appended twice;
 3. whole lines are batched: a write goes out when at least ``min_batch``
    bytes are waiting, when the job is complete (its last lines), or when the
    oldest waiting line is ``flush_seconds`` old; one write is at most
@@ -72,6 +77,18 @@ T = TypeVar("T")
 
 # Failure kinds that no retry can fix: stop this job's mirroring.
 _FINAL_KINDS = frozenset({"auth", "not_found", "limit"})
+# How much of a blob's end is read to find its last line (grown up to the max).
+_RESUME_WINDOW = 64 * 1024
+_RESUME_MAX_WINDOW = BLOCK_BYTES
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """Where the log continues: spool bytes and lines already in the blob, last seq."""
+
+    offset: int
+    lines: int
+    seq: int
 
 
 @dataclass(frozen=True)
@@ -312,12 +329,35 @@ class LogMirror:
             return False
         opened = attempt.value
         assert opened is not None
-        mem.target = opened.target
+        target = opened.target
+        resume: _Resume | None = None
+        if job.log.blob_type is None and not opened.created and target.size > 0:
+            # No progress of ours in the state (a first sight, or a fresh start:
+            # state.json deleted, corrupt, of a newer version) and a blob with
+            # content: the blob, not the state, says how much of our log it has.
+            found = self._call(mem, lambda budget: self._resume_point(name, target, budget))
+            if found.failure is not None:
+                self._failed(name, mem, found.failure)
+                return False
+            resume = found.value
+        mem.target = target
         with self.ledger.transaction():
             if job.log.blob_type is None:
-                job.log.blob_type = opened.target.blob_type
-                job.log.blob_offset = opened.target.size
+                job.log.blob_type = target.blob_type
+                job.log.blob_offset = target.size
+                if resume is not None:
+                    job.log.offset = resume.offset
+                    job.log.lines = resume.lines
+                    job.log.seq = resume.seq
             job.log.status = "active"
+        if resume is not None:
+            _log.warning(
+                "job %s: no mirror progress in the state, but the blob already ends with "
+                "line %d of the log (seq %d): resuming after it, nothing appended twice",
+                name,
+                resume.lines,
+                resume.seq,
+            )
         _log.info(
             "job %s: mirroring log to %s (%s, %s, at %d)",
             name,
@@ -327,6 +367,43 @@ class LogMirror:
             job.log.blob_offset,
         )
         return True
+
+    def _resume_point(self, name: str, target: LogTarget, budget: float) -> _Resume | None:
+        """Where our log continues when the blob already ends with one of its lines.
+
+        The blob's last whole line is compared, byte for byte, with the spool's
+        lines (each carries its ``seq``, the timestamp and the job's trace id,
+        so it matches one line of one job only). None: the blob does not end
+        with a line of this log (empty of ours, a platform header, another job,
+        a torn foreign write): we append after whatever is there, as before.
+        """
+        size, window, tail = target.size, _RESUME_WINDOW, b""
+        while True:
+            start = max(0, size - window)
+            tail = target.read(start, size - start, timeout=budget)
+            if not tail.endswith(b"\n"):
+                return None
+            cut = tail.rfind(b"\n", 0, len(tail) - 1)
+            if cut >= 0 or start == 0:
+                break
+            if window >= _RESUME_MAX_WINDOW:
+                return None  # a last line longer than any line of ours
+            window *= 4
+        last = tail[cut + 1 :]  # the blob's last line, its newline included
+        offset = lines = 0
+        while True:
+            chunk = self.reader.read_lines(name, LOG_FILE, offset, self.config.max_batch)
+            if not chunk:
+                return None
+            data, pos = chunk.data, 0
+            while pos < len(data):
+                end = data.find(b"\n", pos)
+                end = len(data) if end < 0 else end + 1
+                line, pos = data[pos:end], end
+                lines += 1
+                if line == last:
+                    return _Resume(chunk.offset + end, lines, line_seq(line) or 0)
+            offset = chunk.end
 
     def _write(
         self, mem: _Job, target: LogTarget, offset: int, data: bytes

@@ -11,9 +11,9 @@ One step, per job with unmirrored lines:
    create an append blob without overwriting, or continue what is there).
    With no progress of ours in the state (first sight, or a fresh start after
    state.json was deleted, corrupt or of a newer version) and a blob with
-   content, the blob is the truth: when its last line is byte-equal to a line
-   of the spooled log, mirroring resumes after that line (``_resume_point``),
-   so nothing is appended twice;
+   content, the blob is the truth: the last spooled line found byte-equal in
+   the blob's end is where mirroring resumes (``_resume_point``), so nothing
+   is appended twice;
 3. whole lines are batched: a write goes out when at least ``min_batch``
    bytes are waiting, when the job is complete (its last lines), or when the
    oldest waiting line is ``flush_seconds`` old; one write is at most
@@ -77,9 +77,8 @@ T = TypeVar("T")
 
 # Failure kinds that no retry can fix: stop this job's mirroring.
 _FINAL_KINDS = frozenset({"auth", "not_found", "limit"})
-# How much of a blob's end is read to find its last line (grown up to the max).
-_RESUME_WINDOW = 64 * 1024
-_RESUME_MAX_WINDOW = BLOCK_BYTES
+# How much of a blob's end is read to find how far our log got (one block).
+_RESUME_WINDOW = BLOCK_BYTES
 
 
 @dataclass(frozen=True)
@@ -352,8 +351,8 @@ class LogMirror:
             job.log.status = "active"
         if resume is not None:
             _log.warning(
-                "job %s: no mirror progress in the state, but the blob already ends with "
-                "line %d of the log (seq %d): resuming after it, nothing appended twice",
+                "job %s: no mirror progress in the state, but the blob already holds the "
+                "log up to line %d (seq %d): resuming after it, nothing appended twice",
                 name,
                 resume.lines,
                 resume.seq,
@@ -369,40 +368,37 @@ class LogMirror:
         return True
 
     def _resume_point(self, name: str, target: LogTarget, budget: float) -> _Resume | None:
-        """Where our log continues when the blob already ends with one of its lines.
+        """How much of our log the blob already holds, from the blob's own bytes.
 
-        The blob's last whole line is compared, byte for byte, with the spool's
-        lines (each carries its ``seq``, the timestamp and the job's trace id,
-        so it matches one line of one job only). None: the blob does not end
-        with a line of this log (empty of ours, a platform header, another job,
-        a torn foreign write): we append after whatever is there, as before.
+        The blob's last ``_RESUME_WINDOW`` bytes are split into whole lines and
+        the spooled log is streamed against them: the last spool line found
+        there, byte for byte, is where mirroring resumes (a spool line carries
+        its ``seq``, timestamp and the job's trace id: it matches one line of
+        one job only; we write in order, so what the blob holds of ours is a
+        prefix of the log). Lines of others after ours (a footer, another
+        run's log) do not hide it. None: no line of this log in the blob's end
+        (a platform header only, another job): append after whatever is there.
         """
-        size, window, tail = target.size, _RESUME_WINDOW, b""
-        while True:
-            start = max(0, size - window)
-            tail = target.read(start, size - start, timeout=budget)
-            if not tail.endswith(b"\n"):
-                return None
-            cut = tail.rfind(b"\n", 0, len(tail) - 1)
-            if cut >= 0 or start == 0:
-                break
-            if window >= _RESUME_MAX_WINDOW:
-                return None  # a last line longer than any line of ours
-            window *= 4
-        last = tail[cut + 1 :]  # the blob's last line, its newline included
+        size = target.size
+        start = max(0, size - _RESUME_WINDOW)
+        pieces = target.read(start, size - start, timeout=budget).split(b"\n")
+        # The last piece is torn (or empty); the first is partial unless at 0.
+        in_blob = set(pieces[(1 if start else 0) : -1])
+        in_blob.discard(b"")
+        found: _Resume | None = None
         offset = lines = 0
         while True:
             chunk = self.reader.read_lines(name, LOG_FILE, offset, self.config.max_batch)
             if not chunk:
-                return None
+                return found
             data, pos = chunk.data, 0
             while pos < len(data):
                 end = data.find(b"\n", pos)
                 end = len(data) if end < 0 else end + 1
                 line, pos = data[pos:end], end
                 lines += 1
-                if line == last:
-                    return _Resume(chunk.offset + end, lines, line_seq(line) or 0)
+                if line.rstrip(b"\n") in in_blob:
+                    found = _Resume(chunk.offset + end, lines, line_seq(line) or 0)
             offset = chunk.end
 
     def _write(

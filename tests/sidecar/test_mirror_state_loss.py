@@ -127,3 +127,26 @@ def test_a_blob_that_does_not_end_with_our_log_is_continued_not_searched(
     data = _blob_text(azurite, container, client.blob_name)
     assert data.endswith(bytes(job.log_bytes))
     assert data.count(b"\n") == 6
+
+
+def test_our_lines_followed_by_a_foreign_one_are_still_found(rig: Rig, azurite: Azurite) -> None:
+    """Someone appended after our lines, then the state was lost: ours are not repeated."""
+    container = azurite.container()
+    client = azurite.service().get_blob_client(container, f"logs/{uuid.uuid4().hex}.log")
+    job = rig.gen.job("j", complete=False)
+    rig.gen.seal_logs_url(job, azurite.sas_url(container, client.blob_name))
+    rig.gen.log_lines(job, 10)
+    rig.sidecar().run_once()
+    before = bytes(job.log_bytes)
+    client.append_block(b"a footer from someone else\n")
+    lose_state(rig.state, "deleted")
+    rig.gen.log_lines(job, 5)
+    rig.gen.complete(job)
+    sidecar = rig.sidecar()
+    sidecar.run_once()
+    after = bytes(job.log_bytes)[len(before) :]
+    assert _blob_text(azurite, container, client.blob_name) == (
+        before + b"a footer from someone else\n" + after
+    )
+    assert sidecar.ledger.state.jobs["j"].log.status == "done"
+    assert rig.value(sidecar, "vmsnap_sidecar_log_mirror_lines_total") == 5

@@ -132,6 +132,8 @@ class Sidecar:
         self._invalid_seen: set[tuple[str, str]] = set()
         # record.json (mtime, size, inode) when last read, per job directory.
         self._stats: dict[str, tuple[int, int, int]] = {}
+        # The same, of records the backstop pass found complete (nothing to thaw).
+        self._complete_stats: dict[str, tuple[int, int, int]] = {}
         self._wakes = {f.name: threading.Event() for f in self.forwarders}
         self._new = 0  # jobs first seen in the last pass
         self._more = False  # the last pass stopped at max_new_jobs_per_pass
@@ -336,20 +338,29 @@ class Sidecar:
         """
         if self.backstop is None:
             return
-        for name in self.reader.job_names() if names is None else names:
+        listed = self.reader.job_names() if names is None else names
+        for name in listed:
             if self.stop.is_set():
                 return
             job = self.ledger.state.jobs.get(name)
             if job is not None and (job.complete or job.backstop):
                 continue
-            self._guarded("backstop", functools.partial(self._backstop, name))
+            stat = self.reader.record_stat(name)
+            if stat is not None and self._complete_stats.get(name) == stat:
+                continue  # read complete before and not rewritten since (a spool catching up)
+            self._guarded("backstop", functools.partial(self._backstop, name, stat))
+        present = set(listed)
+        for name in [n for n in self._complete_stats if n not in present]:
+            del self._complete_stats[name]
 
-    def _backstop(self, name: str) -> None:
+    def _backstop(self, name: str, stat: tuple[int, int, int] | None) -> None:
         assert self.backstop is not None
         try:
             record = self.reader.read_record(name)
         except RecordError:
             return  # counted by ingestion; without a record there is nothing to go by
+        if record is not None and record.complete and stat is not None:
+            self._complete_stats[name] = stat
         if record is None or record.complete:
             return
         mountpoints = self.backstop.due(record, self.reader.job_path(name))

@@ -228,6 +228,12 @@ class Sidecar:
         settled = job is not None and (job.complete or job.quarantined)
         if settled and stat is not None and self._stats.get(name) == stat:
             return  # counted (or quarantined), and its record has not changed since
+        if job is None and self._new >= self.config.max_new_jobs_per_pass:
+            # Bounded work per pass (and so bounded state and memory while a
+            # large spool is caught up): the rest waits for the next pass,
+            # unread (reading it now would read a large backlog once per pass).
+            self._more = True
+            return
         unreadable: RecordError | None = None
         try:
             record = self.reader.read_record(name)
@@ -236,11 +242,6 @@ class Sidecar:
         if record is None and unreadable is None:
             return  # no record yet
         if job is None:
-            # Bounded work per pass (and so bounded state and memory while a
-            # large spool is caught up): the rest waits for the next pass.
-            if self._new >= self.config.max_new_jobs_per_pass:
-                self._more = True
-                return
             self._new += 1
             with self.ledger.transaction() as state:
                 job = state.job(name, now=now)

@@ -137,20 +137,19 @@ def complete_lines(data: bytes) -> list[bytes]:
 
 
 def _deeper_than(doc: object, max_depth: int) -> bool:
-    # Iterative (a stack, no recursion): json.loads already refused anything
-    # deeper than the interpreter's recursion limit; this bounds what is left.
-    stack: list[tuple[object, int]] = [(doc, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: list[object] | Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
+    # Level by level, containers only (no recursion: json.loads already refused
+    # anything deeper than the interpreter's recursion limit; this bounds the rest).
+    level: list[Any] = [doc] if isinstance(doc, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
         if depth > max_depth:
             return True
-        stack.extend((child, depth + 1) for child in children)
+        below: list[Any] = []
+        for node in level:
+            children = node.values() if isinstance(node, dict) else node
+            below.extend(c for c in children if isinstance(c, dict | list))
+        level = below
     return False
 
 

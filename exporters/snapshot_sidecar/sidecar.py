@@ -27,7 +27,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -450,12 +450,3 @@ class Sidecar:
             for name in removed:
                 state.jobs.pop(name, None)
                 self._stats.pop(name, None)
-
-
-@contextlib.contextmanager
-def held_lock(state_dir: str | os.PathLike[str]) -> Iterator[None]:
-    fd = lock_state_dir(state_dir)
-    try:
-        yield
-    finally:
-        os.close(fd)

@@ -161,7 +161,6 @@ class Ledger:
         self.reset_reason: str | None = None
         self.state = self._load()
         self.published: MetricValues = self.state.metrics.copy()
-        self.commits = 0
         # Changes whenever what a scrape shows may change (commit, live gauge):
         # the exposition caches its rendering per version.
         self.version = 0
@@ -228,6 +227,5 @@ class Ledger:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.path, data, mode=0o600)
         self._dirty = False
-        self.commits += 1
         self.published = self.state.metrics.copy()
         self.version += 1

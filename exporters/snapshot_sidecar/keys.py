@@ -12,13 +12,17 @@ text, or raises ``ValueError`` (tampered, sealed to another key, malformed).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
 from snapshot_runtime.core.atomic_file import write_atomic
 from snapshot_runtime.telemetry.sealing import generate_keypair, unseal
-from snapshot_runtime.telemetry.spool_schema import SIDECAR_PUB_FILE
+from snapshot_runtime.telemetry.spool_schema import (
+    MAX_SEALED_BYTES,
+    SIDECAR_PUB_FILE,
+    SpoolFormatError,
+    loads_bounded,
+)
 
 __all__ = ["PRIVATE_FILE", "PUBLIC_FILE", "Keys"]
 
@@ -68,9 +72,10 @@ class Keys:
         """The logsBlobUri inside a credentials.sealed text. Raises ValueError."""
         plain = unseal(self._private, sealed)
         try:
-            doc = json.loads(plain)
-        except ValueError as exc:
-            raise ValueError("sealed credentials are not JSON") from exc
+            # Anyone can seal to our public key: the plaintext is untrusted too.
+            doc = loads_bounded(plain, max_bytes=MAX_SEALED_BYTES)
+        except SpoolFormatError as exc:
+            raise ValueError(f"sealed credentials are not JSON ({exc.reason})") from None
         url = doc.get("logsBlobUri") if isinstance(doc, dict) else None
         if not isinstance(url, str) or not url:
             raise ValueError("sealed credentials hold no logsBlobUri")

@@ -22,6 +22,7 @@ from snapshot_sidecar.backstop import Backstop
 from snapshot_sidecar.spans import SpanConfig
 
 from snapshot_runtime.freeze.ioctl import KernelFreezeIoctl
+from snapshot_runtime.telemetry.sealing import seal
 from tests.sidecar.conftest import Rig, fast_mirror
 from tests.sidecar.otlp_receiver import OtlpReceiver
 from tests.support.azurite import Azurite
@@ -118,6 +119,10 @@ def _run_scenario(
     fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     rig.gen.log_lines(running, 7)
     (running.path / "record.json").write_bytes(POISON)
+    # Credentials sealed (anyone can seal to the public key) around a poisoned text.
+    sealed_poison = rig.gen.job("e-sealed-poison")
+    rig.gen.log_lines(sealed_poison, 3)
+    (sealed_poison.path / "credentials.sealed").write_text(seal(rig.keys.public, POISON[:20_000]))
     # A poisoned watchdog report next to a real one.
     (rig.spool / "watchdog").mkdir(mode=0o700, exist_ok=True)
     (rig.spool / "watchdog" / "thaw-watchdog-1-1.json").write_bytes(POISON)
@@ -137,7 +142,7 @@ def _run_scenario(
     assert _writable(mnt, 5.0), "the backstop should have thawed it"
     assert rig.value(sidecar, "vmsnap_backstop_thaws_total") == 1
     # Ingestion went on: the good job counted, the valid watchdog report counted.
-    assert rig.value(sidecar, "vmsnap_sidecar_records_ingested_total") == 1
+    assert rig.value(sidecar, "vmsnap_sidecar_records_ingested_total") == 2
     assert rig.value(sidecar, "vmsnap_jobs_total", outcome="success", consistency="application")
     assert rig.value(sidecar, "vmsnap_watchdog_thaws_total", reason="eof") == 1
     # Each poisoned file counted once, with a bounded reason, and named in a log line.
@@ -157,6 +162,9 @@ def _run_scenario(
     assert sidecar.ledger.state.jobs["a-poison"].log.status == "done"
     assert _blob(azurite, container, urls["d-running"]) == bytes(running.log_bytes)
     assert sidecar.ledger.state.jobs["d-running"].log.status != "done"
+    # The poisoned credentials stop that job's mirroring for good, and only that.
+    assert sidecar.ledger.state.jobs["e-sealed-poison"].log.status == "failed"
+    assert rig.value(sidecar, "vmsnap_sidecar_log_mirror_abandoned_total", error="unseal") == 1
 
     # The running job goes on, rewrites its record (readable now), completes, lets go.
     rig.gen.log_lines(running, 5)
@@ -166,7 +174,7 @@ def _run_scenario(
     (running.path / "lock").unlink()
     sidecar.run_once()
     sidecar.run_once()
-    assert rig.value(sidecar, "vmsnap_sidecar_records_ingested_total") == 2
+    assert rig.value(sidecar, "vmsnap_sidecar_records_ingested_total") == 3
     assert rig.value(sidecar, "vmsnap_sidecar_jobs_quarantined_total") == 1
     assert _blob(azurite, container, urls["d-running"]) == bytes(running.log_bytes)
     assert sidecar.ledger.state.jobs["d-running"].log.status == "done"
@@ -176,4 +184,5 @@ def _run_scenario(
         assert _blob(azurite, container, urls[job.name]) == bytes(job.log_bytes)
     assert rig.value(sidecar, "vmsnap_sidecar_records_invalid_total", reason="depth") == 2
     assert rig.value(sidecar, "vmsnap_sidecar_log_mirror_lines_total") == 12 + 18 + 12
-    assert rig.value(sidecar, "vmsnap_sidecar_errors_total", component="ingest") == 0
+    for component in ("ingest", "mirror", "spans", "backstop"):
+        assert rig.value(sidecar, "vmsnap_sidecar_errors_total", component=component) == 0

@@ -12,7 +12,7 @@ One step, per job with unmirrored lines:
    With no progress of ours in the state (first sight, or a fresh start after
    state.json was deleted, corrupt or of a newer version) and a blob with
    content, the blob is the truth: the last spooled line found byte-equal in
-   the blob's end is where mirroring resumes (``_resume_point``), so nothing
+   the blob's end is where mirroring resumes (``log_resume``), so nothing
    is appended twice;
 3. whole lines are batched: a write goes out when at least ``min_batch``
    bytes are waiting, when the job is complete (its last lines), or when the
@@ -67,6 +67,7 @@ from snapshot_sidecar.blob_targets import (
 )
 from snapshot_sidecar.forwarders import ForwardResult, Guard
 from snapshot_sidecar.keys import Keys
+from snapshot_sidecar.log_resume import Resume, resume_point
 from snapshot_sidecar.spool_reader import RecordError, SpoolReader
 from snapshot_sidecar.state import TERMINAL, JobProgress, Ledger
 
@@ -77,17 +78,6 @@ T = TypeVar("T")
 
 # Failure kinds that no retry can fix: stop this job's mirroring.
 _FINAL_KINDS = frozenset({"auth", "not_found", "limit"})
-# How much of a blob's end is read to find how far our log got (one block).
-_RESUME_WINDOW = BLOCK_BYTES
-
-
-@dataclass(frozen=True)
-class _Resume:
-    """Where the log continues: spool bytes and lines already in the blob, last seq."""
-
-    offset: int
-    lines: int
-    seq: int
 
 
 @dataclass(frozen=True)
@@ -329,12 +319,17 @@ class LogMirror:
         opened = attempt.value
         assert opened is not None
         target = opened.target
-        resume: _Resume | None = None
+        resume: Resume | None = None
         if job.log.blob_type is None and not opened.created and target.size > 0:
             # No progress of ours in the state (a first sight, or a fresh start:
             # state.json deleted, corrupt, of a newer version) and a blob with
             # content: the blob, not the state, says how much of our log it has.
-            found = self._call(mem, lambda budget: self._resume_point(name, target, budget))
+            found = self._call(
+                mem,
+                lambda budget: resume_point(
+                    self.reader, name, target, batch=self.config.max_batch, timeout=budget
+                ),
+            )
             if found.failure is not None:
                 self._failed(name, mem, found.failure)
                 return False
@@ -366,40 +361,6 @@ class LogMirror:
             job.log.blob_offset,
         )
         return True
-
-    def _resume_point(self, name: str, target: LogTarget, budget: float) -> _Resume | None:
-        """How much of our log the blob already holds, from the blob's own bytes.
-
-        The blob's last ``_RESUME_WINDOW`` bytes are split into whole lines and
-        the spooled log is streamed against them: the last spool line found
-        there, byte for byte, is where mirroring resumes (a spool line carries
-        its ``seq``, timestamp and the job's trace id: it matches one line of
-        one job only; we write in order, so what the blob holds of ours is a
-        prefix of the log). Lines of others after ours (a footer, another
-        run's log) do not hide it. None: no line of this log in the blob's end
-        (a platform header only, another job): append after whatever is there.
-        """
-        size = target.size
-        start = max(0, size - _RESUME_WINDOW)
-        pieces = target.read(start, size - start, timeout=budget).split(b"\n")
-        # The last piece is torn (or empty); the first is partial unless at 0.
-        in_blob = set(pieces[(1 if start else 0) : -1])
-        in_blob.discard(b"")
-        found: _Resume | None = None
-        offset = lines = 0
-        while True:
-            chunk = self.reader.read_lines(name, LOG_FILE, offset, self.config.max_batch)
-            if not chunk:
-                return found
-            data, pos = chunk.data, 0
-            while pos < len(data):
-                end = data.find(b"\n", pos)
-                end = len(data) if end < 0 else end + 1
-                line, pos = data[pos:end], end
-                lines += 1
-                if line.rstrip(b"\n") in in_blob:
-                    found = _Resume(chunk.offset + end, lines, line_seq(line) or 0)
-            offset = chunk.end
 
     def _write(
         self, mem: _Job, target: LogTarget, offset: int, data: bytes

@@ -36,6 +36,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from snapshot_runtime.core.defaults import DEFAULT_SPOOL_DIR
 from snapshot_runtime.telemetry.spool_schema import RECORD_FILE
 from snapshot_sidecar.backstop import Backstop, lock_free
+from snapshot_sidecar.backstop_pass import BackstopPass
 from snapshot_sidecar.forwarders import Forwarder, Guard
 from snapshot_sidecar.ingest import apply_record, apply_watchdog_report
 from snapshot_sidecar.keys import Keys
@@ -132,8 +133,11 @@ class Sidecar:
         self._invalid_seen: set[tuple[str, str]] = set()
         # record.json (mtime, size, inode) when last read, per job directory.
         self._stats: dict[str, tuple[int, int, int]] = {}
-        # The same, of records the backstop pass found complete (nothing to thaw).
-        self._complete_stats: dict[str, tuple[int, int, int]] = {}
+        self.backstop_pass = (
+            BackstopPass(backstop, reader, ledger, self._guard, clock=clock, stop=self.stop)
+            if backstop is not None
+            else None
+        )
         self._wakes = {f.name: threading.Event() for f in self.forwarders}
         self._new = 0  # jobs first seen in the last pass
         self._more = False  # the last pass stopped at max_new_jobs_per_pass
@@ -204,7 +208,8 @@ class Sidecar:
         """
         names = self.reader.job_names()
         self.ledger.live("vmsnap_sidecar_spool_jobs", len(names))
-        self._guarded("backstop", lambda: self.backstop_pass(names))
+        if self.backstop_pass is not None:
+            self._guarded("backstop", functools.partial(self.backstop_pass.run, names))
         self._new, self._more = 0, False
         with self.ledger.batch():
             for name in names:
@@ -328,68 +333,6 @@ class Sidecar:
             path,
             reason,
         )
-
-    # -- backstop ----------------------------------------------------------------------
-
-    def backstop_pass(self, names: Sequence[str] | None = None) -> None:
-        """Thaw what dead runtimes left frozen (I4, layer 3), each job on its own.
-
-        Reads the records itself: a job whose record cannot be read, or whose
-        ingestion fails, never keeps another job's filesystem frozen.
-        """
-        if self.backstop is None:
-            return
-        listed = self.reader.job_names() if names is None else names
-        for name in listed:
-            if self.stop.is_set():
-                return
-            job = self.ledger.state.jobs.get(name)
-            if job is not None and (job.complete or job.backstop):
-                continue
-            stat = self.reader.record_stat(name)
-            if stat is not None and self._complete_stats.get(name) == stat:
-                continue  # read complete before and not rewritten since (a spool catching up)
-            self._guarded("backstop", functools.partial(self._backstop, name, stat))
-        present = set(listed)
-        for name in [n for n in self._complete_stats if n not in present]:
-            del self._complete_stats[name]
-
-    def _backstop(self, name: str, stat: tuple[int, int, int] | None) -> None:
-        assert self.backstop is not None
-        try:
-            record = self.reader.read_record(name)
-        except RecordError:
-            return  # counted by ingestion; without a record there is nothing to go by
-        if record is not None and record.complete and stat is not None:
-            self._complete_stats[name] = stat
-        if record is None or record.complete:
-            return
-        mountpoints = self.backstop.due(record, self.reader.job_path(name))
-        if mountpoints is None:
-            return
-        outcomes = self.backstop.thaw(mountpoints)
-        with self.ledger.transaction() as state:
-            job = state.job(name, now=self.clock())
-            job.backstop = True
-            for outcome in outcomes:
-                state.metrics.inc("vmsnap_backstop_thaw_attempts_total", (outcome.result,))
-                if outcome.result == "thawed":
-                    state.metrics.inc("vmsnap_backstop_thaws_total")
-        for outcome in outcomes:
-            if outcome.result == "thawed":
-                _log.error(
-                    "job %s: runtime %s died leaving %s frozen past its deadline: thawed",
-                    name,
-                    record.pid,
-                    outcome.mountpoint,
-                )
-            elif outcome.result == "error":
-                _log.error(
-                    "job %s: backstop thaw of %s failed: %s",
-                    name,
-                    outcome.mountpoint,
-                    outcome.error,
-                )
 
     def _ingest_watchdog_reports(self) -> None:
         reports, invalid = self.reader.watchdog_reports()

@@ -36,7 +36,8 @@ from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.core.redact import scrub
 from snapshot_runtime.job.summary import report_json, report_text, table
 from snapshot_runtime.telemetry.job_log import DEFAULT_LOG_PATH
-from snapshot_runtime.telemetry.spool import DEFAULT_MAX_BYTES, recover_interrupted
+from snapshot_runtime.telemetry.spool import DEFAULT_MAX_BYTES
+from snapshot_runtime.telemetry.spool_recovery import recover_interrupted
 from snapshot_runtime.telemetry.trace_view import load_job, rows, waterfall
 
 __all__ = ["main", "otlp_traces_endpoint"]

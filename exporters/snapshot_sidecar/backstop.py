@@ -40,6 +40,7 @@ from typing import Protocol
 from snapshot_runtime.core.defaults import DEFAULT_FREEZE_TIMEOUT
 from snapshot_runtime.freeze.mounts import parse_mountinfo, plan_freeze, read_mountinfo
 from snapshot_runtime.freeze.session import WATCHDOG_GRACE_SECONDS
+from snapshot_runtime.telemetry.spool_schema import LOCK_FILE
 from snapshot_sidecar.spool_reader import JobRecord
 
 __all__ = [
@@ -111,7 +112,7 @@ def lock_free(job_dir: str | os.PathLike[str]) -> bool | None:
     released at once.
     """
     try:
-        fd = os.open(os.path.join(job_dir, "lock"), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(os.path.join(job_dir, LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError:

@@ -62,7 +62,6 @@ class BlockLimitError(RuntimeError):
 @dataclass(frozen=True)
 class WriteResult:
     size: int  # logical end of the blob after the write (or as found, on conflict)
-    blocks: int
     conflict: bool = False
 
 
@@ -127,11 +126,11 @@ class AppendTarget(_Base):
             if _error_code(exc) != "AppendPositionConditionNotMet":
                 raise
             self.refresh(timeout=timeout)
-            return WriteResult(self.size, self.blocks, conflict=True)
+            return WriteResult(self.size, conflict=True)
         self.size = offset + len(data)
         count = result.get("blob_committed_block_count")
         self.blocks = count if isinstance(count, int) else self.blocks + 1
-        return WriteResult(self.size, self.blocks)
+        return WriteResult(self.size)
 
 
 def _block_id(offset: int) -> str:
@@ -188,7 +187,7 @@ class BlockTarget(_Base):
         if self.blocks >= MAX_BLOCKS:
             raise BlockLimitError(f"block blob has {self.blocks} blocks")
         if offset != self.size:
-            return WriteResult(self.size, self.blocks, conflict=True)
+            return WriteResult(self.size, conflict=True)
         block_id = _block_id(offset)
         self.client.stage_block(
             block_id, data, length=len(data), timeout=self.server_timeout, read_timeout=timeout
@@ -200,11 +199,11 @@ class BlockTarget(_Base):
                 raise
             # Someone (or our own earlier, lost-response attempt) changed the blob.
             self.refresh(timeout=timeout)
-            return WriteResult(self.size, self.blocks, conflict=True)
+            return WriteResult(self.size, conflict=True)
         self.ids.append(block_id)
         self.size = offset + len(data)
         self.blocks = len(self.ids)
-        return WriteResult(self.size, self.blocks)
+        return WriteResult(self.size)
 
 
 class PageTarget(_Base):
@@ -229,7 +228,7 @@ class PageTarget(_Base):
 
     def write(self, offset: int, data: bytes, *, timeout: float) -> WriteResult:
         if offset != self.size:
-            return WriteResult(self.size, self.blocks, conflict=True)
+            return WriteResult(self.size, conflict=True)
         start = offset - offset % PAGE
         payload = self.tail + data
         padded = payload + b"\0" * (-len(payload) % PAGE)
@@ -256,7 +255,7 @@ class PageTarget(_Base):
         keep = new_size % PAGE
         self.tail = payload[len(payload) - keep :] if keep else b""
         self.blocks += 1
-        return WriteResult(self.size, self.blocks)
+        return WriteResult(self.size)
 
 
 _TYPES: dict[str, type[AppendTarget | BlockTarget | PageTarget]] = {

@@ -32,7 +32,7 @@ from snapshot_sidecar.backstop import Backstop
 from snapshot_sidecar.collectors import build_registry, stable_collectors, volatile_registry
 from snapshot_sidecar.exposition import CachedExposition
 from snapshot_sidecar.keys import Keys
-from snapshot_sidecar.mirror import LogMirror, MirrorConfig
+from snapshot_sidecar.mirror import MirrorConfig
 from snapshot_sidecar.server import (
     DEFAULT_LISTEN,
     BasicAuth,
@@ -47,8 +47,9 @@ from snapshot_sidecar.sidecar import (
     SidecarConfig,
     StateDirLocked,
     lock_state_dir,
+    standard_forwarders,
 )
-from snapshot_sidecar.spans import SpanConfig, SpanForwarder
+from snapshot_sidecar.spans import SpanConfig
 from snapshot_sidecar.spool_reader import SpoolReader
 from snapshot_sidecar.state import Ledger
 
@@ -220,15 +221,14 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     sidecar = Sidecar(
         reader=reader,
         ledger=ledger,
-        mirror=LogMirror(reader, ledger, keys, mirror_config, stop=stop),
-        spans=SpanForwarder(reader, ledger, exporter, span_config, stop=stop),
+        forwarders=standard_forwarders(reader, ledger, keys, config, exporter=exporter, stop=stop),
         backstop=None if args.no_backstop else Backstop(KernelFreezeIoctl()),
         config=config,
         stop=stop,
     )
     if args.once:
         sidecar.run_once()
-        sidecar.mirror.close()
+        sidecar.close()
         return 0
 
     exposition = CachedExposition(

@@ -15,23 +15,28 @@ both versions: a sidecar upgraded in place keeps its key.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
 from snapshot_runtime.core.atomic_file import write_atomic
 from snapshot_runtime.telemetry.sealing import (
-    VERSIONS_FILE,
     generate_keypair,
     public_key_of,
     unseal,
     versions_document,
 )
+from snapshot_runtime.telemetry.spool_schema import (
+    MAX_SEALED_BYTES,
+    SIDECAR_PUB_FILE,
+    SIDECAR_SEALING_FILE,
+    SpoolFormatError,
+    loads_bounded,
+)
 
 __all__ = ["PRIVATE_FILE", "PUBLIC_FILE", "Keys"]
 
 PRIVATE_FILE = "sidecar.key"
-PUBLIC_FILE = "sidecar.pub"
+PUBLIC_FILE = SIDECAR_PUB_FILE  # the same name in the state directory as in the spool
 
 
 class Keys:
@@ -84,7 +89,7 @@ class Keys:
         """
         root = Path(spool)
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        versions = root / VERSIONS_FILE
+        versions = root / SIDECAR_SEALING_FILE
         try:
             current = versions.read_bytes()
         except FileNotFoundError:
@@ -102,9 +107,10 @@ class Keys:
         """The logsBlobUri inside a credentials.sealed text. Raises ValueError."""
         plain = unseal(self._private, sealed)
         try:
-            doc = json.loads(plain)
-        except ValueError as exc:
-            raise ValueError("sealed credentials are not JSON") from exc
+            # Anyone can seal to our public key: the plaintext is untrusted too.
+            doc = loads_bounded(plain, max_bytes=MAX_SEALED_BYTES)
+        except SpoolFormatError as exc:
+            raise ValueError(f"sealed credentials are not JSON ({exc.reason})") from None
         url = doc.get("logsBlobUri") if isinstance(doc, dict) else None
         if not isinstance(url, str) or not url:
             raise ValueError("sealed credentials hold no logsBlobUri")

@@ -65,7 +65,8 @@ MIRROR_ERRORS: tuple[str, ...] = (
     "expired",  # gave up: the job's log was not mirrored within --give-up-after
 )
 SPAN_DROP_REASONS: tuple[str, ...] = ("backlog", "expired", "invalid")
-INVALID_REASONS: tuple[str, ...] = ("json", "schema", "io")
+# Why a spool file could not be read (spool_schema.SpoolFormatError.reason, or io).
+INVALID_REASONS: tuple[str, ...] = ("json", "schema", "io", "size", "depth")
 BACKSTOP_RESULTS: tuple[str, ...] = ("thawed", "not_frozen", "error")
 COMPONENTS: tuple[str, ...] = ("ingest", "mirror", "spans", "backstop", "state")
 
@@ -280,6 +281,15 @@ FAMILIES: tuple[Family, ...] = (
         "vmsnap_sidecar_records_invalid_total",
         "Job records that could not be ingested, by reason.",
         reason=INVALID_REASONS,
+    ),
+    _c(
+        "vmsnap_sidecar_jobs_quarantined_total",
+        "Jobs whose record stayed unreadable after their runtime was gone: no outcome "
+        "counted; their log and spans still forwarded.",
+    ),
+    _c(
+        "vmsnap_sidecar_watchdog_reports_invalid_total",
+        "Files in the spool's watchdog directory that are not readable reports.",
     ),
     _c("vmsnap_sidecar_log_mirror_bytes_total", "Log bytes mirrored to logsBlobUri."),
     _c("vmsnap_sidecar_log_mirror_lines_total", "Log lines mirrored to logsBlobUri."),

@@ -8,7 +8,12 @@ One step, per job with unmirrored lines:
    no logsBlobUri for us, e.g. ``logs.mirrored_by == "runtime"``; a file that
    does not open: ``unseal``, stopped for good);
 2. the target is opened once per process (``blob_targets.open_target``:
-   create an append blob without overwriting, or continue what is there);
+   create an append blob without overwriting, or continue what is there).
+   With no progress of ours in the state (first sight, or a fresh start after
+   state.json was deleted, corrupt or of a newer version) and a blob with
+   content, the blob is the truth: the last spooled line found byte-equal in
+   the blob's end is where mirroring resumes (``log_resume``), so nothing
+   is appended twice;
 3. whole lines are batched: a write goes out when at least ``min_batch``
    bytes are waiting, when the job is complete (its last lines), or when the
    oldest waiting line is ``flush_seconds`` old; one write is at most
@@ -38,7 +43,6 @@ ledger's lock to commit. Blocking: network requests, each bounded by the
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -53,6 +57,7 @@ from snapshot_runtime.core.redact import Redactor, redact_then_truncate, scrub, 
 from snapshot_runtime.snapshot.blob_requests import blob_client, sas_redactor
 from snapshot_runtime.snapshot.blob_retry import Attempt, BlobPolicy, call_with_retries
 from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError
+from snapshot_runtime.telemetry.spool_schema import LOG_FILE, line_seq
 from snapshot_sidecar.blob_targets import (
     BLOCK_BYTES,
     BlockLimitError,
@@ -60,9 +65,11 @@ from snapshot_sidecar.blob_targets import (
     WriteResult,
     open_target,
 )
+from snapshot_sidecar.forwarders import ForwardResult, Guard
 from snapshot_sidecar.keys import Keys
-from snapshot_sidecar.spool_reader import LOG_FILE, RecordError, SpoolReader
-from snapshot_sidecar.state import TERMINAL, JobState, Ledger
+from snapshot_sidecar.log_resume import Resume, resume_point
+from snapshot_sidecar.spool_reader import RecordError, SpoolReader
+from snapshot_sidecar.state import TERMINAL, JobProgress, Ledger
 
 __all__ = ["LogMirror", "MirrorConfig"]
 
@@ -122,15 +129,14 @@ class _Job:
 
 
 def _last_seq(data: bytes) -> int | None:
-    line = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
-    try:
-        seq = json.loads(line).get("seq")
-    except (ValueError, AttributeError):
-        return None
-    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+    return line_seq(data.rstrip(b"\n").rsplit(b"\n", 1)[-1])
 
 
 class LogMirror:
+    """The log mirror: a ``Forwarder`` (forwarders.py) of log.jsonl to logsBlobUri."""
+
+    name = "mirror"
+
     def __init__(
         self,
         reader: SpoolReader,
@@ -149,11 +155,16 @@ class LogMirror:
         self.stop = stop or threading.Event()
         self._jobs: dict[str, _Job] = {}
         self._finished: list[tuple[str, str]] = []
+        self._guard = Guard(ledger)
 
     # -- the loop ------------------------------------------------------------------
 
-    def step(self) -> None:
-        """One pass over every job with unmirrored lines; updates the backlog gauges."""
+    def step(self) -> ForwardResult:
+        """One pass over every job with unmirrored lines (never raises: ``Forwarder``)."""
+        return self._guard.run(self.name, self._pass)
+
+    def _pass(self) -> None:
+        """Mirror what each pending job has; updates the backlog gauges."""
         with self.ledger.locked() as state:
             names = [n for n, j in state.jobs.items() if j.log.status not in TERMINAL]
         for name in names:
@@ -211,7 +222,7 @@ class LogMirror:
 
     # -- one job -------------------------------------------------------------------
 
-    def _mirror(self, name: str, job: JobState) -> None:
+    def _mirror(self, name: str, job: JobProgress) -> None:
         mem = self._job(name)
         now = self.clock()
         if now < mem.next_try:
@@ -220,7 +231,7 @@ class LogMirror:
             record = self.reader.read_record(name)
         except RecordError:
             record = None
-        finished = job.abandoned or (record is not None and record.complete)
+        finished = job.finished or (record is not None and record.complete)
         completed_at = job.completed_at if job.completed_at is not None else job.first_seen
         if finished and now - completed_at > self.config.give_up_seconds:
             self._abandon(name, "expired", "not mirrored within the give-up time")
@@ -260,12 +271,16 @@ class LogMirror:
                     self._retry_later(name, None)
                     return
                 continue
-            self._advance(job, chunk.data, chunk.lines, result.size, result.blocks)
+            self._advance(job, chunk.data, chunk.lines, result.size)
             mem.waiting_since = None
             mem.backoff = 0.0
 
     def _open_credentials(self, name: str, mem: _Job, *, finished: bool) -> bool:
-        sealed = self.reader.read_sealed(name)
+        try:
+            sealed = self.reader.read_sealed(name)
+        except (OSError, ValueError) as exc:
+            self._abandon(name, "unseal", f"credentials.sealed: {exc}")
+            return False
         if sealed is None:
             if finished:
                 # No logsBlobUri for us: the runtime mirrored it itself, or the
@@ -285,7 +300,7 @@ class LogMirror:
         mem.url, mem.redact = url, sas_redactor(url)
         return True
 
-    def _open_target(self, name: str, job: JobState, mem: _Job) -> bool:
+    def _open_target(self, name: str, job: JobProgress, mem: _Job) -> bool:
         client = mem.client
         assert client is not None
         known = job.log.blob_type
@@ -303,13 +318,40 @@ class LogMirror:
             return False
         opened = attempt.value
         assert opened is not None
-        mem.target = opened.target
+        target = opened.target
+        resume: Resume | None = None
+        if job.log.blob_type is None and not opened.created and target.size > 0:
+            # No progress of ours in the state (a first sight, or a fresh start:
+            # state.json deleted, corrupt, of a newer version) and a blob with
+            # content: the blob, not the state, says how much of our log it has.
+            found = self._call(
+                mem,
+                lambda budget: resume_point(
+                    self.reader, name, target, batch=self.config.max_batch, timeout=budget
+                ),
+            )
+            if found.failure is not None:
+                self._failed(name, mem, found.failure)
+                return False
+            resume = found.value
+        mem.target = target
         with self.ledger.transaction():
             if job.log.blob_type is None:
-                job.log.blob_type = opened.target.blob_type
-                job.log.blob_base = job.log.blob_offset = opened.target.size
-                job.log.blocks = opened.target.blocks
+                job.log.blob_type = target.blob_type
+                job.log.blob_offset = target.size
+                if resume is not None:
+                    job.log.offset = resume.offset
+                    job.log.lines = resume.lines
+                    job.log.seq = resume.seq
             job.log.status = "active"
+        if resume is not None:
+            _log.warning(
+                "job %s: no mirror progress in the state, but the blob already holds the "
+                "log up to line %d (seq %d): resuming after it, nothing appended twice",
+                name,
+                resume.lines,
+                resume.seq,
+            )
         _log.info(
             "job %s: mirroring log to %s (%s, %s, at %d)",
             name,
@@ -336,7 +378,7 @@ class LogMirror:
             stop=self.stop,
         )
 
-    def _advance(self, job: JobState, data: bytes, lines: int, size: int, blocks: int) -> None:
+    def _advance(self, job: JobProgress, data: bytes, lines: int, size: int) -> None:
         seq = _last_seq(data)
         with self.ledger.transaction() as state:
             job.log.offset += len(data)
@@ -344,12 +386,11 @@ class LogMirror:
             if seq is not None:
                 job.log.seq = seq
             job.log.blob_offset = size
-            job.log.blocks = blocks
             state.metrics.inc("vmsnap_sidecar_log_mirror_bytes_total", (), len(data))
             state.metrics.inc("vmsnap_sidecar_log_mirror_lines_total", (), lines)
             state.metrics.inc("vmsnap_sidecar_log_mirror_writes_total")
 
-    def _resolve(self, name: str, job: JobState, size: int, target: LogTarget) -> bool:
+    def _resolve(self, name: str, job: JobProgress, size: int, target: LogTarget) -> bool:
         """The blob ends at ``size``, not at our offset: did our write land? True: go on."""
         ours = job.log.blob_offset
         extra = size - ours
@@ -366,7 +407,7 @@ class LogMirror:
                     _log.info(
                         "job %s: %d bytes at blob offset %d were ours already", name, extra, ours
                     )
-                    self._advance(job, mine, mine.count(b"\n"), size, target.blocks)
+                    self._advance(job, mine, mine.count(b"\n"), size)
                     return True
         if extra == 0:
             return True  # e.g. an etag change without new bytes: write again

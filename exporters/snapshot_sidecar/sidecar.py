@@ -1,11 +1,13 @@
-"""The sidecar's main loop: ingest the spool, thaw what was left frozen, mirror, forward.
+"""The sidecar's main loop: ingest the spool, thaw what was left frozen, forward.
 
 Threads (``Sidecar.run``):
 
 * main: every ``poll_seconds``, ``ingest()`` (new complete records counted
   exactly once, abandoned jobs, watchdog reports, the backstop) and
   ``cleanup()`` (job directories fully handled are removed);
-* ``mirror``: ``LogMirror.step()`` in a loop; ``spans``: ``SpanForwarder.step()``;
+* one per forwarder (``forwarders.Forwarder``; ``standard_forwarders`` is the
+  list: ``mirror`` = ``LogMirror``, ``spans`` = ``SpanForwarder``), each
+  running its ``step()`` in a loop;
 * ``metrics-http``: the /metrics server.
 
 A slow or failing blob endpoint or collector therefore never delays ingestion,
@@ -19,24 +21,38 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opentelemetry.sdk.trace.export import SpanExporter
+
 from snapshot_runtime.core.defaults import DEFAULT_SPOOL_DIR
-from snapshot_sidecar.backstop import Backstop
+from snapshot_runtime.telemetry.spool_schema import RECORD_FILE
+from snapshot_sidecar.backstop import Backstop, lock_free
+from snapshot_sidecar.backstop_pass import BackstopPass
+from snapshot_sidecar.forwarders import Forwarder, Guard
 from snapshot_sidecar.ingest import apply_record, apply_watchdog_report
+from snapshot_sidecar.keys import Keys
 from snapshot_sidecar.mirror import LogMirror, MirrorConfig
 from snapshot_sidecar.spans import SpanConfig, SpanForwarder
 from snapshot_sidecar.spool_reader import JobRecord, RecordError, SpoolReader
-from snapshot_sidecar.state import JobState, Ledger
+from snapshot_sidecar.state import JobProgress, Ledger
 
-__all__ = ["DEFAULT_SPOOL", "DEFAULT_STATE_DIR", "Sidecar", "SidecarConfig", "StateDirLocked"]
+__all__ = [
+    "DEFAULT_SPOOL",
+    "DEFAULT_STATE_DIR",
+    "Sidecar",
+    "SidecarConfig",
+    "StateDirLocked",
+    "standard_forwarders",
+]
 
 DEFAULT_SPOOL = DEFAULT_SPOOL_DIR
 DEFAULT_STATE_DIR = "/var/lib/snapshot-sidecar"
@@ -65,19 +81,20 @@ class StateDirLocked(RuntimeError):
     """Another sidecar holds this state directory."""
 
 
-class _Throttle:
-    """Log a repeated error at most once per ``seconds`` per key (DuplicateFilter-like)."""
-
-    def __init__(self, seconds: float = 60.0) -> None:
-        self.seconds = seconds
-        self._last: dict[str, float] = {}
-
-    def allow(self, key: str) -> bool:
-        now = time.monotonic()
-        if now - self._last.get(key, -self.seconds) >= self.seconds:
-            self._last[key] = now
-            return True
-        return False
+def standard_forwarders(
+    reader: SpoolReader,
+    ledger: Ledger,
+    keys: Keys,
+    config: SidecarConfig,
+    *,
+    exporter: SpanExporter | None,
+    stop: threading.Event | None = None,
+) -> list[Forwarder]:
+    """The sinks every job's output goes to: one line per ``Forwarder``."""
+    return [
+        LogMirror(reader, ledger, keys, config.mirror, stop=stop),
+        SpanForwarder(reader, ledger, exporter, config.spans, stop=stop),
+    ]
 
 
 def lock_state_dir(state_dir: str | os.PathLike[str]) -> int:
@@ -99,8 +116,7 @@ class Sidecar:
         *,
         reader: SpoolReader,
         ledger: Ledger,
-        mirror: LogMirror,
-        spans: SpanForwarder,
+        forwarders: Sequence[Forwarder],
         backstop: Backstop | None,
         config: SidecarConfig,
         clock: Callable[[], float] = time.time,
@@ -108,34 +124,46 @@ class Sidecar:
     ) -> None:
         self.reader = reader
         self.ledger = ledger
-        self.mirror = mirror
-        self.spans = spans
+        self.forwarders = list(forwarders)
         self.backstop = backstop
         self.config = config
         self.clock = clock
         self.stop = stop or threading.Event()
-        self._throttle = _Throttle()
+        self._guard = Guard(ledger)
         self._invalid_seen: set[tuple[str, str]] = set()
         # record.json (mtime, size, inode) when last read, per job directory.
         self._stats: dict[str, tuple[int, int, int]] = {}
-        self._wakes = {"mirror": threading.Event(), "spans": threading.Event()}
+        self.backstop_pass = (
+            BackstopPass(backstop, reader, ledger, self._guard, clock=clock, stop=self.stop)
+            if backstop is not None
+            else None
+        )
+        self._wakes = {f.name: threading.Event() for f in self.forwarders}
         self._new = 0  # jobs first seen in the last pass
         self._more = False  # the last pass stopped at max_new_jobs_per_pass
 
     # -- passes ------------------------------------------------------------------------
 
+    def forwarder(self, name: str) -> Forwarder:
+        return next(f for f in self.forwarders if f.name == name)
+
+    def close(self) -> None:
+        """Close every forwarder (after the last step)."""
+        for forwarder in self.forwarders:
+            self._guard.run(forwarder.name, forwarder.close)
+
     def run_once(self) -> None:
         """One pass of everything, on this thread."""
         self._guarded("ingest", self.ingest)
-        self._guarded("mirror", self.mirror.step)
-        self._guarded("spans", self.spans.step)
+        for forwarder in self.forwarders:
+            forwarder.step()
         self._guarded("ingest", self.cleanup)
 
     def run(self, on_started: Callable[[], None] | None = None) -> None:
-        """Until ``stop`` is set: the main loop here, mirror and spans on their threads."""
+        """Until ``stop`` is set: the main loop here, each forwarder on its thread."""
         workers = [
-            threading.Thread(target=self._loop, args=("mirror", self.mirror.step), name="mirror"),
-            threading.Thread(target=self._loop, args=("spans", self.spans.step), name="spans"),
+            threading.Thread(target=self._loop, args=(forwarder,), name=forwarder.name)
+            for forwarder in self.forwarders
         ]
         self._guarded("ingest", self.ingest)
         for worker in workers:
@@ -156,41 +184,39 @@ class Sidecar:
             wake.set()
         for worker in workers:
             worker.join(10.0)
-        self.mirror.close()
+        self.close()
 
-    def _loop(self, component: str, step: Callable[[], None]) -> None:
-        wake = self._wakes[component]
+    def _loop(self, forwarder: Forwarder) -> None:
+        wake = self._wakes[forwarder.name]
         while not self.stop.is_set():
-            self._guarded(component, step)
+            forwarder.step()  # never raises (the Forwarder contract)
             wake.wait(self.config.poll_seconds)  # new jobs wake the worker early
             wake.clear()
 
     def _guarded(self, component: str, step: Callable[[], None]) -> None:
-        try:
-            step()
-        except Exception as exc:
-            if self._throttle.allow(f"{component}:{type(exc).__name__}"):
-                _log.exception("%s pass failed (the sidecar goes on)", component)
-            try:
-                with self.ledger.transaction() as state:
-                    state.metrics.inc("vmsnap_sidecar_errors_total", (component,))
-            except OSError:
-                with self.ledger.locked() as state:
-                    state.metrics.inc("vmsnap_sidecar_state_write_errors_total")
+        self._guard.run(component, step)
 
     # -- ingest ------------------------------------------------------------------------
 
     def ingest(self) -> None:
-        """One scan of the spool; every change of the pass is one commit."""
+        """One scan of the spool; every change of the pass is one commit.
+
+        The backstop pass comes first and on its own: I4 never waits for, or
+        depends on, ingestion. Each job, and the watchdog reports, are ingested
+        in isolation: whatever one of them raises is logged and counted
+        (``errors_total{component="ingest"}``) and the pass goes on.
+        """
         names = self.reader.job_names()
         self.ledger.live("vmsnap_sidecar_spool_jobs", len(names))
+        if self.backstop_pass is not None:
+            self._guarded("backstop", functools.partial(self.backstop_pass.run, names))
         self._new, self._more = 0, False
         with self.ledger.batch():
             for name in names:
                 if self.stop.is_set():
                     return
-                self._ingest_job(name)
-            self._ingest_watchdog_reports()
+                self._guarded("ingest", functools.partial(self._ingest_job, name))
+            self._guarded("ingest", self._ingest_watchdog_reports)
             present = set(names)
             gone = [n for n in self.ledger.state.jobs if n not in present]
             if gone:
@@ -204,36 +230,39 @@ class Sidecar:
         now = self.clock()
         job = self.ledger.state.jobs.get(name)
         stat = self.reader.record_stat(name)
-        if job is not None and job.complete and stat is not None and self._stats.get(name) == stat:
-            return  # counted, and its record has not changed since: nothing to read
+        settled = job is not None and (job.complete or job.quarantined)
+        if settled and stat is not None and self._stats.get(name) == stat:
+            return  # counted (or quarantined), and its record has not changed since
+        if job is None and self._new >= self.config.max_new_jobs_per_pass:
+            # Bounded work per pass (and so bounded state and memory while a
+            # large spool is caught up): the rest waits for the next pass,
+            # unread (reading it now would read a large backlog once per pass).
+            self._more = True
+            return
+        unreadable: RecordError | None = None
         try:
             record = self.reader.read_record(name)
         except RecordError as exc:
-            if (name, exc.reason) not in self._invalid_seen:
-                self._invalid_seen.add((name, exc.reason))
-                _log.warning("job %s: record not ingestible: %s", name, exc)
-                with self.ledger.transaction() as state:
-                    state.metrics.inc("vmsnap_sidecar_records_invalid_total", (exc.reason,))
-            return
-        if record is None:
-            return
+            record, unreadable = None, exc
+        if record is None and unreadable is None:
+            return  # no record yet
         if job is None:
-            # Bounded work per pass (and so bounded state and memory while a
-            # large spool is caught up): the rest waits for the next pass.
-            if self._new >= self.config.max_new_jobs_per_pass:
-                self._more = True
-                return
             self._new += 1
             with self.ledger.transaction() as state:
                 job = state.job(name, now=now)
         if stat is not None:
             self._stats[name] = stat
+        if unreadable is not None or record is None:
+            self._unreadable(name, job, unreadable, now)
+            return
+        if job.quarantined:
+            # Rewritten readable after all: from now on an ordinary job.
+            with self.ledger.transaction():
+                job.quarantined = False
         if record.complete:
             if job.run != record.run_id:
                 self._count(name, job, record, now)
             return
-        if self.backstop is not None and not job.backstop:
-            self._backstop(name, job, record)
         if not job.abandoned and self._abandoned(name, record, job, now):
             with self.ledger.transaction() as state:
                 job.abandoned = True
@@ -241,7 +270,7 @@ class Sidecar:
                 state.metrics.inc("vmsnap_jobs_abandoned_total")
             _log.warning("job %s: runtime gone before completing; abandoned", name)
 
-    def _count(self, name: str, job: JobState, record: JobRecord, now: float) -> None:
+    def _count(self, name: str, job: JobProgress, record: JobRecord, now: float) -> None:
         # Exactly once: the values and the mark are committed in one write.
         if record.raw.get("interrupted") is True:
             # Completed on behalf of a dead runtime by the next run's recovery
@@ -272,52 +301,60 @@ class Sidecar:
             record.error or "no error",
         )
 
-    def _abandoned(self, name: str, record: JobRecord, job: JobState, now: float) -> bool:
+    def _abandoned(self, name: str, record: JobRecord, job: JobProgress, now: float) -> bool:
         if record.pid is not None and self.backstop is not None:
             return self.backstop.runtime_dead(record, self.reader.job_path(name))
         last = record.updated_at or job.first_seen
         return now - last > self.config.abandon_seconds
 
-    def _backstop(self, name: str, job: JobState, record: JobRecord) -> None:
-        assert self.backstop is not None
-        mountpoints = self.backstop.due(record, self.reader.job_path(name))
-        if mountpoints is None:
+    def _unreadable(
+        self, name: str, job: JobProgress, error: RecordError | None, now: float
+    ) -> None:
+        """record.json cannot be read: count it once; quarantine it once the runtime is gone."""
+        path = self.reader.job_path(name) / RECORD_FILE
+        reason = error.reason if error is not None else "io"
+        if (name, reason) not in self._invalid_seen:
+            self._invalid_seen.add((name, reason))
+            _log.warning("job %s: %s not ingestible (%s): %s", name, path, reason, error)
+            with self.ledger.transaction() as state:
+                state.metrics.inc("vmsnap_sidecar_records_invalid_total", (reason,))
+        if job.finished:
             return
-        outcomes = self.backstop.thaw(mountpoints)
+        if lock_free(self.reader.job_path(name)) is False:
+            return  # a live runtime holds the lock: its next rewrite may be readable
         with self.ledger.transaction() as state:
-            job.backstop = True
-            for outcome in outcomes:
-                state.metrics.inc("vmsnap_backstop_thaw_attempts_total", (outcome.result,))
-                if outcome.result == "thawed":
-                    state.metrics.inc("vmsnap_backstop_thaws_total")
-        for outcome in outcomes:
-            if outcome.result == "thawed":
-                _log.error(
-                    "job %s: runtime %s died leaving %s frozen past its deadline: thawed",
-                    name,
-                    record.pid,
-                    outcome.mountpoint,
-                )
-            elif outcome.result == "error":
-                _log.error(
-                    "job %s: backstop thaw of %s failed: %s",
-                    name,
-                    outcome.mountpoint,
-                    outcome.error,
-                )
+            job.quarantined = True
+            job.completed_at = now
+            state.metrics.inc("vmsnap_sidecar_jobs_quarantined_total")
+        _log.error(
+            "job %s: %s unreadable (%s) and its runtime is gone: quarantined (no outcome "
+            "counted; its log and spans are still forwarded)",
+            name,
+            path,
+            reason,
+        )
 
     def _ingest_watchdog_reports(self) -> None:
-        reports = self.reader.watchdog_reports()
-        names = {r.name for r in reports}
+        reports, invalid = self.reader.watchdog_reports()
+        names = {r.name for r in reports} | {r.name for r in invalid}
         with self.ledger.locked() as state:
             new = [r for r in reports if r.name not in state.watchdog_seen]
+            bad = [r for r in invalid if r.name not in state.watchdog_seen]
             stale = state.watchdog_seen - names
-        if not new and not stale:
+        if not new and not bad and not stale:
             return
         with self.ledger.transaction() as state:
             for report in new:
                 apply_watchdog_report(state.metrics, report)
                 state.watchdog_seen.add(report.name)
+            for unreadable in bad:
+                # Counted once, like a report: the name is remembered while the file exists.
+                state.metrics.inc("vmsnap_sidecar_watchdog_reports_invalid_total")
+                state.watchdog_seen.add(unreadable.name)
+        for unreadable in bad:
+            _log.warning(
+                "watchdog report not readable (%s): %s", unreadable.reason, unreadable.message
+            )
             # Forget names whose files are gone: the set stays as small as the directory.
             state.watchdog_seen -= stale
         for report in new:
@@ -345,9 +382,6 @@ class Sidecar:
             ]
         if not done:
             return
-        with self.ledger.transaction() as state:
-            for name in done:
-                state.jobs[name].removed = True
         removed = []
         for name in done:
             path = self.reader.job_path(name)
@@ -359,12 +393,3 @@ class Sidecar:
             for name in removed:
                 state.jobs.pop(name, None)
                 self._stats.pop(name, None)
-
-
-@contextlib.contextmanager
-def held_lock(state_dir: str | os.PathLike[str]) -> Iterator[None]:
-    fd = lock_state_dir(state_dir)
-    try:
-        yield
-    finally:
-        os.close(fd)

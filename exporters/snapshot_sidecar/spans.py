@@ -35,7 +35,9 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from snapshot_sidecar.spool_reader import SPANS_FILE, RecordError, SpoolReader
+from snapshot_runtime.telemetry.spool_schema import SPANS_FILE, SpoolFormatError, loads_bounded
+from snapshot_sidecar.forwarders import ForwardResult, Guard
+from snapshot_sidecar.spool_reader import RecordError, SpoolReader
 from snapshot_sidecar.state import TERMINAL, Ledger
 
 __all__ = ["SpanConfig", "SpanForwarder", "span_from_json"]
@@ -144,13 +146,17 @@ def parse_lines(data: bytes) -> tuple[list[ReadableSpan], int]:
         if not line.strip():
             continue
         try:
-            spans.append(span_from_json(json.loads(line)))
-        except (ValueError, KeyError, TypeError):
+            spans.append(span_from_json(loads_bounded(line)))
+        except (SpoolFormatError, ValueError, KeyError, TypeError):
             invalid += 1
     return spans, invalid
 
 
 class SpanForwarder:
+    """The span forwarder: a ``Forwarder`` (forwarders.py) of spans.jsonl over OTLP."""
+
+    name = "spans"
+
     def __init__(
         self,
         reader: SpoolReader,
@@ -170,9 +176,17 @@ class SpanForwarder:
         self.next_try = 0.0
         self.backoff = 0.0
         self._done: list[str] = []
+        self._guard = Guard(ledger)
         ledger.live("vmsnap_sidecar_span_backlog_max_bytes", config.backlog_bytes)
 
-    def step(self) -> None:
+    def step(self) -> ForwardResult:
+        """One pass over every job with spans to export (never raises: ``Forwarder``)."""
+        return self._guard.run(self.name, self._pass)
+
+    def close(self) -> None:
+        """Nothing to release: the exporter is the caller's (cli shuts it down)."""
+
+    def _pass(self) -> ForwardResult:
         with self.ledger.locked() as state:
             names = sorted(
                 (n for n, j in state.jobs.items() if j.spans.status not in TERMINAL),
@@ -180,11 +194,15 @@ class SpanForwarder:
             )
         if self.exporter is None:
             self._disabled(names)
-            return
+            return ForwardResult.SUCCESS
         self._bound(names)
+        result = ForwardResult.SUCCESS
         if self.clock() >= self.next_try:
             for name in names:
-                if self.stop.is_set() or not self._export_job(name):
+                if self.stop.is_set():
+                    break
+                if not self._export_job(name):
+                    result = ForwardResult.FAILURE  # the collector refused: back off
                     break
         if self._done:
             with self.ledger.transaction() as state:
@@ -194,12 +212,13 @@ class SpanForwarder:
                         job.spans.status = "done"
             self._done.clear()
         self.update_backlog()
+        return result
 
     def _finished(self, name: str) -> bool:
         job = self.ledger.state.jobs.get(name)
         if job is None:
             return True
-        if job.abandoned or job.complete:
+        if job.finished:
             return True
         try:
             record = self.reader.read_record(name)
@@ -245,7 +264,6 @@ class SpanForwarder:
                     return False
             with self.ledger.transaction() as state:
                 job.spans.offset = chunk.end
-                job.spans.lines += chunk.lines
                 state.metrics.inc("vmsnap_sidecar_spans_exported_total", (), len(spans))
                 if invalid:
                     state.metrics.inc("vmsnap_sidecar_spans_dropped_total", ("invalid",), invalid)
@@ -273,7 +291,6 @@ class SpanForwarder:
         chunk = self.reader.read_lines(name, SPANS_FILE, job.spans.offset, max(1, size))
         with self.ledger.transaction() as state:
             job.spans.offset = chunk.end
-            job.spans.lines += chunk.lines
             state.metrics.inc("vmsnap_sidecar_spans_dropped_total", (reason,), chunk.lines)
             if self._finished(name):
                 job.spans.status = "failed"

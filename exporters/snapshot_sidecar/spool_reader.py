@@ -1,14 +1,21 @@
 """Reading the runtime's spool (docs/spool.md, schema version 1). Read only.
 
+The names, the schema and the parsing rules come from
+``snapshot_runtime.telemetry.spool_schema``, the one home of the contract.
+Every file here is untrusted input: each read is bounded in size, and JSON
+in nesting (``loads_bounded``), so one hostile file fails only its own read.
+
 * ``SpoolReader.job_names()`` lists ``<spool>/jobs/*`` directories.
 * ``read_record`` parses ``record.json`` into a ``JobRecord``; unknown fields
-  are accepted, an unknown ``schema_version`` or broken JSON raises
-  ``RecordError`` (the caller counts it and retries later: the runtime
-  rewrites the record atomically, so a broken one stays broken).
+  are accepted, an unknown ``schema_version``, broken JSON, a record over
+  ``MAX_RECORD_BYTES`` or nested too deep raises ``RecordError`` (the caller
+  counts it and retries later: the runtime rewrites the record atomically,
+  so a broken one stays broken until the next rewrite).
 * ``read_lines`` reads whole lines of ``log.jsonl``/``spans.jsonl`` from a byte
   offset: a final line without ``\\n`` (torn by a SIGKILL, or still being
   written) is never returned.
-* ``watchdog_reports`` lists the watchdog's thaw reports.
+* ``watchdog_reports`` lists the watchdog's thaw reports, and the names of
+  those that cannot be read (``InvalidReport``: counted by the caller).
 
 Blocking: plain file reads of a tmpfs; nothing here waits. Thread-safe (no
 shared mutable state).
@@ -16,19 +23,28 @@ shared mutable state).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from snapshot_runtime.telemetry.spool_schema import (
+    JOBS_DIR,
+    MAX_LINE_BYTES,
+    MAX_RECORD_BYTES,
+    MAX_SEALED_BYTES,
+    MAX_WATCHDOG_REPORT_BYTES,
+    RECORD_FILE,
+    SEALED_FILE,
+    WATCHDOG_DIR,
+    WATCHDOG_REPORT_SUFFIX,
+    SpoolFormatError,
+    check_record,
+    loads_bounded,
+)
+
 __all__ = [
-    "LOG_FILE",
-    "RECORD_FILE",
-    "SCHEMA",
-    "SCHEMA_VERSION",
-    "SEALED_FILE",
-    "SPANS_FILE",
+    "InvalidReport",
     "JobRecord",
     "LineChunk",
     "RecordError",
@@ -36,19 +52,9 @@ __all__ = [
     "WatchdogReport",
 ]
 
-SCHEMA = "snapshot-runtime/job-record"
-SCHEMA_VERSION = 1
-RECORD_FILE = "record.json"
-LOG_FILE = "log.jsonl"
-SPANS_FILE = "spans.jsonl"
-SEALED_FILE = "credentials.sealed"
-# Hard bound on one line: a line longer than this is returned cut, so a runaway
-# writer cannot make the reader buffer without limit.
-MAX_LINE_BYTES = 16 * 1024 * 1024
-
 
 class RecordError(ValueError):
-    """A record.json that cannot be ingested; ``reason`` is json | schema | io."""
+    """A record.json that cannot be ingested; ``reason`` is json | schema | size | depth | io."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -107,14 +113,11 @@ class JobRecord:
     raw: dict[str, Any]
 
     @classmethod
-    def parse(cls, doc: object) -> JobRecord:
-        if not isinstance(doc, dict):
-            raise RecordError("schema", "record is not a JSON object")
-        version = doc.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise RecordError("schema", f"unknown schema_version {version!r}")
-        if doc.get("schema", SCHEMA) != SCHEMA:
-            raise RecordError("schema", f"unknown schema {doc.get('schema')!r}")
+    def parse(cls, raw: object) -> JobRecord:
+        try:
+            doc = check_record(raw)
+        except SpoolFormatError as exc:
+            raise RecordError(exc.reason, str(exc)) from None
         return cls(
             task_id=str(doc.get("task_id") or ""),
             trace_id=_str(doc.get("trace_id")),
@@ -186,13 +189,22 @@ class WatchdogReport:
     doc: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class InvalidReport:
+    """A watchdog directory file that is not a report (``reason``: as ``RecordError``'s)."""
+
+    name: str
+    reason: str
+    message: str
+
+
 class SpoolReader:
     """Read-only view of one spool directory."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.jobs_dir = self.root / "jobs"
-        self.watchdog_dir = self.root / "watchdog"
+        self.jobs_dir = self.root / JOBS_DIR
+        self.watchdog_dir = self.root / WATCHDOG_DIR
 
     def job_path(self, name: str) -> Path:
         return self.jobs_dir / name
@@ -212,15 +224,15 @@ class SpoolReader:
         """The job's record; None while it has none yet. Raises RecordError."""
         path = self.job_path(name) / RECORD_FILE
         try:
-            text = path.read_bytes()
+            data = _read_bounded(path, MAX_RECORD_BYTES)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise RecordError("io", f"{path}: {exc.strerror}") from exc
         try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise RecordError("json", f"{path}: not JSON: {exc}") from None
+            doc = loads_bounded(data, max_bytes=MAX_RECORD_BYTES)
+        except SpoolFormatError as exc:
+            raise RecordError(exc.reason, f"{path}: {exc}") from None
         return JobRecord.parse(doc)
 
     def record_stat(self, name: str) -> tuple[int, int, int] | None:
@@ -270,25 +282,49 @@ class SpoolReader:
             return b""
 
     def read_sealed(self, name: str) -> str | None:
+        """The sealed credentials text; raises ValueError when it cannot be one."""
         try:
-            return (self.job_path(name) / SEALED_FILE).read_text(encoding="utf-8")
+            data = _read_bounded(self.job_path(name) / SEALED_FILE, MAX_SEALED_BYTES)
         except FileNotFoundError:
             return None
+        if len(data) > MAX_SEALED_BYTES:
+            raise ValueError(f"credentials.sealed is over {MAX_SEALED_BYTES} bytes")
+        return data.decode("utf-8")
 
-    def watchdog_reports(self) -> list[WatchdogReport]:
-        """Complete reports (``*.json``; the watchdog writes them tmp + rename)."""
+    def watchdog_reports(self) -> tuple[list[WatchdogReport], list[InvalidReport]]:
+        """Complete reports (``*.json``; the watchdog writes them tmp + rename), and the
+        files among them that are not reports."""
         try:
             names = sorted(os.listdir(self.watchdog_dir))
         except FileNotFoundError:
-            return []
-        reports = []
+            return [], []
+        reports: list[WatchdogReport] = []
+        invalid: list[InvalidReport] = []
         for name in names:
-            if name.startswith(".") or not name.endswith(".json"):
+            if name.startswith(".") or not name.endswith(WATCHDOG_REPORT_SUFFIX):
                 continue
+            path = self.watchdog_dir / name
             try:
-                doc = json.loads((self.watchdog_dir / name).read_bytes())
-            except (OSError, ValueError):
+                doc = loads_bounded(
+                    _read_bounded(path, MAX_WATCHDOG_REPORT_BYTES),
+                    max_bytes=MAX_WATCHDOG_REPORT_BYTES,
+                )
+            except FileNotFoundError:
+                continue  # removed since the listing
+            except OSError as exc:
+                invalid.append(InvalidReport(name, "io", f"{path}: {exc.strerror}"))
+                continue
+            except SpoolFormatError as exc:
+                invalid.append(InvalidReport(name, exc.reason, f"{path}: {exc}"))
                 continue
             if isinstance(doc, dict):
                 reports.append(WatchdogReport(name, doc))
-        return reports
+            else:
+                invalid.append(InvalidReport(name, "schema", f"{path}: not a JSON object"))
+        return reports, invalid
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes: one more than allowed says "too large", unread."""
+    with open(path, "rb") as fh:
+        return fh.read(limit + 1)

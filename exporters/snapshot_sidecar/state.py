@@ -40,7 +40,7 @@ from typing import Any
 from snapshot_runtime.core.atomic_file import write_atomic
 from snapshot_sidecar.metrics import MetricValues
 
-__all__ = ["STATE_FILE", "JobState", "Ledger", "LogProgress", "SidecarState", "SpanProgress"]
+__all__ = ["STATE_FILE", "JobProgress", "Ledger", "LogProgress", "SidecarState", "SpanProgress"]
 
 STATE_FILE = "state.json"
 STATE_SCHEMA = "snapshot-sidecar/state"
@@ -60,8 +60,6 @@ class LogProgress:
     seq: int = 0  # last mirrored seq
     blob_type: str | None = None  # AppendBlob | BlockBlob | PageBlob once known
     blob_offset: int = 0  # logical bytes in the blob after our last write
-    blob_base: int = 0  # bytes the blob held before our first write
-    blocks: int = 0  # committed blocks (append/block blobs)
     error: str | None = None
 
 
@@ -69,32 +67,36 @@ class LogProgress:
 class SpanProgress:
     status: str = "pending"  # pending | done | failed | none
     offset: int = 0  # bytes of spans.jsonl handled (exported or dropped)
-    lines: int = 0
     error: str | None = None
 
 
 @dataclass
-class JobState:
+class JobProgress:
+    """The sidecar's progress on one job directory (not the runtime's job.state.JobState)."""
+
     run: str | None = None  # run id of the last counted complete record
     complete: bool = False
     abandoned: bool = False  # runtime died before completing; counted as abandoned
     backstop: bool = False  # the backstop already acted on this job
+    # record.json unreadable and the runtime gone: no outcome is counted, but
+    # the job is finished, so its readable log and spans are still forwarded.
+    quarantined: bool = False
     first_seen: float = 0.0
     completed_at: float | None = None
-    removed: bool = False  # handled: the job directory may be deleted
     log: LogProgress = field(default_factory=LogProgress)
     spans: SpanProgress = field(default_factory=SpanProgress)
 
     @property
+    def finished(self) -> bool:
+        """Nothing more will be written to the job directory (as far as we can tell)."""
+        return self.complete or self.abandoned or self.quarantined
+
+    @property
     def handled(self) -> bool:
-        return (
-            (self.complete or self.abandoned)
-            and self.log.status in TERMINAL
-            and self.spans.status in TERMINAL
-        )
+        return self.finished and self.log.status in TERMINAL and self.spans.status in TERMINAL
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> JobState:
+    def from_json(cls, doc: dict[str, Any]) -> JobProgress:
         log = LogProgress(**_known(LogProgress, doc.get("log")))
         spans = SpanProgress(**_known(SpanProgress, doc.get("spans")))
         plain = _known(cls, doc)
@@ -113,13 +115,13 @@ def _known(cls: Any, doc: object) -> dict[str, Any]:
 @dataclass
 class SidecarState:
     metrics: MetricValues = field(default_factory=MetricValues)
-    jobs: dict[str, JobState] = field(default_factory=dict)
+    jobs: dict[str, JobProgress] = field(default_factory=dict)
     watchdog_seen: set[str] = field(default_factory=set)
 
-    def job(self, name: str, *, now: float) -> JobState:
+    def job(self, name: str, *, now: float) -> JobProgress:
         job = self.jobs.get(name)
         if job is None:
-            job = self.jobs[name] = JobState(first_seen=now)
+            job = self.jobs[name] = JobProgress(first_seen=now)
         return job
 
     def to_json(self) -> dict[str, Any]:
@@ -139,7 +141,7 @@ class SidecarState:
             raise ValueError(f"unknown state schema_version {doc.get('schema_version')!r}")
         metrics = MetricValues.from_json(doc.get("metrics") or {})
         jobs = {
-            str(name): JobState.from_json(job)
+            str(name): JobProgress.from_json(job)
             for name, job in (doc.get("jobs") or {}).items()
             if isinstance(job, dict)
         }
@@ -159,7 +161,6 @@ class Ledger:
         self.reset_reason: str | None = None
         self.state = self._load()
         self.published: MetricValues = self.state.metrics.copy()
-        self.commits = 0
         # Changes whenever what a scrape shows may change (commit, live gauge):
         # the exposition caches its rendering per version.
         self.version = 0
@@ -226,6 +227,5 @@ class Ledger:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.path, data, mode=0o600)
         self._dirty = False
-        self.commits += 1
         self.published = self.state.metrics.copy()
         self.version += 1

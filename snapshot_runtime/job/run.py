@@ -75,7 +75,7 @@ from snapshot_runtime.telemetry.job_log import JobLog
 from snapshot_runtime.telemetry.job_telemetry import JobTelemetry, TelemetryOptions
 from snapshot_runtime.telemetry.record import RecordFacts
 from snapshot_runtime.telemetry.span_attributes import root_attributes
-from snapshot_runtime.telemetry.spool import recover_interrupted
+from snapshot_runtime.telemetry.spool_recovery import recover_interrupted
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter

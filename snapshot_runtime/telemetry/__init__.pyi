@@ -12,7 +12,7 @@ from .sealing import unseal as unseal
 from .sealing import versions_document as versions_document
 from .span_attributes import root_attributes as root_attributes
 from .spool import DEFAULT_MAX_BYTES as DEFAULT_MAX_BYTES
-from .spool import recover_interrupted as recover_interrupted
+from .spool_recovery import recover_interrupted as recover_interrupted
 from .trace_view import load_job as load_job
 from .trace_view import rows as rows
 from .trace_view import waterfall as waterfall

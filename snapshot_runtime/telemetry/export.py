@@ -22,7 +22,8 @@ from snapshot_runtime.core.redact import strip_sas
 from snapshot_runtime.snapshot.blob_requests import upload_block_blob
 from snapshot_runtime.snapshot.blob_retry import BlobPolicy
 from snapshot_runtime.snapshot.failures import BlobOpError
-from snapshot_runtime.telemetry.spool import atomic_write, job_dir_name
+from snapshot_runtime.telemetry.spool import atomic_write
+from snapshot_runtime.telemetry.spool_schema import job_dir_name
 from snapshot_runtime.telemetry.tracing import export_otlp
 
 if TYPE_CHECKING:

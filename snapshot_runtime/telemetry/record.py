@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from snapshot_runtime.core.redact import scrub
-from snapshot_runtime.telemetry.spool import SCHEMA, SCHEMA_VERSION
+from snapshot_runtime.telemetry.spool_schema import SCHEMA, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from snapshot_runtime.core.consistency import Verdict

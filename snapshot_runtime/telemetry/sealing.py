@@ -56,7 +56,6 @@ __all__ = [
     "ALG_V1",
     "ALG_V2",
     "FORMAT_VERSION",
-    "VERSIONS_FILE",
     "generate_keypair",
     "parse_versions",
     "public_key_of",
@@ -66,9 +65,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 2
-# Versions ``unseal`` opens; published by the sidecar in VERSIONS_FILE.
+# Versions ``unseal`` opens; published by the sidecar in SIDECAR_SEALING_FILE.
 _OPENS = (1, 2)
-VERSIONS_FILE = "sidecar.sealing"
 ALG_V2 = "X25519-XSalsa20Poly1305-SealedBox"
 ALG_V1 = "X25519-HKDF-SHA256-ChaCha20Poly1305"
 

@@ -1,8 +1,10 @@
 """The spool: the runtime's durable hand-off to the sidecar (docs/spool.md, the contract).
 
 Layout under the spool root: ``jobs/<job-dir>/{record.json, log.jsonl,
-spans.jsonl, credentials.sealed, lock}`` and ``watchdog/``. This module owns
-the file mechanics; what goes into a record is ``record.py``'s business.
+spans.jsonl, credentials.sealed, lock}`` and ``watchdog/``; the names, the
+schema and the line rules are ``spool_schema``'s. This module owns the
+writer's file mechanics; what goes into a record is ``record.py``'s business,
+completing a dead job's record ``spool_recovery``'s.
 
 Contracts:
 
@@ -16,9 +18,9 @@ Contracts:
   the record is always written.
 * A live job holds ``flock(LOCK_EX)`` on its ``lock`` file; the kernel drops it
   when the process dies (SIGKILL included). The file is removed once the
-  job's record is complete. ``recover_interrupted`` uses both: no lock file,
-  nothing to recover (cheap, whatever the number of finished jobs); a lock
-  file it can lock, a dead job.
+  job's record is complete. ``spool_recovery.recover_interrupted`` uses
+  both: no lock file, nothing to recover (cheap, whatever the number of
+  finished jobs); a lock file it can lock, a dead job.
 * Nothing here raises for an I/O failure while a job runs: failures are
   counted (``errors``) and reported in the record. Files 0600, dirs 0700.
 """
@@ -32,60 +34,46 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from snapshot_runtime.core.atomic_file import write_atomic
-from snapshot_runtime.telemetry.sealing import VERSIONS_FILE, parse_versions
+from snapshot_runtime.telemetry.sealing import parse_versions
+from snapshot_runtime.telemetry.spool_schema import (
+    JOBS_DIR,
+    LOCK_FILE,
+    LOG_FILE,
+    MAX_RECORD_BYTES,
+    RECORD_FILE,
+    SEALED_FILE,
+    SIDECAR_PUB_FILE,
+    SPANS_FILE,
+    WATCHDOG_DIR,
+    SpoolFormatError,
+    complete_lines,
+    job_dir_name,
+    parse_record,
+)
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
-    "SCHEMA",
-    "SCHEMA_VERSION",
     "JobSpool",
-    "Recovered",
     "Spool",
     "atomic_write",
-    "complete_lines",
     "find_job",
-    "job_dir_name",
     "parse_public_key",
+    "read_lines",
     "read_record",
-    "recover_interrupted",
+    "record_bytes",
 ]
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-SCHEMA = "snapshot-runtime/job-record"
-SCHEMA_VERSION = 1
-
-RECORD = "record.json"
-LOG = "log.jsonl"
-SPANS = "spans.jsonl"
-SEALED = "credentials.sealed"
-LOCK = "lock"
-SIDECAR_PUB = "sidecar.pub"
-_REPLAY_TAIL_BYTES = 16 * 1024 * 1024
 _MAX_DIR_SUFFIX = 1000
-
-
-def job_dir_name(task_id: str) -> str:
-    """The taskId made filename-safe (same rule as the status file name)."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in task_id)[:128]
-    return safe.lstrip(".") or "unknown"
 
 
 def atomic_write(path: str, data: bytes, *, mode: int = 0o600, fsync: bool = True) -> None:
     """Replace ``path`` with ``data`` (atomic_file.write_atomic; kept for callers)."""
     write_atomic(path, data, mode=mode, fsync=fsync)
-
-
-def complete_lines(data: bytes) -> list[bytes]:
-    """Whole lines only: a final line without ``\\n`` (torn by a kill) is ignored."""
-    if not data:
-        return []
-    lines = data.split(b"\n")
-    return [line for line in lines[:-1] if line]
 
 
 def parse_public_key(data: bytes) -> bytes | None:
@@ -135,8 +123,8 @@ class Spool:
             raise ValueError("max_bytes must be positive")
         self.root = root
         self.max_bytes = max_bytes
-        self.jobs_dir = os.path.join(root, "jobs")
-        self.watchdog_dir = os.path.join(root, "watchdog")
+        self.jobs_dir = os.path.join(root, JOBS_DIR)
+        self.watchdog_dir = os.path.join(root, WATCHDOG_DIR)
         for directory in (root, self.jobs_dir, self.watchdog_dir):
             os.makedirs(directory, mode=0o700, exist_ok=True)
 
@@ -146,7 +134,7 @@ class Spool:
     def sidecar_public_key(self) -> bytes | None:
         """The sidecar's key, or None when no sidecar is installed (or the file is bad)."""
         try:
-            with open(os.path.join(self.root, SIDECAR_PUB), "rb") as fh:
+            with open(os.path.join(self.root, SIDECAR_PUB_FILE), "rb") as fh:
                 data = fh.read(4096)
         except OSError:
             return None
@@ -155,7 +143,7 @@ class Spool:
     def sidecar_sealing_versions(self) -> frozenset[int]:
         """The credentials.sealed versions the sidecar opens (empty: a sidecar before 2)."""
         try:
-            with open(os.path.join(self.root, VERSIONS_FILE), "rb") as fh:
+            with open(os.path.join(self.root), "rb") as fh:
                 return parse_versions(fh.read(4096))
         except OSError:
             return frozenset()
@@ -193,10 +181,10 @@ class JobSpool:
 
     def __post_init__(self) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        self._lock_fd = os.open(os.path.join(self.path, LOCK), flags, 0o600)
+        self._lock_fd = os.open(os.path.join(self.path, LOCK_FILE), flags, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._log_fd = os.open(os.path.join(self.path, LOG), flags, 0o600)
-        self._span_fd = os.open(os.path.join(self.path, SPANS), flags, 0o600)
+        self._log_fd = os.open(os.path.join(self.path, LOG_FILE), flags, 0o600)
+        self._span_fd = os.open(os.path.join(self.path, SPANS_FILE), flags, 0o600)
 
     @property
     def name(self) -> str:
@@ -246,7 +234,9 @@ class JobSpool:
         """Replace record.json; fsync only the complete one (a tmpfs ignores it anyway)."""
         try:
             atomic_write(
-                os.path.join(self.path, RECORD), _record_bytes(doc), fsync=bool(doc.get("complete"))
+                os.path.join(self.path, RECORD_FILE),
+                record_bytes(doc),
+                fsync=bool(doc.get("complete")),
             )
         except OSError as exc:
             self._error(f"record: {exc.strerror or exc}")
@@ -255,7 +245,7 @@ class JobSpool:
 
     def write_sealed(self, sealed: str) -> bool:
         try:
-            atomic_write(os.path.join(self.path, SEALED), sealed.encode("ascii"))
+            atomic_write(os.path.join(self.path, SEALED_FILE), sealed.encode("ascii"))
         except OSError as exc:
             self._error(f"credentials.sealed: {exc.strerror or exc}")
             return False
@@ -265,7 +255,7 @@ class JobSpool:
         """Close the appenders and release the lock (the job is over: its record is complete)."""
         if self._lock_fd >= 0:
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.path, LOCK))
+                os.unlink(os.path.join(self.path, LOCK_FILE))
         for attr in ("_log_fd", "_span_fd", "_lock_fd"):
             fd = getattr(self, attr)
             if fd >= 0:
@@ -274,23 +264,22 @@ class JobSpool:
                 setattr(self, attr, -1)
 
 
-def _record_bytes(doc: dict[str, Any]) -> bytes:
+def record_bytes(doc: dict[str, Any]) -> bytes:
+    """A record as the one line record.json holds."""
     return (json.dumps(doc, separators=(",", ":"), default=str) + "\n").encode("utf-8")
 
 
 def read_record(job_dir: str) -> dict[str, Any] | None:
     """The record of a job directory, or None (absent, unreadable, unknown schema)."""
     try:
-        with open(os.path.join(job_dir, RECORD), "rb") as fh:
-            doc = json.loads(fh.read())
-    except (OSError, ValueError):
+        with open(os.path.join(job_dir, RECORD_FILE), "rb") as fh:
+            return parse_record(fh.read(MAX_RECORD_BYTES + 1))
+    except (OSError, SpoolFormatError):
         return None
-    if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
-        return None
-    return doc
 
 
 def read_lines(path: str) -> list[bytes]:
+    """The whole lines of a spool file (none when it cannot be read)."""
     try:
         with open(path, "rb") as fh:
             return complete_lines(fh.read())
@@ -300,7 +289,7 @@ def read_lines(path: str) -> list[bytes]:
 
 def find_job(root: str, task_id: str) -> str | None:
     """The newest job directory of ``task_id`` in the spool, or None."""
-    jobs = os.path.join(root, "jobs")
+    jobs = os.path.join(root, JOBS_DIR)
     base = job_dir_name(task_id)
     try:
         names = [n for n in os.listdir(jobs) if n == base or n.startswith(base + "~")]
@@ -315,141 +304,3 @@ def find_job(root: str, task_id: str) -> str | None:
         if best is None or key > best:
             best = key
     return os.path.join(jobs, best[1]) if best else None
-
-
-@dataclass(frozen=True)
-class Recovered:
-    """One interrupted job found by ``recover_interrupted``."""
-
-    job_dir: str
-    task_id: str
-    log_file: str | None
-    lines_in_spool: int
-    lines_replayed: int
-    note: str | None
-
-
-@contextlib.contextmanager
-def _dead_owner(job_dir: str) -> Iterator[bool]:
-    """True (while held) when the job's lock file exists and its owner is gone."""
-    try:
-        fd = os.open(os.path.join(job_dir, LOCK), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        yield False  # no lock file: a finished job (or not a job directory)
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
-
-
-def _tail(path: str, limit: int) -> bytes:
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        fh.seek(max(0, size - limit))
-        return fh.read()
-
-
-def _replay(log_file: str, lines: list[bytes]) -> tuple[int, str | None]:
-    """Append to ``log_file`` the spool lines it lacks; (count, note)."""
-    if not os.path.isdir(os.path.dirname(log_file) or "."):
-        return 0, "log file directory is gone"
-    try:
-        present = set(complete_lines(_tail(log_file, _REPLAY_TAIL_BYTES)))
-    except FileNotFoundError:
-        present = set()
-    except OSError as exc:
-        return 0, f"cannot read the log file: {exc.strerror}"
-    missing = [line for line in lines if line not in present]
-    if not missing:
-        return 0, None
-    try:
-        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
-    except OSError as exc:
-        return 0, f"cannot open the log file: {exc.strerror}"
-    try:
-        with contextlib.suppress(OSError):
-            # A torn last line in the file would glue onto our first line.
-            if os.fstat(fd).st_size and not _tail(log_file, 1).endswith(b"\n"):
-                os.write(fd, b"\n")
-        os.write(fd, b"".join(line + b"\n" for line in missing))
-    except OSError as exc:
-        return 0, f"cannot append to the log file: {exc.strerror}"
-    finally:
-        os.close(fd)
-    return len(missing), None
-
-
-def recover_interrupted(root: str, *, replay: bool = True) -> list[Recovered]:
-    """Close the records of jobs that died before completing (docs/spool.md, "Recovery").
-
-    A job directory whose record says ``complete: false`` and whose lock is
-    free belongs to a runtime that died (a SIGKILL while frozen, an OOM
-    kill). For each: the spool's log lines that never reached the job's local
-    log file (``record.log_file``) are appended to it in ``seq`` order
-    (``replay``), then the record is completed with ``interrupted: true``,
-    ``outcome: "failed"`` and ``error: "InternalError"``. Never raises for I/O.
-    """
-    jobs = os.path.join(root, "jobs")
-    try:
-        names = sorted(os.listdir(jobs))
-    except OSError:
-        return []
-    found: list[Recovered] = []
-    for name in names:
-        job_dir = os.path.join(jobs, name)
-        with _dead_owner(job_dir) as dead:
-            if not dead:
-                continue
-            record = read_record(job_dir)
-            if record is None or record.get("complete"):
-                continue
-            lines = read_lines(os.path.join(job_dir, LOG))
-            log_file = record.get("log_file")
-            replayed, note = 0, None
-            if replay and isinstance(log_file, str) and log_file:
-                replayed, note = _replay(log_file, _by_seq(lines))
-            now = time.time()
-            record.update(
-                complete=True,
-                interrupted=True,
-                outcome="failed",
-                error=record.get("error") or "InternalError",
-                updated_at=now,
-                ended_at=record.get("ended_at") or now,
-                recovered={"at": now, "lines_replayed": replayed, "note": note},
-            )
-            logs = record.get("logs") if isinstance(record.get("logs"), dict) else {}
-            assert isinstance(logs, dict)
-            logs["lines"] = len(lines)
-            record["logs"] = logs
-            with contextlib.suppress(OSError):
-                atomic_write(os.path.join(job_dir, RECORD), _record_bytes(record))
-                os.unlink(os.path.join(job_dir, LOCK))
-            found.append(
-                Recovered(
-                    job_dir=job_dir,
-                    task_id=str(record.get("task_id") or ""),
-                    log_file=log_file if isinstance(log_file, str) else None,
-                    lines_in_spool=len(lines),
-                    lines_replayed=replayed,
-                    note=note,
-                )
-            )
-    return found
-
-
-def _by_seq(lines: list[bytes]) -> list[bytes]:
-    def seq(line: bytes) -> int:
-        try:
-            value = json.loads(line).get("seq")
-        except (ValueError, AttributeError):
-            return 0
-        return value if isinstance(value, int) else 0
-
-    return sorted(lines, key=seq)

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from snapshot_runtime.telemetry.spool import SPANS, find_job, job_dir_name, read_lines, read_record
+from snapshot_runtime.telemetry.spool import find_job, read_lines, read_record
+from snapshot_runtime.telemetry.spool_schema import SPANS_FILE, job_dir_name
 
 __all__ = ["JobView", "WaterfallRow", "load_job", "rows", "waterfall"]
 
@@ -56,7 +57,7 @@ def load_job(task_id: str, *, state_dir: str, spool_dir: str) -> JobView | None:
     if record is None:
         return None
     spans = []
-    for line in read_lines(os.path.join(job_dir, SPANS)):
+    for line in read_lines(os.path.join(job_dir, SPANS_FILE)):
         try:
             item = json.loads(line)
         except ValueError:

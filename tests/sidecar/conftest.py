@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry
 from snapshot_sidecar.backstop import Backstop
 from snapshot_sidecar.collectors import build_registry, default_collectors
 from snapshot_sidecar.keys import Keys
-from snapshot_sidecar.mirror import LogMirror, MirrorConfig
-from snapshot_sidecar.sidecar import Sidecar, SidecarConfig
-from snapshot_sidecar.spans import SpanConfig, SpanForwarder
+from snapshot_sidecar.mirror import MirrorConfig
+from snapshot_sidecar.sidecar import Sidecar, SidecarConfig, standard_forwarders
+from snapshot_sidecar.spans import SpanConfig
 from snapshot_sidecar.spool_reader import SpoolReader
 from snapshot_sidecar.state import Ledger
 
@@ -57,13 +57,15 @@ class Rig:
         ledger = Ledger(self.state)
         mirror_config = mirror or fast_mirror()
         span_config = spans or SpanConfig(max_backoff=0.0)
+        config = SidecarConfig(
+            poll_seconds=0.05, keep_jobs=keep_jobs, mirror=mirror_config, spans=span_config
+        )
         sidecar = Sidecar(
             reader=reader,
             ledger=ledger,
-            mirror=LogMirror(reader, ledger, self.keys, mirror_config),
-            spans=SpanForwarder(reader, ledger, exporter, span_config),
+            forwarders=standard_forwarders(reader, ledger, self.keys, config, exporter=exporter),
             backstop=backstop,
-            config=SidecarConfig(poll_seconds=0.05, keep_jobs=keep_jobs),
+            config=config,
         )
         self.sidecars.append(sidecar)
         return sidecar
@@ -85,4 +87,4 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     rig = Rig(spool, state, SpoolGen(spool), keys)
     yield rig
     for sidecar in rig.sidecars:
-        sidecar.mirror.close()
+        sidecar.close()

@@ -19,11 +19,11 @@ from snapshot_sidecar.keys import PRIVATE_FILE, PUBLIC_FILE, Keys
 
 from snapshot_runtime.telemetry.sealing import (
     FORMAT_VERSION,
-    VERSIONS_FILE,
     generate_keypair,
     parse_versions,
     seal,
 )
+from snapshot_runtime.telemetry.spool_schema import SIDECAR_SEALING_FILE
 from tests.support.sealing_v1 import generate_keypair_v1, seal_v1
 
 URL = "https://a.blob.core.windows.net/c/job.log?sv=1&sig=SECRETSIG"
@@ -64,7 +64,7 @@ def test_the_public_file_is_derived_from_the_key(tmp_path: Path, damage: str) ->
     keys.publish(tmp_path / "spool")
     assert (tmp_path / "spool" / PUBLIC_FILE).read_bytes() == public_raw
     # And it says which credentials.sealed versions it opens (docs/spool.md).
-    published = parse_versions((tmp_path / "spool" / VERSIONS_FILE).read_bytes())
+    published = parse_versions((tmp_path / "spool" / SIDECAR_SEALING_FILE).read_bytes())
     assert published == {1, FORMAT_VERSION}
 
 

@@ -7,12 +7,13 @@ import json
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from snapshot_sidecar.metrics import CONSISTENCIES, FAMILIES, FREEZE_BUCKETS, OUTCOMES, MetricValues
-from snapshot_sidecar.spool_reader import LOG_FILE, SpoolReader
+from snapshot_sidecar.spool_reader import SpoolReader
 from snapshot_sidecar.state import STATE_FILE
 
 from snapshot_runtime import __version__
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.core.phases import PHASES
+from snapshot_runtime.telemetry.spool_schema import LOG_FILE
 from tests.sidecar.conftest import Rig
 
 

@@ -87,13 +87,15 @@ def test_prometheus_scrapes_the_sidecar_after_real_jobs(
     sidecar = Sidecar(
         reader=reader,
         ledger=ledger,
-        mirror=LogMirror(reader, ledger, keys, fast_mirror()),
-        spans=SpanForwarder(reader, ledger, None, SpanConfig()),
+        forwarders=[
+            LogMirror(reader, ledger, keys, fast_mirror()),
+            SpanForwarder(reader, ledger, None, SpanConfig()),
+        ],
         backstop=Backstop(KernelFreezeIoctl()),
         config=SidecarConfig(keep_jobs=True),
     )
     sidecar.run_once()
-    sidecar.mirror.close()
+    sidecar.close()
 
     # The real job's log, mirrored exactly (the spool's log.jsonl of that job).
     ok_dir = next(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -144,3 +145,87 @@ def test_serves_metrics_stops_on_sigterm_and_locks_the_state_dir(rig: Rig, tmp_p
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0, log.read_text()
     assert oct(os.stat(rig.state / "sidecar.key").st_mode & 0o777) == "0o600"
+
+
+def _lose_state(state_dir: Path, how: str) -> None:
+    path = state_dir / STATE_FILE
+    if how == "deleted":
+        path.unlink(missing_ok=True)
+    elif how == "corrupt":
+        path.write_bytes(b'{"schema": "snapshot-sidecar/state", "jobs": {"a')
+    else:  # a newer format: the downgrade path of docs/operations.md
+        doc = json.loads(path.read_text())
+        doc["schema_version"] = 99
+        path.write_text(json.dumps(doc))
+
+
+@pytest.mark.azurite
+def test_lost_state_never_appends_a_log_twice(rig: Rig, azurite: Azurite, tmp_path: Path) -> None:
+    """Issue 11 defect 3: state.json deleted, corrupt, of a newer version, between and
+    during jobs (one still running): every blob == its spool log, each line once, in order."""
+    container = azurite.container()
+    service = azurite.service()
+    blobs = {name: f"logs/{name}-{uuid.uuid4().hex}.log" for name in ("done", "running")}
+    finished = rig.gen.job("done")
+    rig.gen.seal_logs_url(finished, azurite.sas_url(container, blobs["done"]))
+    rig.gen.log_lines(finished, 18)
+    running = rig.gen.job("running", complete=False, pid=os.getpid())
+    rig.gen.seal_logs_url(running, azurite.sas_url(container, blobs["running"]))
+    lock_fd = os.open(running.path / "lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "its runtime" is alive
+    rig.gen.log_lines(running, 20)
+    jobs = {"done": finished, "running": running}
+
+    def blob(name: str) -> bytes:
+        client = service.get_blob_client(container, blobs[name])
+        return bytes(client.download_blob().readall()) if client.exists() else b""
+
+    def caught_up(name: str) -> bool:
+        return len(blob(name)) >= len(jobs[name].log_bytes)
+
+    def check() -> None:
+        for name, job in jobs.items():
+            data = blob(name)
+            lines = len(data.splitlines())
+            assert data == bytes(job.log_bytes), f"{name}: {lines} lines, spool {job.seq}"
+            seqs = [json.loads(line)["seq"] for line in data.splitlines()]
+            assert seqs == list(range(1, job.seq + 1))
+
+    log = tmp_path / "sidecar.log"
+    fast = ("--mirror-batch-bytes", "0", "--mirror-flush-seconds", "0")
+    proc = _start(rig, *fast, log=log)
+    try:
+        wait_until(lambda: caught_up("done") and caught_up("running"), 30, "the first mirroring")
+        wait_until(lambda: _log_status(rig, "done") == "done", 30, "the finished job's log done")
+        check()
+        # During a job: the state goes while the sidecar runs, then it is killed.
+        _lose_state(rig.state, "deleted")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    _lose_state(rig.state, "deleted")  # whatever a last commit wrote meanwhile
+    for how, more in (("deleted", 4), ("corrupt", 3), ("newer_version", 2)):
+        rig.gen.log_lines(running, more)
+        if how == "newer_version":  # the job ends while the sidecar is down
+            rig.gen.complete(running)
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            os.close(lock_fd)
+            (running.path / "lock").unlink()
+        proc = _start(rig, *fast, log=log)
+        try:
+            wait_until(lambda: caught_up("running"), 30, f"mirroring after the state was {how}")
+            wait_until(
+                lambda: _log_status(rig, "done") == "done", 30, "the finished job seen again"
+            )
+            if how == "newer_version":
+                wait_until(lambda: _log_status(rig, "running") == "done", 30, "the last lines")
+            check()
+        finally:
+            proc.terminate()
+            assert proc.wait(10) == 0, log.read_text()
+        if how != "newer_version":
+            _lose_state(rig.state, {"deleted": "corrupt", "corrupt": "newer_version"}[how])
+    check()
+    text = log.read_text()
+    assert "sig=" not in text
+    assert "resuming after it" in text

@@ -8,7 +8,7 @@ import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
 from snapshot_sidecar.cli import span_exporter_from_env
-from snapshot_sidecar.spans import SpanConfig, span_from_json
+from snapshot_sidecar.spans import SpanConfig, SpanForwarder, span_from_json
 
 from tests.sidecar.conftest import Rig
 from tests.support.otlp_receiver import OtlpReceiver
@@ -93,7 +93,9 @@ def test_backlog_beyond_the_bound_is_dropped_and_counted(rig: Rig, receiver: Otl
     assert rig.value(sidecar, "vmsnap_sidecar_spans_dropped_total", reason="backlog") == 10
     assert rig.value(sidecar, "vmsnap_sidecar_span_backlog_max_bytes") == bound
     receiver.up = True
-    sidecar.spans.next_try = 0.0
+    forwarder = sidecar.forwarder("spans")
+    assert isinstance(forwarder, SpanForwarder)
+    forwarder.next_try = 0.0  # retry now, not after the backoff
     sidecar.run_once()
     assert sorted(s.span_id for s in receiver.spans) == sorted(d["span_id"] for d in new.spans)
 

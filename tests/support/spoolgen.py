@@ -1,5 +1,8 @@
 """Generate spool directories exactly as docs/spool.md describes (schema version 1).
 
+Names, layout and schema come from ``snapshot_runtime.telemetry.spool_schema``
+(the contract's one home), as the runtime's writer and the sidecar's reader do.
+
 Tests of the sidecar use this instead of running real snapshot jobs when they
 need many jobs, exact values, or states a real job only reaches by accident
 (torn last line, dead runtime pid, a freeze left behind).
@@ -10,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import subprocess
 import time
 import uuid
@@ -20,6 +22,21 @@ from pathlib import Path
 from typing import Any
 
 from snapshot_runtime.telemetry.sealing import seal
+from snapshot_runtime.telemetry.spool_schema import (
+    JOBS_DIR,
+    LOG_FILE,
+    LOG_SEQ_KEY,
+    RECORD_FILE,
+    RECORD_KEYS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SEALED_FILE,
+    SIDECAR_PUB_FILE,
+    SPANS_FILE,
+    WATCHDOG_DIR,
+    job_dir_name,
+    watchdog_report_name,
+)
 
 __all__ = ["GenJob", "SpoolGen", "dead_pid"]
 
@@ -29,10 +46,6 @@ def dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
-
-
-def _safe(task_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", task_id)[:200]
 
 
 @dataclass
@@ -48,17 +61,17 @@ class GenJob:
 
     @property
     def log_path(self) -> Path:
-        return self.path / "log.jsonl"
+        return self.path / LOG_FILE
 
     @property
     def spans_path(self) -> Path:
-        return self.path / "spans.jsonl"
+        return self.path / SPANS_FILE
 
 
 class SpoolGen:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        (self.root / "jobs").mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.root / JOBS_DIR).mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # -- records ---------------------------------------------------------------
 
@@ -109,8 +122,8 @@ class SpoolGen:
                 ("status_end", 0.01),
             ]
         record: dict[str, Any] = {
-            "schema": "snapshot-runtime/job-record",
-            "schema_version": 1,
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
             "task_id": task_id,
             "trace_id": trace_id,
             "root_span_id": uuid.uuid4().hex[:16],
@@ -153,9 +166,10 @@ class SpoolGen:
         }
         if pid is not None:
             record["pid"] = pid
+        assert set(record) <= set(RECORD_KEYS), set(record) - set(RECORD_KEYS)
         record.update(extra or {})
-        name = _safe(task_id)
-        path = self.root / "jobs" / name
+        name = job_dir_name(task_id)
+        path = self.root / JOBS_DIR / name
         path.mkdir(mode=0o700, exist_ok=True)
         job = GenJob(name, path, task_id, trace_id, record)
         self.write_record(job)
@@ -165,9 +179,9 @@ class SpoolGen:
         job.record.update(changes)
         job.record["logs"] = {"lines": job.seq, "bytes": len(job.log_bytes)}
         job.record["spans"] = {"count": len(job.spans)}
-        tmp = job.path / ".record.json.tmp"
+        tmp = job.path / f".{RECORD_FILE}.tmp"
         tmp.write_text(json.dumps(job.record))
-        os.replace(tmp, job.path / "record.json")
+        os.replace(tmp, job.path / RECORD_FILE)
 
     def complete(self, job: GenJob, **changes: Any) -> None:
         now = time.time()
@@ -187,7 +201,7 @@ class SpoolGen:
             for _ in range(n):
                 job.seq += 1
                 base = {
-                    "seq": job.seq,
+                    LOG_SEQ_KEY: job.seq,
                     "ts": time.time(),
                     "level": "INFO",
                     "task_id": job.task_id,
@@ -243,14 +257,14 @@ class SpoolGen:
     # -- credentials and watchdog ----------------------------------------------------
 
     def seal_logs_url(self, job: GenJob, url: str, *, public_key: bytes | None = None) -> None:
-        key = public_key if public_key is not None else (self.root / "sidecar.pub").read_bytes()
+        key = public_key if public_key is not None else (self.root / SIDECAR_PUB_FILE).read_bytes()
         sealed = seal(key, json.dumps({"logsBlobUri": url}).encode())
-        (job.path / "credentials.sealed").write_text(sealed)
+        (job.path / SEALED_FILE).write_text(sealed)
 
     def watchdog_report(
         self, *, reason: str = "eof", mounts: Iterable[str] = ("/mnt/x",), pid: int = 4242
     ) -> Path:
-        directory = self.root / "watchdog"
+        directory = self.root / WATCHDOG_DIR
         directory.mkdir(mode=0o700, exist_ok=True)
         report = {
             "reason": reason,
@@ -261,6 +275,9 @@ class SpoolGen:
             "late_seconds": 0.0,
             "wall_time": "2026-01-01T00:00:00Z",
         }
-        path = directory / f"thaw-watchdog-{pid}-{time.time_ns()}.json"
+        unix_ms = time.time_ns() // 1_000_000
+        while (directory / watchdog_report_name(pid, unix_ms)).exists():
+            unix_ms += 1  # two reports of one pid in one millisecond: keep both
+        path = directory / watchdog_report_name(pid, unix_ms)
         path.write_text(json.dumps(report))
         return path

@@ -15,7 +15,7 @@ import pytest
 from snapshot_runtime.core.redact import Redactor
 from snapshot_runtime.job.run import run_job
 from snapshot_runtime.telemetry.job_log import FreezeGate, JobLog
-from snapshot_runtime.telemetry.spool import complete_lines
+from snapshot_runtime.telemetry.spool_schema import complete_lines
 from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.jobkit import Workspace

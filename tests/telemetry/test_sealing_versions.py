@@ -19,12 +19,12 @@ import pytest
 from snapshot_runtime.job.run import run_job
 from snapshot_runtime.telemetry.sealing import (
     FORMAT_VERSION,
-    VERSIONS_FILE,
     generate_keypair,
     parse_versions,
     unseal,
     versions_document,
 )
+from snapshot_runtime.telemetry.spool_schema import SIDECAR_SEALING_FILE
 from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.jobkit import Workspace
@@ -71,7 +71,7 @@ def test_an_older_sidecar_gets_no_credentials_and_loses_no_log(
 def test_a_current_sidecar_gets_version_2(ws: Workspace, azurite: Azurite) -> None:
     private_pem, public_raw = generate_keypair()
     ws.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (ws.spool_dir / VERSIONS_FILE).write_bytes(versions_document())
+    (ws.spool_dir / SIDECAR_SEALING_FILE).write_bytes(versions_document())
     (ws.spool_dir / "sidecar.pub").write_bytes(public_raw)
     with OtlpReceiver() as receiver:
         container, blob, logs_url, job_dir, record = _job(ws, azurite, receiver, "new-sidecar")

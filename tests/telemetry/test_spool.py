@@ -15,14 +15,9 @@ from typing import Any
 import pytest
 
 from snapshot_runtime.job.run import run_job
-from snapshot_runtime.telemetry.spool import (
-    JobSpool,
-    Spool,
-    complete_lines,
-    find_job,
-    read_record,
-    recover_interrupted,
-)
+from snapshot_runtime.telemetry.spool import JobSpool, Spool, find_job, read_record
+from snapshot_runtime.telemetry.spool_recovery import recover_interrupted
+from snapshot_runtime.telemetry.spool_schema import complete_lines
 from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.jobkit import Workspace

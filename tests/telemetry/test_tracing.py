@@ -21,8 +21,8 @@ from opentelemetry.trace import StatusCode
 
 from snapshot_runtime.core.redact import scrub
 from snapshot_runtime.job.run import run_job
-from snapshot_runtime.telemetry.sealing import VERSIONS_FILE, generate_keypair, versions_document
-from snapshot_runtime.telemetry.spool import complete_lines
+from snapshot_runtime.telemetry.sealing import generate_keypair, versions_document
+from snapshot_runtime.telemetry.spool_schema import SIDECAR_SEALING_FILE, complete_lines
 from snapshot_runtime.telemetry.tracing import (
     JobTracer,
     build_resource,
@@ -344,7 +344,7 @@ def test_no_direct_otlp_export_when_a_sidecar_is_installed(
 ) -> None:
     spool = ws.root / "sidecar-spool"
     spool.mkdir(parents=True, mode=0o700)
-    (spool / VERSIONS_FILE).write_bytes(versions_document())  # a current sidecar
+    (spool / SIDECAR_SEALING_FILE).write_bytes(versions_document())  # a current sidecar
     (spool / "sidecar.pub").write_bytes(generate_keypair()[1])
     settings, _ = _otlp_settings(ws, azurite, f"{uuid.uuid4()}_1")
     with OtlpReceiver() as receiver:

@@ -24,9 +24,9 @@ from snapshot_sidecar.spans import SpanConfig
 from snapshot_runtime.freeze.ioctl import KernelFreezeIoctl
 from snapshot_runtime.telemetry.sealing import seal
 from tests.sidecar.conftest import Rig, fast_mirror
-from tests.sidecar.otlp_receiver import OtlpReceiver
 from tests.support.azurite import Azurite
 from tests.support.loopfs import loop_filesystem
+from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.spoolgen import GenJob, dead_pid
 
 POISON = b"[" * 200_000

@@ -47,6 +47,7 @@ from snapshot_runtime.telemetry.spool_schema import (
     RECORD_FILE,
     SEALED_FILE,
     SIDECAR_PUB_FILE,
+    SIDECAR_SEALING_FILE,
     SPANS_FILE,
     WATCHDOG_DIR,
     SpoolFormatError,
@@ -143,7 +144,7 @@ class Spool:
     def sidecar_sealing_versions(self) -> frozenset[int]:
         """The credentials.sealed versions the sidecar opens (empty: a sidecar before 2)."""
         try:
-            with open(os.path.join(self.root), "rb") as fh:
+            with open(os.path.join(self.root, SIDECAR_SEALING_FILE), "rb") as fh:
                 return parse_versions(fh.read(4096))
         except OSError:
             return frozenset()

@@ -116,4 +116,4 @@ def test_old_runtime_and_new_runtime_jobs_are_both_mirrored_once(
             assert abandoned in (None, 0.0)
     finally:
         for sidecar_ in rig.sidecars:
-            sidecar_.mirror.close()
+            sidecar_.close()

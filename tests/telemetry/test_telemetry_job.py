@@ -24,7 +24,7 @@ from snapshot_runtime.telemetry.sealing import (
     unseal,
     versions_document,
 )
-from snapshot_runtime.telemetry.spool_schema import complete_lines
+from snapshot_runtime.telemetry.spool_schema import SIDECAR_SEALING_FILE, complete_lines
 from tests.freeze_support import wait_frozen, writable_within
 from tests.support import jobkit
 from tests.support.azurite import Azurite
@@ -192,7 +192,7 @@ def test_no_secret_in_any_telemetry_artifact(
         # itself); run 1 with one (credentials.sealed, nothing sent directly).
         for n in range(2):
             if n == 1:
-                Path(spool).write_bytes(versions_document())
+                Path(spool, SIDECAR_SEALING_FILE).write_bytes(versions_document())
                 Path(spool, "sidecar.pub").write_bytes(public_raw)
             task_id = f"secrets-{n}_1"
             settings = ws.settings(

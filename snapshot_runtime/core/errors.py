@@ -88,10 +88,6 @@ class ErrorCode(enum.Enum):
     def health(self) -> Health:
         return _HEALTH.get(self.code, Health.YELLOW)
 
-    @classmethod
-    def from_name(cls, name: str) -> ErrorCode:
-        return cls(name)
-
 
 _NUMBERS: dict[ErrorCode, int] = {
     ErrorCode.PRE_SCRIPT_FAILED: 300,

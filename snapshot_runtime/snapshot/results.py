@@ -55,10 +55,6 @@ class SnapshotResult:
     def ok_count(self) -> int:
         return sum(1 for d in self.disks if d.ok)
 
-    @property
-    def failed_count(self) -> int:
-        return sum(1 for d in self.disks if not d.ok)
-
 
 def aggregate(
     disks: Sequence[DiskSnapshot], *, deadline_hit: bool

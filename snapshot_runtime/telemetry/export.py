@@ -18,11 +18,11 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from snapshot_runtime.core.atomic_file import write_atomic
 from snapshot_runtime.core.redact import strip_sas
 from snapshot_runtime.snapshot.blob_requests import upload_block_blob
 from snapshot_runtime.snapshot.blob_retry import BlobPolicy
 from snapshot_runtime.snapshot.failures import BlobOpError
-from snapshot_runtime.telemetry.spool import atomic_write
 from snapshot_runtime.telemetry.spool_schema import job_dir_name
 from snapshot_runtime.telemetry.tracing import export_otlp
 
@@ -139,7 +139,7 @@ def write_job_state(
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         doc = {"record": record, "spans": spans_json}
-        atomic_write(
+        write_atomic(
             os.path.join(directory, f"{job_dir_name(task_id)}.json"),
             (json.dumps(doc, default=str, separators=(",", ":")) + "\n").encode("utf-8"),
             fsync=False,  # a convenience copy for `trace`; the spool has the real one

@@ -60,7 +60,6 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "JobSpool",
     "Spool",
-    "atomic_write",
     "find_job",
     "parse_public_key",
     "read_lines",
@@ -70,11 +69,6 @@ __all__ = [
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _MAX_DIR_SUFFIX = 1000
-
-
-def atomic_write(path: str, data: bytes, *, mode: int = 0o600, fsync: bool = True) -> None:
-    """Replace ``path`` with ``data`` (atomic_file.write_atomic; kept for callers)."""
-    write_atomic(path, data, mode=mode, fsync=fsync)
 
 
 def parse_public_key(data: bytes) -> bytes | None:
@@ -234,7 +228,7 @@ class JobSpool:
     def write_record(self, doc: dict[str, Any]) -> bool:
         """Replace record.json; fsync only the complete one (a tmpfs ignores it anyway)."""
         try:
-            atomic_write(
+            write_atomic(
                 os.path.join(self.path, RECORD_FILE),
                 record_bytes(doc),
                 fsync=bool(doc.get("complete")),
@@ -246,7 +240,7 @@ class JobSpool:
 
     def write_sealed(self, sealed: str) -> bool:
         try:
-            atomic_write(os.path.join(self.path, SEALED_FILE), sealed.encode("ascii"))
+            write_atomic(os.path.join(self.path, SEALED_FILE), sealed.encode("ascii"))
         except OSError as exc:
             self._error(f"credentials.sealed: {exc.strerror or exc}")
             return False

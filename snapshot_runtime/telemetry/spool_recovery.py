@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from snapshot_runtime.telemetry.spool import atomic_write, read_lines, read_record, record_bytes
+from snapshot_runtime.core.atomic_file import write_atomic
+from snapshot_runtime.telemetry.spool import read_lines, read_record, record_bytes
 from snapshot_runtime.telemetry.spool_schema import (
     JOBS_DIR,
     LOCK_FILE,
@@ -144,7 +145,7 @@ def recover_interrupted(root: str, *, replay: bool = True) -> list[Recovered]:
             logs["lines"] = len(lines)
             record["logs"] = logs
             with contextlib.suppress(OSError):
-                atomic_write(os.path.join(job_dir, RECORD_FILE), record_bytes(record))
+                write_atomic(os.path.join(job_dir, RECORD_FILE), record_bytes(record))
                 os.unlink(os.path.join(job_dir, LOCK_FILE))
             found.append(
                 Recovered(

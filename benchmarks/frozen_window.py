@@ -25,14 +25,14 @@ import time
 
 from snapshot_runtime.freeze.mounts import parse_mountinfo, plan_freeze, read_mountinfo
 from snapshot_runtime.freeze.session import FreezeSession
-from snapshot_runtime.snapshot.azure_blob import DiskSnapshotter
+from snapshot_runtime.snapshot.azure_blob import AzureBlobSnapshotter
 from tests.support.azurite import run_azurite
 from tests.support.loopfs import loop_filesystem
 
 
 def _window(mountpoint: str, urls: list[str] | None, workers: int) -> float:
     plan = plan_freeze(parse_mountinfo(read_mountinfo()), include=(mountpoint,))
-    snapshotter = DiskSnapshotter(urls, max_workers=workers) if urls else None
+    snapshotter = AzureBlobSnapshotter(urls, max_workers=workers) if urls else None
     if snapshotter is not None:
         snapshotter.prepare()
     session = FreezeSession(plan, timeout_seconds=30.0)

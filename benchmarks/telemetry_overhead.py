@@ -46,6 +46,7 @@ from loguru import logger
 
 from snapshot_runtime.core.phases import PhaseRecorder
 from snapshot_runtime.core.redact import Redactor
+from snapshot_runtime.core.window import WindowObserver
 from snapshot_runtime.job.records import JobOptions, JobReport
 from snapshot_runtime.job.run import run_job
 from snapshot_runtime.snapshot.blob_retry import BlobPolicy
@@ -154,7 +155,18 @@ def _window_work(spool: str, *, telemetry: bool, rounds: int = 2000) -> float:
         tel.begin(f"{uuid.uuid4()}_1")
     freeze_log = log.phase("freeze")
     samples = []
-    log.gate.close()
+    # The job's window observers, in the job's order (job/run.py).
+    observers: list[WindowObserver] = [tel, log.gate] if tel is not None else [log.gate]
+
+    def enter_window() -> None:
+        for observer in observers:
+            observer.before_freeze()
+
+    def leave_window() -> None:
+        for observer in reversed(observers):
+            observer.after_thaw()
+
+    enter_window()
     for _ in range(rounds):
         with phases.phase("freeze"):
             t0 = time.perf_counter()
@@ -165,9 +177,9 @@ def _window_work(spool: str, *, telemetry: bool, rounds: int = 2000) -> float:
             pass
         samples.append(time.perf_counter() - t0)
         if len(samples) % 200 == 0:  # keep the held lines bounded, outside the timing
-            log.gate.open()
-            log.gate.close()
-    log.gate.open()
+            leave_window()
+            enter_window()
+    leave_window()
     if tel is not None:
         tel.close(task_id="t", logs_blob_uri=None)
     log.close()

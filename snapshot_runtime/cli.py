@@ -28,6 +28,7 @@ from loguru import logger
 from snapshot_runtime import __version__
 from snapshot_runtime.core.defaults import (
     DEFAULT_FREEZE_TIMEOUT,
+    DEFAULT_RUN_DIR,
     DEFAULT_SPOOL_DIR,
     DEFAULT_STATE_DIR,
 )
@@ -164,6 +165,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--status-file", help="local status file (default <state-dir>/status/<taskId>.status)"
     )
+    r.add_argument(
+        "--run-dir",
+        default=None,
+        help=f"runtime directory: the single-job lock (default {DEFAULT_RUN_DIR})",
+    )
     r.add_argument("--no-watchdog", action="store_true", help=argparse.SUPPRESS)
     r.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     r.add_argument("--quiet", action="store_true", help="no console log lines, only the summary")
@@ -257,6 +263,7 @@ def _run(args: argparse.Namespace) -> int:
         log_path=log_path,
         state_dir=args.state_dir or DEFAULT_STATE_DIR,
         status_path=args.status_file,
+        run_dir=args.run_dir or DEFAULT_RUN_DIR,
         use_watchdog=not args.no_watchdog,
         console=None if (args.quiet or args.json) else sys.stderr,
         telemetry=not args.no_telemetry,

@@ -35,6 +35,7 @@ from .ticks import MAX_TICKS as MAX_TICKS
 from .ticks import datetime_to_ticks as datetime_to_ticks
 from .ticks import ticks_to_datetime as ticks_to_datetime
 from .untrusted_file import read_at_most as read_at_most
+from .window import WindowObserver as WindowObserver
 
 __all__ = [
     "DEFAULT_FREEZE_TIMEOUT",
@@ -58,6 +59,7 @@ __all__ = [
     "Redactor",
     "SnapshotError",
     "Verdict",
+    "WindowObserver",
     "check_config_mode",
     "datetime_to_ticks",
     "decide_after_freeze",

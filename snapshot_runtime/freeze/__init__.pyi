@@ -1,6 +1,8 @@
 """Freezing filesystems: the mount plan, the FIFREEZE/FITHAW seam, per-mount
 lanes, the freeze session, the thaw watchdog and the proof-of-thaw probe."""
 
+from .freezer import Freezer as Freezer
+from .freezer import FreezerFactory as FreezerFactory
 from .ioctl import KernelFreezeIoctl as KernelFreezeIoctl
 from .mounts import FreezePlan as FreezePlan
 from .mounts import parse_mountinfo as parse_mountinfo
@@ -15,6 +17,8 @@ __all__ = [
     "FreezePlan",
     "FreezeResult",
     "FreezeSession",
+    "Freezer",
+    "FreezerFactory",
     "KernelFreezeIoctl",
     "parse_mountinfo",
     "plan_freeze",

@@ -1,40 +1,51 @@
-"""The frozen-window sequence: prepare, freeze, snapshot all disks, thaw (I1, I4).
+"""The frozen-window sequence: choose, prepare, freeze, snapshot all disks, thaw (I1, I4).
 
-``FrozenWindowSequence.run`` is the job's middle: the snapshotter's preflight
-and warmed connections, a ready ``FreezeSession`` (mount fds, the watchdog),
-then either the frozen window, the crash-consistent fallback after a freeze
-that could not happen, or a snapshot without a freeze. It records what happens
-in the job's ``JobState``; ``consistency`` decides.
+``FrozenWindowSequence.run`` is the job's middle: the snapshot backend chosen
+through the registry (``snapshot.registry``: each backend may decline, the
+declines are recorded), its preflight and warmed connections, a ready
+``Freezer`` from the injected factory (mount fds, the watchdog), then either
+the frozen window, the crash-consistent fallback after a freeze that could not
+happen, or a snapshot without a freeze. It records what happens in the job's
+``JobState``; ``consistency`` decides.
 
-Frozen window (I1): between ``FreezeSession.freeze()`` and the return of
-``FreezeSession.thaw()`` this module calls nothing but
-``DiskSnapshotter.snapshot_all()``, memory-only bookkeeping (phase records,
-spans) and one log line; the log gate is closed for the whole window so no
-sink writes to a filesystem that may be frozen. Everything it needs is
-imported at the top of this module and prepared before the first FIFREEZE.
-I4: the thaw is in a ``finally``.
+Frozen window (I1): between ``Freezer.freeze()`` and the return of
+``Freezer.thaw()`` this module calls nothing but ``Snapshotter.snapshot_all()``,
+memory-only bookkeeping (phase records) and one log line; the window's
+observers (``core.window.WindowObserver``: the log gate, telemetry) are told
+``before_freeze`` (their last I/O), ``frozen`` and ``after_thaw``, so no sink
+writes to a filesystem that may be frozen. This module knows nothing of what
+they do. Everything it needs is imported at the top and prepared before the
+first FIFREEZE. I4: the thaw is in a ``finally``.
 """
 
 from __future__ import annotations
 
-import os
 import time
+from collections.abc import Mapping, Sequence
 
 from snapshot_runtime.core.consistency import decide_after_freeze
 from snapshot_runtime.core.errors import ErrorCode, FreezeError
 from snapshot_runtime.core.phases import PhaseRecorder
-from snapshot_runtime.freeze.session import FreezeSession
+from snapshot_runtime.core.window import WindowObserver
+from snapshot_runtime.freeze.freezer import Freezer, FreezerFactory
 from snapshot_runtime.job.records import JobOptions
 from snapshot_runtime.job.state import JobState
-from snapshot_runtime.snapshot.azure_blob import DiskSnapshotter
+from snapshot_runtime.snapshot.backend import SnapshotRequest, Snapshotter, SnapshotterFactory
+from snapshot_runtime.snapshot.registry import choose_backend
+from snapshot_runtime.snapshot.results import SnapshotResult
 from snapshot_runtime.telemetry.job_log import JobLog
-from snapshot_runtime.telemetry.job_telemetry import JobTelemetry
 
 __all__ = ["FrozenWindowSequence"]
 
 
 class FrozenWindowSequence:
-    """Prepare, freeze, snapshot, thaw for one job; the results go to ``state``."""
+    """Choose, prepare, freeze, snapshot, thaw for one job; the results go to ``state``.
+
+    - ``backends``: the snapshot backend table (``registry.BACKENDS`` unless a
+      caller adds its own); ``options.snapshot_backends`` is the preference order.
+    - ``freezer_factory``: builds the ``Freezer`` for the plan.
+    - ``observers``: told when the window starts and ends (``WindowObserver``).
+    """
 
     def __init__(
         self,
@@ -43,34 +54,40 @@ class FrozenWindowSequence:
         *,
         log: JobLog,
         phases: PhaseRecorder,
-        telemetry: JobTelemetry | None,
+        backends: Mapping[str, SnapshotterFactory],
+        freezer_factory: FreezerFactory,
+        observers: Sequence[WindowObserver] = (),
     ) -> None:
         self.options = options
         self.state = state
         self.log = log
         self.phases = phases
-        self.telemetry = telemetry
+        self.backends = backends
+        self.freezer_factory = freezer_factory
+        self.observers = tuple(observers)
 
     def run(self, freeze_enabled: bool) -> None:
         """Snapshot every disk, inside a frozen window when ``freeze_enabled``."""
         settings = self.state.settings
         assert settings is not None and self.state.plan is not None
         log = self.log.phase("prepare")
-        snapshotter = DiskSnapshotter(
-            settings.disk_sas_urls,
-            policy=self.options.blob_policy,
-            deadline_seconds=self.options.snapshot_deadline(),
-            metadata=dict(settings.backup_metadata),
-        )
-        session: FreezeSession | None = None
+        freezer: Freezer | None = None
+        snapshotter: Snapshotter | None = None
+        in_window = False
         try:
             with self.phases.phase("prepare") as ph:
+                snapshotter = self._choose_backend()
+                ph.attributes["snapshot_backend"] = self.state.backend or "none"
+                if snapshotter is None:
+                    ph.fail(ErrorCode.SNAPSHOT_FAILED, self._no_backend_message())
+                    self.state.snapshot = _no_backend_result(self._no_backend_message())
+                    return
                 failures = snapshotter.prepare()
                 self.state.preflight_failures = failures
                 for failure in failures:
                     log.warning("disk {} failed preflight: {}", failure.blob_url, failure.error)
                 if freeze_enabled:
-                    session = self._prepare_freeze()
+                    freezer = self._prepare_freeze()
                 ph.attributes["mounts"] = [m.mountpoint for m in self.state.plan.mounts]
                 ph.attributes["mount_count"] = len(self.state.plan.mounts)
                 ph.attributes["disk_count"] = len(settings.disk_sas_urls)
@@ -80,22 +97,53 @@ class FrozenWindowSequence:
                     [m.mountpoint for m in self.state.plan.mounts],
                     len(settings.disk_sas_urls),
                 )
-            if session is not None:
-                self._frozen_window(session, snapshotter, len(settings.disk_sas_urls))
+            if freezer is not None:
+                in_window = True
+                self._frozen_window(freezer, snapshotter, len(settings.disk_sas_urls))
             elif self.state.freeze_attempted:
                 self._after_failed_freeze(snapshotter, len(settings.disk_sas_urls))
             else:
                 self._snapshot_phase(snapshotter)
         finally:
-            # Thaw first (a no-op after a normal window), then release the held logs (I1).
-            if session is not None and self.state.freeze is None:
-                self.state.freeze = session.thaw()
-            self.log.gate.open()
-            snapshotter.close()
+            # Thaw first (a no-op after a normal window), then let the observers
+            # write what they held (I1, I4).
+            if freezer is not None and self.state.freeze is None:
+                self.state.freeze = freezer.thaw()
+            if in_window:
+                for observer in reversed(self.observers):
+                    observer.after_thaw()
+            if snapshotter is not None:
+                snapshotter.close()
         self._log_freeze_outcome()
 
-    def _prepare_freeze(self) -> FreezeSession | None:
-        """A ready FreezeSession, or None when there is nothing (or no way) to freeze.
+    def _choose_backend(self) -> Snapshotter | None:
+        """The first backend (in ``options.snapshot_backends`` order) that accepts."""
+        settings = self.state.settings
+        assert settings is not None
+        log = self.log.phase("prepare")
+        choice = choose_backend(
+            self.options.snapshot_backends,
+            SnapshotRequest(
+                settings=settings,
+                policy=self.options.blob_policy,
+                deadline_seconds=self.options.snapshot_deadline(),
+            ),
+            backends=self.backends,
+        )
+        self.state.backend = choice.name
+        self.state.backends_declined = choice.declined
+        for declined in choice.declined:
+            log.warning("snapshot backend {} declined: {}", declined.name, declined.reason)
+        if choice.name is not None:
+            log.info("snapshot backend: {}", choice.name)
+        return choice.snapshotter
+
+    def _no_backend_message(self) -> str:
+        reasons = "; ".join(f"{d.name}: {d.reason}" for d in self.state.backends_declined)
+        return f"no snapshot backend accepted the job ({reasons or 'none configured'})"
+
+    def _prepare_freeze(self) -> Freezer | None:
+        """A ready Freezer, or None when there is nothing (or no way) to freeze.
 
         Records a freeze failure when a requested mount is not mounted or a
         mount cannot be opened: the verdict then decides (crash-consistent
@@ -114,29 +162,14 @@ class FrozenWindowSequence:
         if not plan.mounts:
             log.warning("no eligible filesystem to freeze: snapshot without a freeze")
             return None
-        spool = self.telemetry.spool if self.telemetry else None
-        # docs/spool.md: the sidecar reads watchdog reports from the spool.
-        wanted = spool.watchdog_dir if spool is not None else self.options.run_dir
-        report_dir: str | None = wanted
+        freezer = self.freezer_factory(plan)
         try:
-            os.makedirs(wanted, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            # Only the watchdog's after-the-fact report is lost; the thaw guard is not.
-            log.warning("watchdog report directory {}: {}", wanted, exc)
-            report_dir = None
-        session = FreezeSession(
-            plan,
-            timeout_seconds=self.options.freeze_timeout_seconds,
-            use_watchdog=self.options.use_watchdog,
-            watchdog_report_dir=report_dir,
-        )
-        try:
-            session.prepare()
+            freezer.prepare()
         except FreezeError as exc:
-            self.state.freeze = session.thaw()
+            self.state.freeze = freezer.thaw()
             self._record_freeze_failure(exc.code, exc.message)
             return None
-        return session
+        return freezer
 
     def _record_freeze_failure(self, code: ErrorCode, message: str) -> None:
         self.state.freeze_attempted = True
@@ -145,14 +178,14 @@ class FrozenWindowSequence:
         self.state.freeze_message = message
         self.log.phase("freeze").error("freeze not possible: {}", message)
 
-    def _after_failed_freeze(self, snapshotter: DiskSnapshotter, disks: int) -> None:
+    def _after_failed_freeze(self, snapshotter: Snapshotter, disks: int) -> None:
         after = decide_after_freeze(
             freeze_ok=False, freeze_error=self.state.freeze_error, disk_count=disks
         )
         if after.proceed:
             self._snapshot_phase(snapshotter)
 
-    def _snapshot_phase(self, snapshotter: DiskSnapshotter) -> None:
+    def _snapshot_phase(self, snapshotter: Snapshotter) -> None:
         with self.phases.phase("snapshot") as ph:
             result = snapshotter.snapshot_all()
             self.state.snapshot = result
@@ -160,35 +193,32 @@ class FrozenWindowSequence:
             ph.attributes["disks_ok"] = result.ok_count
             if result.error:
                 ph.fail(result.error, result.error_message)
-        if self.telemetry is not None:
-            self.telemetry.on_snapshot(result)
 
-    def _frozen_window(
-        self, session: FreezeSession, snapshotter: DiskSnapshotter, disks: int
-    ) -> None:
+    def _frozen_window(self, freezer: Freezer, snapshotter: Snapshotter, disks: int) -> None:
         self.state.freeze_attempted = True
-        # Last spool write before the window: the record names the mounts about
-        # to be frozen and the deadline, so the sidecar's backstop knows exactly
-        # what a runtime that dies now (with its watchdog) leaves frozen.
+        # Before the observers' last I/O: the record they write names the mounts
+        # about to be frozen and the deadline, so the sidecar's backstop knows
+        # exactly what a runtime that dies now (with its watchdog) leaves frozen.
         self.state.freeze_deadline_at = time.time() + self.options.freeze_timeout_seconds
-        if self.telemetry is not None:
-            self.telemetry.flush()
-        # I1: from here to session.thaw(): no file writes, no imports, no network but
-        # the snapshot requests. Logs are held in memory by the closed gate.
-        self.log.gate.close()
+        for observer in self.observers:
+            observer.before_freeze()
+        # I1: from here to freezer.thaw(): no file writes, no imports, no network but
+        # the snapshot requests. The observers hold their writes in memory.
         plan = self.state.plan
         with self.phases.phase("freeze") as ph:
             if plan is not None:
                 ph.attributes["mounts"] = [m.mountpoint for m in plan.mounts]
                 ph.attributes["mount_count"] = len(plan.mounts)
-            self.state.freeze_ok = session.freeze()
+            self.state.freeze_ok = freezer.freeze()
             if not self.state.freeze_ok:
-                partial = session.thaw()
+                partial = freezer.thaw()
                 self.state.freeze = partial
                 self.state.freeze_error = partial.error or ErrorCode.FS_FREEZE_FAILED
                 self.state.freeze_message = partial.error_message
                 ph.fail(self.state.freeze_error, partial.error_message)
             else:
+                for observer in self.observers:
+                    observer.frozen()
                 # Held in memory for the local log; appended to the tmpfs spool at
                 # once (the line a SIGKILL inside the window must not lose, I2).
                 self.log.phase("freeze").info(
@@ -203,13 +233,12 @@ class FrozenWindowSequence:
             self._snapshot_phase(snapshotter)
         if self.state.freeze is None:
             with self.phases.phase("thaw") as ph:
-                self.state.freeze = session.thaw()
+                self.state.freeze = freezer.thaw()
                 ph.attributes["frozen_window_seconds"] = self.state.freeze.window_seconds
                 ph.attributes["thawed_by"] = self.state.freeze.thawed_by
                 ph.attributes["freeze_timed_out"] = self.state.freeze.timed_out
                 if self.state.freeze.error:
                     ph.fail(self.state.freeze.error, self.state.freeze.error_message)
-        self.log.gate.open()
 
     def _log_freeze_outcome(self) -> None:
         result = self.state.freeze
@@ -245,3 +274,15 @@ class FrozenWindowSequence:
                     )
                 else:
                     log.error("disk {} failed: {}", disk.blob_url, disk.error)
+
+
+def _no_backend_result(message: str) -> SnapshotResult:
+    """Every backend declined: nothing was snapshotted (a failed job, no freeze)."""
+    return SnapshotResult(
+        disks=(),
+        ok=False,
+        error=ErrorCode.SNAPSHOT_FAILED,
+        error_message=message,
+        duration_seconds=0.0,
+        deadline_hit=False,
+    )

@@ -22,6 +22,7 @@ from snapshot_runtime.core.phases import PhaseRecord
 from snapshot_runtime.freeze.state import FreezeResult
 from snapshot_runtime.scripts.runner import ScriptResult
 from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_runtime.snapshot.registry import DEFAULT_BACKENDS
 from snapshot_runtime.snapshot.results import DiskSnapshot
 from snapshot_runtime.telemetry.job_log import DEFAULT_LOG_PATH
 from snapshot_runtime.telemetry.spool import DEFAULT_MAX_BYTES
@@ -51,6 +52,9 @@ class JobOptions:
     use_watchdog: bool = True
     mountinfo_path: str = "/proc/self/mountinfo"
     blob_policy: BlobPolicy = field(default_factory=BlobPolicy)
+    # Snapshot backends by registry name, in order of preference: the first
+    # whose decide() accepts is used (docs/snapshot-backends.md).
+    snapshot_backends: tuple[str, ...] = DEFAULT_BACKENDS
     console: TextIO | None = None
     # Telemetry (docs/telemetry.md). spool_dir None: <run_dir>/spool.
     telemetry: bool = True
@@ -72,6 +76,8 @@ class JobOptions:
             raise ValueError("snapshot_deadline_seconds must be a positive number of seconds")
         if self.spool_max_bytes <= 0:
             raise ValueError("spool_max_bytes must be positive")
+        if not self.snapshot_backends:
+            raise ValueError("snapshot_backends must name at least one backend")
 
     def spool_path(self) -> str:
         return self.spool_dir or os.path.join(self.run_dir, "spool")
@@ -108,6 +114,8 @@ class JobReport:
     duration_seconds: float
     trace_id: str | None = None
     spool_job_dir: str | None = None
+    snapshot_backend: str | None = None
+    backends_declined: tuple[tuple[str, str], ...] = ()  # (name, reason), in order
 
     @property
     def exit_code(self) -> int:

@@ -13,11 +13,12 @@ effects. The parts it sequences live apart:
 * ``job_status``: the status file and its ``statusBlobUri`` upload;
 * ``job_interrupt``: ``JobInterrupted`` (SIGTERM/SIGHUP from the entry point).
 
-Frozen window (I1): between ``FreezeSession.freeze()`` and the return of
-``FreezeSession.thaw()`` the job calls nothing but
-``DiskSnapshotter.snapshot_all()``, memory-only bookkeeping (phase records,
-spans) and one log line (``frozen_window``); the log gate is closed for the
-whole window so no sink writes to a filesystem that may be frozen. The only
+Frozen window (I1): between ``Freezer.freeze()`` and the return of
+``Freezer.thaw()`` the job calls nothing but ``Snapshotter.snapshot_all()``
+(the backend chosen through ``snapshot.registry``), memory-only bookkeeping
+(phase records, spans) and one log line (``frozen_window``); the log gate and
+telemetry are window observers (``core.window``), closed for the whole window
+so no sink writes to a filesystem that may be frozen. The only
 write in the window is the spool's ``log.jsonl`` append, on a never-frozen
 tmpfs (held too when the spool turns out to be on a frozen mount).
 
@@ -31,7 +32,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from snapshot_runtime.core.consistency import Verdict, decide_after_pre_script, settings_rejected
@@ -39,7 +40,10 @@ from snapshot_runtime.core.errors import ConfigError
 from snapshot_runtime.core.interrupt import JobInterrupted, interrupt_name
 from snapshot_runtime.core.phases import PhaseRecorder
 from snapshot_runtime.core.redact import Redactor
+from snapshot_runtime.core.window import WindowObserver
+from snapshot_runtime.freeze.freezer import Freezer, FreezerFactory
 from snapshot_runtime.freeze.mounts import FreezePlan, parse_mountinfo, plan_freeze, read_mountinfo
+from snapshot_runtime.freeze.session import FreezeSession
 from snapshot_runtime.inputs.machine import machine_id
 from snapshot_runtime.inputs.plugin_config import load_plugin_config
 from snapshot_runtime.inputs.plugin_config_file import find_config_path
@@ -56,6 +60,8 @@ from snapshot_runtime.job.state import (
 )
 from snapshot_runtime.job.status_report import JobStatusWriter, StatusName
 from snapshot_runtime.scripts.runner import ScriptResult, run_script
+from snapshot_runtime.snapshot.backend import SnapshotterFactory
+from snapshot_runtime.snapshot.registry import BACKENDS
 from snapshot_runtime.telemetry.job_log import JobLog
 from snapshot_runtime.telemetry.job_telemetry import JobTelemetry, TelemetryOptions
 from snapshot_runtime.telemetry.record import RecordFacts
@@ -71,8 +77,17 @@ __all__ = [
 
 
 class _Job:
-    def __init__(self, options: JobOptions, *, span_exporter: SpanExporter | None = None) -> None:
+    def __init__(
+        self,
+        options: JobOptions,
+        *,
+        span_exporter: SpanExporter | None = None,
+        backends: Mapping[str, SnapshotterFactory] = BACKENDS,
+        freezer_factory: FreezerFactory | None = None,
+    ) -> None:
         self.options = options
+        self.backends = backends
+        self.freezer_factory = freezer_factory
         self.redactor = Redactor()
         self.phases = PhaseRecorder()
         self.state = JobState()
@@ -171,7 +186,6 @@ class _Job:
             except ConfigError as exc:
                 self.state.config_state = "invalid"
                 self.state.config_error = exc.code
-                self.state.config_message = exc.message
                 ph.warn(exc.code, exc.message)
                 log.warning("plugin config {} rejected: {}", path, exc.message)
                 return
@@ -243,13 +257,43 @@ class _Job:
             return result
 
     def freeze_and_snapshot(self, freeze_enabled: bool) -> None:
-        FrozenWindowSequence(
-            self.options,
-            self.state,
-            log=self.log,
-            phases=self.phases,
-            telemetry=self.telemetry,
-        ).run(freeze_enabled)
+        # Subscription order: telemetry flushes before the gate closes, and the
+        # gate releases the held lines before telemetry writes its spans.
+        observers: list[WindowObserver] = []
+        if self.telemetry is not None:
+            observers.append(self.telemetry)
+        observers.append(self.log.gate)
+        try:
+            FrozenWindowSequence(
+                self.options,
+                self.state,
+                log=self.log,
+                phases=self.phases,
+                backends=self.backends,
+                freezer_factory=self.freezer_factory or self.default_freezer,
+                observers=observers,
+            ).run(freeze_enabled)
+        finally:
+            if self.telemetry is not None and self.state.snapshot is not None:
+                self.telemetry.on_snapshot(self.state.snapshot)
+
+    def default_freezer(self, plan: FreezePlan) -> Freezer:
+        """A ``FreezeSession`` whose watchdog reports to the spool (docs/spool.md)."""
+        spool = self.telemetry.spool if self.telemetry else None
+        wanted = spool.watchdog_dir if spool is not None else self.options.run_dir
+        report_dir: str | None = wanted
+        try:
+            os.makedirs(wanted, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            # Only the watchdog's after-the-fact report is lost; the thaw guard is not.
+            self.log.phase("prepare").warning("watchdog report directory {}: {}", wanted, exc)
+            report_dir = None
+        return FreezeSession(
+            plan,
+            timeout_seconds=self.options.freeze_timeout_seconds,
+            use_watchdog=self.options.use_watchdog,
+            watchdog_report_dir=report_dir,
+        )
 
     # -- the whole job --------------------------------------------------
 
@@ -356,7 +400,6 @@ class _Job:
                 fs_freeze_enabled=config.fs_freeze_enabled if config else True,
                 pre_error=script_error(self.state.pre),
             )
-            self.state.decision = decision
             if decision.proceed:
                 self.freeze_and_snapshot(decision.freeze)
             else:
@@ -416,13 +459,21 @@ def run_job(
     *,
     on_report: Callable[[JobReport], None] | None = None,
     span_exporter: SpanExporter | None = None,
+    backends: Mapping[str, SnapshotterFactory] = BACKENDS,
+    freezer_factory: FreezerFactory | None = None,
 ) -> JobReport:
     """Run one snapshot job to completion; never raises for job failures.
 
     ``span_exporter`` receives every span of the job once, after the job
     (after the thaw), in addition to the spool and OTLP (tests, embedders).
+    ``backends``: the snapshot backend table (``registry.BACKENDS``), where
+    ``options.snapshot_backends`` names are looked up; ``freezer_factory``
+    builds the ``Freezer`` for the plan (default: a ``FreezeSession`` with the
+    thaw watchdog).
     """
-    report = _Job(options, span_exporter=span_exporter).run()
+    report = _Job(
+        options, span_exporter=span_exporter, backends=backends, freezer_factory=freezer_factory
+    ).run()
     if on_report is not None:
         on_report(report)
     return report

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from snapshot_runtime.core.consistency import ConfigState, ProceedDecision, Verdict, verdict
+from snapshot_runtime.core.consistency import ConfigState, Verdict, verdict
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
 from snapshot_runtime.core.phases import PhaseRecord
 from snapshot_runtime.freeze.mounts import FreezePlan
@@ -20,6 +20,7 @@ from snapshot_runtime.inputs.plugin_config import PluginConfig
 from snapshot_runtime.inputs.settings import HandlerSettings
 from snapshot_runtime.job.records import JobReport
 from snapshot_runtime.scripts.runner import ScriptResult
+from snapshot_runtime.snapshot.registry import BackendDeclined
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
 from snapshot_runtime.telemetry.record import RecordFacts
 
@@ -43,11 +44,13 @@ class JobState:
     config: PluginConfig | None = None
     config_state: ConfigState = "absent"
     config_error: ErrorCode | None = None
-    config_message: str | None = None
     pre: ScriptResult | None = None
     post: ScriptResult | None = None
     plan: FreezePlan | None = None
-    decision: ProceedDecision | None = None
+    # The snapshot backend chosen before the freeze (None: every one declined),
+    # and the ones that declined first, with their reasons (docs/snapshot-backends.md).
+    backend: str | None = None
+    backends_declined: tuple[BackendDeclined, ...] = ()
     freeze_attempted: bool = False
     freeze_ok: bool = False
     freeze_error: ErrorCode | None = None
@@ -145,6 +148,8 @@ def build_report(
         duration_seconds=duration_seconds,
         trace_id=trace_id,
         spool_job_dir=spool_job_dir,
+        snapshot_backend=state.backend,
+        backends_declined=tuple((d.name, d.reason) for d in state.backends_declined),
     )
 
 

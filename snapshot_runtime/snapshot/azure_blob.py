@@ -1,7 +1,9 @@
 """Snapshot every disk blob inside the frozen window, all disks in parallel.
 
-Three calls, in this order (``DiskSnapshotter`` is also a context manager)::
+The ``azure_blob`` backend (``backend.Snapshotter``): one Snapshot Blob
+request per disk. Four calls, in this order (it is also a context manager)::
 
+    snapper.decide()         always "use": SAS URLs are all it needs
     snapper.prepare()        before the freeze: clients, threads, warm connections
     snapper.snapshot_all()   inside the freeze: the snapshot requests, nothing else
     snapper.close()          after the thaw
@@ -48,6 +50,7 @@ from typing import Any
 from azure.storage.blob import BlobClient
 
 from snapshot_runtime.core.redact import Redactor, strip_sas
+from snapshot_runtime.snapshot.backend import BackendDecision
 from snapshot_runtime.snapshot.blob_errors import classify
 from snapshot_runtime.snapshot.blob_requests import (
     blob_client,
@@ -60,7 +63,7 @@ from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult, aggr
 from snapshot_runtime.snapshot.worker_pool import WorkerPool
 
 __all__ = [
-    "DiskSnapshotter",
+    "AzureBlobSnapshotter",
 ]
 
 # Preflight failures that a snapshot request would meet too: the SAS is not
@@ -88,7 +91,7 @@ class _Progress:
     attempts: int = 0
 
 
-class DiskSnapshotter:
+class AzureBlobSnapshotter:
     """Snapshots a VM's disk blobs, given their SAS URLs, inside a freeze.
 
     - sas_urls: one SAS URL per disk, in disk order (the index in results).
@@ -124,9 +127,13 @@ class DiskSnapshotter:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"DiskSnapshotter(disks={len(self._urls)}, deadline={self._deadline_seconds}s)"
+        return f"AzureBlobSnapshotter(disks={len(self._urls)}, deadline={self._deadline_seconds}s)"
 
     # -- before the freeze -------------------------------------------------
+
+    def decide(self) -> BackendDecision:
+        """Always usable: the disks' SAS URLs are everything a request needs."""
+        return BackendDecision.accept()
 
     def prepare(self) -> list[DiskSnapshot]:
         """Build clients, start the threads, warm each connection. Before the freeze.
@@ -136,7 +143,7 @@ class DiskSnapshotter:
         the freeze; they are reported failed in ``snapshot_all``'s result.
         """
         if self._closed:
-            raise RuntimeError("DiskSnapshotter is closed")
+            raise RuntimeError("AzureBlobSnapshotter is closed")
         if self._pool is not None:
             raise RuntimeError("prepare() was already called")
         now = self._clock()
@@ -343,7 +350,7 @@ class DiskSnapshotter:
                 # A thread still stuck past the deadline sees its socket closed.
                 disk.client.close()
 
-    def __enter__(self) -> DiskSnapshotter:
+    def __enter__(self) -> AzureBlobSnapshotter:
         return self
 
     def __exit__(

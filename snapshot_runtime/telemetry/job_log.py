@@ -80,6 +80,17 @@ class FreezeGate:
         with self._lock:
             self._closed = True
 
+    # -- core.window.WindowObserver: closed for the whole frozen window ------
+
+    def before_freeze(self) -> None:
+        self.close()
+
+    def frozen(self) -> None:
+        """Nothing to do: the gate is already closed."""
+
+    def after_thaw(self) -> None:
+        self.open()
+
     def open(self) -> None:
         """Reopen and write out, in order, what every sink held; then run callbacks."""
         with self._lock:

@@ -4,7 +4,8 @@
 told the results the phases produce. It never fails the job: every effect is
 guarded, and a failure is counted in the record (``telemetry_errors``).
 
-Frozen window (I1). While the job's ``FreezeGate`` is closed:
+Frozen window (I1). ``JobTelemetry`` is a ``core.window.WindowObserver``: from
+``before_freeze`` (its last spool flush) to ``after_thaw``:
 
 * phase spans are not made: their events are noted in memory and the spans
   made after the thaw (``job_spans.JobSpans``, attributes from ``span_attributes``);
@@ -12,7 +13,8 @@ Frozen window (I1). While the job's ``FreezeGate`` is closed:
   to a tmpfs), unless the spool sits on a filesystem being frozen, in which
   case they are held like the local log (``check_spool_frozen``);
 * nothing else: spans.jsonl, record.json and the per-disk spans wait until
-  the gate reopens (``FreezeGate.on_open``), after the last FITHAW.
+  ``after_thaw``, after the last FITHAW (and after the log gate, the
+  observer subscribed after it, has released the held lines).
 
 After the job (``end_job``, then ``close``; their I/O is in ``telemetry_export``):
 the root span ends; spans go to ``spans.jsonl``; with no sidecar key in the
@@ -131,6 +133,7 @@ class JobTelemetry:
         self._spans_flushed = 0
         self._span_json: list[dict[str, Any]] = []
         self._deferred_snapshot: SnapshotResult | None = None
+        self.in_window = False
         self.logs_mirrored_by: str | None = None
         self.logs_mirror_error: str | None = None
         self.otlp: dict[str, Any] | None = None
@@ -138,7 +141,6 @@ class JobTelemetry:
         self.finished = False
         self.line_sink = log.add_line_sink(self._on_line, gated=False)
         log.set_trace_source(self.current_ids)
-        log.gate.on_open(self._after_window)
         phases.subscribe(self._on_phase)
 
     # -- bookkeeping --------------------------------------------------------
@@ -239,13 +241,30 @@ class JobTelemetry:
             self._error("tracing", exc)
 
     def on_snapshot(self, result: SnapshotResult) -> None:
-        """Remember the disks; their spans are made after the thaw (nothing extra while frozen)."""
+        """The per-disk spans: now, or after the thaw when told inside the window."""
         self._deferred_snapshot = result
+        if not self.in_window:
+            self._after_window()
+
+    # -- core.window.WindowObserver -------------------------------------------
+
+    def before_freeze(self) -> None:
+        """Last spool write before the window (the record names what is about to freeze)."""
+        self.flush()
+        self.in_window = True
+
+    def frozen(self) -> None:
+        """Nothing to do: phase events are already noted in memory."""
+
+    def after_thaw(self) -> None:
+        """Make the spans noted in the window and write them out."""
+        self.in_window = False
+        self._after_window()
 
     # -- phase listener -------------------------------------------------------
 
     def _on_phase(self, event: str, handle: PhaseHandle, record: PhaseRecord | None) -> None:
-        if self.spans.on_phase(event, handle, record, frozen=self._log.gate.closed):
+        if self.spans.on_phase(event, handle, record, frozen=self.in_window):
             self.flush()
 
     def current_ids(self) -> tuple[str, str]:

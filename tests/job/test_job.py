@@ -26,7 +26,7 @@ from snapshot_runtime.inputs.plugin_config_file import find_config_path
 from snapshot_runtime.job import run as job_module
 from snapshot_runtime.job.records import JobReport
 from snapshot_runtime.job.summary import report_json, report_text
-from snapshot_runtime.snapshot.azure_blob import DiskSnapshotter
+from snapshot_runtime.snapshot.azure_blob import AzureBlobSnapshotter
 from tests.freeze_support import wait_frozen, writable_within
 from tests.support import jobkit
 from tests.support.azurite import Azurite
@@ -545,10 +545,10 @@ def test_exception_inside_the_frozen_window_thaws_before_logging(
     snapshot code, a telemetry listener) must thaw at once, not flush the held
     log lines into the frozen filesystem first and wait for the deadline."""
 
-    def explode(self: DiskSnapshotter) -> None:
+    def explode(self: AzureBlobSnapshotter) -> None:
         raise RuntimeError("unexpected failure inside the frozen window")
 
-    monkeypatch.setattr(DiskSnapshotter, "snapshot_all", explode)
+    monkeypatch.setattr(AzureBlobSnapshotter, "snapshot_all", explode)
     with loop_filesystem("ext4") as fs:
         started = time.monotonic()
         with pytest.raises(RuntimeError):  # or a report: either way, thawed at once

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from snapshot_runtime.core.errors import ErrorCode
-from snapshot_runtime.snapshot.azure_blob import DiskSnapshotter
+from snapshot_runtime.snapshot.azure_blob import AzureBlobSnapshotter
 from snapshot_runtime.snapshot.blob_retry import BlobPolicy
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult, aggregate
 from tests.support.azurite import Azurite
@@ -57,7 +57,7 @@ def disks(azurite: Azurite) -> Callable[..., list[str]]:
 
 def run(urls: list[str], **kwargs) -> tuple[list[DiskSnapshot], SnapshotResult, float]:
     kwargs.setdefault("policy", FAST)
-    with DiskSnapshotter(urls, metadata=META, **kwargs) as snapper:
+    with AzureBlobSnapshotter(urls, metadata=META, **kwargs) as snapper:
         preflight = snapper.prepare()
         t0 = time.monotonic()
         result = snapper.snapshot_all()
@@ -158,7 +158,7 @@ def test_snapshot_all_does_only_the_requests(disks, caplog: pytest.LogCaptureFix
         sys.addaudithook(_audit)  # cannot be removed: it records only while asked to
         _hook_installed = True
     urls = disks(4)
-    with DiskSnapshotter(urls, policy=FAST, metadata=META) as snapper:
+    with AzureBlobSnapshotter(urls, policy=FAST, metadata=META) as snapper:
         snapper.prepare()
         threads_before = set(threading.enumerate())
         caplog.set_level(logging.DEBUG)
@@ -229,7 +229,7 @@ def test_read_only_sas_fails_without_retry(azurite: Azurite) -> None:
 
 def test_two_resets_then_success(disks, proxy: FaultProxy) -> None:
     urls = disks(2) + disks(1, endpoint=proxy.endpoint())
-    with DiskSnapshotter(urls, policy=FAST) as snapper:
+    with AzureBlobSnapshotter(urls, policy=FAST) as snapper:
         snapper.prepare()
         proxy.reset_next(2, match="comp=snapshot")
         result = snapper.snapshot_all()
@@ -265,7 +265,7 @@ def test_a_hanging_disk_is_cut_at_the_deadline(disks, proxy: FaultProxy) -> None
     urls = disks(3) + disks(1, endpoint=proxy.endpoint())
     # The stuck request would hold its thread for the 10 s read timeout.
     policy = dataclasses.replace(FAST, request_timeout=10.0)
-    with DiskSnapshotter(urls, policy=policy, deadline_seconds=1.0) as snapper:
+    with AzureBlobSnapshotter(urls, policy=policy, deadline_seconds=1.0) as snapper:
         snapper.prepare()
         proxy.drop()
         t0 = time.monotonic()
@@ -285,8 +285,8 @@ def test_a_hanging_disk_is_cut_at_the_deadline(disks, proxy: FaultProxy) -> None
 
 def test_misuse() -> None:
     with pytest.raises(ValueError):
-        DiskSnapshotter([])
-    snapper = DiskSnapshotter(["http://127.0.0.1:1/a/c/b?sig=abcdefghijkl"])
+        AzureBlobSnapshotter([])
+    snapper = AzureBlobSnapshotter(["http://127.0.0.1:1/a/c/b?sig=abcdefghijkl"])
     with pytest.raises(RuntimeError):
         snapper.snapshot_all()
     assert "abcdefghijkl" not in repr(snapper)

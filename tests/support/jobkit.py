@@ -298,6 +298,8 @@ class Workspace:
             str(self.state_dir),
             "--spool",
             str(self.spool_dir),
+            "--run-dir",
+            str(self.run_dir),
         ]
         if config is not None:
             args += ["--config", config]

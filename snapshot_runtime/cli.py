@@ -272,6 +272,8 @@ def _run(args: argparse.Namespace) -> int:
         traceparent=env.get(TRACEPARENT) or None,
         otlp_endpoint=otlp_traces_endpoint(env),
         otlp_timeout_seconds=_otlp_timeout(env),
+        # One job per machine, shared with the handler's daemon (job.lock).
+        single_job_lock=True,
     )
     report = run_job(options)
     if args.json:

@@ -53,6 +53,7 @@ __all__ = [
     "Verdict",
     "decide_after_freeze",
     "decide_after_pre_script",
+    "job_refused",
     "settings_rejected",
     "verdict",
 ]
@@ -74,16 +75,20 @@ REASONS: frozenset[str] = frozenset(
         "no_freezable_mounts",
         "freeze_failed_crash_fallback",
         "freeze_timeout",
+        "freeze_not_owned",
         # none
         "pre_script_error_cancelled",
         "pre_script_error_freeze_disabled",
         "freeze_failed",
         "freeze_timeout_multi_disk",
+        "freeze_not_owned_multi_disk",
         "all_snapshots_failed",
         "snapshot_partially_failed",
         "no_disks",
-        # none, decided before any of the above: the settings were rejected
+        # none, decided before any of the above: the settings were rejected,
+        # or another job holds the single-job lock
         "settings_invalid",
+        "job_already_running",
     }
 )
 
@@ -100,6 +105,8 @@ DECISION_REASONS: frozenset[str] = frozenset(
         "frozen",
         "freeze_failed_crash_fallback",
         "freeze_failed",
+        "freeze_not_owned",
+        "freeze_not_owned_multi_disk",
     }
 )
 
@@ -184,13 +191,25 @@ def decide_after_freeze(
     freeze_error: ErrorCode | None,
     disk_count: int,
     single_disk_crash_fallback: bool = True,
+    freeze_not_owned: bool = False,
 ) -> ProceedDecision:
     """Decide from the freeze outcome.
 
     A single-disk snapshot is atomic, so it is a valid crash-consistent point
     even unfrozen (the documented fallback). Several disks snapshotted one by
     one without a freeze are not consistent with each other: stop.
+
+    ``freeze_not_owned``: the freeze "held", but a mount was already frozen
+    by someone else (EBUSY), who may thaw it at any moment: the snapshot is
+    not covered by a freeze this job holds, so the same rule applies (crash
+    on one disk, stop on several), with ``FsFreezeNotOwned``.
     """
+    if freeze_ok and freeze_not_owned:
+        if disk_count == 1 and single_disk_crash_fallback:
+            return ProceedDecision(True, False, "freeze_not_owned", ErrorCode.FS_FREEZE_NOT_OWNED)
+        return ProceedDecision(
+            False, False, "freeze_not_owned_multi_disk", ErrorCode.FS_FREEZE_NOT_OWNED
+        )
     if freeze_ok:
         return ProceedDecision(True, True, "frozen", None)
     code = freeze_error or ErrorCode.FS_FREEZE_FAILED
@@ -257,13 +276,17 @@ def verdict(
     post_error: ErrorCode | None,
     thaw_error: ErrorCode | None,
     single_disk_crash_fallback: bool = True,
+    freeze_not_owned: bool = False,
 ) -> Verdict:
     """The job's consistency, codes and health from the facts of the run.
 
     ``freeze_timed_out``: the freeze held, but the deadline thawed the
     filesystems before every snapshot completed (crash on a single disk,
-    none on several). ``disks_ok`` counts the
-    disks whose snapshot succeeded out of ``disks_total``.
+    none on several). ``freeze_not_owned``: a planned mount was already
+    frozen by someone else (FIFREEZE: EBUSY); its owner may thaw it at any
+    moment, so the job cannot vouch for it: crash on a single disk, none on
+    several (``decide_after_freeze``). ``disks_ok``
+    counts the disks whose snapshot succeeded out of ``disks_total``.
     """
     noted = _Noted()
     pre = decide_after_pre_script(
@@ -296,6 +319,7 @@ def verdict(
             freeze_error=freeze_error,
             disk_count=disks_total,
             single_disk_crash_fallback=single_disk_crash_fallback,
+            freeze_not_owned=freeze_not_owned,
         )
         if not after.proceed:
             assert after.error is not None
@@ -350,6 +374,19 @@ def verdict(
         snapshot_taken=True,
         status_code=0 if consistency == "application" else 1,
         health=_health(error, warnings),
+    )
+
+
+def job_refused(error: ErrorCode) -> Verdict:
+    """The verdict when another job holds the single-job lock: nothing ran."""
+    return Verdict(
+        consistency="none",
+        reason="job_already_running",
+        error=error,
+        warnings=(),
+        snapshot_taken=False,
+        status_code=error.code,
+        health=error.health,
     )
 
 

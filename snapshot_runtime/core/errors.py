@@ -62,6 +62,7 @@ class ErrorCode(enum.Enum):
     JOB_ALREADY_RUNNING = "JobAlreadyRunning"
     FS_FREEZE_FAILED = "FsFreezeFailed"
     FS_FREEZE_TIMEOUT = "FsFreezeTimeout"
+    FS_FREEZE_NOT_OWNED = "FsFreezeNotOwned"
     UNABLE_TO_OPEN_MOUNT = "UnableToOpenMount"
     THAW_FAILED = "ThawFailed"
     SNAPSHOT_FAILED = "SnapshotFailed"
@@ -106,6 +107,9 @@ _NUMBERS: dict[ErrorCode, int] = {
     ErrorCode.JOB_ALREADY_RUNNING: 14,
     ErrorCode.FS_FREEZE_FAILED: 121,
     ErrorCode.FS_FREEZE_TIMEOUT: 122,
+    # Ours, next to the reference's freeze codes: a mount was already frozen by
+    # someone else (FIFREEZE: EBUSY), so the job did not hold the freeze.
+    ErrorCode.FS_FREEZE_NOT_OWNED: 124,
     ErrorCode.UNABLE_TO_OPEN_MOUNT: 123,
     ErrorCode.THAW_FAILED: 2,
     ErrorCode.SNAPSHOT_FAILED: 76,

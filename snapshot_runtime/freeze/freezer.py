@@ -12,6 +12,9 @@ Contract (docs/freeze.md has the operator's view):
 * ``freeze()`` freezes every planned mount; ``False``: it failed and rolled
   back what it froze. A mount frozen by someone else is left as is and
   reported ``already_frozen``.
+* ``already_frozen`` (after ``freeze()``, memory only, may be read inside the
+  window): the mountpoints FIFREEZE found frozen by someone else (EBUSY). The
+  job does not hold their freeze and claims no consistency from it.
 * ``thaw()`` thaws what this freezer froze, proves it and returns the
   ``FreezeResult``; idempotent, safe to call after any of the above (I4).
 """
@@ -33,6 +36,9 @@ class Freezer(Protocol):
     def prepare(self) -> None: ...
 
     def freeze(self) -> bool: ...
+
+    @property
+    def already_frozen(self) -> tuple[str, ...]: ...
 
     def thaw(self) -> FreezeResult: ...
 

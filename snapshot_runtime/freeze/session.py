@@ -157,6 +157,11 @@ class FreezeSession:
         """True while any mount we froze (or whose FIFREEZE hangs) is not thawed."""
         return any((s.frozen or s.freeze_pending) and not s.thawed for s in self._states)
 
+    @property
+    def already_frozen(self) -> tuple[str, ...]:
+        """Mountpoints FIFREEZE found frozen by someone else (EBUSY): not our freeze."""
+        return tuple(s.mount.mountpoint for s in self._states if s.already_frozen)
+
     def deadline_passed(self) -> bool:
         return self._deadline is not None and self._clock() >= self._deadline
 

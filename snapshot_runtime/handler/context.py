@@ -25,12 +25,12 @@ from snapshot_runtime.handler.environment import (
     load_handler_config,
     load_handler_environment,
 )
-from snapshot_runtime.handler.guards import JobLock, ProcessedTasks
+from snapshot_runtime.handler.guards import ProcessedTasks
 from snapshot_runtime.handler.status import Reporter
+from snapshot_runtime.job.lock import JOB_LOCK_FILE, JobLock
 
 __all__ = [
     "DEFAULT_CERT_DIR",
-    "LOCK_FILE",
     "PROCESSED_FILE",
     "Context",
     "HandlerOptions",
@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 DEFAULT_CERT_DIR = "/var/lib/waagent"
-LOCK_FILE = "handler.lock"
 PROCESSED_FILE = os.path.join("handler", "processed-tasks.json")
 
 
@@ -119,7 +118,7 @@ def load_context(opts: HandlerOptions, out: Callable[[str], None]) -> Context:
 
 
 def job_lock(config: HandlerConfig) -> JobLock:
-    return JobLock(os.path.join(config.run_dir, LOCK_FILE))
+    return JobLock(os.path.join(config.run_dir, JOB_LOCK_FILE))
 
 
 def processed_tasks(config: HandlerConfig) -> ProcessedTasks:

@@ -27,14 +27,13 @@ from typing import Any
 
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
 from snapshot_runtime.handler.context import (
-    LOCK_FILE,
     Context,
     HandlerOptions,
     load_context,
     processed_tasks,
 )
-from snapshot_runtime.handler.guards import JobLock
 from snapshot_runtime.inputs.settings import HandlerSettings, parse_handler_settings
+from snapshot_runtime.job.lock import JOB_LOCK_FILE, JobLock
 
 __all__ = ["HANDOFF_TIMEOUT_SECONDS", "run_daemon", "spawn_daemon"]
 
@@ -150,7 +149,7 @@ def run_daemon(opts: HandlerOptions, out: Callable[[str], None]) -> int:
     ctx = load_context(opts, out)
     reporter = ctx.reporter
     assert opts.lock_fd is not None
-    lock = JobLock.adopt(os.path.join(ctx.config.run_dir, LOCK_FILE), opts.lock_fd)
+    lock = JobLock.adopt(os.path.join(ctx.config.run_dir, JOB_LOCK_FILE), opts.lock_fd)
     try:
         try:
             if problem is not None:

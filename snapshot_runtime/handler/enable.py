@@ -42,7 +42,7 @@ from snapshot_runtime.handler.environment import (
     sanitised,
     write_last_sequence,
 )
-from snapshot_runtime.handler.guards import JobLock, command_too_late
+from snapshot_runtime.handler.guards import command_too_late
 from snapshot_runtime.handler.protected_settings import (
     decrypt_protected_settings,
     load_certificate_pair,
@@ -51,6 +51,7 @@ from snapshot_runtime.handler.protected_settings import (
 from snapshot_runtime.handler.status import Reported, Reporter
 from snapshot_runtime.inputs.machine import utcnow
 from snapshot_runtime.inputs.settings import HandlerSettings, parse_handler_settings
+from snapshot_runtime.job.lock import JobLock
 from snapshot_runtime.job.status_document import StatusValue
 
 __all__ = ["run_enable"]

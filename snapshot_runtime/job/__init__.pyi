@@ -1,6 +1,9 @@
 """The snapshot job: options, the frozen window, the phases' state, status
-reports, the summary and the ``validate`` preflight."""
+reports, the summary, the single-job lock and the ``validate`` preflight."""
 
+from .lock import JOB_LOCK_FILE as JOB_LOCK_FILE
+from .lock import JobLock as JobLock
+from .lock import LockHolder as LockHolder
 from .preflight import preflight as preflight
 from .records import JobOptions as JobOptions
 from .run import run_job as run_job
@@ -14,8 +17,11 @@ from .summary import report_text as report_text
 from .summary import table as table
 
 __all__ = [
+    "JOB_LOCK_FILE",
     "TEMP_TERMINAL_CODE",
+    "JobLock",
     "JobOptions",
+    "LockHolder",
     "StatusValue",
     "preflight",
     "report_json",

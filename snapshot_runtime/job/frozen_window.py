@@ -78,6 +78,10 @@ class FrozenWindowSequence:
             with self.phases.phase("prepare") as ph:
                 snapshotter = self._choose_backend()
                 ph.attributes["snapshot_backend"] = self.state.backend or "none"
+                if self.state.backends_declined:
+                    ph.attributes["snapshot_backends_declined"] = [
+                        f"{d.name}: {d.reason}" for d in self.state.backends_declined
+                    ]
                 if snapshotter is None:
                     ph.fail(ErrorCode.SNAPSHOT_FAILED, self._no_backend_message())
                     self.state.snapshot = _no_backend_result(self._no_backend_message())
@@ -224,10 +228,13 @@ class FrozenWindowSequence:
                 self.log.phase("freeze").info(
                     "filesystems frozen: snapshot of {} disk(s) started", disks
                 )
+        # EBUSY: someone else's freeze, left as is; not ours to claim (issue 11).
+        self.state.freeze_not_owned = freezer.already_frozen if self.state.freeze_ok else ()
         after = decide_after_freeze(
             freeze_ok=self.state.freeze_ok,
             freeze_error=self.state.freeze_error,
             disk_count=disks,
+            freeze_not_owned=bool(self.state.freeze_not_owned),
         )
         if after.proceed:
             self._snapshot_phase(snapshotter)
@@ -253,7 +260,11 @@ class FrozenWindowSequence:
         )
         for mount in result.mounts:
             if mount.already_frozen:
-                log.warning("{} was already frozen by someone else: left as is", mount.mountpoint)
+                log.warning(
+                    "{} was already frozen by someone else: left as is; this job does not "
+                    "hold that freeze and claims no consistency from it",
+                    mount.mountpoint,
+                )
             if mount.error:
                 log.error("{}: {}", mount.mountpoint, mount.error)
             if mount.probe_ok is False:

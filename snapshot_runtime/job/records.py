@@ -64,6 +64,10 @@ class JobOptions:
     otlp_endpoint: str | None = None
     otlp_timeout_seconds: float = 5.0
     recover: bool = True
+    # Take the single-job lock (<run_dir>/handler.lock, job.lock) for the whole
+    # job; refused: JobAlreadyRunning, nothing run. The handler's daemon
+    # already holds it (False there); `snapshot-runtime run` sets it.
+    single_job_lock: bool = False
 
     def __post_init__(self) -> None:
         for name in ("freeze_timeout_seconds", "otlp_timeout_seconds"):

@@ -29,14 +29,20 @@ spans and the spool off (the local log file stays).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from snapshot_runtime.core.consistency import Verdict, decide_after_pre_script, settings_rejected
-from snapshot_runtime.core.errors import ConfigError
+from snapshot_runtime.core.consistency import (
+    Verdict,
+    decide_after_pre_script,
+    job_refused,
+    settings_rejected,
+)
+from snapshot_runtime.core.errors import ConfigError, ErrorCode
 from snapshot_runtime.core.interrupt import JobInterrupted, interrupt_name
 from snapshot_runtime.core.phases import PhaseRecorder
 from snapshot_runtime.core.redact import Redactor
@@ -49,6 +55,7 @@ from snapshot_runtime.inputs.plugin_config import load_plugin_config
 from snapshot_runtime.inputs.plugin_config_file import find_config_path
 from snapshot_runtime.inputs.settings import load_settings_file
 from snapshot_runtime.job.frozen_window import FrozenWindowSequence
+from snapshot_runtime.job.lock import JOB_LOCK_FILE, JobLock, LockHolder
 from snapshot_runtime.job.records import JobOptions, JobReport
 from snapshot_runtime.job.state import (
     JobState,
@@ -96,7 +103,26 @@ class _Job:
         self.machine_id = machine_id()
         self.recovered: list[str] = []
         self.final: Verdict | None = None
-        if options.telemetry and options.recover:
+        # First of all: a second job must not even recover the first's spool.
+        self.lock: JobLock | None = None
+        self.refused_by: LockHolder | None = None
+        self.refused = False
+        if options.single_job_lock:
+            self.lock = JobLock(os.path.join(options.run_dir, JOB_LOCK_FILE))
+            if not self.lock.try_acquire():
+                self.refused = True
+                self.refused_by = self.lock.holder()
+                self.lock = None
+        try:
+            self._set_up(options, span_exporter)
+        except BaseException:
+            # run() never comes: do not keep the machine's only job slot.
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _set_up(self, options: JobOptions, span_exporter: SpanExporter | None) -> None:
+        if options.telemetry and options.recover and not self.refused:
             # Before our own log exists: replayed lines precede this job's lines.
             try:
                 for found in recover_interrupted(options.spool_path()):
@@ -306,6 +332,33 @@ class _Job:
             raise
         finally:
             self.log.close()
+            if self.lock is not None:
+                self.lock.release()
+
+    def refuse(self) -> JobReport:
+        """Another job holds the single-job lock: a terminal status, nothing run."""
+        holder = self.refused_by
+        who = (
+            f"task {holder.task_id} (pid {holder.pid})"
+            if holder is not None and holder.task_id
+            else f"pid {holder.pid}"
+            if holder is not None and holder.pid
+            else "another task"
+        )
+        message = (
+            f"another job is running: {who} holds the single-job lock; this job for task "
+            f"{self.state.task_id} starts nothing (one freeze at a time)"
+        )
+        final = job_refused(ErrorCode.JOB_ALREADY_RUNNING)
+        self.final = final
+        self.log.phase("job").error("{}", message)
+        with self.phases.phase("status_end") as ph:
+            ph.attributes["status"] = "error"
+            self.status.write("error", final.status_code, message, final=final)
+            ph.attributes["status_upload"] = self.state.status_upload
+        self.end_telemetry(final)
+        self.close_telemetry()
+        return self.report(final, message)
 
     # -- telemetry ------------------------------------------------------
 
@@ -373,6 +426,11 @@ class _Job:
             return self.report(final, error.message)
         settings = self.state.settings
         assert settings is not None
+        if self.refused:
+            return self.refuse()
+        if self.lock is not None:
+            with contextlib.suppress(OSError):  # the text is informative only
+                self.lock.set_holder(pid=os.getpid(), task_id=settings.task_id, seq=None)
         self.load_plugin_config()
         with self.phases.phase("status_start") as ph:
             ph.attributes["status"] = "transitioning"

@@ -55,6 +55,8 @@ class JobState:
     freeze_ok: bool = False
     freeze_error: ErrorCode | None = None
     freeze_message: str | None = None
+    # Mountpoints found frozen by someone else (EBUSY), left as is: not our freeze.
+    freeze_not_owned: tuple[str, ...] = ()
     freeze_deadline_at: float | None = None  # epoch seconds, set before the first FIFREEZE
     freeze: FreezeResult | None = None
     snapshot: SnapshotResult | None = None
@@ -89,6 +91,7 @@ def job_verdict(state: JobState) -> Verdict:
         disks_total=disks_total,
         post_error=script_error(state.post),
         thaw_error=freeze.error if freeze and freeze.error is ErrorCode.THAW_FAILED else None,
+        freeze_not_owned=bool(state.freeze_not_owned),
     )
 
 

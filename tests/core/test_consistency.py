@@ -55,6 +55,7 @@ POST_FAIL = E.POST_SCRIPT_FAILED
 POST_TO = E.POST_SCRIPT_TIMEOUT
 FRZ = E.FS_FREEZE_FAILED
 FRZ_TO = E.FS_FREEZE_TIMEOUT
+NOT_OWNED = E.FS_FREEZE_NOT_OWNED
 MNT = E.UNABLE_TO_OPEN_MOUNT
 THAW = E.THAW_FAILED
 SNAP = E.SNAPSHOT_FAILED
@@ -134,6 +135,17 @@ CASES: list[tuple[str, dict[str, Any], tuple[Any, ...]]] = [
     ("C53", {"pre_error": PRE_FAIL, "freeze_timed_out": True, "post_error": POST_FAIL},
      ("none", "freeze_timeout_multi_disk", FRZ_TO, (PRE_FAIL, POST_FAIL),
       False, 122, Y)),
+    ("C54", {"freeze_not_owned": True, **ONE_DISK},
+     ("crash", "freeze_not_owned", NOT_OWNED, (NOT_OWNED,), True, 1, Y)),
+    ("C55", {"freeze_not_owned": True, "disks_ok": 0},
+     ("none", "freeze_not_owned_multi_disk", NOT_OWNED, (), False, 124, Y)),
+    ("C56", {"freeze_not_owned": True, "single_disk_crash_fallback": False,
+             "disks_ok": 0, "disks_total": 1},
+     ("none", "freeze_not_owned_multi_disk", NOT_OWNED, (), False, 124, Y)),
+    ("C57", {"pre_error": PRE_FAIL, "freeze_not_owned": True, **ONE_DISK},
+     ("crash", "freeze_not_owned", NOT_OWNED, (PRE_FAIL, NOT_OWNED), True, 1, Y)),
+    ("C58", {"freeze_ok": False, "freeze_error": FRZ, "freeze_not_owned": True, **ONE_DISK},
+     ("crash", "freeze_failed_crash_fallback", FRZ, (FRZ,), True, 1, Y)),
     # --- snapshot ---
     ("C29", {"disks_ok": 0, "snapshot_error": SNAP},
      ("none", "all_snapshots_failed", SNAP, (), False, 76, R)),
@@ -242,8 +254,9 @@ def test_doc_table_matches_the_test_table() -> None:
 
 
 def test_every_reason_is_covered_by_a_case() -> None:
-    # settings_invalid comes from settings_rejected(), tested below, not verdict().
-    assert {c[2][1] for c in CASES} == REASONS - {"settings_invalid"}
+    # settings_invalid comes from settings_rejected() and job_already_running from
+    # job_refused(), both tested below, not from verdict().
+    assert {c[2][1] for c in CASES} == REASONS - {"settings_invalid", "job_already_running"}
 
 
 # --- the two decisions on their own ---
@@ -290,6 +303,16 @@ def test_freeze_decisions() -> None:
         freeze_ok=False, freeze_error=None, disk_count=1, single_disk_crash_fallback=False
     )
     assert not no_fallback.proceed
+    not_owned = decide_after_freeze(
+        freeze_ok=True, freeze_error=None, disk_count=1, freeze_not_owned=True
+    )
+    assert not_owned == ProceedDecision(True, False, "freeze_not_owned", E.FS_FREEZE_NOT_OWNED)
+    not_owned_multi = decide_after_freeze(
+        freeze_ok=True, freeze_error=None, disk_count=2, freeze_not_owned=True
+    )
+    assert not_owned_multi == ProceedDecision(
+        False, False, "freeze_not_owned_multi_disk", E.FS_FREEZE_NOT_OWNED
+    )
 
 
 # --- properties over every input ---
@@ -314,6 +337,7 @@ _codes = st.one_of(st.none(), st.sampled_from(list(ErrorCode)))
     post_error=_codes,
     thaw_error=_codes,
     single_disk_crash_fallback=st.booleans(),
+    freeze_not_owned=st.booleans(),
 )
 def test_verdict_is_total_and_coherent(**kw: Any) -> None:
     v = verdict(**kw)
@@ -336,6 +360,8 @@ def test_verdict_is_total_and_coherent(**kw: Any) -> None:
     if v.consistency == "application":
         assert kw["config_state"] == "valid" and kw["pre_error"] is None
         assert kw["freeze_attempted"] and kw["freeze_ok"] and not kw["freeze_timed_out"]
+        # Never a freeze someone else held (issue 11).
+        assert not kw["freeze_not_owned"]
     if v.consistency == "crash":
         # Only one disk is atomic without a freeze covering every snapshot.
         assert v.reason == "no_freezable_mounts" or (
@@ -381,3 +407,17 @@ def test_settings_rejected_is_a_none_verdict_with_the_settings_code() -> None:
         False,
     )
     assert v.status_code == 11 and v.reason in REASONS
+
+
+def test_job_refused_is_a_none_verdict_with_the_lock_code() -> None:
+    from snapshot_runtime.core.consistency import job_refused
+
+    v = job_refused(ErrorCode.JOB_ALREADY_RUNNING)
+    assert (v.consistency, v.reason, v.error, v.snapshot_taken, v.warnings) == (
+        "none",
+        "job_already_running",
+        ErrorCode.JOB_ALREADY_RUNNING,
+        False,
+        (),
+    )
+    assert v.status_code == 14 and v.reason in REASONS

@@ -36,10 +36,10 @@ from snapshot_runtime.handler.environment import (
 from snapshot_runtime.handler.guards import (
     COMMAND_DEADLINE,
     MAX_PROCESSED,
-    JobLock,
     ProcessedTasks,
     command_too_late,
 )
+from snapshot_runtime.job.lock import JobLock
 from tests.support.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[2]

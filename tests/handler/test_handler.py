@@ -23,7 +23,8 @@ import pytest
 
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.handler.commands import handler_main
-from snapshot_runtime.handler.guards import JobLock, ProcessedTasks
+from snapshot_runtime.handler.guards import ProcessedTasks
+from snapshot_runtime.job.lock import JobLock
 from tests.support.azurite import Azurite
 from tests.support.handlerkit import (
     HandlerDir,

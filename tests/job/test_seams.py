@@ -13,6 +13,7 @@ line), so neither ``frozen_window.py`` nor the registry module changes for it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -221,6 +222,13 @@ def test_a_declining_backend_falls_back_and_the_reason_is_recorded(
         assert disk.ok and jobkit.snapshot_exists(azurite, disk.blob_url, disk.snapshot)
     log = ws.log_path.read_text()
     assert "snapshot backend host declined: no host snapshot endpoint on this machine" in log
+    # The prepare span reports the choice and the decline.
+    state = json.loads((ws.state_dir / "jobs" / f"{report.task_id}.json").read_text())
+    (prepare,) = [s for s in state["spans"] if s["name"] == "vmsnap.prepare"]
+    assert prepare["attributes"]["vmsnap.snapshot_backend"] == "azure_blob"
+    assert prepare["attributes"]["vmsnap.snapshot_backends_declined"] == [
+        "host: no host snapshot endpoint on this machine"
+    ]
 
 
 def test_every_backend_declining_takes_no_snapshot_and_freezes_nothing(
@@ -269,6 +277,10 @@ class UnguardedFreezer:
     def thaw(self) -> FreezeResult:
         self._calls.steps.append("thaw")
         return self._session.thaw()
+
+    @property
+    def already_frozen(self) -> tuple[str, ...]:
+        return self._session.already_frozen
 
 
 def test_the_job_freezes_through_the_injected_freezer(

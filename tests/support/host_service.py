@@ -174,6 +174,8 @@ class HostService:
         self.luns = dict(luns)
         self.script = HostScript()
         self.calls: list[HostCall] = []
+        # (kind, monotonic) at arrival, before any scripted delay: "the request is in".
+        self.arrivals: list[tuple[CallKind, float]] = []
         self.snapshots: list[TakenSnapshot] = []
         self._blob_connection_string = blob_connection_string
         self._blob_endpoint = blob_endpoint
@@ -246,6 +248,8 @@ class HostService:
             if path == DOSNAPSHOT_PATH
             else "other"
         )
+        with self._lock:
+            self.arrivals.append((kind, received_mono))
         length = int(req.headers.get("Content-Length") or 0)
         raw = req.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in req.headers.items()}

@@ -33,6 +33,7 @@ fields never carry them.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -71,6 +72,7 @@ __all__ = [
     "HostSnapshotResult",
     "HostSnapshotter",
     "host_status_entry",
+    "host_telemetry",
     "mode_backend_names",
     "plan_host_mode",
 ]
@@ -347,3 +349,33 @@ def plan_host_mode(
         settings.host.mode_inputs(conf_method=conf, configured_mode=env.get(SNAPSHOT_MODE_ENV))
     )
     return choice, mode_backend_names(choice, guest_available=bool(settings.disk_sas_urls))
+
+
+_DECLINED_PRESNAPSHOT = re.compile(r"presnapshot (\d{3}): ")
+
+
+def host_telemetry(
+    snapshot: SnapshotResult | None,
+    backend: str | None,
+    declined: Sequence[tuple[str, str]],
+) -> dict[str, str]:
+    """The reference's telemetry keys (§7): snapshotCreator, hostStatusCodePreSnapshot/DoSnapshot.
+
+    Host path: all three. Guest path after a declined host: the creator and the
+    presnapshot code from the decline. A guest-only job: the creator only.
+    """
+    data: dict[str, str] = {}
+    if isinstance(snapshot, HostSnapshotResult):
+        data["snapshotCreator"] = HOST_CREATOR
+        if snapshot.presnapshot_code is not None:
+            data["hostStatusCodePreSnapshot"] = str(snapshot.presnapshot_code)
+        if snapshot.dosnapshot_code is not None:
+            data["hostStatusCodeDoSnapshot"] = str(snapshot.dosnapshot_code)
+        return data
+    if backend == GUEST_BACKEND:
+        data["snapshotCreator"] = GUEST_CREATOR
+        for name, reason in declined:
+            m = _DECLINED_PRESNAPSHOT.match(reason)
+            if name in (HOST_BACKEND, HOST_REQUIRED_BACKEND) and m:
+                data["hostStatusCodePreSnapshot"] = m.group(1)
+    return data

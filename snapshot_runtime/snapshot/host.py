@@ -328,7 +328,7 @@ def mode_backend_names(choice: ModeChoice, *, guest_available: bool) -> tuple[st
         if path == "guest":
             if guest_available:
                 names.append(GUEST_BACKEND)
-        elif choice.mode is SnapshotMode.FIRST_HOST_THEN_GUEST and guest_available:
+        elif choice.mode is SnapshotMode.FIRST_HOST_THEN_GUEST:
             names.append(HOST_BACKEND)
         else:
             names.append(HOST_REQUIRED_BACKEND)

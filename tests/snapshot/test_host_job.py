@@ -10,9 +10,7 @@ window (``FreezeResult.first_freeze_at`` / ``last_thaw_at``, same clock).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,35 +18,26 @@ import pytest
 
 from snapshot_runtime.job.records import JobReport
 from snapshot_runtime.job.run import run_job
-from snapshot_runtime.job.status_document import ARM_VM_TYPE
 from snapshot_runtime.snapshot.host import SNAPSHOT_MODE_ENV, VMBACKUP_CONF_ENV
 from snapshot_runtime.snapshot.wireserver import WIRESERVER_ENV
 from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.host_service import (
+    KEK,
     SNAPSHOT_COUNT_MESSAGE,
     THROTTLED_MESSAGE,
+    TOKEN,
     Fault,
     HostService,
-    ImageDiskFs,
+    Rig,
+    host_settings,
     image_disk_fs,
     restored,
 )
-from tests.support.jobkit import Workspace, encode_object_str, ticks_now
+from tests.support.jobkit import Workspace
 from tests.support.loopfs import LoopFs
 
 pytestmark = [pytest.mark.root, pytest.mark.azurite]
-
-TOKEN = "snapTaskTok-4c1d9e77-SECRETVALUE"
-KEK = "kek-url-https://vault.example/keys/k1/SECRETKEK"
-
-
-@dataclass
-class Rig:
-    ws: Workspace
-    disk: ImageDiskFs
-    host: HostService
-    conf: Path
 
 
 @pytest.fixture
@@ -63,44 +52,6 @@ def rig(
         monkeypatch.setenv(WIRESERVER_ENV, host.address)
         monkeypatch.setenv(VMBACKUP_CONF_ENV, str(conf))  # never the machine's own
         yield Rig(ws, disk, host, conf)
-
-
-def host_settings(
-    ws: Workspace,
-    *,
-    luns: list[int],
-    guest_disks: list[str] | None = None,
-    included: dict[str, Any] | None = None,
-    custom: dict[str, Any] | None = None,
-    status_url: str | None = None,
-) -> tuple[str, str]:
-    task_id = f"host-{os.urandom(4).hex()}_1"
-    obj = {
-        "snapshotTaskToken": TOKEN,
-        "includedDisks": {"dataDiskLunList": luns, **(included or {})},
-        "backupMetadata": [{"Key": "BackupJob", "Value": "j1"}],
-    }
-    public: dict[str, Any] = {
-        "taskId": task_id,
-        "commandToExecute": "snapshot",
-        "commandStartTimeUTCTicks": str(ticks_now()),
-        "vmType": ARM_VM_TYPE,
-        "locale": "en-us",
-        "objectStr": encode_object_str(obj),
-    }
-    if custom is not None:
-        public["customSettings"] = json.dumps(custom)
-    protected: dict[str, Any] = {}
-    if guest_disks:
-        protected["objectStr"] = encode_object_str({"blobSASUri": guest_disks})
-    if status_url:
-        protected["statusBlobUri"] = status_url
-    doc = {
-        "runtimeSettings": [
-            {"handlerSettings": {"publicSettings": public, "protectedSettings": protected}}
-        ]
-    }
-    return ws.settings([], raw=json.dumps(doc)), task_id
 
 
 def run(rig: Rig, settings: str, **overrides: Any) -> JobReport:

@@ -40,7 +40,11 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
+
+from snapshot_runtime.job.status_document import ARM_VM_TYPE
+from tests.support.jobkit import Workspace, encode_object_str, ticks_now
 
 PRESNAPSHOT_PATH = "/metadata/recsvc/snapshot/presnapshot"
 DOSNAPSHOT_PATH = "/metadata/recsvc/snapshot/dosnapshot"
@@ -510,3 +514,58 @@ def restored(clone: str) -> Iterator[str]:
     finally:
         subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
         os.rmdir(mnt)
+
+
+# -- settings for host-path jobs ------------------------------------------------------
+
+TOKEN = "snapTaskTok-4c1d9e77-SECRETVALUE"
+KEK = "kek-url-https://vault.example/keys/k1/SECRETKEK"
+
+
+@dataclass
+class Rig:
+    """One host-path test setup: workspace, frozen disk, emulator, vmbackup.conf path."""
+
+    ws: Workspace
+    disk: ImageDiskFs
+    host: HostService
+    conf: Path
+
+
+def host_settings(
+    ws: Workspace,
+    *,
+    luns: list[int],
+    guest_disks: list[str] | None = None,
+    included: dict[str, Any] | None = None,
+    custom: dict[str, Any] | None = None,
+    status_url: str | None = None,
+) -> tuple[str, str]:
+    """Host-path settings (public objectStr: token, includedDisks); returns (path, taskId)."""
+    task_id = f"host-{os.urandom(4).hex()}_1"
+    obj = {
+        "snapshotTaskToken": TOKEN,
+        "includedDisks": {"dataDiskLunList": luns, **(included or {})},
+        "backupMetadata": [{"Key": "BackupJob", "Value": "j1"}],
+    }
+    public: dict[str, Any] = {
+        "taskId": task_id,
+        "commandToExecute": "snapshot",
+        "commandStartTimeUTCTicks": str(ticks_now()),
+        "vmType": ARM_VM_TYPE,
+        "locale": "en-us",
+        "objectStr": encode_object_str(obj),
+    }
+    if custom is not None:
+        public["customSettings"] = json.dumps(custom)
+    protected: dict[str, Any] = {}
+    if guest_disks:
+        protected["objectStr"] = encode_object_str({"blobSASUri": guest_disks})
+    if status_url:
+        protected["statusBlobUri"] = status_url
+    doc = {
+        "runtimeSettings": [
+            {"handlerSettings": {"publicSettings": public, "protectedSettings": protected}}
+        ]
+    }
+    return ws.settings([], raw=json.dumps(doc)), task_id

@@ -208,9 +208,9 @@ class _Job:
         Only for settings carrying host inputs (includedDisks, snapshotTaskToken);
         a contradictory disk request is refused like invalid settings.
         """
-        choice, names = plan_host_mode(settings)
-        if choice.error is not None:
-            raise ConfigError(ErrorCode.INVALID_DISK_LIST, choice.reason)
+        choice, names, why = plan_host_mode(settings)
+        if not names:
+            raise ConfigError(ErrorCode.INVALID_DISK_LIST, why)
         self.backend_names = names
         self.log.phase("settings").info(
             "snapshot mode {} from {} ({}); backends {}",

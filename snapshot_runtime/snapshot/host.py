@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from snapshot_runtime.core.redact import scrub
-from snapshot_runtime.core.snapshot_mode import ModeChoice, SnapshotMode, choose_mode
+from snapshot_runtime.core.snapshot_mode import ModeChoice, SnapshotMode, choose_mode, decide_path
 from snapshot_runtime.inputs.host_inputs import VMBACKUP_CONF, read_snapshot_method
 from snapshot_runtime.inputs.settings import HandlerSettings
 from snapshot_runtime.snapshot.backend import BackendDecision, SnapshotRequest
@@ -319,7 +319,8 @@ def mode_backend_names(choice: ModeChoice, *, guest_available: bool) -> tuple[st
     ``host`` declines on a failed presnapshot (firstHostThenGuest's fallback);
     ``host_required`` accepts anyway (onlyHost, or firstGuestThenHost without
     guest disk URLs). The guest backend always accepts, so without guest URLs
-    it is not named. Empty: the mode is an error (``choice.error``).
+    it is not named. Empty: no path can serve the job (``choice.error``, or
+    onlyGuest without guest disk URLs); the job refuses it before anything.
     """
     if choice.error is not None:
         return ()
@@ -332,13 +333,15 @@ def mode_backend_names(choice: ModeChoice, *, guest_available: bool) -> tuple[st
             names.append(HOST_BACKEND)
         else:
             names.append(HOST_REQUIRED_BACKEND)
-    return tuple(names) or (HOST_REQUIRED_BACKEND,)
+    return tuple(names)
 
 
 def plan_host_mode(
     settings: HandlerSettings, env: Mapping[str, str] = os.environ
-) -> tuple[ModeChoice, tuple[str, ...]]:
-    """The job's mode (``core.snapshot_mode``) and the backend names to try, before any freeze.
+) -> tuple[ModeChoice, tuple[str, ...], str]:
+    """(mode, backend names to try, why) for the job, before any freeze (``core.snapshot_mode``).
+
+    No names: no path can serve the job, ``why`` says so.
 
     Our own configuration is ``SNAPSHOT_RUNTIME_SNAPSHOT_MODE``; vmbackup.conf is
     ``SNAPSHOT_RUNTIME_VMBACKUP_CONF`` or /etc/azure/vmbackup.conf. Reads that
@@ -348,7 +351,10 @@ def plan_host_mode(
     choice = choose_mode(
         settings.host.mode_inputs(conf_method=conf, configured_mode=env.get(SNAPSHOT_MODE_ENV))
     )
-    return choice, mode_backend_names(choice, guest_available=bool(settings.disk_sas_urls))
+    guest = bool(settings.disk_sas_urls)
+    names = mode_backend_names(choice, guest_available=guest)
+    why = choice.reason if names else decide_path(choice, None, guest_available=guest).reason
+    return choice, names, why
 
 
 _DECLINED_PRESNAPSHOT = re.compile(r"presnapshot (\d{3}): ")

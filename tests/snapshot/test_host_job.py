@@ -351,3 +351,13 @@ def test_ade_details_go_to_dosnapshot_only(rig: Rig) -> None:
     assert {"Key": "DiskEncryptionSettings", "Value": KEK} in do.body["snapshotMetadata"]
     assert {"Key": "isOsDiskADEEncrypted", "Value": True} in do.body["settings"]
     assert_no_secret_anywhere(rig, report, task_id, TOKEN, KEK, "SECRETKEK")
+
+
+def test_only_guest_without_guest_disks_is_refused_before_anything(rig: Rig) -> None:
+    settings, _ = host_settings(rig.ws, luns=[0], custom={"takeSnapshotFrom": "onlyGuest"})
+
+    report = run(rig, settings)
+
+    assert report.error_code == "InvalidDiskList"
+    assert "no guest disk URL" in (report.error_message or "")
+    assert report.freeze is None and rig.host.arrivals == []

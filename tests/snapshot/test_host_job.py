@@ -123,6 +123,14 @@ def test_default_mode_one_dosnapshot_inside_the_window_restores_the_frozen_disk(
     (do,) = rig.host.calls_of("dosnapshot")
     assert pre.body["snapshotTaskToken"] == TOKEN and pre.body["taskId"] == task_id
     assert do.body["diskIds"] == [0]
+    freeze = report.freeze
+    assert freeze is not None
+    print(
+        f"\n[host] frozen window {freeze.window_seconds * 1000:.1f} ms; dosnapshot "
+        f"(reflink clone) {(do.answered_monotonic - do.received_monotonic) * 1000:.1f} ms "
+        f"at the host; presnapshot answered "
+        f"{(freeze.first_freeze_at or 0) - pre.answered_monotonic:.3f} s before the freeze"
+    )
     assert do.body["snapshotTaskToken"] == TOKEN
     assert do.body["snapshotMetadata"] == [{"Key": "BackupJob", "Value": "j1"}]
     assert [s["Key"] for s in do.body["settings"]][:1] == ["isSnapshotTtlEnabled"]
@@ -332,8 +340,11 @@ def test_a_slow_dosnapshot_is_cut_at_the_snapshot_deadline_and_thawed(rig: Rig) 
     assert disk.failure_kind == "timeout"
     freeze = report.freeze
     assert freeze is not None and freeze.ok
+    print(
+        f"\n[host] dosnapshot hung 30 s, deadline 2 s: frozen window {freeze.window_seconds:.3f} s"
+    )
     # Thawed at the deadline, not after the host's 30 s.
-    assert freeze.window_seconds < 8.0
+    assert 2.0 <= freeze.window_seconds < 4.0
     assert len(rig.host.arrivals) == 2  # one presnapshot, one dosnapshot
 
 

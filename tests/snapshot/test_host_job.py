@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
@@ -27,6 +28,7 @@ from tests.support.host_service import (
     SNAPSHOT_COUNT_MESSAGE,
     THROTTLED_MESSAGE,
     TOKEN,
+    BlobDisk,
     Fault,
     HostService,
     Rig,
@@ -372,3 +374,36 @@ def test_only_guest_without_guest_disks_is_refused_before_anything(rig: Rig) -> 
     assert report.error_code == "InvalidDiskList"
     assert "no guest disk URL" in (report.error_message or "")
     assert report.freeze is None and rig.host.arrivals == []
+
+
+def test_a_page_blob_lun_and_an_image_lun_in_one_dosnapshot(rig: Rig, azurite: Azurite) -> None:
+    container = azurite.container()
+    azurite.create_page_blob(container, "data1.vhd")
+    rig.host.luns[1] = BlobDisk(container, "data1.vhd")
+    rig.host.blob_connection_string = azurite.connection_string
+    rig.host.blob_endpoint = azurite.endpoint
+    settings, _ = host_settings(rig.ws, luns=[1, 0])
+
+    report = run(rig, settings)
+
+    assert report.consistency == "application"
+    assert [d.ok for d in report.disks] == [True, True]
+    blob_disk, image_disk = report.disks
+    # LUN 1: a real Azurite snapshot, tagged with the backup metadata.
+    base = f"{azurite.endpoint}/{container}/data1.vhd"
+    assert blob_disk.blob_url == base
+    assert jobkit.snapshot_exists(azurite, base, blob_disk.snapshot)
+    props = (
+        azurite.service()
+        .get_blob_client(container, "data1.vhd", snapshot=blob_disk.snapshot)
+        .get_blob_properties()
+    )
+    assert props.metadata == {"BackupJob": "j1"}
+    assert image_disk.snapshot == rig.host.snapshots[1].dd_id
+    status = status_of(rig, report.task_id)
+    xstore, dd = status["snapshotInfo"]
+    # The status keeps the snapshot parameter (percent-encoded, as on the guest path).
+    assert unquote(xstore["snapshotUri"]) == f"{base}?snapshot={blob_disk.snapshot}"
+    assert xstore["blobUri"] == base
+    assert xstore["directDriveSnapshotIdentifier"] is None
+    assert dd["snapshotUri"] is None and dd["directDriveSnapshotIdentifier"]["id"]

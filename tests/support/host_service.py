@@ -181,8 +181,8 @@ class HostService:
         # (kind, monotonic) at arrival, before any scripted delay: "the request is in".
         self.arrivals: list[tuple[CallKind, float]] = []
         self.snapshots: list[TakenSnapshot] = []
-        self._blob_connection_string = blob_connection_string
-        self._blob_endpoint = blob_endpoint
+        self.blob_connection_string = blob_connection_string
+        self.blob_endpoint = blob_endpoint
         self._lock = threading.Lock()
         self._closing = threading.Event()
         service = self
@@ -407,14 +407,14 @@ class HostService:
         if isinstance(disk, BlobDisk):
             from azure.storage.blob import BlobClient
 
-            if self._blob_connection_string is None or self._blob_endpoint is None:
+            if self.blob_connection_string is None or self.blob_endpoint is None:
                 raise RuntimeError("blob disks need blob_connection_string and blob_endpoint")
             client = BlobClient.from_connection_string(
-                self._blob_connection_string, disk.container, disk.blob
+                self.blob_connection_string, disk.container, disk.blob
             )
             snap = client.create_snapshot(metadata=dict(metadata) or None)
             stamp = str(snap["snapshot"])
-            base = f"{self._blob_endpoint}/{disk.container}/{disk.blob}"
+            base = f"{self.blob_endpoint}/{disk.container}/{disk.blob}"
             uri = f"{base}/snapshots?snapshotId={dd_id}" if dd_id else f"{base}?snapshot={stamp}"
             return TakenSnapshot(lun, uri, stamp, None, dd_id, task_id)
         clone = os.path.join(disk.clone_dir, f"lun{lun}-{uuid.uuid4().hex[:12]}.img")

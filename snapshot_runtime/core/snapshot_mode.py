@@ -24,8 +24,8 @@ before any freeze:
   6. the default, ``firstHostThenGuest``.
 
   Mode names match case-insensitively. An unknown name is skipped (the next
-  source decides) and noted in ``ignored``; the reference silently uses the
-  default instead.
+  source decides) and noted in ``ignored`` (by source and length, never the
+  value); the reference silently uses the default instead.
 
 * ``decide_path(choice, presnapshot_status, guest_available)`` -> ``PathDecision``:
   after the ``presnapshot`` call (not frozen), host or guest, and why.
@@ -182,7 +182,8 @@ def choose_mode(inputs: ModeInputs) -> ModeChoice:
             continue
         mode_or_none = parse_mode(value)
         if mode_or_none is None:
-            ignored.append(f"{source}: unknown mode {value.strip()[:64]!r}")
+            # Not echoed: customSettings may come from the protected settings (I5).
+            ignored.append(f"{source}: unknown mode ({len(value.strip())} characters)")
             continue
         return ModeChoice(
             mode_or_none,

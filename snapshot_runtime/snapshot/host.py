@@ -197,8 +197,9 @@ class HostSnapshotter:
             build_presnapshot_body(self._task_id, self._host.snapshot_task_token, ade_enabled=ade),
         )
         try:
-            call.connect(self._presnapshot_timeout)
-            answer = call.send(self._presnapshot_timeout)
+            connected = call.connect(self._presnapshot_timeout)
+            # Not connected: send(0) reports the connect error without a second attempt.
+            answer = call.send(self._presnapshot_timeout if connected else 0.0)
         finally:
             call.close()
         info = parse_presnapshot(answer, want_ade=ade)

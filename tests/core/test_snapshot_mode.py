@@ -64,10 +64,10 @@ def test_configured_mode_precedence(inputs: ModeInputs, mode: SnapshotMode, sour
 def test_unknown_mode_names_are_skipped_and_noted() -> None:
     choice = choose_mode(ModeInputs(configured_mode="hostPlease", conf_method="onlyGuest"))
     assert (choice.mode, choice.source) == (OG, "vmbackup.conf")
-    assert choice.ignored == ("config: unknown mode 'hostPlease'",)
+    assert choice.ignored == ("config: unknown mode (10 characters)",)
     choice = choose_mode(ModeInputs(custom_settings_mode="bogus"))
     assert (choice.mode, choice.source) == (FHTG, "default")
-    assert choice.ignored == ("customSettings: unknown mode 'bogus'",)
+    assert choice.ignored == ("customSettings: unknown mode (5 characters)",)
 
 
 HOST_ONLY_FLAGS = [

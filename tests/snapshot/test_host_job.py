@@ -407,3 +407,25 @@ def test_a_page_blob_lun_and_an_image_lun_in_one_dosnapshot(rig: Rig, azurite: A
     assert xstore["blobUri"] == base
     assert xstore["directDriveSnapshotIdentifier"] is None
     assert dd["snapshotUri"] is None and dd["directDriveSnapshotIdentifier"]["id"]
+
+
+def test_no_wireserver_at_all_falls_back_to_the_guest_at_once(
+    rig: Rig, azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: connection refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv(WIRESERVER_ENV, f"127.0.0.1:{port}")
+    settings, _ = host_settings(rig.ws, luns=[0], guest_disks=jobkit.make_disks(azurite, 1))
+
+    report = run(rig, settings)
+
+    assert report.snapshot_backend == "azure_blob"
+    assert report.backends_declined == (
+        ("host", "presnapshot 555: connect: ConnectionRefusedError"),
+    )
+    assert report.consistency == "application"
+    (prepare,) = [p for p in report.phases if p.name == "prepare"]
+    assert prepare.seconds < 5.0  # a refused WireServer costs no timeout

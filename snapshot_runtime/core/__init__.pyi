@@ -34,6 +34,12 @@ from .redact import redact_then_keep_tail as redact_then_keep_tail
 from .redact import redact_then_truncate as redact_then_truncate
 from .redact import scrub as scrub
 from .redact import strip_sas as strip_sas
+from .snapshot_mode import ModeChoice as ModeChoice
+from .snapshot_mode import ModeInputs as ModeInputs
+from .snapshot_mode import PathDecision as PathDecision
+from .snapshot_mode import SnapshotMode as SnapshotMode
+from .snapshot_mode import choose_mode as choose_mode
+from .snapshot_mode import decide_path as decide_path
 from .ticks import MAX_TICKS as MAX_TICKS
 from .ticks import datetime_to_ticks as datetime_to_ticks
 from .ticks import ticks_to_datetime as ticks_to_datetime
@@ -55,18 +61,24 @@ __all__ = [
     "FreezeError",
     "Health",
     "JobInterrupted",
+    "ModeChoice",
+    "ModeInputs",
+    "PathDecision",
     "PhaseHandle",
     "PhaseRecord",
     "PhaseRecorder",
     "ProceedDecision",
     "Redactor",
     "SnapshotError",
+    "SnapshotMode",
     "Verdict",
     "WindowObserver",
     "check_config_mode",
+    "choose_mode",
     "datetime_to_ticks",
     "decide_after_freeze",
     "decide_after_pre_script",
+    "decide_path",
     "drop_partial_run",
     "interrupt_name",
     "read_at_most",

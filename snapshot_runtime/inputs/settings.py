@@ -79,6 +79,7 @@ from snapshot_runtime.core.ticks import (
 from snapshot_runtime.core.untrusted_file import read_at_most
 from snapshot_runtime.inputs.backup_metadata import parse_backup_metadata
 from snapshot_runtime.inputs.blob_urls import sas_secrets, validate_blob_url
+from snapshot_runtime.inputs.host_inputs import HostInputs, parse_host_inputs
 from snapshot_runtime.inputs.settings_values import (
     decode_b64_json,
     invalid_settings,
@@ -122,6 +123,8 @@ class HandlerSettings:
     status_blob_uri: str | None = field(repr=False)
     backup_metadata: Mapping[str, str] = field(repr=False)
     secrets: tuple[str, ...] = field(repr=False)
+    # The host snapshot path's inputs (inputs/host_inputs.py, docs/host-snapshot.md).
+    host: HostInputs = field(default_factory=HostInputs, repr=False)
 
     def __repr__(self) -> str:
         # Explicit, so a later field can never leak through the generated repr.
@@ -316,7 +319,9 @@ def parse_handler_settings(doc: object) -> HandlerSettings:
     ticks = _start_ticks(public)
     vm_type = _optional_str(public, "vmType", "publicSettings")
     locale = _optional_str(public, "locale", "publicSettings")
-    disks = _disk_urls(protected)
+    host = parse_host_inputs(public, protected)
+    # The host path needs no SAS URL: a job with host inputs may omit blobSASUri.
+    disks = () if host.given and not protected.get("objectStr") else _disk_urls(protected)
     logs = _blob_uri(public, protected, "logsBlobUri")
     status = _blob_uri(public, protected, "statusBlobUri")
     metadata, extra = parse_backup_metadata(public)
@@ -329,6 +334,7 @@ def parse_handler_settings(doc: object) -> HandlerSettings:
         if url:
             secrets.update(dict.fromkeys(sas_secrets(url)))
     secrets.update(dict.fromkeys(extra))
+    secrets.update(dict.fromkeys(host.secrets))
     secrets.pop("", None)
 
     return HandlerSettings(
@@ -343,6 +349,7 @@ def parse_handler_settings(doc: object) -> HandlerSettings:
         status_blob_uri=status,
         backup_metadata=metadata,
         secrets=tuple(secrets),
+        host=host,
     )
 
 

@@ -30,6 +30,7 @@ spans and the spool off (the local log file stays).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import time
@@ -53,7 +54,7 @@ from snapshot_runtime.freeze.session import FreezeSession
 from snapshot_runtime.inputs.machine import machine_id
 from snapshot_runtime.inputs.plugin_config import load_plugin_config
 from snapshot_runtime.inputs.plugin_config_file import find_config_path
-from snapshot_runtime.inputs.settings import load_settings_file
+from snapshot_runtime.inputs.settings import HandlerSettings, load_settings_file
 from snapshot_runtime.job.frozen_window import FrozenWindowSequence
 from snapshot_runtime.job.lock import JOB_LOCK_FILE, JobLock, LockHolder
 from snapshot_runtime.job.records import JobOptions, JobReport
@@ -70,6 +71,7 @@ from snapshot_runtime.job.status_document import TEMP_TERMINAL_CODE, TEMP_TERMIN
 from snapshot_runtime.job.status_report import JobStatusWriter, StatusName
 from snapshot_runtime.scripts.runner import ScriptResult, run_script
 from snapshot_runtime.snapshot.backend import SnapshotterFactory
+from snapshot_runtime.snapshot.host import plan_host_mode
 from snapshot_runtime.snapshot.registry import BACKENDS
 from snapshot_runtime.telemetry.job_log import JobLog
 from snapshot_runtime.telemetry.job_telemetry import JobTelemetry, TelemetryOptions
@@ -98,6 +100,7 @@ class _Job:
         self.backends = backends
         self.freezer_factory = freezer_factory
         self.redactor = Redactor()
+        self.backend_names: tuple[str, ...] = ()  # set by the host mode decision
         self.phases = PhaseRecorder()
         self.state = JobState()
         self.started_at = time.time()
@@ -179,6 +182,8 @@ class _Job:
         with self.phases.phase("settings") as ph:
             try:
                 settings = load_settings_file(self.options.settings_path)
+                if settings.host.given:
+                    self.host_mode_backends(settings)
             except ConfigError as exc:
                 self.state.settings_error = exc
                 ph.fail(exc.code, exc.message)
@@ -198,6 +203,26 @@ class _Job:
                 len(settings.disk_sas_urls),
             )
             return True
+
+    def host_mode_backends(self, settings: HandlerSettings) -> None:
+        """The host/guest mode (docs/host-snapshot.md) picks the backends, before any freeze.
+
+        Only for settings carrying host inputs (includedDisks, snapshotTaskToken);
+        a contradictory disk request is refused like invalid settings.
+        """
+        choice, names, why = plan_host_mode(settings)
+        if not names:
+            raise ConfigError(ErrorCode.INVALID_DISK_LIST, why)
+        self.backend_names = names
+        self.log.phase("settings").info(
+            "snapshot mode {} from {} ({}); backends {}",
+            choice.mode.value,
+            choice.source,
+            choice.reason,
+            list(names),
+        )
+        for note in (*choice.ignored, *settings.host.ignored):
+            self.log.phase("settings").warning("ignored: {}", note)
 
     def load_plugin_config(self) -> None:
         log = self.log.phase("plugin_config")
@@ -292,8 +317,11 @@ class _Job:
             observers.append(self.telemetry)
         observers.append(self.log.gate)
         try:
+            options = self.options
+            if self.backend_names:
+                options = dataclasses.replace(options, snapshot_backends=self.backend_names)
             FrozenWindowSequence(
-                self.options,
+                options,
                 self.state,
                 log=self.log,
                 phases=self.phases,

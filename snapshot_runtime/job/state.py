@@ -20,6 +20,7 @@ from snapshot_runtime.inputs.plugin_config import PluginConfig
 from snapshot_runtime.inputs.settings import HandlerSettings
 from snapshot_runtime.job.records import JobReport
 from snapshot_runtime.scripts.runner import ScriptResult
+from snapshot_runtime.snapshot.host import HostSnapshotResult
 from snapshot_runtime.snapshot.registry import BackendDeclined
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
 from snapshot_runtime.telemetry.record import RecordFacts
@@ -92,6 +93,13 @@ def job_verdict(state: JobState) -> Verdict:
     snap = state.snapshot
     freeze = state.freeze
     disks_total = len(state.settings.disk_sas_urls) if state.settings else 0
+    if isinstance(snap, HostSnapshotResult):
+        # The host path has no guest disk URL: its disks are the LUNs it asked for.
+        disks_total = len(snap.disks)
+    elif state.settings is not None and state.settings.host.given and not disks_total:
+        # A host-only request that never reached the host still names its disks
+        # (an empty LUN list is "every disk": at least one).
+        disks_total = max(len(state.settings.host.lun_list), 1)
     return verdict(
         config_state=state.config_state,
         config_error=state.config_error,

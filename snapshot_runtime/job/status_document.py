@@ -127,6 +127,8 @@ _MILLISECOND = timedelta(milliseconds=1)
 # Query parameters that name a snapshot; every other parameter may be SAS.
 _SNAPSHOT_QUERY_KEYS = frozenset({"snapshot", "versionid"})
 _DATE_FIELD = re.compile(r'"timestampUTC":"/Date\((-?[0-9]+)\)/"')
+# A DirectDrive snapshot's creationTime (host path), escaped the same way.
+_DD_DATE_FIELD = re.compile(r'"DateTime":"/Date\((-?[0-9]+)\)/"')
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,20 @@ def _is_true(value: object) -> bool:
     return value is True
 
 
+def _dd_identifier(ident: object, redact: Callable[[str], str]) -> object:
+    """A DirectDrive identifier: the host's object kept as an object (reference §7).
+
+    Its ``token`` is for the service that reads this status (it is not one of
+    the job's secrets, so ``redact`` leaves it); ``creationTime.DateTime`` is
+    ``/Date(ms)/``, written escaped by ``render``.
+    """
+    if ident is None or ident == "":
+        return None if ident is None else redact(str(ident))
+    if not isinstance(ident, Mapping):
+        return redact(str(ident))
+    return {str(k): v if k != "id" else redact(str(v)) for k, v in ident.items()}
+
+
 def _snapshot_entry(entry: Mapping[str, object], redact: Callable[[str], str]) -> dict[str, object]:
     error = entry.get("errorMessage")
     ident = entry.get("directDriveSnapshotIdentifier")
@@ -197,7 +213,7 @@ def _snapshot_entry(entry: Mapping[str, object], redact: Callable[[str], str]) -
         "snapshotUri": _public_url(entry.get("snapshotUri")),
         "errorMessage": redact(str(error)) if error is not None else None,
         "blobUri": strip_sas(blob) if blob else None,
-        "directDriveSnapshotIdentifier": redact(str(ident)) if ident is not None else None,
+        "directDriveSnapshotIdentifier": _dd_identifier(ident, redact),
     }
 
 
@@ -323,6 +339,7 @@ def render(doc: object) -> bytes:
     """Compact ASCII JSON, with the reference's ``\\/Date(ms)\\/`` timestamp."""
     text = json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     text = _DATE_FIELD.sub(lambda m: '"timestampUTC":"\\/Date(' + m.group(1) + ')\\/"', text)
+    text = _DD_DATE_FIELD.sub(lambda m: '"DateTime":"\\/Date(' + m.group(1) + ')\\/"', text)
     return text.encode("ascii")
 
 

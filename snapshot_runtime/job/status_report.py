@@ -31,7 +31,8 @@ from snapshot_runtime.job.status_document import (
 )
 from snapshot_runtime.snapshot.blob_requests import upload_block_blob
 from snapshot_runtime.snapshot.failures import BlobOpError
-from snapshot_runtime.snapshot.results import DiskSnapshot
+from snapshot_runtime.snapshot.host import HostSnapshotResult, host_telemetry
+from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
 from snapshot_runtime.telemetry.job_log import JobLog
 
 __all__ = [
@@ -56,8 +57,16 @@ def status_file_path(options: JobOptions, task_id: str) -> str:
     )
 
 
-def status_snapshots(disks: Sequence[DiskSnapshot]) -> list[dict[str, object]]:
-    """The status document's per-disk ``snapshotInfo`` entries."""
+def status_snapshots(
+    disks: Sequence[DiskSnapshot], snapshot: SnapshotResult | None = None
+) -> list[dict[str, object]]:
+    """The status document's per-disk ``snapshotInfo`` entries.
+
+    The host path reports the host's entries as the reference maps them
+    (``HostSnapshotResult.status_entries``, docs/host-snapshot.md).
+    """
+    if isinstance(snapshot, HostSnapshotResult):
+        return [dict(entry) for entry in snapshot.status_entries]
     return [
         {
             "isSuccessful": d.ok,
@@ -114,6 +123,8 @@ def status_telemetry(
         data["warnings"] = ",".join(w.value for w in final.warnings)
     if state.status_upload.startswith("failed"):
         data["statusBlobUploadError"] = state.status_upload
+    declined = [(d.name, d.reason) for d in state.backends_declined]
+    data.update(host_telemetry(state.snapshot, state.backend, declined))
     return data
 
 
@@ -150,7 +161,7 @@ class JobStatusWriter:
             message=message,
             consistency=final.consistency if final else None,
             command_start_ticks=settings.command_start_ticks if settings else None,
-            snapshots=status_snapshots(disks),
+            snapshots=status_snapshots(disks, state.snapshot),
             telemetry=status_telemetry(state, self.phases, final),
             health=final.health if final else Health.GREEN,
             unique_machine_id=self.machine_id,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from snapshot_runtime.core.redact import scrub
 from snapshot_runtime.snapshot.azure_blob import AzureBlobSnapshotter
 from snapshot_runtime.snapshot.backend import SnapshotRequest, Snapshotter, SnapshotterFactory
+from snapshot_runtime.snapshot.host import HostSnapshotter
 
 __all__ = [
     "BACKENDS",
@@ -24,6 +25,8 @@ __all__ = [
     "BackendDeclined",
     "azure_blob_backend",
     "choose_backend",
+    "host_backend",
+    "host_required_backend",
 ]
 
 
@@ -38,9 +41,21 @@ def azure_blob_backend(request: SnapshotRequest) -> Snapshotter:
     )
 
 
+def host_backend(request: SnapshotRequest) -> Snapshotter:
+    """One WireServer dosnapshot for all disks; declines when presnapshot fails."""
+    return HostSnapshotter(request)
+
+
+def host_required_backend(request: SnapshotRequest) -> Snapshotter:
+    """The host path when it is the only one (onlyHost): accepts whatever presnapshot said."""
+    return HostSnapshotter(request, required=True)
+
+
 # name -> factory. The one place a backend is registered.
 BACKENDS: Mapping[str, SnapshotterFactory] = {
     "azure_blob": azure_blob_backend,
+    "host": host_backend,
+    "host_required": host_required_backend,
 }
 
 # The job's order of preference when none is configured.

@@ -69,7 +69,10 @@ class BrokenDecide(Answering):
 
 
 def test_the_default_is_the_azure_blob_backend_and_it_accepts() -> None:
-    assert DEFAULT_BACKENDS == ("azure_blob",) and set(BACKENDS) == {"azure_blob"}
+    # host / host_required: the WireServer path (docs/host-snapshot.md), chosen by the
+    # host mode decision, never by default for settings without host inputs.
+    assert DEFAULT_BACKENDS == ("azure_blob",)
+    assert set(BACKENDS) == {"azure_blob", "host", "host_required"}
     choice = choose_backend(DEFAULT_BACKENDS, request())
     try:
         assert choice.name == "azure_blob" and choice.declined == ()

@@ -230,8 +230,12 @@ def test_dashboard_provider_points_at_a_folder() -> None:
 
 def test_alert_dashboard_links_name_real_dashboards() -> None:
     text = (PROM_DIR / "rules" / "vmsnap.alerts.yml").read_text()
-    links = re.findall(r'dashboard:\s*"/d/([\w-]+)', text)
-    assert links and set(links) <= UIDS
+    # Absolute: the mixin's grafanaBaseUrl, then /d/<uid>.
+    base = json.loads((ROOT / "deploy" / "mixin" / "config.json").read_text())["grafanaBaseUrl"]
+    assert base.startswith("https://")
+    annotations = re.findall(r'dashboard:\s*"([^"]*)"', text)
+    links = re.findall(rf'dashboard:\s*"{re.escape(base.rstrip("/"))}/d/([\w-]+)', text)
+    assert links and len(links) == len(annotations) and set(links) <= UIDS
 
 
 def test_recording_rules_used_by_dashboards_exist() -> None:

@@ -38,10 +38,14 @@ MIXIN_CONFIG = json.loads((ROOT / "deploy" / "mixin" / "config.json").read_text(
 RUNBOOK_BASE: str = MIXIN_CONFIG["runbookBaseUrl"]
 
 # Labels every sidecar series has or may have: the scrape's target labels
-# (deploy/prometheus/*.yml relabelling) plus le on histogram buckets.
+# (deploy/prometheus/*.yml relabelling; host: the VM's host name, for the
+# trace-to-metrics link) plus le on histogram buckets.
 TARGET_LABELS = frozenset(
-    {"job", "instance", "region", "cluster", "resource_group", "subscription_id", "scale_set"}
-)
+    {
+        "job", "instance", "host", "region", "cluster", "resource_group", "subscription_id",
+        "scale_set",
+    }
+)  # fmt: skip
 
 # Series that are not in the catalogue but are on every scrape: Prometheus's own
 # up, prometheus-client's process collector, the sidecar's collector wrapper.

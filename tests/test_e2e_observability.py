@@ -864,8 +864,10 @@ def test_pre_script_timeout_alert_fires_and_the_others_stay_silent(scenario: Sce
 # job (its watchdog thawed: reason eof; the sidecar abandons it), the record of
 # a newer schema (not ingestible), the pre-script timeout that continued to a
 # filesystem-consistent snapshot on a VM running pre-scripts, the spool cap the
-# disk-fault job ran under (dropped log lines and spans).
+# disk-fault job ran under (dropped log lines and spans), and that job, the last
+# to complete, failing (no restore point: its second disk's blob is missing).
 FAILURE_ALERTS: dict[str, dict[str, str]] = {
+    "VmsnapJobFailed": {"severity": "critical"},
     "VmsnapWatchdogThaw": {"reason": "eof", "severity": "critical"},
     "VmsnapJobAbandoned": {"severity": "warning"},
     "VmsnapRecordsInvalid": {"reason": "schema", "severity": "warning"},

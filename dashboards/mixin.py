@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_CONFIG", "MixinConfig", "load"]
+__all__ = ["DEFAULT_CONFIG", "MixinConfig", "Thresholds", "load"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "mixin" / "config.json"
 

@@ -376,6 +376,7 @@ def fill(expr: str, interval: str, window: str, run_seconds: int) -> str:
         "$__interval": interval,
         "$__rate_interval": "1m",
         "$window": window,
+        "$job": ".*",
         "$region": ".*",
         "$cluster": ".*",
     }.items():

@@ -21,10 +21,13 @@ tests/test_dashboards.py checks both and that every expression parses.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from grafana_foundation_sdk.builders import bargauge, heatmap, prometheus, stat, table, timeseries
@@ -43,21 +46,65 @@ JSON_DIR = Path(__file__).resolve().parent / "json"
 # The provisioned datasources (deploy/grafana/provisioning/datasources/vmsnap.yml).
 PROMETHEUS_UID = "vmsnap-prometheus"
 TAGS = ["vmsnap", "snapshot-runtime"]
-SIDECAR_JOB = "vmsnap-sidecar"  # the scrape job name (deploy/prometheus/*.yml)
 
 DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 
-# Label selectors shared by the panels. region/cluster come from scrape
-# relabelling; "All" is ".*", which also matches a target without the label.
-FLEET = 'region=~"$region", cluster=~"$cluster"'
-FLEET_VMS = 'region=~"$region", cluster=~"$cluster", instance=~"$instance"'
-ONE_VM = 'instance="$instance"'
+
+def _load_mixin() -> ModuleType:
+    # dashboards/ is a folder of scripts, not a package: load the sibling by path.
+    spec = importlib.util.spec_from_file_location("vmsnap_mixin", MIXIN_PY)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("vmsnap_mixin", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+MIXIN_PY = Path(__file__).resolve().parent / "mixin.py"
+mixin = _load_mixin()
+
+# Label selectors shared by the panels, set from the mixin config (_use_config).
+# SELECTOR picks the sidecar's raw series out of a shared Prometheus (e.g. the
+# scrape job); $job narrows to the scrape jobs picked in the "job" variable.
+# Recorded series (cluster:...) were selected by the rules already and are
+# aggregated by (job, region, cluster): RECORDED only. region/cluster come
+# from scrape relabelling; "All" is ".*", which also matches a target without
+# the label.
+RECORDED = 'job=~"$job", region=~"$region", cluster=~"$cluster"'
+SELECTOR = ""
+FLEET = ""
+FLEET_VMS = ""
+ONE_VM = ""
+
+
+def _use_selector(selector: str) -> None:
+    global SELECTOR, FLEET, FLEET_VMS, ONE_VM
+    SELECTOR = selector
+    FLEET = f"{selector}, {RECORDED}"
+    FLEET_VMS = f'{FLEET}, instance=~"$instance"'
+    ONE_VM = f'{selector}, job=~"$job", instance="$instance"'
+
+
+_use_selector(mixin.load().selector)
 
 # Jobs are sparse (a few a day per VM): per-interval panels use a minimum
 # interval long enough for a cell to hold jobs, not one scrape.
 SPARSE_INTERVAL = "15m"
 # Sidecar self-metrics change any time, but a bar per scrape is noise.
 LIVE_INTERVAL = "5m"
+
+
+# Said in the description of every panel counting jobs per interval.
+def sparse_why(interval: str) -> str:
+    return (
+        f"Counted per interval (increase over $__interval, at least {interval}), not as a "
+        "per-second rate: a VM runs a few jobs a day, so a rate would be a near-zero smear "
+        "and a short window mostly empty."
+    )
+
+
+# Said in the description of every panel drawing a per-second rate.
+RATE_WHY = "Per second, over $__rate_interval (at least four scrapes)."
 
 JOB_DETAIL_URL = "/d/vmsnap-job-detail/?var-instance=${__value.raw}&${__url_time_range}"
 
@@ -152,6 +199,11 @@ def series_panel(
     log_scale: bool = False,
     interval: str | None = None,
 ) -> timeseries.Panel:
+    exprs = [t.build().expr or "" for t in targets]
+    if interval not in {None, LIVE_INTERVAL} and any("[$__interval]" in e for e in exprs):
+        description = f"{description} {sparse_why(str(interval))}"
+    if any("[$__rate_interval]" in e for e in exprs):
+        description = f"{description} {RATE_WHY}"
     panel = (
         timeseries.Panel()
         .id(ids())
@@ -304,9 +356,18 @@ def datasource_variable() -> dash.DatasourceVariable:
 def fleet_variables(*, with_instance: bool, multi_instance: bool = True) -> list[Any]:
     variables: list[Any] = [
         datasource_variable(),
-        label_variable("region", "Region", "label_values(vmsnap_build_info, region)"),
+        # The scrape job(s): one Prometheus may scrape several fleets' sidecars.
+        label_variable("job", "Job", f"label_values(vmsnap_build_info{{{SELECTOR}}}, job)"),
         label_variable(
-            "cluster", "Cluster", 'label_values(vmsnap_build_info{region=~"$region"}, cluster)'
+            "region",
+            "Region",
+            f'label_values(vmsnap_build_info{{{SELECTOR}, job=~"$job"}}, region)',
+        ),
+        label_variable(
+            "cluster",
+            "Cluster",
+            f'label_values(vmsnap_build_info{{{SELECTOR}, job=~"$job", region=~"$region"}}, '
+            "cluster)",
         ),
     ]
     if with_instance:
@@ -361,7 +422,7 @@ def fleet_freeze() -> dash.Dashboard:
     freeze_bucket_range = (
         f"increase(vmsnap_freeze_duration_seconds_bucket{{{FLEET_VMS}}}[$__range])"
     )
-    recorded = f"cluster:vmsnap_freeze_duration_seconds_bucket:rate$window{{{FLEET}}}"
+    recorded = f"cluster:vmsnap_freeze_duration_seconds_bucket:rate$window{{{RECORDED}}}"
     per_vm = "instance, region, cluster"
     longest = f"topk(15, histogram_quantile(1, sum by ({per_vm}, le) ({freeze_bucket_range})))"
     top_vms = f"and on ({per_vm}) {longest}"
@@ -478,7 +539,7 @@ def fleet_freeze() -> dash.Dashboard:
         .title("Frozen window distribution (click a point: the job's trace)")
         .description(
             "Jobs per frozen-window bucket. The points are exemplars: each carries the "
-            "trace_id of a job in that bucket and opens its trace."
+            "trace_id of a job in that bucket and opens its trace. " + sparse_why(SPARSE_INTERVAL)
         )
         .datasource(DS)
         .with_target(
@@ -619,10 +680,10 @@ def fleet_freeze() -> dash.Dashboard:
         series_panel(
             ids,
             "Sidecars down",
-            "Targets of the vmsnap-sidecar scrape job that are not answering.",
+            "Sidecar scrape targets (the selected jobs) that are not answering.",
             [
                 query(
-                    f'count(up{{job="{SIDECAR_JOB}", {FLEET_VMS}}} == 0) or vector(0)',
+                    f"count(up{{{FLEET_VMS}}} == 0) or vector(0)",
                     "down",
                 )
             ],
@@ -676,10 +737,10 @@ def _color(name: str) -> dm.DynamicConfigValue:
     return dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": name})
 
 
-def _errors_on_right_axis(*, bars: bool) -> list[dm.DynamicConfigValue]:
-    """Overrides for an error-count query drawn in red on the right axis of a panel."""
+def _errors_on_right_axis(*, bars: bool, unit: str = "short") -> list[dm.DynamicConfigValue]:
+    """Overrides for an error-count (or error-rate) query drawn in red on the right axis."""
     overrides = [
-        dm.DynamicConfigValue(id_val="unit", value="short"),
+        dm.DynamicConfigValue(id_val="unit", value=unit),
         dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
     ]
     if bars:
@@ -800,8 +861,8 @@ def script_health() -> dash.Dashboard:
             "VmsnapPreScriptTimeoutRateHigh (threshold 5%, dashed). Region/cluster only.",
             [
                 query(
-                    f"sum by (script) (cluster:vmsnap_script_timeouts:increase6h{{{FLEET}}})"
-                    f" / sum by (script) (cluster:vmsnap_script_runs:increase6h{{{FLEET}}})",
+                    f"sum by (script) (cluster:vmsnap_script_timeouts:increase6h{{{RECORDED}}})"
+                    f" / sum by (script) (cluster:vmsnap_script_runs:increase6h{{{RECORDED}}})",
                     "{{script}}",
                 )
             ],
@@ -820,8 +881,8 @@ def script_health() -> dash.Dashboard:
             "rules cluster:vmsnap_script_*:increase6h; region/cluster only.",
             [
                 query(
-                    f"sum by (script) (cluster:vmsnap_script_retries:increase6h{{{FLEET}}})"
-                    f" / sum by (script) (cluster:vmsnap_script_runs:increase6h{{{FLEET}}})",
+                    f"sum by (script) (cluster:vmsnap_script_retries:increase6h{{{RECORDED}}})"
+                    f" / sum by (script) (cluster:vmsnap_script_runs:increase6h{{{RECORDED}}})",
                     "{{script}}",
                 )
             ],
@@ -873,13 +934,13 @@ def script_health() -> dash.Dashboard:
             [
                 query(
                     "histogram_quantile(0.50, sum by (script, le) ("
-                    f"cluster:vmsnap_script_duration_seconds_bucket:rate$window{{{FLEET}}}))",
+                    f"cluster:vmsnap_script_duration_seconds_bucket:rate$window{{{RECORDED}}}))",
                     "{{script}} p50",
                     "A",
                 ),
                 query(
                     "histogram_quantile(0.99, sum by (script, le) ("
-                    f"cluster:vmsnap_script_duration_seconds_bucket:rate$window{{{FLEET}}}))",
+                    f"cluster:vmsnap_script_duration_seconds_bucket:rate$window{{{RECORDED}}}))",
                     "{{script}} p99",
                     "B",
                 ),
@@ -987,7 +1048,7 @@ def job_detail() -> dash.Dashboard:
             ids,
             "Sidecar",
             "Whether Prometheus can scrape this VM's snapshot-sidecar.",
-            query(f'up{{job="{SIDECAR_JOB}", {ONE_VM}}}', instant=True),
+            query(f"up{{{ONE_VM}}}", instant=True),
             steps=((None, "red"), (1, "green")),
             no_value="unknown",
         ).mappings(
@@ -1200,39 +1261,41 @@ def job_detail() -> dash.Dashboard:
         series_panel(
             ids,
             "Log mirror",
-            "Bytes waiting to be mirrored to logsBlobUri, and failed mirror requests by kind.",
+            "Bytes waiting to be mirrored to logsBlobUri, and failed mirror requests per "
+            "second by kind (the sidecar retries continuously, so a rate is what it means).",
             [
                 query(f"vmsnap_sidecar_log_mirror_backlog_bytes{{{ONE_VM}}}", "backlog", "A"),
                 query(
-                    f"sum by (error) (increase(vmsnap_sidecar_log_mirror_errors_total"
-                    f"{{{ONE_VM}}}[$__interval])) > 0",
-                    "errors: {{error}}",
+                    f"sum by (error) (rate(vmsnap_sidecar_log_mirror_errors_total"
+                    f"{{{ONE_VM}}}[$__rate_interval])) > 0",
+                    "errors/s: {{error}}",
                     "B",
                 ),
             ],
             unit="bytes",
             interval=LIVE_INTERVAL,
             width=8,
-        ).override_by_query("B", _errors_on_right_axis(bars=False))
+        ).override_by_query("B", _errors_on_right_axis(bars=False, unit="reqps"))
     )
     d = d.with_panel(
         series_panel(
             ids,
             "Span export",
-            "spans.jsonl bytes not yet exported over OTLP, and failed export calls.",
+            "spans.jsonl bytes not yet exported over OTLP, and failed export calls per second "
+            "(retried continuously, so a rate is what it means).",
             [
                 query(f"vmsnap_sidecar_span_backlog_bytes{{{ONE_VM}}}", "backlog", "A"),
                 query(
-                    f"increase(vmsnap_sidecar_span_export_errors_total{{{ONE_VM}}}"
-                    "[$__interval]) > 0",
-                    "export errors",
+                    f"rate(vmsnap_sidecar_span_export_errors_total{{{ONE_VM}}}"
+                    "[$__rate_interval]) > 0",
+                    "export errors/s",
                     "B",
                 ),
             ],
             unit="bytes",
             interval=LIVE_INTERVAL,
             width=8,
-        ).override_by_query("B", _errors_on_right_axis(bars=False))
+        ).override_by_query("B", _errors_on_right_axis(bars=False, unit="reqps"))
     )
     d = d.with_panel(
         series_panel(
@@ -1277,7 +1340,7 @@ def job_detail() -> dash.Dashboard:
             "survived, by component.",
             [
                 query(
-                    f'process_resident_memory_bytes{{job="{SIDECAR_JOB}", {ONE_VM}}}',
+                    f"process_resident_memory_bytes{{{ONE_VM}}}",
                     "RSS",
                     "A",
                 ),
@@ -1305,17 +1368,29 @@ DASHBOARDS = {
 }
 
 
-def render(uid: str) -> str:
+@contextlib.contextmanager
+def _use_config(config: Path | None) -> Iterator[None]:
+    """Build with the mixin config laid over by ``config`` (then back to the default)."""
+    saved = SELECTOR
+    _use_selector(mixin.load(config).selector)
+    try:
+        yield
+    finally:
+        _use_selector(saved)
+
+
+def render(uid: str, config: Path | None = None) -> str:
     """The dashboard's JSON text, byte-stable: sorted keys, 2-space indent, final newline."""
-    model = DASHBOARDS[uid]().build()
+    with _use_config(config):
+        model = DASHBOARDS[uid]().build()
     doc = json.loads(json.dumps(model, cls=JSONEncoder))
     doc["id"] = None  # provisioning: Grafana assigns the numeric id, the uid is ours
     return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def _outputs() -> Iterator[tuple[Path, str]]:
+def _outputs(out: Path, config: Path | None) -> Iterator[tuple[Path, str]]:
     for uid in DASHBOARDS:
-        yield JSON_DIR / f"{uid}.json", render(uid)
+        yield out / f"{uid}.json", render(uid, config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1323,9 +1398,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="compare with dashboards/json/ instead of writing"
     )
+    parser.add_argument(
+        "--config", type=Path, help="JSON laid over deploy/mixin/config.json (a team's override)"
+    )
+    parser.add_argument("--out", type=Path, help="where to write (default: dashboards/json/)")
     args = parser.parse_args(argv)
     stale = []
-    for path, text in _outputs():
+    for path, text in _outputs(args.out or JSON_DIR, args.config):
         if args.check:
             if not path.exists() or path.read_text(encoding="utf-8") != text:
                 stale.append(path.name)

@@ -20,6 +20,8 @@ import os
 import shutil
 import signal
 import sys
+import textwrap
+import typing
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
@@ -32,7 +34,7 @@ from snapshot_runtime.core.defaults import (
     DEFAULT_SPOOL_DIR,
     DEFAULT_STATE_DIR,
 )
-from snapshot_runtime.core.errors import ErrorCode
+from snapshot_runtime.core.errors import ErrorCode, SnapshotError
 from snapshot_runtime.core.redact import scrub
 from snapshot_runtime.job.summary import report_json, report_text, table
 from snapshot_runtime.telemetry.job_log import DEFAULT_LOG_PATH
@@ -53,6 +55,51 @@ OTEL_EXPORTER_OTLP_TIMEOUT = "OTEL_EXPORTER_OTLP_TIMEOUT"
 OTEL_EXPORTER_OTLP_TRACES_TIMEOUT = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
 DEFAULT_OTLP_TIMEOUT = 5.0
 MAX_OTLP_TIMEOUT = 30.0
+# A usage error (a bad option, a --settings path that is not a readable file):
+# sysexits' EX_USAGE, not argparse's 2, which is a job's ThawFailed/InternalError.
+EXIT_USAGE = 64
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors exiting EXIT_USAGE (subcommands inherit it)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _run_exit_codes() -> str:
+    """``run --help``'s epilog: every exit status a job can end with, from ErrorCode."""
+    by_status: dict[int, list[str]] = {}
+    for code in ErrorCode:
+        status = SnapshotError(code, "").exit_code
+        by_status.setdefault(status, []).append(code.value)
+
+    def entry(status: int, text: str) -> list[str]:
+        return textwrap.wrap(
+            text,
+            width=79,
+            initial_indent=f"  {status:<4} ",
+            subsequent_indent=" " * 7,
+            break_on_hyphens=False,
+        )
+
+    lines = ["exit status:"]
+    lines += entry(0, "a snapshot was taken (any consistency: see the summary; warnings included)")
+    lines += entry(
+        1,
+        "no snapshot, with an error code that has no 8-bit number ("
+        + ", ".join(sorted(by_status.pop(1, [])))
+        + "); or an unexpected error (InternalError on stderr)",
+    )
+    for status in sorted(by_status):
+        lines += entry(status, "no snapshot: " + ", ".join(sorted(by_status[status])))
+    lines += [
+        f"  {EXIT_USAGE:<4} usage error (bad option, --settings not a readable file): no job ran",
+        "  130  interrupted (Ctrl-C); 128+N: stopped by signal N (SIGTERM 143, SIGHUP 129),",
+        "       after thawing and running the post-script",
+    ]
+    return "\n".join(lines)
 
 
 def otlp_traces_endpoint(env: Mapping[str, str]) -> str | None:
@@ -117,7 +164,7 @@ def _mount_list(value: str) -> tuple[str, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="snapshot-runtime",
         description="Application-consistent snapshots of Linux VMs (Azure VMSnapshot compatible).",
     )
@@ -138,7 +185,12 @@ def _parser() -> argparse.ArgumentParser:
         help="mount points a job would freeze (default: every eligible)",
     )
 
-    r = sub.add_parser("run", help="run one snapshot job")
+    r = sub.add_parser(
+        "run",
+        help="run one snapshot job",
+        epilog=_run_exit_codes(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument(
         "--settings", required=True, help="handler settings JSON (public + protected settings)"
     )
@@ -189,14 +241,24 @@ def _parser() -> argparse.ArgumentParser:
         help="no spans and no spool (the local log file stays)",
     )
 
-    t = sub.add_parser("trace", help="show a job's spans as a waterfall (from the local record)")
-    t.add_argument("task_id", metavar="TASKID")
+    t = sub.add_parser(
+        "trace",
+        help="show a job's spans as a waterfall (from the local record)",
+        description="Find a job by its taskId or its trace id (32 hex digits, as a tracing "
+        "backend shows it) and show its spans. Exit 1 when no job is found.",
+    )
+    t.add_argument("task_id", metavar="TASKID|TRACEID")
     t.add_argument(
         "--state-dir", default=None, help=f"state directory (default {DEFAULT_STATE_DIR})"
     )
     t.add_argument("--spool", help=f"spool directory (default {DEFAULT_SPOOL_DIR})")
     t.add_argument("--json", action="store_true", help="print the record and spans as JSON")
     t.add_argument("--width", type=int, default=None, help="line width (default: the terminal)")
+    t.add_argument(
+        "--attrs",
+        action="store_true",
+        help="show every span's attributes under it (which disk, which mount, exit codes)",
+    )
 
     c = sub.add_parser(
         "recover", help="close records of jobs whose runtime died; replay their log lines"
@@ -246,7 +308,23 @@ def _validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _settings_usage_error(path: str) -> str | None:
+    """Why ``--settings`` cannot be a settings file, or None. A typo is the
+    operator's, not a job's: no job record, no unknown.status (EXIT_USAGE)."""
+    if not os.path.exists(path):
+        return f"--settings {path}: no such file"
+    if not os.path.isfile(path):
+        return f"--settings {path}: not a regular file"
+    if not os.access(path, os.R_OK):
+        return f"--settings {path}: not readable"
+    return None
+
+
 def _run(args: argparse.Namespace) -> int:
+    problem = _settings_usage_error(args.settings)
+    if problem is not None:
+        print(f"snapshot-runtime run: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     from snapshot_runtime.core.interrupt import JobInterrupted  # noqa: PLC0415
     from snapshot_runtime.job.records import JobOptions  # noqa: PLC0415
     from snapshot_runtime.job.run import run_job  # noqa: PLC0415
@@ -291,13 +369,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    view = load_job(
-        args.task_id,
-        state_dir=args.state_dir or DEFAULT_STATE_DIR,
-        spool_dir=args.spool or DEFAULT_SPOOL_DIR,
-    )
+    state_dir = args.state_dir or DEFAULT_STATE_DIR
+    spool_dir = args.spool or DEFAULT_SPOOL_DIR
+    view = load_job(args.task_id, state_dir=state_dir, spool_dir=spool_dir)
     if view is None:
-        print(f"no record of task {args.task_id!r} in the state directory or the spool")
+        print(
+            f"not found: no job with taskId or trace id {args.task_id!r} in "
+            f"{os.path.join(state_dir, 'jobs')} or {spool_dir}",
+            file=sys.stderr,
+        )
         return 1
     if args.json:
         doc = {
@@ -309,7 +389,7 @@ def _trace(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2, default=str))
     else:
         width = args.width or shutil.get_terminal_size((100, 24)).columns
-        print(waterfall(view, width=width))
+        print(waterfall(view, width=width, attributes=args.attrs))
     return 0
 
 

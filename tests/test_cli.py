@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 
 import pytest
 
@@ -245,3 +246,132 @@ def test_run_json_prints_one_object_with_the_documented_keys(
         assert script["exitCodes"] == [0]
     assert doc["mounts"][0]["mountpoint"] == ext4.mountpoint
     assert doc["freeze"]["thawedBy"] == "runtime"
+
+
+# -- fsFreezeEnabled=false: no talk of freezing ---------------------------------------
+
+
+def test_validate_with_freeze_disabled_says_nothing_is_frozen(ws: Workspace) -> None:
+    """No freeze plan ("would freeze: /, /boot"), no freeze timeout in the budget, and
+    the dry-run scripts get SNAPSHOT_MOUNTS empty, as a job without a freeze gives it."""
+    result = validate(ws, ws.config(fsFreezeEnabled=False), "--run-scripts")
+    assert result.returncode == 0, result.output
+    assert "fsFreezeEnabled=false: a job freezes no filesystem" in result.stdout
+    assert "would freeze" not in result.stdout
+    assert "freeze timeout" not in result.stdout
+    assert "worst case scripts: 20s (pre + post)" in result.stdout
+    assert env_of(ws.mark("pre.env"))["SNAPSHOT_MOUNTS"] == ""
+    doc = json.loads(validate(ws, ws.config(fsFreezeEnabled=False), "--json").stdout)
+    assert [c["name"] for c in doc["checks"] if "freeze" in c["name"]] == ["freeze"]
+
+
+def test_validate_with_freeze_enabled_still_shows_the_plan(ws: Workspace, ext4: LoopFs) -> None:
+    result = validate(ws, ws.config(), "--mounts", ext4.mountpoint)
+    assert result.returncode == 0, result.output
+    assert f"would freeze: {ext4.mountpoint} (ext4)" in result.stdout
+    assert "freeze timeout 60s" in result.stdout
+
+
+@pytest.mark.azurite
+def test_run_with_freeze_disabled_says_nothing_is_frozen(azurite: Azurite, ws: Workspace) -> None:
+    settings = ws.settings(jobkit.make_disks(azurite, 2))
+    config = ws.config(fsFreezeEnabled=False)
+    result = ws.cli(*ws.run_args(settings, config=config, as_json=False))
+    assert result.returncode == 0, result.output
+    # Neither the log lines (stderr) nor the summary (stdout) list mounts to freeze.
+    assert "to freeze" not in result.output, result.output
+    assert "ready: 2 disk(s), no freeze" in result.stderr
+    assert "frozen window: none (no freeze)" in result.stdout
+    assert env_of(ws.mark("pre.env"))["SNAPSHOT_MOUNTS"] == ""
+
+
+# -- run: usage errors and exit codes ---------------------------------------------------
+
+
+def test_run_with_a_mistyped_settings_path_is_a_usage_error(ws: Workspace) -> None:
+    missing = str(ws.root / "0.setings")  # the typo
+    result = ws.cli(*ws.run_args(missing, config=ws.config()))
+    assert result.returncode == 64, result.output
+    assert result.stdout == ""
+    assert f"--settings {missing}: no such file" in result.stderr
+    assert "Traceback" not in result.output
+    # Not a job: no status file (unknown.status), no job record, no spool directory.
+    assert not (ws.state_dir / "status").exists() or not any((ws.state_dir / "status").iterdir())
+    assert not (ws.state_dir / "jobs").exists() or not any((ws.state_dir / "jobs").iterdir())
+    assert not (ws.spool_dir / "jobs").exists() or not any((ws.spool_dir / "jobs").iterdir())
+    # A directory is not a settings file either; a bad option is a usage error too.
+    directory = ws.cli(*ws.run_args(str(ws.root), config=ws.config()))
+    assert directory.returncode == 64 and "not a regular file" in directory.stderr
+    bad_option = ws.cli("run", "--settings", missing, "--freeze-timeout", "soon")
+    assert bad_option.returncode == 64 and "--freeze-timeout" in bad_option.stderr
+
+
+def test_run_help_documents_every_exit_status(ws: Workspace) -> None:
+    from snapshot_runtime.core.errors import ErrorCode, SnapshotError
+
+    result = ws.cli("run", "--help")
+    assert result.returncode == 0, result.output
+    epilog = result.stdout.split("exit status:", 1)[1]
+    entries: dict[int, str] = {}
+    current = None
+    for line in epilog.splitlines():
+        head = line[:7].strip()
+        if head.isdigit():
+            current = int(head)
+            entries[current] = line[7:]
+        elif current is not None and line.startswith(" " * 7):
+            entries[current] += " " + line.strip()
+    assert {0, 1, 64, 130} <= set(entries)
+    assert "snapshot was taken" in entries[0] and "usage error" in entries[64]
+    for code in ErrorCode:
+        status = SnapshotError(code, "").exit_code
+        assert code.value in entries[status], (code, status)
+    # 64 is no job's status: a usage error cannot be mistaken for a job's outcome.
+    assert all(SnapshotError(code, "").exit_code != 64 for code in ErrorCode)
+
+
+# -- trace ---------------------------------------------------------------------------------
+
+
+def test_trace_of_an_unknown_job_says_not_found_on_stderr(ws: Workspace) -> None:
+    for ref in ("no-such-task_1", "ab" * 16):
+        result = ws.cli(
+            "trace", ref, "--state-dir", str(ws.state_dir), "--spool", str(ws.spool_dir)
+        )
+        assert result.returncode == 1, result.output
+        assert result.stdout == ""
+        assert result.stderr.startswith(f"not found: no job with taskId or trace id {ref!r}")
+
+
+@pytest.mark.azurite
+def test_trace_finds_a_job_by_trace_id_and_shows_attributes_and_signals(
+    azurite: Azurite, ws: Workspace, ext4: LoopFs
+) -> None:
+    # The pre-script is killed by SIGKILL; continueBackupOnFailure lets the job go on.
+    pre = ws.script("pre-killed.sh", "#!/bin/sh\nkill -KILL $$\n")
+    _, post = ws.scripts()
+    settings = ws.settings(jobkit.make_disks(azurite, 2), task_id="cli-trace_1")
+    run = ws.cli(
+        *ws.run_args(settings, config=ws.config(pre=pre, post=post), mounts=[ext4.mountpoint])
+    )
+    assert run.returncode == 0, run.output
+    trace_id = json.loads(run.stdout)["traceId"]
+    where = ("--state-dir", str(ws.state_dir), "--spool", str(ws.spool_dir), "--width", "200")
+
+    by_task = ws.cli("trace", "cli-trace_1", *where)
+    assert by_task.returncode == 0, by_task.output
+    assert "killed by SIGKILL" in by_task.stdout
+    # The same job by its trace id, as a tracing backend shows it (any case, UUID dashes).
+    dashed = str(uuid.UUID(trace_id)).upper()
+    for ref in (trace_id, dashed):
+        by_trace = ws.cli("trace", ref, *where)
+        assert by_trace.returncode == 0, by_trace.output
+        assert by_trace.stdout == by_task.stdout
+    # --attrs: every span's attributes, e.g. which disk each disk span snapshotted.
+    assert "vmsnap.disk.index=" not in by_task.stdout
+    attrs = ws.cli("trace", trace_id, "--attrs", *where)
+    assert attrs.returncode == 0, attrs.output
+    assert attrs.stdout.count("vmsnap.disk.index=") == 2
+    assert "vmsnap.disk.index=0" in attrs.stdout and "vmsnap.disk.index=1" in attrs.stdout
+    assert "vmsnap.script.signal=9" in attrs.stdout
+    assert "sig=" not in attrs.stdout  # the SAS stays out (I5)

@@ -21,7 +21,15 @@ import pytest
 from snapshot_sidecar.metrics import FAMILIES
 
 from tests.support.requirements import require
-from tests.test_rules import PROM_DIR, RULE_FILES, recorded_names, run_promtool, unknown_names
+from tests.test_rules import (
+    MIXIN_CONFIG,
+    PROM_DIR,
+    RULE_FILES,
+    raw_series_selectors,
+    recorded_names,
+    run_promtool,
+    unknown_names,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "dashboards" / "build.py"
@@ -37,6 +45,7 @@ GRAFANA_VARS = {
     "$__range": "1d",
     "$__interval": "15m",
     "$__rate_interval": "2m",
+    "$job": ".*",
     "$region": ".*",
     "$cluster": ".*",
     "$instance": "vm-a",
@@ -134,7 +143,7 @@ def test_variables() -> None:
     docs = committed()
     for doc in docs.values():
         names = [v["name"] for v in doc["templating"]["list"]]
-        assert names[:4] == ["datasource", "region", "cluster", "instance"]
+        assert names[:5] == ["datasource", "job", "region", "cluster", "instance"]
     detail = {v["name"]: v for v in docs["vmsnap-job-detail"]["templating"]["list"]}
     assert not detail["instance"].get("multi") and not detail["instance"].get("includeAll")
 
@@ -230,8 +239,12 @@ def test_dashboard_provider_points_at_a_folder() -> None:
 
 def test_alert_dashboard_links_name_real_dashboards() -> None:
     text = (PROM_DIR / "rules" / "vmsnap.alerts.yml").read_text()
-    links = re.findall(r'dashboard:\s*"/d/([\w-]+)', text)
-    assert links and set(links) <= UIDS
+    # Absolute: the mixin's grafanaBaseUrl, then /d/<uid>.
+    base = json.loads((ROOT / "deploy" / "mixin" / "config.json").read_text())["grafanaBaseUrl"]
+    assert base.startswith("https://")
+    annotations = re.findall(r'dashboard:\s*"([^"]*)"', text)
+    links = re.findall(rf'dashboard:\s*"{re.escape(base.rstrip("/"))}/d/([\w-]+)', text)
+    assert links and len(links) == len(annotations) and set(links) <= UIDS
 
 
 def test_recording_rules_used_by_dashboards_exist() -> None:
@@ -243,3 +256,95 @@ def test_recording_rules_used_by_dashboards_exist() -> None:
     }
     assert used and used <= recorded_names(), used - recorded_names()
     assert RULE_FILES
+
+
+# -- the mixin config, the job variable, rate windows ------------------------------------
+
+
+def panel_exprs(docs: dict[str, dict[str, Any]]) -> list[str]:
+    exprs = [t["expr"] for doc in docs.values() for p in panels(doc) for t in p.get("targets", [])]
+    for doc in docs.values():
+        for var in doc["templating"]["list"]:
+            if var["type"] == "query":
+                exprs.append(var["query"])
+    return exprs
+
+
+def test_every_raw_series_carries_the_selector_and_the_job_variable() -> None:
+    selector = MIXIN_CONFIG["selector"]
+    found = raw_series_selectors(panel_exprs(committed()))
+    assert len(found) > 60
+    for name, matchers in found:
+        assert matchers.startswith("{" + selector), (name, matchers)
+        if matchers != "{" + selector + "}":  # the job variable's own query
+            assert 'job=~"$job"' in matchers, (name, matchers)
+    # Recorded series were selected by the rules: the job variable only.
+    recorded = [
+        m
+        for e in panel_exprs(committed())
+        for m in re.findall(r"\b(?:cluster|job):vmsnap_\w+:[\w$]+(\{[^}]*\})", e)
+    ]
+    assert recorded and all(m.startswith('{job=~"$job"') for m in recorded), recorded
+
+
+def test_the_job_variable_lists_the_selected_scrape_jobs() -> None:
+    for doc in committed().values():
+        job = next(v for v in doc["templating"]["list"] if v["name"] == "job")
+        assert job["query"] == f"label_values(vmsnap_build_info{{{MIXIN_CONFIG['selector']}}}, job)"
+        assert job["includeAll"] and job["allValue"] == ".*"
+
+
+def test_per_second_panels_use_rate_interval_and_sparse_ones_say_why() -> None:
+    rates = 0
+    for uid, doc in committed().items():
+        for panel in panels(doc):
+            exprs = [t["expr"] for t in panel.get("targets", [])]
+            for expr in exprs:
+                # A rate over a fixed or $__interval window misses or double-counts
+                # scrapes; Grafana's $__rate_interval is the window a rate needs.
+                for window in re.findall(r"\brate\([^\[]*\[([^\]]+)\]", expr):
+                    assert window == "$__rate_interval", (uid, panel["title"], expr)
+                    rates += 1
+            description = panel.get("description", "")
+            if any("[$__rate_interval]" in e for e in exprs):
+                assert "Per second" in description, (uid, panel["title"])
+            if any("increase(" in e and "[$__interval]" in e for e in exprs) and panel.get(
+                "interval"
+            ) in {"15m", "1h"}:
+                assert "not as a per-second rate" in description, (uid, panel["title"])
+    assert rates >= 2
+
+
+def test_an_overridden_config_changes_every_selector(build: ModuleType, tmp_path: Path) -> None:
+    override = tmp_path / "team.json"
+    override.write_text(json.dumps({"selector": 'job="backup-agents", team="storage"'}))
+    out = tmp_path / "json"
+    assert build.main(["--config", str(override), "--out", str(out)]) == 0
+    docs = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+    assert set(docs) == UIDS
+    text = json.dumps(docs)
+    assert text.count("vmsnap-sidecar") == 0, "the default selector leaked into an override"
+    found = raw_series_selectors(panel_exprs(docs))
+    assert len(found) > 60
+    for name, matchers in found:
+        assert matchers.startswith('{job="backup-agents", team="storage"'), (name, matchers)
+    # The default build is untouched by the override (no state leaks between renders).
+    assert build.main(["--check"]) == 0
+
+
+def test_trace_to_metrics_maps_host_name_to_a_label_every_scrape_config_sets() -> None:
+    text = (PROVISIONING / "datasources" / "vmsnap.yml").read_text()
+    m = re.search(r"tags:\s*\n\s*- key: host\.name\s*\n\s*value: (\w+)", text)
+    assert m, "tracesToMetrics maps host.name"
+    label = m.group(1)
+    # Not instance: with a static scrape config that is an address, not a host name.
+    assert label == "host"
+    static = (PROM_DIR / "prometheus.static.yml").read_text()
+    groups = static.split("- targets:")[1:]
+    assert groups and all(f"{label}: " in g for g in groups)
+    assert all(len(re.findall(r'"[^"]+:\d+"', g.split("\n")[0])) == 1 for g in groups)
+    azure = (PROM_DIR / "prometheus.azure-sd.yml").read_text()
+    assert re.search(
+        rf"source_labels: \[__meta_azure_machine_computer_name\]\s*\n\s*target_label: {label}",
+        azure,
+    )

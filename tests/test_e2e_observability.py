@@ -858,3 +858,65 @@ def test_pre_script_timeout_alert_fires_and_the_others_stay_silent(scenario: Sce
     for name in SILENT_ALERTS:
         assert name not in current, (name, current[name])
     print(f"\n[e2e] alerts: { {n: [a['state'] for a in v] for n, v in current.items()} }")
+
+
+# What this scenario does, and the failure alerts it must raise: the SIGKILLed
+# job (its watchdog thawed: reason eof; the sidecar abandons it), the record of
+# a newer schema (not ingestible), the pre-script timeout that continued to a
+# filesystem-consistent snapshot on a VM running pre-scripts, the spool cap the
+# disk-fault job ran under (dropped log lines and spans), and that job, the last
+# to complete, failing (no restore point: its second disk's blob is missing).
+FAILURE_ALERTS: dict[str, dict[str, str]] = {
+    "VmsnapJobFailed": {"severity": "critical"},
+    "VmsnapWatchdogThaw": {"reason": "eof", "severity": "critical"},
+    "VmsnapJobAbandoned": {"severity": "warning"},
+    "VmsnapRecordsInvalid": {"reason": "schema", "severity": "warning"},
+    "VmsnapConsistencyDowngraded": {"severity": "warning"},
+    "VmsnapSpoolDropped": {"severity": "warning"},
+}
+# And what it does not do: the sidecar is up and exposes its metrics, no foreign
+# writer touches a log blob, no log is given up within the test.
+SILENT_FAILURE_ALERTS = (
+    "VmsnapSidecarMetricsMissing",
+    "VmsnapSidecarVanished",
+    "VmsnapLogMirrorConflict",
+    "VmsnapLogMirrorAbandoned",
+)
+
+
+@pytest.mark.root
+@pytest.mark.azurite
+def test_failure_alerts_fire_on_a_real_sidecar(scenario: Scenario) -> None:
+    prom = scenario.prom
+
+    def firing() -> dict[str, list[dict[str, str]]]:
+        out: dict[str, list[dict[str, str]]] = {}
+        for alert in prom.api("alerts")["alerts"]:
+            if alert["state"] == "firing":
+                out.setdefault(alert["labels"]["alertname"], []).append(alert["labels"])
+        return out
+
+    wait_until(
+        lambda: set(FAILURE_ALERTS) <= set(firing()),
+        WAIT,
+        f"{sorted(FAILURE_ALERTS)} to fire",
+        interval=POLL,
+        detail=lambda: str(sorted(firing())),
+    )
+    current = firing()
+    for name, expected in FAILURE_ALERTS.items():
+        labels = [a for a in current[name] if a["job"] == JOB_NAME]
+        assert labels, (name, current[name])
+        for want_label, want in expected.items():
+            assert any(a.get(want_label) == want for a in labels), (name, want_label, labels)
+        # Per-VM alerts keep the VM and the scrape's region/cluster.
+        assert all((a["region"], a["cluster"]) == (REGION, CLUSTER) for a in labels), labels
+    drops = {a["kind"] for a in current["VmsnapSpoolDropped"]}
+    assert drops <= {"log_lines", "spans"} and drops, drops
+    for name in SILENT_FAILURE_ALERTS:
+        assert name not in current, (name, current[name])
+    # The rules carry absolute runbook links built from the mixin's base.
+    rules = [r for g in prom.api("rules")["groups"] for r in g["rules"] if r["type"] == "alerting"]
+    for rule in rules:
+        url = rule["annotations"]["runbook_url"]
+        assert url.startswith("https://") and url.endswith("#" + rule["name"].lower()), url

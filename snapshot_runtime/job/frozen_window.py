@@ -95,12 +95,15 @@ class FrozenWindowSequence:
                 ph.attributes["mounts"] = [m.mountpoint for m in self.state.plan.mounts]
                 ph.attributes["mount_count"] = len(self.state.plan.mounts)
                 ph.attributes["disk_count"] = len(settings.disk_sas_urls)
-                log.info(
-                    "ready: {} mount(s) to freeze {}, {} disk(s)",
-                    len(self.state.plan.mounts),
-                    [m.mountpoint for m in self.state.plan.mounts],
-                    len(settings.disk_sas_urls),
-                )
+                if freeze_enabled:
+                    log.info(
+                        "ready: {} mount(s) to freeze {}, {} disk(s)",
+                        len(self.state.plan.mounts),
+                        [m.mountpoint for m in self.state.plan.mounts],
+                        len(settings.disk_sas_urls),
+                    )
+                else:
+                    log.info("ready: {} disk(s), no freeze", len(settings.disk_sas_urls))
             if freezer is not None:
                 in_window = True
                 self._frozen_window(freezer, snapshotter, len(settings.disk_sas_urls))

@@ -3,7 +3,8 @@
 Checks, in order: the plugin config (found, permissions, JSON), each script
 (presence, owner/mode, parent directories, interpreter), the timeout budget
 against the 1800 s cap and the freeze timeout, and the freeze plan (which
-mounts a job would freeze). With ``run_scripts`` the pre-script then the
+mounts a job would freeze; with fsFreezeEnabled=false, only that nothing is
+frozen). With ``run_scripts`` the pre-script then the
 post-script run for real, as a dry run (nothing is frozen or snapshotted).
 
 Returns a ``PreflightReport``; the first failing check's error code is the
@@ -124,14 +125,20 @@ def _config_checks(report: PreflightReport, explicit: str | None) -> PluginConfi
 
 def _budget_checks(report: PreflightReport, config: PluginConfig, freeze_timeout: float) -> None:
     per_script = config.timeout_seconds
+    if config.fs_freeze_enabled:
+        worst = (
+            f"worst case job: {2 * per_script + freeze_timeout:.0f}s "
+            f"(pre + freeze timeout {freeze_timeout:.0f}s + post)"
+        )
+    else:
+        # No freeze, so no freeze timeout: the snapshot requests have their own deadline.
+        worst = f"worst case scripts: {2 * per_script:.0f}s (pre + post)"
     report.checks.append(
         Check(
             "budget",
             "ok",
             f"{per_script}s per script (cap {MAX_TIMEOUT_SECONDS}s), covering "
-            f"{config.pre.retries + 1} pre / {config.post.retries + 1} post attempt(s); "
-            f"worst case job: {2 * per_script + freeze_timeout:.0f}s "
-            f"(pre + freeze timeout {freeze_timeout:.0f}s + post)",
+            f"{config.pre.retries + 1} pre / {config.post.retries + 1} post attempt(s); " + worst,
         )
     )
     if config.pre.retries and per_script / (config.pre.retries + 1) < 1:
@@ -198,9 +205,17 @@ def preflight(
                 )
             )
         _budget_checks(report, config, freeze_timeout)
-    plan = _mount_checks(report, include_mounts, mountinfo_path)
+    plan: FreezePlan | None = None
+    if config is not None and not config.fs_freeze_enabled:
+        # A job freezes nothing: no freeze plan to show (nor mounts to check).
+        report.checks.append(
+            Check("freeze", "info", "fsFreezeEnabled=false: a job freezes no filesystem")
+        )
+    else:
+        plan = _mount_checks(report, include_mounts, mountinfo_path)
     # The dry run gives scripts the job's environment, so a script that works
-    # here works in a backup (SNAPSHOT_MOUNTS as a job would set it).
+    # here works in a backup (SNAPSHOT_MOUNTS as a job would set it: empty
+    # without a freeze).
     mounts = ",".join(m.mountpoint for m in plan.mounts) if plan else ""
     if run_scripts and config is not None and report.ok:
         redactor = Redactor()

@@ -468,7 +468,11 @@ class _Job:
             self.status.write("success", TEMP_TERMINAL_CODE, TEMP_TERMINAL_MESSAGE, final=None)
             ph.attributes["status_upload"] = self.state.status_upload
         try:
-            self.state.plan = self.plan_mounts()
+            config = self.state.config
+            # fsFreezeEnabled=false: nothing is frozen, so no mounts to plan,
+            # announce to the scripts (SNAPSHOT_MOUNTS) or warn about.
+            freezes = config is None or config.fs_freeze_enabled
+            self.state.plan = self.plan_mounts() if freezes else FreezePlan(mounts=(), skipped=())
         except (OSError, ValueError) as exc:
             self.state.plan = FreezePlan(mounts=(), skipped=())
             self.state.freeze_message = f"mount discovery failed: {exc}"

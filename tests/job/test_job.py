@@ -596,6 +596,14 @@ def test_settings_errors_through_the_cli(azurite: Azurite, ws: Workspace, case: 
     path = str(ws.root / "missing.settings") if text is None else ws.settings([], raw=text)
     result = ws.cli(*ws.run_args(path, mounts=["/not/a/mount"], as_json=False))
 
+    if text is None:
+        # A --settings path that does not exist is the operator's typo, refused by the
+        # CLI before any job starts (issue 16; tests/test_cli.py): a usage error, no
+        # unknown.status. run_job itself (the handler's path) still reports
+        # InvalidSettings for it: test_caller_console_stream_is_left_open.
+        assert result.returncode == 64 and "no such file" in result.stderr, result.output
+        assert not (ws.state_dir / "status" / "unknown.status").exists()
+        return
     assert result.returncode != 0
     assert f"error: {code}" in result.stdout, result.output
     assert "Traceback" not in result.output

@@ -11,7 +11,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from snapshot_runtime.telemetry.spool import RECORD, SCHEMA_VERSION, SPANS
+from snapshot_runtime.telemetry.spool_schema import RECORD_FILE as RECORD
+from snapshot_runtime.telemetry.spool_schema import SCHEMA_VERSION
+from snapshot_runtime.telemetry.spool_schema import SPANS_FILE as SPANS
 from snapshot_runtime.telemetry.trace_view import JobView, load_job, rows, signal_name, waterfall
 
 TRACE_A = "0af7651916cd43dd8448eb211c80319c"

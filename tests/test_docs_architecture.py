@@ -32,4 +32,6 @@ def test_every_module_is_in_the_module_map(name: str) -> None:
     heading = f"#### `{folder}/`"
     assert heading in text, f"no section {heading}"
     section = text.split(heading, 1)[1].split("\n#### ", 1)[0]
-    assert f"| `{module}` |" in section, f"{name} is missing from docs/architecture.md"
+    assert f"| `{module}` |" in section, (
+        f"{name} is missing from docs/architecture.md: run python scripts/module_map.py"
+    )

@@ -429,6 +429,9 @@ class MetricValues:
         if value > current:
             self.set(name, value, labels)
 
+    def counter(self, name: str, labels: Sequence[str] = ()) -> float:
+        return self.counters[name].get(tuple(labels), 0.0)
+
     def copy(self) -> MetricValues:
         """An independent copy of the values (the catalogue is shared: it is frozen)."""
         other = MetricValues.__new__(MetricValues)

@@ -337,3 +337,42 @@ def test_handle_sh_names_the_package_to_install_when_there_is_no_python(
     for line in ("apt-get install python3", "dnf install python3.11", "zypper install python311"):
         assert line in proc.stderr
     assert not (bare_package / "venv").exists()
+
+
+def test_wheel_and_sdist_build_cleanly(tmp_path: Path) -> None:
+    """`python -m build` (make dist) from the tracked files: both artifacts, no
+    deprecation from the build backend, the typed faces and the 3.10 floor inside."""
+    src = tmp_path / "src"
+    listing = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, listing.split("\0")):
+        if (REPO / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, src / name)
+    out = tmp_path / "dist"
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    # Backend warnings come as "WARNING ..." lines (the byte-compiling notes
+    # are lowercase "warning:" and only mean PYTHONDONTWRITEBYTECODE is set).
+    assert "deprecat" not in log.lower(), log
+    assert not [line for line in log.splitlines() if line.startswith("WARNING")], log
+    (sdist,) = out.glob(f"snapshot_runtime-{__version__}.tar.gz")
+    (wheel,) = out.glob(f"snapshot_runtime-{__version__}-py3-none-any.whl")
+    assert sdist.stat().st_size > 0
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        meta = zf.read(f"snapshot_runtime-{__version__}.dist-info/METADATA").decode()
+    assert "Requires-Python: >=3.10" in meta.splitlines()
+    faces = sorted(p.parent.name for p in (REPO / "snapshot_runtime").glob("*/__init__.pyi"))
+    assert faces
+    for face in faces:
+        assert f"snapshot_runtime/{face}/__init__.pyi" in names
+    assert {"snapshot_runtime/py.typed", "snapshot_sidecar/py.typed"} <= names

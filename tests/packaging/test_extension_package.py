@@ -46,8 +46,16 @@ from tests.support.requirements import require, require_root
 BUILD = [sys.executable, str(REPO / "scripts" / "extension_package.py"), "build"]
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 ARCHES = ("x86_64", "aarch64")
-# The system Python of this machine (Debian's), as a VM would have it.
-SYSTEM_PYTHON = Path("/usr/bin/python3.11")
+# The distribution's own Python of this machine, as a VM would have it: the
+# newest supported one in /usr/bin (Debian's python3.11 here).
+SYSTEM_PYTHON = next(
+    (
+        Path(f"/usr/bin/python{v}")
+        for v in reversed(PYTHONS)
+        if Path(f"/usr/bin/python{v}").exists()
+    ),
+    Path("/usr/bin/python3.13"),  # none: require() below says what is missing
+)
 
 
 def _build(out: Path) -> Path:
@@ -215,7 +223,7 @@ def test_offline_install_without_ensurepip_then_a_real_job(
         # Not one try to reach an index: pip would have warned about each
         # retry (and pip falls back to the wheelhouse, so only this shows it).
         assert proc.stderr == "", proc.stderr
-        assert f"with {python} (Python 3.11)" in proc.stdout
+        assert f"with {python} (Python {python.name.removeprefix('python')})" in proc.stdout
         assert "install: state directories ready" in proc.stdout
         venv_python = h.root / "venv" / "bin" / "python"
         # The venv is built from the VM's Python, not copied from the build host.

@@ -384,3 +384,24 @@ def test_wheel_and_sdist_build_cleanly(tmp_path: Path) -> None:
     for face in faces:
         assert f"snapshot_runtime/{face}/__init__.pyi" in names
     assert {"snapshot_runtime/py.typed", "snapshot_sidecar/py.typed"} <= names
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("python", PYTHONS)
+def test_the_wheelhouse_alone_satisfies_every_target(
+    package: Path, tmp_path: Path, python: str, arch: str
+) -> None:
+    """What handle.sh runs on the VM, as pip would resolve it there for each CPython
+    and machine (only one of them runs here): no index, hashes required."""
+    zipfile.ZipFile(package).extractall(tmp_path / "pkg")
+    wheelhouse = tmp_path / "pkg" / "wheelhouse"
+    abi = "cp" + python.replace(".", "")
+    argv = [sys.executable, "-m", "pip", "install", "--isolated", "--no-index"]
+    argv += ["--find-links", str(wheelhouse), "--only-binary=:all:", "--require-hashes"]
+    argv += ["--dry-run", "--ignore-installed", "--target", str(tmp_path / "target")]
+    argv += ["--python-version", python, "--implementation", "cp", "--abi", abi]
+    argv += ["--platform", f"manylinux_2_28_{arch}", "--platform", f"manylinux2014_{arch}"]
+    argv += ["--requirement", str(wheelhouse / "requirements.txt")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"snapshot-runtime-{__version__}" in proc.stdout.replace("_", "-")

@@ -22,12 +22,16 @@ import threading
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from snapshot_runtime import __version__
 from snapshot_runtime.freeze.ioctl import KernelFreezeIoctl
 from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_runtime.telemetry.tracing import (
+    OtlpProtocolUnavailable,
+    otlp_protocol,
+    otlp_span_exporter,
+)
 from snapshot_sidecar.backstop import Backstop
 from snapshot_sidecar.collectors import build_registry, stable_collectors, volatile_registry
 from snapshot_sidecar.exposition import CachedExposition
@@ -62,16 +66,21 @@ OTEL_SDK_DISABLED = "OTEL_SDK_DISABLED"
 OTEL_TRACES_EXPORTER = "OTEL_TRACES_EXPORTER"
 OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+OTEL_EXPORTER_OTLP_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
+OTEL_EXPORTER_OTLP_TRACES_PROTOCOL = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
 
 
 def span_exporter_from_env(env: Mapping[str, str]) -> SpanExporter | None:
-    """The OTLP/HTTP exporter when the environment asks for one, else None.
+    """The OTLP exporter when the environment asks for one, else None.
 
     Forwarding is on when OTEL_EXPORTER_OTLP_ENDPOINT or
     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set, or OTEL_TRACES_EXPORTER names
     ``otlp``; off when OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none.
-    Everything else (headers, timeout, certificates, compression) the exporter
-    reads from the standard variables itself.
+    OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL picks ``grpc`` (the grpc extra,
+    imported only then) or ``http/protobuf`` (default). Everything else
+    (endpoint, headers, timeout, certificates, compression) the exporter reads
+    from the standard variables itself. Raises ``OtlpProtocolUnavailable``
+    when grpc is asked for and not installed.
     """
     if env.get(OTEL_SDK_DISABLED, "").strip().lower() == "true":
         return None
@@ -85,7 +94,8 @@ def span_exporter_from_env(env: Mapping[str, str]) -> SpanExporter | None:
     )
     if not wanted:
         return None
-    return OTLPSpanExporter()
+    raw = env.get(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, "").strip()
+    return otlp_span_exporter(otlp_protocol(raw or env.get(OTEL_EXPORTER_OTLP_PROTOCOL)))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -217,7 +227,12 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         mirror=mirror_config,
         spans=span_config,
     )
-    exporter = span_exporter_from_env(env)
+    try:
+        exporter = span_exporter_from_env(env)
+    except OtlpProtocolUnavailable as exc:
+        # Still start: the thaw backstop and /metrics matter more than spans (I4).
+        _log.error("spans not forwarded: %s", exc)
+        exporter = None
     sidecar = Sidecar(
         reader=reader,
         ledger=ledger,

@@ -85,6 +85,7 @@ class TelemetryOptions:
     traceparent: str | None = None
     otlp_endpoint: str | None = None
     otlp_timeout_seconds: float = 5.0
+    otlp_protocol: str = "http/protobuf"
     span_exporter: SpanExporter | None = None
     host_name: str | None = None
     host_id: str | None = None
@@ -377,6 +378,7 @@ class JobTelemetry:
             # With a sidecar key in the spool the sidecar sends them (docs/telemetry.md).
             otlp_endpoint=self.options.otlp_endpoint if self.sidecar_key is None else None,
             otlp_timeout_seconds=self.options.otlp_timeout_seconds,
+            otlp_protocol=self.options.otlp_protocol,
             span_exporter=self.options.span_exporter,
             redact=self._redact,
             log=self._log,

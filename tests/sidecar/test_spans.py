@@ -1,4 +1,4 @@
-"""Span forwarding to a real OTLP/HTTP receiver: content, collector outages, the bound."""
+"""Span forwarding to a real OTLP receiver (HTTP, and gRPC): content, outages, the bound."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from snapshot_sidecar.cli import span_exporter_from_env
 from snapshot_sidecar.spans import SpanConfig, SpanForwarder, span_from_json
 
 from tests.sidecar.conftest import Rig
+from tests.support.otlp_grpc_receiver import OtlpGrpcReceiver
 from tests.support.otlp_receiver import OtlpReceiver
 
 
@@ -131,6 +132,50 @@ def test_exporter_choice_follows_the_standard_variables() -> None:
     exporter = span_exporter_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"})
     assert isinstance(exporter, OTLPSpanExporter)
     exporter.shutdown()
+
+
+def test_spans_are_forwarded_over_grpc_when_the_protocol_says_so(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+        OTLPSpanExporter as GrpcSpanExporter,
+    )
+
+    with OtlpGrpcReceiver(up=False) as receiver:
+        # The exporter reads the standard variables itself, as in production.
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+            "OTEL_EXPORTER_OTLP_HEADERS": "x-vmsnap-test=grpc",
+        }
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        exporter = span_exporter_from_env(env)
+        assert isinstance(exporter, GrpcSpanExporter)
+        job = rig.gen.job("g1")
+        written = rig.gen.span_lines(job, 4, error=True)
+        sidecar = rig.sidecar(exporter=exporter)
+        sidecar.run_once()  # collector down: UNAVAILABLE, counted, nothing lost
+        assert receiver.refused >= 1 and receiver.spans == []
+        assert (rig.value(sidecar, "vmsnap_sidecar_span_export_errors_total") or 0) >= 1
+        receiver.up = True
+        forwarder = sidecar.forwarder("spans")
+        assert isinstance(forwarder, SpanForwarder)
+        forwarder.next_try = 0.0  # retry now, not after the backoff
+        sidecar.run_once()
+        sidecar.run_once()
+        exporter.shutdown()
+    assert sorted(s.span_id for s in receiver.spans) == sorted(d["span_id"] for d in written)
+    got = {s.span_id: s for s in receiver.spans}
+    for doc in written:
+        span = got[doc["span_id"]]
+        assert span.trace_id == job.trace_id and span.name == doc["name"]
+        assert span.status_code == 2 and span.status_message == "boom"
+        assert span.resource["service.name"] == "snapshot-runtime"
+    assert receiver.metadata[-1].get("x-vmsnap-test") == "grpc"
+    assert rig.value(sidecar, "vmsnap_sidecar_spans_exported_total") == 4
+    assert sidecar.ledger.state.jobs["g1"].spans.status == "done"
 
 
 def test_span_from_json_rejects_garbage() -> None:

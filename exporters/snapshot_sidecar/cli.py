@@ -37,6 +37,7 @@ from snapshot_sidecar.collectors import build_registry, stable_collectors, volat
 from snapshot_sidecar.exposition import CachedExposition
 from snapshot_sidecar.keys import Keys
 from snapshot_sidecar.mirror import MirrorConfig
+from snapshot_sidecar.resource_detection import ResourceRefresher, refresh
 from snapshot_sidecar.server import (
     DEFAULT_LISTEN,
     BasicAuth,
@@ -154,6 +155,11 @@ def _parser() -> argparse.ArgumentParser:
         help="most span bytes kept waiting for the collector (16 MiB)",
     )
     p.add_argument("--no-backstop", action="store_true", help="do not thaw left-frozen mounts")
+    p.add_argument(
+        "--no-resource-detection",
+        action="store_true",
+        help="never ask Azure IMDS for the VM's resource attributes (cached daily otherwise)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
         "--hash-password",
@@ -197,6 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.close(lock_fd)
 
 
+def _refresh_once(state_dir: str, spool: str) -> None:
+    try:
+        refresh(state_dir, spool)
+    except OSError as exc:
+        _log.warning("Azure resource cache not written: %s", exc)
+
+
 def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     stop = threading.Event()
     ledger = Ledger(args.state_dir)
@@ -208,6 +221,11 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print(f"snapshot-sidecar: {exc}", file=sys.stderr)
         return 1
     keys.publish(args.spool)
+    refresher = None
+    if not args.no_resource_detection:
+        refresher = ResourceRefresher(args.state_dir, args.spool, stop)
+        if args.once:
+            _refresh_once(args.state_dir, args.spool)
     reader = SpoolReader(args.spool)
     mirror_config = MirrorConfig(
         min_batch=args.mirror_batch_bytes,
@@ -269,6 +287,8 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.start()
+    if refresher is not None:
+        refresher.start()  # IMDS at most daily, off the start-up path
     _log.info(
         "snapshot-sidecar %s: spool %s, state %s, /metrics on %s, spans %s",
         __version__,

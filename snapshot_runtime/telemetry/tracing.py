@@ -35,11 +35,20 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import ProcessResourceDetector, Resource
+from opentelemetry.sdk.resources import (
+    TELEMETRY_SDK_LANGUAGE,
+    TELEMETRY_SDK_NAME,
+    TELEMETRY_SDK_VERSION,
+    OTELResourceDetector,
+    ProcessResourceDetector,
+    Resource,
+    ServiceInstanceIdResourceDetector,
+)
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.version import __version__ as _sdk_version
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
@@ -74,6 +83,12 @@ SCOPE_NAME = "snapshot_runtime"
 _FORBIDDEN_RESOURCE_KEYS = frozenset({"process.command_line", "process.command_args"})
 _ATTEMPT_SUFFIX = re.compile(r"^(?P<base>.+)_(?P<n>[0-9]{1,9})$")
 _PROPAGATOR = TraceContextTextMapPropagator()
+# What Resource.create() adds first, without its detector plugins.
+_SDK_ATTRIBUTES: dict[str, AttributeValue] = {
+    TELEMETRY_SDK_LANGUAGE: "python",
+    TELEMETRY_SDK_NAME: "opentelemetry",
+    TELEMETRY_SDK_VERSION: _sdk_version,
+}
 
 
 def split_task_id(task_id: str) -> tuple[str, int | None]:
@@ -176,15 +191,28 @@ def build_resource(
     redact: Callable[[str], str],
     host_name: str | None = None,
     host_id: str | None = None,
+    cloud: Mapping[str, str] | None = None,
 ) -> Resource:
-    """The job's resource; environment attributes (OTEL_*) beat these defaults."""
+    """The job's resource; environment attributes (OTEL_*) beat these defaults.
+
+    Precedence, lowest first: our defaults (``host_name``, ``host_id``), the
+    process and SDK attributes, ``cloud`` (the sidecar's Azure resource cache,
+    ``azure_resource``), then ``OTEL_RESOURCE_ATTRIBUTES``/``OTEL_SERVICE_NAME``.
+    No detector plugin runs here (``OTEL_EXPERIMENTAL_RESOURCE_DETECTORS`` is
+    not honoured): a plugin such as ``azure_vm`` would ask IMDS during the
+    job's start-up, which only the sidecar does.
+    """
     attrs: dict[str, AttributeValue] = {"service.version": __version__}
     if host_name:
         attrs["host.name"] = host_name
     if host_id:
         attrs["host.id"] = host_id
     attrs.update(ProcessResourceDetector(include_command_args=False).detect().attributes)
-    from_env = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, detectors
+    attrs.update(_SDK_ATTRIBUTES)
+    attrs.update(ServiceInstanceIdResourceDetector().detect().attributes)
+    if cloud:
+        attrs.update(cloud)
+    from_env = OTELResourceDetector().detect()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
     attrs.update(from_env.attributes)
     name = attrs.get("service.name")
     if not isinstance(name, str) or not name or name.startswith("unknown_service"):

@@ -2,6 +2,7 @@
 
     snapshot-sidecar [--spool DIR] [--state-dir DIR] [--listen HOST:PORT]
                      [--tls-cert FILE --tls-key FILE] [--basic-auth-file FILE] [--once]
+                     [--no-backstop] [--no-resource-detection]
     snapshot-sidecar --hash-password < password      # a line for --basic-auth-file
 
 The only reader of argv and of the environment (the standard OTEL_* variables

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -26,7 +27,9 @@ from tests.support.azurite import Azurite
 from tests.support.imds import COMPUTE, PROXY_PORT, SUBSCRIPTION, ImdsNamespace
 from tests.support.jobkit import Workspace
 from tests.support.loopfs import LoopFs
+from tests.support.processes import stop_process
 from tests.support.requirements import require
+from tests.support.waiting import wait_until
 
 EXPECTED = {
     "cloud.provider": "azure",
@@ -116,6 +119,32 @@ def test_the_sidecar_caches_the_vm_resource_from_imds_never_through_the_proxy(
     _sidecar_once(imds, spool, state)
     assert len(imds.events("imds")) == 1
     assert read_cache(spool / CACHE_FILE, now=time.time()) == published
+
+
+def test_the_running_sidecar_detects_off_its_start_up_path(
+    imds: ImdsNamespace, tmp_path: Path
+) -> None:
+    spool, state = tmp_path / "spool", tmp_path / "state"
+    argv = [sys.executable, "-m", "snapshot_sidecar.cli", "--no-backstop", "--listen"]
+    argv += ["127.0.0.1:0", "--spool", str(spool), "--state-dir", str(state)]
+    log = tmp_path / "sidecar.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*imds.prefix, *argv], env=_proxied_env(), stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_until(
+            (spool / CACHE_FILE).exists,
+            30,
+            "the running sidecar to publish the resource cache",
+            detail=log.read_text,
+        )
+        assert read_cache(spool / CACHE_FILE, now=time.time()).attributes == EXPECTED
+        assert proc.poll() is None
+    finally:
+        code = stop_process(proc)
+    assert code == 0, log.read_text()
+    assert len(imds.events("imds")) == 1 and imds.events("proxy") == []
 
 
 def test_without_imds_detection_fails_fast_and_nothing_is_cached(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -192,3 +196,27 @@ def test_span_from_json_rejects_garbage() -> None:
     )
     assert span.parent is None and span.name == "vmsnap.job"
     assert SpanExportResult.SUCCESS  # the enum the forwarder relies on
+
+
+def test_a_sidecar_asked_for_grpc_without_the_extra_still_starts(tmp_path: Path) -> None:
+    # The thaw backstop and /metrics matter more than spans: log, start, forward nothing.
+    code = (
+        "import sys\n"
+        "sys.modules['opentelemetry.exporter.otlp.proto.grpc.trace_exporter'] = None\n"
+        "from snapshot_sidecar.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9", OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
+    args = ["--once", "--no-backstop", "--no-resource-detection"]
+    args += ["--spool", str(tmp_path / "spool"), "--state-dir", str(tmp_path / "state")]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "spans not forwarded" in done.stderr and "snapshot-runtime[grpc]" in done.stderr

@@ -165,3 +165,37 @@ def test_grpc_is_imported_only_when_selected(protocol: str) -> None:
         assert doc["sidecar"].endswith("proto.http.trace_exporter"), doc
         assert doc["runtime"].endswith("proto.http.trace_exporter"), doc
         assert doc["grpc_modules"] == 0, doc
+
+
+def test_grpc_without_the_extra_is_a_clear_error_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from snapshot_sidecar.cli import span_exporter_from_env
+
+    from snapshot_runtime.telemetry.tracing import OtlpProtocolUnavailable, otlp_span_exporter
+
+    # As if the grpc extra were not installed: importing the exporter fails.
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter", None)
+    with pytest.raises(OtlpProtocolUnavailable, match=r"snapshot-runtime\[grpc\]"):
+        otlp_span_exporter(OTLP_GRPC, endpoint="http://127.0.0.1:9")
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+    }
+    with pytest.raises(OtlpProtocolUnavailable):
+        span_exporter_from_env(env)
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    provider.get_tracer("t").start_span("s").end()
+    error = export_otlp(
+        memory.get_finished_spans(),
+        endpoint="http://127.0.0.1:9",
+        timeout_seconds=1.0,
+        protocol=OTLP_GRPC,
+    )
+    assert error is not None and "grpc extra" in error
+    provider.shutdown()

@@ -155,6 +155,7 @@ def test_without_imds_detection_fails_fast_and_nothing_is_cached(
             sys.executable,
             "-c",
             "import json, time\n"
+            "import opentelemetry.resource.detector.azure.vm\n"  # time the request, not imports
             "from snapshot_sidecar.resource_detection import detect_azure_vm\n"
             "t = time.monotonic(); attrs = detect_azure_vm()\n"
             "print(json.dumps({'attrs': attrs, 'seconds': time.monotonic() - t}))",

@@ -42,7 +42,7 @@ from snapshot_runtime.telemetry.spool import DEFAULT_MAX_BYTES
 from snapshot_runtime.telemetry.spool_recovery import recover_interrupted
 from snapshot_runtime.telemetry.trace_view import load_job, rows, waterfall
 
-__all__ = ["main", "otlp_traces_endpoint"]
+__all__ = ["main", "otlp_traces_endpoint", "otlp_traces_protocol"]
 
 # Environment variables read by the CLI (docs/telemetry.md); the OTLP exporter
 # itself also reads OTEL_EXPORTER_OTLP_{,TRACES_}{HEADERS,CERTIFICATE,COMPRESSION}.
@@ -53,6 +53,8 @@ OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 OTEL_EXPORTER_OTLP_TIMEOUT = "OTEL_EXPORTER_OTLP_TIMEOUT"
 OTEL_EXPORTER_OTLP_TRACES_TIMEOUT = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
+OTEL_EXPORTER_OTLP_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
+OTEL_EXPORTER_OTLP_TRACES_PROTOCOL = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
 DEFAULT_OTLP_TIMEOUT = 5.0
 MAX_OTLP_TIMEOUT = 30.0
 # A usage error (a bad option, a --settings path that is not a readable file):
@@ -102,12 +104,22 @@ def _run_exit_codes() -> str:
     return "\n".join(lines)
 
 
+def otlp_traces_protocol(env: Mapping[str, str]) -> str:
+    """``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``, else ``OTEL_EXPORTER_OTLP_PROTOCOL``. Pure."""
+    # Imported here: the CLI's other commands never load OpenTelemetry.
+    from snapshot_runtime.telemetry.tracing import otlp_protocol  # noqa: PLC0415
+
+    raw = env.get(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, "").strip()
+    return otlp_protocol(raw or env.get(OTEL_EXPORTER_OTLP_PROTOCOL))
+
+
 def otlp_traces_endpoint(env: Mapping[str, str]) -> str | None:
-    """The OTLP/HTTP traces URL the environment asks for, or None. Pure.
+    """The OTLP traces endpoint the environment asks for, or None. Pure.
 
     ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is used verbatim;
-    ``OTEL_EXPORTER_OTLP_ENDPOINT`` gets ``/v1/traces`` appended (the OTLP
-    spec). ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none`` turn it off.
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` gets ``/v1/traces`` appended for
+    http/protobuf and is used as is for grpc (the OTLP spec: gRPC has no path).
+    ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none`` turn it off.
     """
     if env.get(OTEL_SDK_DISABLED, "").strip().lower() == "true":
         return None
@@ -118,6 +130,8 @@ def otlp_traces_endpoint(env: Mapping[str, str]) -> str | None:
         return traces
     base = env.get(OTEL_EXPORTER_OTLP_ENDPOINT, "").strip()
     if base:
+        if otlp_traces_protocol(env) == "grpc":
+            return base
         return base.rstrip("/") + "/v1/traces"
     return None
 
@@ -357,6 +371,7 @@ def _run(args: argparse.Namespace) -> int:
         traceparent=env.get(TRACEPARENT) or None,
         otlp_endpoint=otlp_traces_endpoint(env),
         otlp_timeout_seconds=_otlp_timeout(env),
+        otlp_protocol=otlp_traces_protocol(env),
         # One job per machine, shared with the handler's daemon (job.lock).
         single_job_lock=True,
     )

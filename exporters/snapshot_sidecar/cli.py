@@ -2,6 +2,7 @@
 
     snapshot-sidecar [--spool DIR] [--state-dir DIR] [--listen HOST:PORT]
                      [--tls-cert FILE --tls-key FILE] [--basic-auth-file FILE] [--once]
+                     [--no-backstop] [--no-resource-detection]
     snapshot-sidecar --hash-password < password      # a line for --basic-auth-file
 
 The only reader of argv and of the environment (the standard OTEL_* variables
@@ -22,17 +23,22 @@ import threading
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from snapshot_runtime import __version__
 from snapshot_runtime.freeze.ioctl import KernelFreezeIoctl
 from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_runtime.telemetry.tracing import (
+    OtlpProtocolUnavailable,
+    otlp_protocol,
+    otlp_span_exporter,
+)
 from snapshot_sidecar.backstop import Backstop
 from snapshot_sidecar.collectors import build_registry, stable_collectors, volatile_registry
 from snapshot_sidecar.exposition import CachedExposition
 from snapshot_sidecar.keys import Keys
 from snapshot_sidecar.mirror import MirrorConfig
+from snapshot_sidecar.resource_detection import ResourceRefresher, refresh
 from snapshot_sidecar.server import (
     DEFAULT_LISTEN,
     BasicAuth,
@@ -62,16 +68,21 @@ OTEL_SDK_DISABLED = "OTEL_SDK_DISABLED"
 OTEL_TRACES_EXPORTER = "OTEL_TRACES_EXPORTER"
 OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+OTEL_EXPORTER_OTLP_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
+OTEL_EXPORTER_OTLP_TRACES_PROTOCOL = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
 
 
 def span_exporter_from_env(env: Mapping[str, str]) -> SpanExporter | None:
-    """The OTLP/HTTP exporter when the environment asks for one, else None.
+    """The OTLP exporter when the environment asks for one, else None.
 
     Forwarding is on when OTEL_EXPORTER_OTLP_ENDPOINT or
     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set, or OTEL_TRACES_EXPORTER names
     ``otlp``; off when OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none.
-    Everything else (headers, timeout, certificates, compression) the exporter
-    reads from the standard variables itself.
+    OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL picks ``grpc`` (the grpc extra,
+    imported only then) or ``http/protobuf`` (default). Everything else
+    (endpoint, headers, timeout, certificates, compression) the exporter reads
+    from the standard variables itself. Raises ``OtlpProtocolUnavailable``
+    when grpc is asked for and not installed.
     """
     if env.get(OTEL_SDK_DISABLED, "").strip().lower() == "true":
         return None
@@ -85,7 +96,8 @@ def span_exporter_from_env(env: Mapping[str, str]) -> SpanExporter | None:
     )
     if not wanted:
         return None
-    return OTLPSpanExporter()
+    raw = env.get(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, "").strip()
+    return otlp_span_exporter(otlp_protocol(raw or env.get(OTEL_EXPORTER_OTLP_PROTOCOL)))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,6 +156,11 @@ def _parser() -> argparse.ArgumentParser:
         help="most span bytes kept waiting for the collector (16 MiB)",
     )
     p.add_argument("--no-backstop", action="store_true", help="do not thaw left-frozen mounts")
+    p.add_argument(
+        "--no-resource-detection",
+        action="store_true",
+        help="never ask Azure IMDS for the VM's resource attributes (cached daily otherwise)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
         "--hash-password",
@@ -187,6 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.close(lock_fd)
 
 
+def _refresh_once(state_dir: str, spool: str) -> None:
+    try:
+        refresh(state_dir, spool)
+    except OSError as exc:
+        _log.warning("Azure resource cache not written: %s", exc)
+
+
 def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     stop = threading.Event()
     ledger = Ledger(args.state_dir)
@@ -198,6 +222,11 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print(f"snapshot-sidecar: {exc}", file=sys.stderr)
         return 1
     keys.publish(args.spool)
+    refresher = None
+    if not args.no_resource_detection:
+        refresher = ResourceRefresher(args.state_dir, args.spool, stop)
+        if args.once:
+            _refresh_once(args.state_dir, args.spool)
     reader = SpoolReader(args.spool)
     mirror_config = MirrorConfig(
         min_batch=args.mirror_batch_bytes,
@@ -217,7 +246,12 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         mirror=mirror_config,
         spans=span_config,
     )
-    exporter = span_exporter_from_env(env)
+    try:
+        exporter = span_exporter_from_env(env)
+    except OtlpProtocolUnavailable as exc:
+        # Still start: the thaw backstop and /metrics matter more than spans (I4).
+        _log.error("spans not forwarded: %s", exc)
+        exporter = None
     sidecar = Sidecar(
         reader=reader,
         ledger=ledger,
@@ -254,6 +288,8 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.start()
+    if refresher is not None:
+        refresher.start()  # IMDS at most daily, off the start-up path
     _log.info(
         "snapshot-sidecar %s: spool %s, state %s, /metrics on %s, spans %s",
         __version__,

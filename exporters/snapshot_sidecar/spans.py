@@ -2,11 +2,15 @@
 
 ``span_from_json`` rebuilds an SDK ``ReadableSpan`` from one spans.jsonl line
 (docs/spool.md); ``SpanForwarder.step()`` exports each job's new lines with a
-``SpanExporter`` (in production the standard ``OTLPSpanExporter``, configured
-only by the standard ``OTEL_EXPORTER_OTLP_*`` variables; it retries transient
-failures within its own timeout). Progress (bytes of spans.jsonl handled) is
-committed in the ledger after every successful export, so a restart neither
-loses nor re-sends a batch that was acknowledged.
+``SpanExporter`` (in production the standard ``OTLPSpanExporter`` of the
+protocol ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`` names, http/protobuf or grpc,
+chosen by ``cli.span_exporter_from_env`` and configured only by the standard
+``OTEL_EXPORTER_OTLP_*`` variables; it retries transient failures within its
+own timeout). Spans keep the kind, attributes and resource the runtime wrote
+(CLIENT disk spans, the Azure ``cloud.*`` resource from the job's cache).
+Progress (bytes of spans.jsonl handled) is committed in the ledger after every
+successful export, so a restart neither loses nor re-sends a batch that was
+acknowledged.
 
 While the collector is down, nothing is lost: the spans wait in the spool, and
 the forwarder retries with a capped exponential backoff. The wait is bounded:

@@ -65,6 +65,8 @@ class JobOptions:
     traceparent: str | None = None
     otlp_endpoint: str | None = None
     otlp_timeout_seconds: float = 5.0
+    # OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL: "http/protobuf" or "grpc" (the grpc extra).
+    otlp_protocol: str = "http/protobuf"
     recover: bool = True
     # The status documents' name and version: HandlerEnvironment.json's when
     # the agent runs us, else the reference's published name and our version.

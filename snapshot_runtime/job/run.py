@@ -164,6 +164,7 @@ class _Job:
                     traceparent=options.traceparent,
                     otlp_endpoint=options.otlp_endpoint,
                     otlp_timeout_seconds=options.otlp_timeout_seconds,
+                    otlp_protocol=options.otlp_protocol,
                     span_exporter=span_exporter,
                     host_name=socket.gethostname(),
                     host_id=self.machine_id,

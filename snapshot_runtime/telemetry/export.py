@@ -24,7 +24,7 @@ from snapshot_runtime.snapshot.blob_requests import upload_block_blob
 from snapshot_runtime.snapshot.blob_retry import BlobPolicy
 from snapshot_runtime.snapshot.failures import BlobOpError
 from snapshot_runtime.telemetry.spool_schema import job_dir_name
-from snapshot_runtime.telemetry.tracing import export_otlp
+from snapshot_runtime.telemetry.tracing import OTLP_HTTP_PROTOBUF, export_otlp
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -72,6 +72,7 @@ def export_spans(
     *,
     otlp_endpoint: str | None,
     otlp_timeout_seconds: float,
+    otlp_protocol: str = OTLP_HTTP_PROTOBUF,
     span_exporter: SpanExporter | None,
     redact: Callable[[str], str],
     log: JobLog,
@@ -84,9 +85,15 @@ def export_spans(
     """
     otlp: dict[str, Any] | None = None
     if otlp_endpoint:
-        error = export_otlp(spans, endpoint=otlp_endpoint, timeout_seconds=otlp_timeout_seconds)
+        error = export_otlp(
+            spans,
+            endpoint=otlp_endpoint,
+            timeout_seconds=otlp_timeout_seconds,
+            protocol=otlp_protocol,
+        )
         otlp = {
             "endpoint": strip_sas(otlp_endpoint),
+            "protocol": otlp_protocol,
             "exported": 0 if error else len(spans),
             "error": redact(error) if error else None,
         }

@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from opentelemetry.trace import SpanKind
+
 from snapshot_runtime.core.phases import PhaseHandle, PhaseRecord
 from snapshot_runtime.telemetry.span_attributes import (
     ROOT_SPAN,
@@ -197,4 +199,5 @@ class JobSpans:
                 attributes=outcome.attributes,
                 error_type=outcome.error_type,
                 description=outcome.description,
+                kind=SpanKind.CLIENT,
             )

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_runtime.telemetry.azure_resource import CACHE_FILE, read_cache
 from snapshot_runtime.telemetry.export import (
     LOG_MIRROR_MAX_BYTES,
     LogMirror,
@@ -85,6 +86,7 @@ class TelemetryOptions:
     traceparent: str | None = None
     otlp_endpoint: str | None = None
     otlp_timeout_seconds: float = 5.0
+    otlp_protocol: str = "http/protobuf"
     span_exporter: SpanExporter | None = None
     host_name: str | None = None
     host_id: str | None = None
@@ -122,7 +124,10 @@ class JobTelemetry:
         wall_ns = int(started_at * 1e9)
         self.tracer = JobTracer(
             resource=build_resource(
-                redact=redactor, host_name=options.host_name, host_id=options.host_id
+                redact=redactor,
+                host_name=options.host_name,
+                host_id=options.host_id,
+                cloud=self._cloud_attributes(started_at),
             ),
             traceparent=options.traceparent,
             clock_pair=(wall_ns, int(started_monotonic * 1e9)),
@@ -143,6 +148,21 @@ class JobTelemetry:
         self.line_sink = log.add_line_sink(self._on_line, gated=False)
         log.set_trace_source(self.current_ids)
         phases.subscribe(self._on_phase)
+
+    def _cloud_attributes(self, now: float) -> dict[str, str]:
+        """The sidecar's Azure resource cache (azure_resource), read at start, before any freeze.
+
+        No cache is normal (no IMDS, no sidecar yet); one that is not believed
+        is counted, and the job goes on without cloud attributes.
+        """
+        path = os.path.join(self.options.spool_dir, CACHE_FILE)
+        try:
+            return read_cache(path, now=now).attributes
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            self._error("resource_cache", exc)
+            return {}
 
     # -- bookkeeping --------------------------------------------------------
 
@@ -377,6 +397,7 @@ class JobTelemetry:
             # With a sidecar key in the spool the sidecar sends them (docs/telemetry.md).
             otlp_endpoint=self.options.otlp_endpoint if self.sidecar_key is None else None,
             otlp_timeout_seconds=self.options.otlp_timeout_seconds,
+            otlp_protocol=self.options.otlp_protocol,
             span_exporter=self.options.span_exporter,
             redact=self._redact,
             log=self._log,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
+from urllib.parse import urlsplit
 
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.core.redact import strip_sas
@@ -33,6 +34,7 @@ __all__ = [
     "disk_outcome",
     "phase_outcome",
     "recorded_phase_outcome",
+    "request_attributes",
     "root_attributes",
     "script_attributes",
     "span_name",
@@ -142,13 +144,43 @@ def disk_error(kind: str | None) -> ErrorCode:
     return ErrorCode.SNAPSHOT_FAILED
 
 
+def request_attributes(url: str, redact: Callable[[str], str]) -> dict[str, AttributeValue]:
+    """HTTP client semantic-convention attributes of a request to ``url``. Pure.
+
+    ``url.full`` is the URL without its query (the SAS is the credential: no
+    part of it is kept, not even redacted ``sig=``), then redacted;
+    ``server.address``/``server.port`` only for an http(s) URL (a backend of
+    another kind, e.g. a test's file copier, has no server).
+    """
+    bare = strip_sas(url)
+    attrs: dict[str, AttributeValue] = {"url.full": redact(bare)}
+    try:
+        parts = urlsplit(bare)
+        port = parts.port
+    except ValueError:
+        return attrs
+    if parts.scheme in ("http", "https") and parts.hostname:
+        attrs["server.address"] = redact(parts.hostname)
+        attrs["server.port"] = port or (443 if parts.scheme == "https" else 80)
+        attrs["url.scheme"] = parts.scheme
+    return attrs
+
+
 def disk_outcome(disk: DiskSnapshot, redact: Callable[[str], str]) -> SpanOutcome:
-    """One disk's snapshot span; its URL without the SAS."""
-    attrs: dict[str, AttributeValue] = {
-        "vmsnap.disk.index": disk.index,
-        "vmsnap.disk.blob_url": redact(strip_sas(disk.blob_url)),
-        "vmsnap.disk.attempts": disk.attempts,
-    }
+    """One disk's snapshot span (a CLIENT span: the Snapshot Blob request).
+
+    Semantic conventions where one exists: ``url.full`` (no SAS),
+    ``server.address``/``server.port``, ``http.request.method`` (Snapshot Blob
+    is a PUT), ``http.request.resend_count`` (only when the request was sent
+    again), ``http.response.status_code``; the rest keeps the ``vmsnap.`` prefix.
+    """
+    attrs = request_attributes(disk.blob_url, redact)
+    if "server.address" in attrs:
+        attrs["http.request.method"] = "PUT"
+    attrs["vmsnap.disk.index"] = disk.index
+    attrs["vmsnap.disk.attempts"] = disk.attempts
+    if disk.attempts > 1:
+        attrs["http.request.resend_count"] = disk.attempts - 1
     if disk.snapshot:
         attrs["vmsnap.disk.snapshot"] = disk.snapshot
     if disk.status_code is not None:

@@ -35,11 +35,20 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import ProcessResourceDetector, Resource
+from opentelemetry.sdk.resources import (
+    TELEMETRY_SDK_LANGUAGE,
+    TELEMETRY_SDK_NAME,
+    TELEMETRY_SDK_VERSION,
+    OTELResourceDetector,
+    ProcessResourceDetector,
+    Resource,
+    ServiceInstanceIdResourceDetector,
+)
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.version import __version__ as _sdk_version
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
@@ -49,23 +58,37 @@ from snapshot_runtime.core.redact import redact_then_truncate, scrub
 
 __all__ = [
     "DEFAULT_SERVICE_NAME",
+    "OTLP_GRPC",
+    "OTLP_HTTP_PROTOBUF",
     "SCOPE_NAME",
     "JobIdGenerator",
     "JobTracer",
+    "OtlpProtocolUnavailable",
     "SpanCollector",
     "build_resource",
     "export_otlp",
+    "otlp_protocol",
+    "otlp_span_exporter",
     "span_to_json",
     "split_task_id",
     "trace_id_for_task",
 ]
 
 DEFAULT_SERVICE_NAME = "snapshot-runtime"
+# OTEL_EXPORTER_OTLP_PROTOCOL values this runtime speaks.
+OTLP_GRPC = "grpc"
+OTLP_HTTP_PROTOBUF = "http/protobuf"
 SCOPE_NAME = "snapshot_runtime"
 # Resource keys that would carry argv (which may hold a secret): never sent.
 _FORBIDDEN_RESOURCE_KEYS = frozenset({"process.command_line", "process.command_args"})
 _ATTEMPT_SUFFIX = re.compile(r"^(?P<base>.+)_(?P<n>[0-9]{1,9})$")
 _PROPAGATOR = TraceContextTextMapPropagator()
+# What Resource.create() adds first, without its detector plugins.
+_SDK_ATTRIBUTES: dict[str, AttributeValue] = {
+    TELEMETRY_SDK_LANGUAGE: "python",
+    TELEMETRY_SDK_NAME: "opentelemetry",
+    TELEMETRY_SDK_VERSION: _sdk_version,
+}
 
 
 def split_task_id(task_id: str) -> tuple[str, int | None]:
@@ -103,6 +126,10 @@ def trace_id_for_task(task_id: str) -> tuple[int, bool]:
     digest = hashlib.sha256(task_id.encode("utf-8")).digest()
     tid = int.from_bytes(digest[:16], "big")
     return (tid or 1), True
+
+
+class OtlpProtocolUnavailable(RuntimeError):
+    """The selected OTLP protocol's exporter is not installed (the grpc extra)."""
 
 
 class JobIdGenerator(IdGenerator):
@@ -164,15 +191,28 @@ def build_resource(
     redact: Callable[[str], str],
     host_name: str | None = None,
     host_id: str | None = None,
+    cloud: Mapping[str, str] | None = None,
 ) -> Resource:
-    """The job's resource; environment attributes (OTEL_*) beat these defaults."""
+    """The job's resource; environment attributes (OTEL_*) beat these defaults.
+
+    Precedence, lowest first: our defaults (``host_name``, ``host_id``), the
+    process and SDK attributes, ``cloud`` (the sidecar's Azure resource cache,
+    ``azure_resource``), then ``OTEL_RESOURCE_ATTRIBUTES``/``OTEL_SERVICE_NAME``.
+    No detector plugin runs here (``OTEL_EXPERIMENTAL_RESOURCE_DETECTORS`` is
+    not honoured): a plugin such as ``azure_vm`` would ask IMDS during the
+    job's start-up, which only the sidecar does.
+    """
     attrs: dict[str, AttributeValue] = {"service.version": __version__}
     if host_name:
         attrs["host.name"] = host_name
     if host_id:
         attrs["host.id"] = host_id
     attrs.update(ProcessResourceDetector(include_command_args=False).detect().attributes)
-    from_env = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, detectors
+    attrs.update(_SDK_ATTRIBUTES)
+    attrs.update(ServiceInstanceIdResourceDetector().detect().attributes)
+    if cloud:
+        attrs.update(cloud)
+    from_env = OTELResourceDetector().detect()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
     attrs.update(from_env.attributes)
     name = attrs.get("service.name")
     if not isinstance(name, str) or not name or name.startswith("unknown_service"):
@@ -290,13 +330,19 @@ class JobTracer:
         start_ns: int | None = None,
         attributes: Mapping[str, AttributeValue] | None = None,
         current: bool = True,
+        kind: SpanKind = SpanKind.INTERNAL,
     ) -> Span:
-        """A child of ``parent`` (default: the root), optionally made current."""
+        """A child of ``parent`` (default: the root), optionally made current.
+
+        ``kind``: CLIENT for a span that stands for an outgoing request (a disk's
+        snapshot request), INTERNAL otherwise.
+        """
         parent = parent or self.root
         ctx = trace.set_span_in_context(parent) if parent is not None else self._parent
         span = self.tracer.start_span(
             name,
             context=ctx,
+            kind=kind,
             attributes=self._fit(attributes),
             start_time=start_ns,
             record_exception=False,
@@ -338,10 +384,11 @@ class JobTracer:
         attributes: Mapping[str, AttributeValue] | None = None,
         error_type: str | None = None,
         description: str | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
     ) -> None:
         """A span known after the fact (start and end already happened)."""
         span = self.start_child(
-            name, parent=parent, start_ns=start_ns, attributes=attributes, current=False
+            name, parent=parent, start_ns=start_ns, attributes=attributes, current=False, kind=kind
         )
         self.end(span, end_ns=max(end_ns, start_ns), error_type=error_type, description=description)
 
@@ -426,10 +473,55 @@ def span_to_json(span: ReadableSpan) -> dict[str, Any]:
     }
 
 
+def otlp_protocol(value: str | None) -> str:
+    """The OTLP protocol for an ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`` value. Pure.
+
+    ``grpc`` or ``http/protobuf`` (the default, also for an empty value);
+    ``http/json``, which no Python OTLP exporter speaks, and anything unknown
+    fall back to ``http/protobuf``: a misspelt variable must not lose the spans.
+    """
+    text = (value or "").strip().lower()
+    return OTLP_GRPC if text == OTLP_GRPC else OTLP_HTTP_PROTOBUF
+
+
+def otlp_span_exporter(
+    protocol: str, *, endpoint: str | None = None, timeout_seconds: float | None = None
+) -> SpanExporter:
+    """The standard OTLP span exporter for ``protocol``, imported only now.
+
+    gRPC (the ``snapshot-runtime[grpc]`` extra) is imported only when it is
+    selected, so the default costs neither start-up time nor memory. Raises
+    ``OtlpProtocolUnavailable`` when grpc is selected but not installed.
+    ``endpoint``/``timeout_seconds`` None: the exporter reads the standard
+    ``OTEL_EXPORTER_OTLP_*`` variables itself (headers, TLS, compression always).
+    """
+    if protocol == OTLP_GRPC:
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+                OTLPSpanExporter as GrpcSpanExporter,
+            )
+        except ImportError as exc:
+            raise OtlpProtocolUnavailable(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the grpc extra "
+                "(pip install 'snapshot-runtime[grpc]')"
+            ) from exc
+        # An http:// endpoint means plaintext (the exporter's own rule for a scheme).
+        return GrpcSpanExporter(endpoint=endpoint, timeout=timeout_seconds)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+        OTLPSpanExporter,
+    )
+
+    return OTLPSpanExporter(endpoint=endpoint, timeout=timeout_seconds)
+
+
 def export_otlp(
-    spans: Sequence[ReadableSpan], *, endpoint: str, timeout_seconds: float
+    spans: Sequence[ReadableSpan],
+    *,
+    endpoint: str,
+    timeout_seconds: float,
+    protocol: str = OTLP_HTTP_PROTOBUF,
 ) -> str | None:
-    """Send ``spans`` with the standard OTLP/HTTP exporter; ``None`` or an error text.
+    """Send ``spans`` with the standard OTLP exporter of ``protocol``; ``None`` or an error text.
 
     Blocks for at most about ``timeout_seconds`` (the exporter's own retry loop
     runs within that deadline). Headers, TLS and compression come from the
@@ -437,15 +529,16 @@ def export_otlp(
     """
     if not spans:
         return None
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
-        OTLPSpanExporter,
-    )
-
-    exporter = OTLPSpanExporter(endpoint=endpoint, timeout=timeout_seconds)
+    try:
+        exporter = otlp_span_exporter(protocol, endpoint=endpoint, timeout_seconds=timeout_seconds)
+    except OtlpProtocolUnavailable as exc:
+        return str(exc)
     try:
         result = exporter.export(spans)
     except Exception as exc:  # the exporter should not raise; never let it fail a job
         return f"{type(exc).__name__}: {exc}"
     finally:
-        exporter.shutdown()  # type: ignore[no-untyped-call]
-    return None if result is SpanExportResult.SUCCESS else f"OTLP export to {endpoint} failed"
+        exporter.shutdown()
+    if result is SpanExportResult.SUCCESS:
+        return None
+    return f"OTLP ({protocol}) export to {endpoint} failed"

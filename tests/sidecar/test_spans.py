@@ -1,8 +1,12 @@
-"""Span forwarding to a real OTLP/HTTP receiver: content, collector outages, the bound."""
+"""Span forwarding to a real OTLP receiver (HTTP, and gRPC): content, outages, the bound."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -11,6 +15,7 @@ from snapshot_sidecar.cli import span_exporter_from_env
 from snapshot_sidecar.spans import SpanConfig, SpanForwarder, span_from_json
 
 from tests.sidecar.conftest import Rig
+from tests.support.otlp_grpc_receiver import OtlpGrpcReceiver
 from tests.support.otlp_receiver import OtlpReceiver
 
 
@@ -133,6 +138,50 @@ def test_exporter_choice_follows_the_standard_variables() -> None:
     exporter.shutdown()
 
 
+def test_spans_are_forwarded_over_grpc_when_the_protocol_says_so(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+        OTLPSpanExporter as GrpcSpanExporter,
+    )
+
+    with OtlpGrpcReceiver(up=False) as receiver:
+        # The exporter reads the standard variables itself, as in production.
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+            "OTEL_EXPORTER_OTLP_HEADERS": "x-vmsnap-test=grpc",
+        }
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        exporter = span_exporter_from_env(env)
+        assert isinstance(exporter, GrpcSpanExporter)
+        job = rig.gen.job("g1")
+        written = rig.gen.span_lines(job, 4, error=True)
+        sidecar = rig.sidecar(exporter=exporter)
+        sidecar.run_once()  # collector down: UNAVAILABLE, counted, nothing lost
+        assert receiver.refused >= 1 and receiver.spans == []
+        assert (rig.value(sidecar, "vmsnap_sidecar_span_export_errors_total") or 0) >= 1
+        receiver.up = True
+        forwarder = sidecar.forwarder("spans")
+        assert isinstance(forwarder, SpanForwarder)
+        forwarder.next_try = 0.0  # retry now, not after the backoff
+        sidecar.run_once()
+        sidecar.run_once()
+        exporter.shutdown()
+    assert sorted(s.span_id for s in receiver.spans) == sorted(d["span_id"] for d in written)
+    got = {s.span_id: s for s in receiver.spans}
+    for doc in written:
+        span = got[doc["span_id"]]
+        assert span.trace_id == job.trace_id and span.name == doc["name"]
+        assert span.status_code == 2 and span.status_message == "boom"
+        assert span.resource["service.name"] == "snapshot-runtime"
+    assert receiver.metadata[-1].get("x-vmsnap-test") == "grpc"
+    assert rig.value(sidecar, "vmsnap_sidecar_spans_exported_total") == 4
+    assert sidecar.ledger.state.jobs["g1"].spans.status == "done"
+
+
 def test_span_from_json_rejects_garbage() -> None:
     with pytest.raises((ValueError, KeyError)):
         span_from_json({"trace_id": "0" * 32, "span_id": "1" * 16, "name": "x"})
@@ -147,3 +196,27 @@ def test_span_from_json_rejects_garbage() -> None:
     )
     assert span.parent is None and span.name == "vmsnap.job"
     assert SpanExportResult.SUCCESS  # the enum the forwarder relies on
+
+
+def test_a_sidecar_asked_for_grpc_without_the_extra_still_starts(tmp_path: Path) -> None:
+    # The thaw backstop and /metrics matter more than spans: log, start, forward nothing.
+    code = (
+        "import sys\n"
+        "sys.modules['opentelemetry.exporter.otlp.proto.grpc.trace_exporter'] = None\n"
+        "from snapshot_sidecar.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9", OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
+    args = ["--once", "--no-backstop", "--no-resource-detection"]
+    args += ["--spool", str(tmp_path / "spool"), "--state-dir", str(tmp_path / "state")]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "spans not forwarded" in done.stderr and "snapshot-runtime[grpc]" in done.stderr

@@ -32,7 +32,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-__all__ = ["OtlpReceiver", "ReceivedSpan", "any_value"]
+__all__ = ["OtlpReceiver", "ReceivedSpan", "any_value", "flatten"]
 
 
 def any_value(value: AnyValue) -> Any:
@@ -113,7 +113,7 @@ class OtlpReceiver:
             request.ParseFromString(body)
             self.raw.append(body)
             self.requests.append(request)
-            self.spans.extend(_flatten(request))
+            self.spans.extend(flatten(request))
             return True
 
     def close(self) -> None:
@@ -127,7 +127,7 @@ class OtlpReceiver:
         self.close()
 
 
-def _flatten(request: ExportTraceServiceRequest) -> list[ReceivedSpan]:
+def flatten(request: ExportTraceServiceRequest) -> list[ReceivedSpan]:
     out = []
     for rs in request.resource_spans:
         resource = {kv.key: any_value(kv.value) for kv in rs.resource.attributes}

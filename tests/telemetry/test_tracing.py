@@ -13,11 +13,12 @@ import json
 import os
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from snapshot_runtime.core.redact import scrub
 from snapshot_runtime.job.run import run_job
@@ -194,7 +195,13 @@ def test_span_shape_of_a_real_job(azurite: Azurite, ws: Workspace, ext4: LoopFs)
     assert len(disk_spans) == 2
     for i, s in enumerate(disk_spans):
         assert s.parent.span_id == phase["vmsnap.snapshot"].context.span_id
-        assert s.attributes["vmsnap.disk.blob_url"] == jobkit.strip(disks[i])
+        # Semantic conventions for the outgoing Snapshot Blob request (a CLIENT span).
+        assert s.kind is SpanKind.CLIENT
+        assert s.attributes["url.full"] == jobkit.strip(disks[i])
+        host, port = urlsplit(disks[i]).hostname, urlsplit(disks[i]).port
+        assert s.attributes["server.address"] == host and s.attributes["server.port"] == port
+        assert s.attributes["http.request.method"] == "PUT"
+        assert "http.request.resend_count" not in s.attributes  # sent once
         assert s.attributes["http.response.status_code"] == 201
         assert s.attributes["vmsnap.disk.snapshot"] == report.disks[i].snapshot
     # Root attributes: task id, consistency, frozen window, mounts, disk count.
@@ -325,7 +332,8 @@ def test_otlp_http_export_to_a_local_receiver(
     assert root.resource["service.name"] == "snapshot-runtime"
     assert root.scope[0] == "snapshot_runtime"
     disk = next(s for s in spans if s.name == "vmsnap.snapshot.disk")
-    assert disk.attributes["vmsnap.disk.blob_url"] == jobkit.strip(urls[0])
+    assert disk.attributes["url.full"] == jobkit.strip(urls[0])
+    assert disk.kind == 3  # SPAN_KIND_CLIENT on the wire
     # No SAS in what went over the wire (attributes, resource, anything).
     wire = b"".join(receiver.raw)
     for secret in jobkit.secrets_of(urls):

@@ -78,7 +78,7 @@ _IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
 # .NET writes up to 7 fractional digits; Python's %f takes at most 6 (reference
 # defect 7), so the fraction is parsed by hand.
 _CREATION = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,7}))?Z")
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)  # noqa: UP017 (3.10)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def wireserver_address(

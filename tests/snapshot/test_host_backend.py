@@ -73,7 +73,7 @@ def test_status_document_keeps_the_dd_object_and_escapes_its_date() -> None:
         telemetry={},
         health=0,  # type: ignore[arg-type]
         unique_machine_id="m",
-        now=dt.datetime(2026, 8, 6, tzinfo=dt.timezone.utc),  # noqa: UP017 (3.10)
+        now=dt.datetime(2026, 8, 6, tzinfo=dt.timezone.utc),
         extension_version="1",
     )
     (info,) = doc[0]["status"]["snapshotInfo"]  # type: ignore[index]

@@ -57,7 +57,7 @@ SNAPSHOT_COUNT_MESSAGE = "The snapshot count against this blob has been exceeded
 FICLONE = 0x40049409
 
 # datetime.UTC is 3.11+; the project stays 3.10-compatible.
-_UTC = dt.timezone.utc  # noqa: UP017
+_UTC = dt.timezone.utc
 
 CallKind = Literal["presnapshot", "dosnapshot", "other"]
 FaultKind = Literal["drop", "hang", "status", "empty", "not_json", "all_false"]

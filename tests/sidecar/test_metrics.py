@@ -77,9 +77,9 @@ def test_metric_values_after_ingesting_jobs(rig: Rig) -> None:
     # The frozen window: two jobs froze (0.04 s, 12 s); the timeout job never froze.
     assert v("vmsnap_freeze_duration_seconds_count") == 2
     assert v("vmsnap_freeze_duration_seconds_sum") == 12.04
-    assert v("vmsnap_freeze_duration_seconds_bucket", le="0.05") == 1
+    assert v("vmsnap_freeze_duration_seconds_bucket", le="0.1") == 1
     assert v("vmsnap_freeze_duration_seconds_bucket", le="10.0") == 1
-    assert v("vmsnap_freeze_duration_seconds_bucket", le="15.0") == 2
+    assert v("vmsnap_freeze_duration_seconds_bucket", le="30.0") == 2
     assert v("vmsnap_freeze_duration_seconds_bucket", le="+Inf") == 2
     assert v("vmsnap_freezes_total", thawed_by="runtime") == 1
     assert v("vmsnap_freezes_total", thawed_by="deadline") == 1
@@ -292,6 +292,6 @@ def test_state_round_trip_keeps_histograms_and_exemplars() -> None:
     restored = MetricValues.from_json(json.loads(json.dumps(values.to_json())))
     hist = restored.histograms["vmsnap_freeze_duration_seconds"][()]
     assert hist.counts == values.histograms["vmsnap_freeze_duration_seconds"][()].counts
-    assert hist.exemplars == {5: ("ab" * 16, 0.3, 123.0)}  # le="0.5"
-    assert restored.counter("vmsnap_job_errors_total", ("Pre-ScriptTimeout",)) == 2
+    assert hist.exemplars == {2: ("ab" * 16, 0.3, 123.0)}  # le="0.5"
+    assert restored.counters["vmsnap_job_errors_total"][("Pre-ScriptTimeout",)] == 2
     assert restored.gauges["vmsnap_last_success_timestamp_seconds"][()] == 99.0

@@ -25,6 +25,7 @@ from snapshot_sidecar.collectors.values import ValuesCollector
 from snapshot_sidecar.metrics import MetricValues
 
 __all__ = [
+    "PROCESS_METRICS",
     "BuildInfoCollector",
     "NamedCollector",
     "ValuesCollector",
@@ -43,6 +44,14 @@ class NamedCollector(Protocol):
     def collect(self) -> Iterable[Metric]: ...
 
 
+# The process metrics a panel or an operator reads (memory panel, CPU, fd
+# leaks). Virtual memory, max fds and start time cost a series each on every
+# VM and answer nothing the others do not (issue 16, series budget).
+PROCESS_METRICS: frozenset[str] = frozenset(
+    {"process_resident_memory_bytes", "process_cpu_seconds", "process_open_fds"}
+)
+
+
 class _Process:
     """prometheus-client's process collector (RSS, CPU, fds), named for the table."""
 
@@ -52,7 +61,7 @@ class _Process:
         self._inner = ProcessCollector(registry=None)
 
     def collect(self) -> Iterable[Metric]:
-        return self._inner.collect()
+        return [m for m in self._inner.collect() if m.name in PROCESS_METRICS]
 
 
 def default_collectors(source: Callable[[], MetricValues], version: str) -> list[NamedCollector]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -33,6 +34,7 @@ from snapshot_sidecar.collectors import build_registry, stable_collectors, volat
 from snapshot_sidecar.exposition import CachedExposition
 from snapshot_sidecar.keys import Keys
 from snapshot_sidecar.mirror import MirrorConfig
+from snapshot_sidecar.sd_notify import Notifier, WatchdogPinger, watchdog_interval
 from snapshot_sidecar.server import (
     DEFAULT_LISTEN,
     BasicAuth,
@@ -146,6 +148,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-backstop", action="store_true", help="do not thaw left-frozen mounts")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
+        "--log-file",
+        help="append logs here instead of stderr; reopened after logrotate moves it",
+    )
+    p.add_argument(
         "--hash-password",
         action="store_true",
         help="read a password (stdin or prompt), print a hash line for --basic-auth-file",
@@ -168,10 +174,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.hash_password:
         return _hash_password_main()
+    # WatchedFileHandler reopens the path once logrotate has renamed it (its
+    # `create` rule), so no line is lost and none lands in a rotated file late.
+    handler: logging.Handler = (
+        logging.handlers.WatchedFileHandler(args.log_file, encoding="utf-8")
+        if args.log_file
+        else logging.StreamHandler(sys.stderr)
+    )
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        handlers=[handler],
     )
     if bool(args.tls_cert) != bool(args.tls_key):
         print("snapshot-sidecar: --tls-cert and --tls-key go together", file=sys.stderr)
@@ -218,6 +231,15 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         spans=span_config,
     )
     exporter = span_exporter_from_env(env)
+    notifier = Notifier(env)
+    interval = None if args.once else watchdog_interval(env)
+    # A loop with no completed iteration for a whole WatchdogSec is hung (a
+    # forwarder step is bounded by its blob timeouts, far below the unit's value).
+    watchdog = (
+        WatchdogPinger(notifier, interval, stale_after=2 * interval)
+        if interval is not None
+        else None
+    )
     sidecar = Sidecar(
         reader=reader,
         ledger=ledger,
@@ -225,6 +247,7 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         backstop=None if args.no_backstop else Backstop(KernelFreezeIoctl()),
         config=config,
         stop=stop,
+        watchdog=watchdog,
     )
     if args.once:
         sidecar.run_once()
@@ -262,12 +285,18 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         server.url,
         "forwarded over OTLP" if exporter is not None else "not forwarded (no OTLP endpoint)",
     )
+    def ready() -> None:
+        notifier.notify(f"READY=1\nMAINPID={os.getpid()}")
+
     try:
-        sidecar.run()
+        # READY=1 once /metrics answers and the first ingest pass is done.
+        sidecar.run(on_started=ready)
     finally:
+        notifier.notify("STOPPING=1")
         server.close()
         if exporter is not None:
             exporter.shutdown()
+        notifier.close()
     return 0
 
 

@@ -6,7 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test demo lint typecheck layers unit system-deps clean bench
+.PHONY: test demo lint typecheck layers compat unit system-deps clean bench \
+        dist extension extension-lock extension-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +29,33 @@ typecheck: $(STAMP)
 layers: $(STAMP)
 	$(VENV)/bin/lint-imports
 
-test: $(STAMP) system-deps lint typecheck layers
+# Python 3.10 is the floor (requires-python); only one Python runs here, so the
+# source is checked against 3.10: mypy and ruff target it (pyproject.toml) and
+# vermin finds any newer stdlib name or syntax they would let through.
+compat: $(STAMP)
+	$(VENV)/bin/vermin -q -t=3.10- --no-tips --violations --eval-annotations \
+	    snapshot_runtime exporters scripts tests benchmarks dashboards
+
+# The extension package (scripts/extension_package.py, docs/operations.md).
+# extension-check: every pin in deploy/extension/requirements.lock has wheels
+# for CPython 3.10-3.13 on x86_64 and aarch64 at glibc <= 2.28. It needs the
+# package index once per lock; the wheels are cached in .tools/extension/.
+extension-check: $(STAMP)
+	$(PY) scripts/extension_package.py check
+
+# build/VMSnapshotLinux-<version>.zip, byte-identical for one commit.
+extension: $(STAMP)
+	$(PY) scripts/extension_package.py build
+
+# After changing pyproject.toml's dependencies: re-pin, then commit the lock.
+extension-lock: $(STAMP)
+	$(PY) scripts/extension_package.py lock
+
+# The wheel and the sdist, into dist/.
+dist: $(STAMP)
+	$(PY) -m build --outdir dist .
+
+test: $(STAMP) system-deps lint typecheck layers compat extension-check
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: $(STAMP) system-deps
@@ -38,4 +65,4 @@ bench: $(STAMP) system-deps
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build dist

@@ -10,7 +10,7 @@ magnitude).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 __all__ = [
     "MAX_TICKS",
@@ -25,7 +25,7 @@ TICKS_AT_UNIX_EPOCH = 621355968000000000
 # DateTime.MaxValue.Ticks: 9999-12-31T23:59:59.9999999.
 MAX_TICKS = 3155378975999999999
 _TICKS_PER_MICROSECOND = 10
-_TICKS_ZERO = datetime(1, 1, 1, tzinfo=UTC)
+_TICKS_ZERO = datetime(1, 1, 1, tzinfo=timezone.utc)
 
 
 def ticks_to_datetime(ticks: int) -> datetime:
@@ -45,6 +45,6 @@ def datetime_to_ticks(dt: datetime) -> int:
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError("datetime must be timezone-aware")
     # Integer arithmetic only: float seconds lose ticks at this magnitude.
-    delta = dt.astimezone(UTC) - _TICKS_ZERO
+    delta = dt.astimezone(timezone.utc) - _TICKS_ZERO
     micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     return micros * _TICKS_PER_MICROSECOND

@@ -52,7 +52,7 @@ def machine_id() -> str:
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return dt.datetime.now(dt.timezone.utc)
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ import re
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -99,7 +99,7 @@ MAX_TASK_ID_LENGTH = 256
 # 64 data disks (the largest Azure sizes) plus the OS disk.
 MAX_DISKS = 65
 
-_EARLIEST_START = datetime(2000, 1, 1, tzinfo=UTC)
+_EARLIEST_START = datetime(2000, 1, 1, tzinfo=timezone.utc)
 _MIN_START_TICKS = datetime_to_ticks(_EARLIEST_START)
 _DIGITS = re.compile(r"[0-9]+")
 

@@ -71,7 +71,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -122,7 +122,7 @@ _CONSISTENCY_TYPES: dict[str | None, str] = {
     "application": "applicationConsistent",
     "crash": "crashConsistent",
 }
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MILLISECOND = timedelta(milliseconds=1)
 # Query parameters that name a snapshot; every other parameter may be SAS.
 _SNAPSHOT_QUERY_KEYS = frozenset({"snapshot", "versionid"})
@@ -160,7 +160,7 @@ def consistency_type(c: Consistency | None) -> str:
 def _aware(now: datetime) -> datetime:
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
-    return now.astimezone(UTC)
+    return now.astimezone(timezone.utc)
 
 
 def _public_url(value: object) -> str | None:

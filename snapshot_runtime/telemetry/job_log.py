@@ -199,7 +199,7 @@ class LineSink(_Releasable):
 def _json_line(record: Record) -> str:
     extra = record["extra"]
     doc: dict[str, Any] = {
-        "time": record["time"].astimezone(dt.UTC).isoformat(timespec="microseconds"),
+        "time": record["time"].astimezone(dt.timezone.utc).isoformat(timespec="microseconds"),
         "level": record["level"].name,
         "message": record["message"],
         "task_id": extra.get("task_id", ""),

@@ -240,7 +240,7 @@ def test_defaults_match_the_job() -> None:
 
 
 def test_command_too_late_boundary() -> None:
-    now = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+    now = dt.datetime(2026, 1, 1, 12, tzinfo=dt.timezone.utc)
     assert not command_too_late(None, now)
     assert not command_too_late(now - COMMAND_DEADLINE, now)
     assert command_too_late(now - COMMAND_DEADLINE - dt.timedelta(seconds=1), now)

@@ -77,7 +77,7 @@ def _openssl_envelope(tmp_path: Path, cert: TransportCert, cipher: str, *extra: 
 def _ski_cert() -> TransportCert:
     """A certificate with a subject key identifier, for key-id recipients."""
     key = make_transport_cert().key
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.timezone.utc)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ski")])
     certificate = (
         x509.CertificateBuilder()

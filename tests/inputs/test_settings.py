@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -129,10 +129,10 @@ def assert_no_secret(text: str) -> None:
 
 
 def test_ticks_epoch_and_known_value() -> None:
-    assert ticks_to_datetime(TICKS_AT_UNIX_EPOCH) == datetime(1970, 1, 1, tzinfo=UTC)
-    assert datetime_to_ticks(datetime(1970, 1, 1, tzinfo=UTC)) == TICKS_AT_UNIX_EPOCH
-    assert ticks_to_datetime(TICKS) == datetime(2017, 11, 9, 8, 13, 20, tzinfo=UTC)
-    assert ticks_to_datetime(0) == datetime(1, 1, 1, tzinfo=UTC)
+    assert ticks_to_datetime(TICKS_AT_UNIX_EPOCH) == datetime(1970, 1, 1, tzinfo=timezone.utc)
+    assert datetime_to_ticks(datetime(1970, 1, 1, tzinfo=timezone.utc)) == TICKS_AT_UNIX_EPOCH
+    assert ticks_to_datetime(TICKS) == datetime(2017, 11, 9, 8, 13, 20, tzinfo=timezone.utc)
+    assert ticks_to_datetime(0) == datetime(1, 1, 1, tzinfo=timezone.utc)
     assert TICKS_PER_SECOND == 10_000_000
 
 
@@ -152,7 +152,7 @@ def test_datetime_to_ticks_needs_aware_and_converts_zones() -> None:
     with pytest.raises(ValueError):
         datetime_to_ticks(datetime(2020, 1, 1))
     plus2 = datetime(2020, 1, 1, 2, tzinfo=timezone(timedelta(hours=2)))
-    assert datetime_to_ticks(plus2) == datetime_to_ticks(datetime(2020, 1, 1, tzinfo=UTC))
+    assert datetime_to_ticks(plus2) == datetime_to_ticks(datetime(2020, 1, 1, tzinfo=timezone.utc))
 
 
 @settings(deadline=None)  # no per-example time limit: a timing, not a behaviour
@@ -171,7 +171,7 @@ def test_handler_file_and_flat_shapes_agree() -> None:
     assert a.task_id == "e07354cf-041e-4370-929f-25a319ce8933_1"
     assert a.command == "snapshot"
     assert a.command_start_ticks == TICKS
-    assert a.command_start_utc == datetime(2017, 11, 9, 8, 13, 20, tzinfo=UTC)
+    assert a.command_start_utc == datetime(2017, 11, 9, 8, 13, 20, tzinfo=timezone.utc)
     assert a.vm_type == "microsoft.compute/virtualmachines"
     assert a.locale == "en-us"
     assert a.disk_sas_urls == (DISK0, DISK1)
@@ -277,7 +277,7 @@ def test_start_ticks_accepted(value: Any, expected: int | None) -> None:
         "-5",
         "0x10",
         True,
-        str(datetime_to_ticks(datetime(1999, 12, 31, tzinfo=UTC))),
+        str(datetime_to_ticks(datetime(1999, 12, 31, tzinfo=timezone.utc))),
         str(3155378975999999999 + 1),
         "1" * 30,
         [],
@@ -290,7 +290,7 @@ def test_start_ticks_rejected(value: Any) -> None:
 
 
 def test_start_ticks_range_edges() -> None:
-    low = datetime_to_ticks(datetime(2000, 1, 1, tzinfo=UTC))
+    low = datetime_to_ticks(datetime(2000, 1, 1, tzinfo=timezone.utc))
     high = 3155378975999999999
     for ticks in (low, high):
         assert parse_handler_settings(flat(pub=public(commandStartTimeUTCTicks=ticks)))

@@ -4,7 +4,7 @@ import json
 import os
 import stat
 import threading
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -32,7 +32,7 @@ from snapshot_runtime.job.status_report import status_snapshots, status_telemetr
 from snapshot_runtime.snapshot.results import DiskSnapshot
 from tests.inputs.test_settings import ALL_SIGS, DISK0, DISK1, LOGS, TICKS, flat
 
-NOW = datetime(2017, 11, 9, 8, 13, 20, 123456, tzinfo=UTC)
+NOW = datetime(2017, 11, 9, 8, 13, 20, 123456, tzinfo=timezone.utc)
 NOW_MS = 1510215200123
 
 TOP_KEYS = ["version", "timestampUTC", "status"]

@@ -78,7 +78,7 @@ class Azurite:
             blob_name=blob,
             account_key=ACCOUNT_KEY,
             permission=BlobSasPermissions.from_string(permission),
-            expiry=dt.datetime.now(dt.UTC) + expiry,
+            expiry=dt.datetime.now(dt.timezone.utc) + expiry,
         )
         return f"{endpoint or self.endpoint}/{container}/{blob}?{token}"
 

@@ -75,7 +75,7 @@ def make_transport_cert(
 ) -> TransportCert:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.timezone.utc)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -197,7 +197,7 @@ def disk_object_str(urls: list[str]) -> str:
 
 
 def now_ticks(offset: dt.timedelta = dt.timedelta(0)) -> str:
-    return str(datetime_to_ticks(dt.datetime.now(dt.UTC) + offset))
+    return str(datetime_to_ticks(dt.datetime.now(dt.timezone.utc) + offset))
 
 
 def public_settings(task_id: str, **extra: Any) -> dict[str, Any]:

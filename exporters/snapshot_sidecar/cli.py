@@ -285,6 +285,7 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         server.url,
         "forwarded over OTLP" if exporter is not None else "not forwarded (no OTLP endpoint)",
     )
+
     def ready() -> None:
         notifier.notify(f"READY=1\nMAINPID={os.getpid()}")
 

@@ -239,6 +239,9 @@ def _install_run_purge(
     assert "home = /usr/bin" in cfg, cfg
     assert os.path.realpath("/usr/bin/snapshot-runtime") == str(VENV_BIN / "snapshot-runtime")
     assert (Path("/var/lib/snapshot-sidecar").stat().st_mode & 0o777) == 0o700
+    # The installed unit, now that its ExecStart exists: systemd's own checker.
+    verify = _run(["systemd-analyze", "verify", str(UNIT)], timeout=60)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
     version = _run(["/usr/bin/snapshot-sidecar", "--version"])
     assert version.stdout.strip() == f"snapshot-sidecar {__version__}", version.stderr
 

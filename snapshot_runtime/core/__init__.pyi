@@ -34,6 +34,11 @@ from .redact import redact_then_keep_tail as redact_then_keep_tail
 from .redact import redact_then_truncate as redact_then_truncate
 from .redact import scrub as scrub
 from .redact import strip_sas as strip_sas
+from .retention import DEFAULT_RETENTION_DAYS as DEFAULT_RETENTION_DAYS
+from .retention import DEFAULT_RETENTION_KEEP as DEFAULT_RETENTION_KEEP
+from .retention import RetainedFile as RetainedFile
+from .retention import RetentionPolicy as RetentionPolicy
+from .retention import files_to_prune as files_to_prune
 from .ticks import MAX_TICKS as MAX_TICKS
 from .ticks import datetime_to_ticks as datetime_to_ticks
 from .ticks import ticks_to_datetime as ticks_to_datetime
@@ -42,6 +47,8 @@ from .window import WindowObserver as WindowObserver
 
 __all__ = [
     "DEFAULT_FREEZE_TIMEOUT",
+    "DEFAULT_RETENTION_DAYS",
+    "DEFAULT_RETENTION_KEEP",
     "DEFAULT_RUN_DIR",
     "DEFAULT_SPOOL_DIR",
     "DEFAULT_STATE_DIR",
@@ -60,6 +67,8 @@ __all__ = [
     "PhaseRecorder",
     "ProceedDecision",
     "Redactor",
+    "RetainedFile",
+    "RetentionPolicy",
     "SnapshotError",
     "Verdict",
     "WindowObserver",
@@ -68,6 +77,7 @@ __all__ = [
     "decide_after_freeze",
     "decide_after_pre_script",
     "drop_partial_run",
+    "files_to_prune",
     "interrupt_name",
     "read_at_most",
     "redact_then_keep_tail",

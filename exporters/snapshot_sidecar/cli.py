@@ -59,6 +59,10 @@ __all__ = ["main", "span_exporter_from_env"]
 
 _log = logging.getLogger("snapshot_sidecar")
 
+# How long a forwarder thread may go without completing a step before the
+# systemd watchdog pings stop (docs/operations.md "Sidecar: the systemd unit").
+WORKER_STALE_SECONDS = 1800.0
+
 # The standard variables (OpenTelemetry SDK configuration spec).
 OTEL_SDK_DISABLED = "OTEL_SDK_DISABLED"
 OTEL_TRACES_EXPORTER = "OTEL_TRACES_EXPORTER"
@@ -233,10 +237,17 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     exporter = span_exporter_from_env(env)
     notifier = Notifier(env)
     interval = None if args.once else watchdog_interval(env)
-    # A loop with no completed iteration for a whole WatchdogSec is hung (a
-    # forwarder step is bounded by its blob timeouts, far below the unit's value).
+    # The main loop with no completed pass for a whole WatchdogSec is hung. A
+    # forwarder's step mirrors every pending job, each bounded by its blob
+    # timeouts and retries: after a long outage a step may take many minutes
+    # and still be making progress, so a worker gets WORKER_STALE_SECONDS.
     watchdog = (
-        WatchdogPinger(notifier, interval, stale_after=2 * interval)
+        WatchdogPinger(
+            notifier,
+            interval,
+            stale_after=2 * interval,
+            worker_stale_after=max(2 * interval, WORKER_STALE_SECONDS),
+        )
         if interval is not None
         else None
     )

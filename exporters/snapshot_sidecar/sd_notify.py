@@ -89,10 +89,13 @@ def watchdog_interval(env: Mapping[str, str], pid: int | None = None) -> float |
 class WatchdogPinger:
     """WATCHDOG=1 at most every ``interval`` s, only while every heartbeat is fresh.
 
-    Heartbeats are the sidecar's loops (the main pass and each forwarder):
-    ``beat(name)`` after each completed iteration. ``tick()`` is called from
-    the main loop and pings when the interval has passed and no heartbeat is
-    older than ``stale_after`` (a forwarder step stuck past its timeouts).
+    Heartbeats are the sidecar's loops, each after a completed iteration:
+    ``beat(name)`` for the main loop, whose pass is short and must come
+    within ``stale_after``; ``beat_worker(name)`` for a forwarder thread,
+    whose one step may mirror several jobs, each bounded by its blob timeouts
+    and retries, so it gets ``worker_stale_after`` (default: ``stale_after``).
+    ``tick()`` is called from the main loop and pings when the interval has
+    passed and no heartbeat is stale.
     """
 
     def __init__(
@@ -101,13 +104,15 @@ class WatchdogPinger:
         interval: float,
         *,
         stale_after: float,
+        worker_stale_after: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.notifier = notifier
         self.interval = interval
         self.stale_after = stale_after
+        self.worker_stale_after = stale_after if worker_stale_after is None else worker_stale_after
         self.clock = clock
-        self._beats: dict[str, float] = {}
+        self._beats: dict[str, tuple[float, float]] = {}  # name -> (last beat, its limit)
         self._last_ping: float | None = None
         self._reported_stuck: list[str] = []  # logged once per change, not per tick
         self._lock = threading.Lock()
@@ -116,13 +121,17 @@ class WatchdogPinger:
 
     def beat(self, name: str) -> None:
         with self._lock:
-            self._beats[name] = self.clock()
+            self._beats[name] = (self.clock(), self.stale_after)
+
+    def beat_worker(self, name: str) -> None:
+        with self._lock:
+            self._beats[name] = (self.clock(), self.worker_stale_after)
 
     def stale(self) -> list[str]:
-        """The heartbeats older than ``stale_after`` (sorted)."""
+        """The heartbeats older than their limit (sorted)."""
         now = self.clock()
         with self._lock:
-            return sorted(n for n, t in self._beats.items() if now - t > self.stale_after)
+            return sorted(n for n, (t, limit) in self._beats.items() if now - t > limit)
 
     def tick(self) -> bool:
         """Ping if due and alive; True if a ping was sent."""

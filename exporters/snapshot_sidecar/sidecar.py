@@ -198,7 +198,7 @@ class Sidecar:
         while not self.stop.is_set():
             forwarder.step()  # never raises (the Forwarder contract)
             if self.watchdog is not None:
-                self.watchdog.beat(forwarder.name)
+                self.watchdog.beat_worker(forwarder.name)
             wake.wait(self.config.poll_seconds)  # new jobs wake the worker early
             wake.clear()
 

@@ -172,7 +172,7 @@ def test_a_hung_forwarder_stops_the_pings_and_they_resume_after(
     """The ping proves the loops are alive: a stuck worker stops it, so systemd restarts."""
     forwarder = BlockingForwarder()
     notifier = Notifier({"NOTIFY_SOCKET": str(notify_socket.path)})
-    pinger = WatchdogPinger(notifier, 0.05, stale_after=0.5)
+    pinger = WatchdogPinger(notifier, 0.05, stale_after=30.0, worker_stale_after=0.5)
     sidecar = Sidecar(
         reader=SpoolReader(rig.spool),
         ledger=Ledger(rig.state),
@@ -226,20 +226,27 @@ def test_pinger_pings_at_most_once_per_interval_and_never_when_a_beat_is_stale(
 ) -> None:
     now = [100.0]
     notifier = Notifier({"NOTIFY_SOCKET": str(notify_socket.path)})
-    pinger = WatchdogPinger(notifier, 10.0, stale_after=30.0, clock=lambda: now[0])
+    pinger = WatchdogPinger(
+        notifier, 10.0, stale_after=30.0, worker_stale_after=100.0, clock=lambda: now[0]
+    )
     pinger.beat("ingest")
-    pinger.beat("mirror")
+    pinger.beat_worker("mirror")
     assert pinger.tick() is True
     now[0] += 5
     assert pinger.tick() is False  # not due yet
     now[0] += 6
     pinger.beat("ingest")
     assert pinger.tick() is True
-    now[0] += 25  # mirror last beat 36 s ago
+    now[0] += 40  # the main loop's last beat 40 s ago: past its 30 s
+    assert pinger.stale() == ["ingest"]
+    assert pinger.tick() is False
+    pinger.beat("ingest")
+    assert pinger.tick() is True  # the worker's 51 s are within its 100 s
+    now[0] += 60  # the worker's last beat 111 s ago
     pinger.beat("ingest")
     assert pinger.stale() == ["mirror"]
     assert pinger.tick() is False
-    pinger.beat("mirror")
+    pinger.beat_worker("mirror")
     assert pinger.tick() is True
     notifier.close()
-    wait_until(lambda: notify_socket.count("WATCHDOG=1") == 3, 5, "three pings")
+    wait_until(lambda: notify_socket.count("WATCHDOG=1") == 4, 5, "four pings")

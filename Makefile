@@ -57,8 +57,10 @@ deb: extension
 extension-lock: $(STAMP)
 	$(PY) scripts/extension_package.py lock
 
-# The wheel and the sdist, into dist/.
+# The wheel and the sdist, into dist/. setuptools' build/lib is cleared first:
+# a module deleted from the tree would otherwise still ship in the wheel.
 dist: $(STAMP)
+	rm -rf build/lib build/bdist.*
 	$(PY) -m build --outdir dist .
 
 test: $(STAMP) system-deps lint typecheck layers compat extension-check

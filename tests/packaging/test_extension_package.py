@@ -46,8 +46,16 @@ from tests.support.requirements import require, require_root
 BUILD = [sys.executable, str(REPO / "scripts" / "extension_package.py"), "build"]
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 ARCHES = ("x86_64", "aarch64")
-# The system Python of this machine (Debian's), as a VM would have it.
-SYSTEM_PYTHON = Path("/usr/bin/python3.11")
+# The distribution's own Python of this machine, as a VM would have it: the
+# newest supported one in /usr/bin (Debian's python3.11 here).
+SYSTEM_PYTHON = next(
+    (
+        Path(f"/usr/bin/python{v}")
+        for v in reversed(PYTHONS)
+        if Path(f"/usr/bin/python{v}").exists()
+    ),
+    Path("/usr/bin/python3.13"),  # none: require() below says what is missing
+)
 
 
 def _build(out: Path) -> Path:
@@ -215,7 +223,7 @@ def test_offline_install_without_ensurepip_then_a_real_job(
         # Not one try to reach an index: pip would have warned about each
         # retry (and pip falls back to the wheelhouse, so only this shows it).
         assert proc.stderr == "", proc.stderr
-        assert f"with {python} (Python 3.11)" in proc.stdout
+        assert f"with {python} (Python {python.name.removeprefix('python')})" in proc.stdout
         assert "install: state directories ready" in proc.stdout
         venv_python = h.root / "venv" / "bin" / "python"
         # The venv is built from the VM's Python, not copied from the build host.
@@ -376,3 +384,24 @@ def test_wheel_and_sdist_build_cleanly(tmp_path: Path) -> None:
     for face in faces:
         assert f"snapshot_runtime/{face}/__init__.pyi" in names
     assert {"snapshot_runtime/py.typed", "snapshot_sidecar/py.typed"} <= names
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("python", PYTHONS)
+def test_the_wheelhouse_alone_satisfies_every_target(
+    package: Path, tmp_path: Path, python: str, arch: str
+) -> None:
+    """What handle.sh runs on the VM, as pip would resolve it there for each CPython
+    and machine (only one of them runs here): no index, hashes required."""
+    zipfile.ZipFile(package).extractall(tmp_path / "pkg")
+    wheelhouse = tmp_path / "pkg" / "wheelhouse"
+    abi = "cp" + python.replace(".", "")
+    argv = [sys.executable, "-m", "pip", "install", "--isolated", "--no-index"]
+    argv += ["--find-links", str(wheelhouse), "--only-binary=:all:", "--require-hashes"]
+    argv += ["--dry-run", "--ignore-installed", "--target", str(tmp_path / "target")]
+    argv += ["--python-version", python, "--implementation", "cp", "--abi", abi]
+    argv += ["--platform", f"manylinux_2_28_{arch}", "--platform", f"manylinux2014_{arch}"]
+    argv += ["--requirement", str(wheelhouse / "requirements.txt")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"snapshot-runtime-{__version__}" in proc.stdout.replace("_", "-")

@@ -28,7 +28,7 @@ SUPPORTED="3.13 3.12 3.11 3.10"
 
 supported() {
     # prints "3.X" when $1 is a CPython this package supports
-    "$1" -c 'import platform, sys
+    "$1" -I -c 'import platform, sys
 v = "%d.%d" % sys.version_info[:2]
 ok = platform.python_implementation() == "CPython" and v in sys.argv[1].split()
 print(v) if ok else sys.exit(1)' "$SUPPORTED" 2>/dev/null
@@ -74,7 +74,7 @@ install_venv() {
     fi
     rm -rf "$venv"
     # --without-pip: no ensurepip, which minimal images do not have.
-    if ! "$py" -m venv --without-pip "$venv"; then
+    if ! "$py" -I -m venv --without-pip "$venv"; then
         rm -rf "$venv"
         echo "snapshot-runtime: $py cannot create a virtualenv; install its venv module (Debian/Ubuntu: apt-get install python$version-venv)" >&2
         exit 3

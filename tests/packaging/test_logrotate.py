@@ -21,11 +21,10 @@ import subprocess
 import threading
 from pathlib import Path
 
-import pytest
-
 from snapshot_runtime.core.redact import Redactor
 from snapshot_runtime.telemetry.job_log import JobLog
 from tests.support.handlerkit import REPO
+from tests.support.requirements import require
 from tests.support.waiting import wait_until
 
 RULES = REPO / "deploy" / "logrotate" / "snapshot-runtime"
@@ -35,10 +34,7 @@ SIDECAR_DIR = "/var/log/snapshot-sidecar"
 
 def _logrotate() -> str:
     path = shutil.which("logrotate") or "/usr/sbin/logrotate"
-    if not os.path.exists(path):
-        if os.environ.get("CI") == "true":
-            pytest.fail("logrotate is not installed (scripts/install-system-deps.sh)")
-        pytest.skip("logrotate is not installed")
+    require(os.path.exists(path), "needs logrotate (scripts/install-system-deps.sh)")
     return path
 
 

@@ -70,6 +70,9 @@ def test_the_unit_scores_at_most_2_5_offline_and_keeps_its_notify_watchdog() -> 
     assert settings["SystemCallErrorNumber"] == ["EPERM"]
     assert settings["ProtectProc"] == ["invisible"]
     assert "ProcSubset" not in settings  # see test_proc_subset_pid_would_blind_the_backstop
+    # --log-file's directory (the logrotate rule's) is writable under ProtectSystem=strict.
+    assert settings["ProtectSystem"] == ["strict"]
+    assert settings["LogsDirectory"] == ["snapshot-sidecar"]
 
 
 @cache

@@ -239,6 +239,14 @@ def _install_run_purge(
     assert "home = /usr/bin" in cfg, cfg
     assert os.path.realpath("/usr/bin/snapshot-runtime") == str(VENV_BIN / "snapshot-runtime")
     assert (Path("/var/lib/snapshot-sidecar").stat().st_mode & 0o777) == 0o700
+    # Installed again over itself (the upgrade path: prerm upgrade, then postinst
+    # builds the next venv while the old one waits aside): one working venv, no leftovers.
+    first_python = (VENV_BIN / "python").resolve()
+    again = _run([unshare, "--net", "--", "dpkg", "-i", str(deb)], env=env, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert sorted(p.name for p in PREFIX.iterdir()) == [".venv", "wheelhouse"]
+    assert (VENV_BIN / "python").resolve() == first_python
+
     # The installed unit, now that its ExecStart exists: systemd's own checker.
     verify = _run(["systemd-analyze", "verify", str(UNIT)], timeout=60)
     assert verify.returncode == 0, verify.stdout + verify.stderr

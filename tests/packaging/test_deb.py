@@ -52,6 +52,7 @@ OWNED = [
     Path("/usr/share/doc/snapshot-runtime"),
     Path("/var/lib/snapshot-sidecar"),
     Path("/var/log/snapshot-sidecar"),
+    Path("/etc/systemd/system/multi-user.target.wants/snapshot-sidecar.service"),
 ]
 SEARCH_ROOTS = [
     "/opt",
@@ -303,5 +304,9 @@ def _install_run_purge(
         tmp_path / "state" / "sidecar.pub"
     ).read_bytes()
 
+    # What `systemctl enable` leaves (done by hand: no systemd here); purge removes it.
+    wants = Path("/etc/systemd/system/multi-user.target.wants")
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / UNIT.name).symlink_to(UNIT)
     purge = _run(["dpkg", "--purge", "snapshot-runtime"], timeout=300)
     assert purge.returncode == 0, purge.stdout + purge.stderr

@@ -16,8 +16,10 @@ import logging
 import logging.handlers
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -164,3 +166,47 @@ def test_the_sidecar_log_file_reopens_after_rotation_and_loses_no_line(tmp_path:
     assert older and newer and current  # each file got its share
     lines = [int(n) for n in (older + newer + current).splitlines()]
     assert lines == list(range(1, written[0] + 1))
+
+
+def test_the_real_sidecar_with_log_file_writes_the_new_file_after_rotation(
+    tmp_path: Path,
+) -> None:
+    """`snapshot-sidecar --log-file`: started, rotated by logrotate, stopped; the
+    start line is in sidecar.log.1, the stop line in the new sidecar.log."""
+    conf, _, sidecar_dir = _rules_in(tmp_path)
+    path = sidecar_dir / "sidecar.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "snapshot_sidecar.cli",
+            "--spool",
+            str(tmp_path / "spool"),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--listen",
+            "127.0.0.1:0",
+            "--poll-interval",
+            "0.05",
+            "--log-file",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(
+            lambda: path.exists() and "/metrics on" in path.read_text(), 60, "the start line"
+        )
+        _rotate(conf, tmp_path / "state-logrotate")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert out == b"" and err == b""  # everything went to the file
+    rotated = (sidecar_dir / "sidecar.log.1").read_text()
+    assert "/metrics on" in rotated and "stopping" not in rotated
+    assert "signal SIGTERM: stopping" in path.read_text()

@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: test demo lint typecheck layers compat unit system-deps clean bench \
-        dist extension extension-lock extension-check
+        dist extension extension-lock extension-check deb
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ extension-check: $(STAMP)
 # build/VMSnapshotLinux-<version>.zip, byte-identical for one commit.
 extension: $(STAMP)
 	$(PY) scripts/extension_package.py build
+
+# build/snapshot-runtime_<version>-1_<arch>.deb: the extension zip's wheelhouse
+# (this machine's architecture only), the sidecar unit, configs, logrotate
+# rules; postinst builds /opt/snapshot-runtime/.venv offline (scripts/build-deb.sh).
+deb: extension
+	bash scripts/build-deb.sh --from-zip build/VMSnapshotLinux-$$($(PY) -c 'import json; print(json.load(open("deploy/extension/HandlerManifest.json"))[0]["version"])').zip
 
 # After changing pyproject.toml's dependencies: re-pin, then commit the lock.
 extension-lock: $(STAMP)

@@ -6,6 +6,7 @@
 # strace and uuid-runtime (the frozen-window syscall test: strace -f, and uuidd so
 # that libuuid really talks to its daemon socket as it does on hosts that run one),
 # iproute2 (ip netns: the Azure IMDS stand-in lives in a test's own network namespace),
+# logrotate and systemd's systemd-analyze (the .deb's rotation rules and unit),
 # and Azurite from npm, pinned to a version that runs on this machine's Node.
 # Idempotent: a second run installs nothing.
 set -euo pipefail
@@ -22,6 +23,8 @@ command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)   # test-side CMS 
 command -v strace >/dev/null 2>&1 || apt_packages+=(strace)     # the frozen window's syscall trace test
 command -v uuidd >/dev/null 2>&1 || [ -x /usr/sbin/uuidd ] || apt_packages+=(uuid-runtime)  # libuuid's daemon, real in that test
 command -v ip >/dev/null 2>&1 || apt_packages+=(iproute2)       # ip netns: the IMDS stand-in's namespace
+command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || apt_packages+=(logrotate)  # the shipped rotation rules, rotated for real
+command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)  # the sidecar unit's offline security check (never run as init here)
 
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

@@ -36,6 +36,12 @@ from snapshot_runtime.core.defaults import (
 )
 from snapshot_runtime.core.errors import ErrorCode, SnapshotError
 from snapshot_runtime.core.redact import scrub
+from snapshot_runtime.core.retention import (
+    DEFAULT_RETENTION_DAYS,
+    DEFAULT_RETENTION_KEEP,
+    RetentionPolicy,
+)
+from snapshot_runtime.job.housekeeping import prune_state_dir
 from snapshot_runtime.job.summary import report_json, report_text, table
 from snapshot_runtime.telemetry.job_log import DEFAULT_LOG_PATH
 from snapshot_runtime.telemetry.spool import DEFAULT_MAX_BYTES
@@ -170,6 +176,26 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _count_or_off(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a whole number (0: no limit)") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return number
+
+
+def _days_or_off(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number of days (0: no limit)") from None
+    if not (math.isfinite(number) and number >= 0):
+        raise argparse.ArgumentTypeError("must be a number of days, 0 or more")
+    return number
+
+
 def _mount_list(value: str) -> tuple[str, ...]:
     items = tuple(v.strip() for v in value.split(",") if v.strip())
     if not items:
@@ -236,6 +262,19 @@ def _parser() -> argparse.ArgumentParser:
         "--run-dir",
         default=None,
         help=f"runtime directory: the single-job lock (default {DEFAULT_RUN_DIR})",
+    )
+    r.add_argument(
+        "--keep-records",
+        type=_count_or_off,
+        default=DEFAULT_RETENTION_KEEP,
+        help="after the job keep at most this many job records and status files in the "
+        f"state dir (default {DEFAULT_RETENTION_KEEP}; 0: no count limit)",
+    )
+    r.add_argument(
+        "--keep-days",
+        type=_days_or_off,
+        default=DEFAULT_RETENTION_DAYS,
+        help=f"...and none older than this (default {DEFAULT_RETENTION_DAYS:g}; 0: no age limit)",
     )
     r.add_argument("--no-watchdog", action="store_true", help=argparse.SUPPRESS)
     r.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -376,6 +415,13 @@ def _run(args: argparse.Namespace) -> int:
         single_job_lock=True,
     )
     report = run_job(options)
+    # After the job (never in its window): old records and status files go.
+    pruned = prune_state_dir(
+        options.state_dir,
+        RetentionPolicy(keep=args.keep_records or None, max_age_days=args.keep_days or None),
+    )
+    for error in pruned.errors:
+        print(f"snapshot-runtime: housekeeping: not removed: {error}", file=sys.stderr)
     if args.json:
         print(json.dumps(report_json(report), indent=2))
     else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -39,6 +40,7 @@ from snapshot_sidecar.exposition import CachedExposition
 from snapshot_sidecar.keys import Keys
 from snapshot_sidecar.mirror import MirrorConfig
 from snapshot_sidecar.resource_detection import ResourceRefresher, refresh
+from snapshot_sidecar.sd_notify import Notifier, WatchdogPinger, watchdog_interval
 from snapshot_sidecar.server import (
     DEFAULT_LISTEN,
     BasicAuth,
@@ -62,6 +64,10 @@ from snapshot_sidecar.state import Ledger
 __all__ = ["main", "span_exporter_from_env"]
 
 _log = logging.getLogger("snapshot_sidecar")
+
+# How long a forwarder thread may go without completing a step before the
+# systemd watchdog pings stop (docs/operations.md "Sidecar: the systemd unit").
+WORKER_STALE_SECONDS = 1800.0
 
 # The standard variables (OpenTelemetry SDK configuration spec).
 OTEL_SDK_DISABLED = "OTEL_SDK_DISABLED"
@@ -163,6 +169,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
+        "--log-file",
+        help="append logs here instead of stderr; reopened after logrotate moves it",
+    )
+    p.add_argument(
         "--hash-password",
         action="store_true",
         help="read a password (stdin or prompt), print a hash line for --basic-auth-file",
@@ -185,10 +195,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.hash_password:
         return _hash_password_main()
+    # WatchedFileHandler reopens the path once logrotate has renamed it (its
+    # `create` rule), so no line is lost and none lands in a rotated file late.
+    handler: logging.Handler = (
+        logging.handlers.WatchedFileHandler(args.log_file, encoding="utf-8")
+        if args.log_file
+        else logging.StreamHandler(sys.stderr)
+    )
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        handlers=[handler],
     )
     if bool(args.tls_cert) != bool(args.tls_key):
         print("snapshot-sidecar: --tls-cert and --tls-key go together", file=sys.stderr)
@@ -252,6 +269,22 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         # Still start: the thaw backstop and /metrics matter more than spans (I4).
         _log.error("spans not forwarded: %s", exc)
         exporter = None
+    notifier = Notifier(env)
+    interval = None if args.once else watchdog_interval(env)
+    # The main loop with no completed pass for a whole WatchdogSec is hung. A
+    # forwarder's step mirrors every pending job, each bounded by its blob
+    # timeouts and retries: after a long outage a step may take many minutes
+    # and still be making progress, so a worker gets WORKER_STALE_SECONDS.
+    watchdog = (
+        WatchdogPinger(
+            notifier,
+            interval,
+            stale_after=2 * interval,
+            worker_stale_after=max(2 * interval, WORKER_STALE_SECONDS),
+        )
+        if interval is not None
+        else None
+    )
     sidecar = Sidecar(
         reader=reader,
         ledger=ledger,
@@ -259,6 +292,7 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         backstop=None if args.no_backstop else Backstop(KernelFreezeIoctl()),
         config=config,
         stop=stop,
+        watchdog=watchdog,
     )
     if args.once:
         sidecar.run_once()
@@ -298,12 +332,19 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         server.url,
         "forwarded over OTLP" if exporter is not None else "not forwarded (no OTLP endpoint)",
     )
+
+    def ready() -> None:
+        notifier.notify(f"READY=1\nMAINPID={os.getpid()}")
+
     try:
-        sidecar.run()
+        # READY=1 once /metrics answers and the first ingest pass is done.
+        sidecar.run(on_started=ready)
     finally:
+        notifier.notify("STOPPING=1")
         server.close()
         if exporter is not None:
             exporter.shutdown()
+        notifier.close()
     return 0
 
 

@@ -41,6 +41,7 @@ from snapshot_sidecar.forwarders import Forwarder, Guard
 from snapshot_sidecar.ingest import apply_record, apply_watchdog_report
 from snapshot_sidecar.keys import Keys
 from snapshot_sidecar.mirror import LogMirror, MirrorConfig
+from snapshot_sidecar.sd_notify import WatchdogPinger
 from snapshot_sidecar.spans import SpanConfig, SpanForwarder
 from snapshot_sidecar.spool_reader import JobRecord, RecordError, SpoolReader
 from snapshot_sidecar.state import JobProgress, Ledger
@@ -121,6 +122,7 @@ class Sidecar:
         config: SidecarConfig,
         clock: Callable[[], float] = time.time,
         stop: threading.Event | None = None,
+        watchdog: WatchdogPinger | None = None,
     ) -> None:
         self.reader = reader
         self.ledger = ledger
@@ -129,6 +131,8 @@ class Sidecar:
         self.config = config
         self.clock = clock
         self.stop = stop or threading.Event()
+        # systemd's watchdog: each loop beats after an iteration; the main loop pings.
+        self.watchdog = watchdog
         self._guard = Guard(ledger)
         self._invalid_seen: set[tuple[str, str]] = set()
         # record.json (mtime, size, inode) when last read, per job directory.
@@ -173,6 +177,9 @@ class Sidecar:
             on_started()
         while not self.stop.is_set():
             self._guarded("ingest", self.cleanup)
+            if self.watchdog is not None:
+                self.watchdog.beat("ingest")
+                self.watchdog.tick()
             # A pass cut short by the per-pass bound goes on at once (catching up).
             if self.stop.wait(0.05 if self._more else self.config.poll_seconds):
                 break
@@ -190,6 +197,8 @@ class Sidecar:
         wake = self._wakes[forwarder.name]
         while not self.stop.is_set():
             forwarder.step()  # never raises (the Forwarder contract)
+            if self.watchdog is not None:
+                self.watchdog.beat_worker(forwarder.name)
             wake.wait(self.config.poll_seconds)  # new jobs wake the worker early
             wake.clear()
 

@@ -34,6 +34,11 @@ from .redact import redact_then_keep_tail as redact_then_keep_tail
 from .redact import redact_then_truncate as redact_then_truncate
 from .redact import scrub as scrub
 from .redact import strip_sas as strip_sas
+from .retention import DEFAULT_RETENTION_DAYS as DEFAULT_RETENTION_DAYS
+from .retention import DEFAULT_RETENTION_KEEP as DEFAULT_RETENTION_KEEP
+from .retention import RetainedFile as RetainedFile
+from .retention import RetentionPolicy as RetentionPolicy
+from .retention import files_to_prune as files_to_prune
 from .snapshot_mode import ModeChoice as ModeChoice
 from .snapshot_mode import ModeInputs as ModeInputs
 from .snapshot_mode import PathDecision as PathDecision
@@ -48,6 +53,8 @@ from .window import WindowObserver as WindowObserver
 
 __all__ = [
     "DEFAULT_FREEZE_TIMEOUT",
+    "DEFAULT_RETENTION_DAYS",
+    "DEFAULT_RETENTION_KEEP",
     "DEFAULT_RUN_DIR",
     "DEFAULT_SPOOL_DIR",
     "DEFAULT_STATE_DIR",
@@ -69,6 +76,8 @@ __all__ = [
     "PhaseRecorder",
     "ProceedDecision",
     "Redactor",
+    "RetainedFile",
+    "RetentionPolicy",
     "SnapshotError",
     "SnapshotMode",
     "Verdict",
@@ -80,6 +89,7 @@ __all__ = [
     "decide_after_pre_script",
     "decide_path",
     "drop_partial_run",
+    "files_to_prune",
     "interrupt_name",
     "read_at_most",
     "redact_then_keep_tail",

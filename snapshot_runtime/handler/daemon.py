@@ -39,6 +39,7 @@ from snapshot_runtime.inputs.vmbackup_conf import (
     load_vmbackup_conf,
     parse_custom_settings,
 )
+from snapshot_runtime.job.housekeeping import prune_handler_status, prune_state_dir
 from snapshot_runtime.job.lock import JOB_LOCK_FILE, JobLock
 
 __all__ = ["HANDOFF_TIMEOUT_SECONDS", "run_daemon", "spawn_daemon"]
@@ -261,3 +262,16 @@ def _run(ctx: Context, data: bytes, settings: HandlerSettings) -> None:
         f"daemon: task {settings.task_id} done: snapshot_taken={report.snapshot_taken} "
         f"consistency={report.consistency} error={report.error_code or 'none'}",
     )
+    _housekeeping(ctx)
+
+
+def _housekeeping(ctx: Context) -> None:
+    """After the job: old job records and this handler's old N.status files go
+    (handler.conf retention_keep / retention_days; docs/operations.md)."""
+    policy = ctx.config.retention
+    pruned = prune_state_dir(ctx.config.state_dir, policy)
+    pruned.extend(prune_handler_status(ctx.env.status_folder, policy, current_seq=ctx.seq))
+    if pruned.removed:
+        ctx.reporter.log("INFO", f"housekeeping: {len(pruned.removed)} old file(s) removed")
+    for error in pruned.errors:
+        ctx.reporter.log("WARNING", f"housekeeping: not removed: {error}")

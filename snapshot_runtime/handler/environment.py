@@ -37,7 +37,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from snapshot_runtime.core.atomic_file import write_atomic
@@ -47,6 +47,11 @@ from snapshot_runtime.core.defaults import (
     DEFAULT_STATE_DIR,
 )
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
+from snapshot_runtime.core.retention import (
+    DEFAULT_RETENTION_DAYS,
+    DEFAULT_RETENTION_KEEP,
+    RetentionPolicy,
+)
 from snapshot_runtime.core.untrusted_file import read_at_most
 from snapshot_runtime.inputs.machine import (
     DEFAULT_HOSTING_CONFIG_PATH,
@@ -388,6 +393,10 @@ class HandlerConfig:
       ``/etc/azure/vmbackup.conf``).
     * ``product_uuid_file``, ``hosting_environment_config``: where the VM
       identity is read (``inputs.machine.read_vm_identity``).
+    * ``retention`` (keys ``retention_keep``, default 60, and
+      ``retention_days``, default 90; 0 turns that limit off): old job
+      records and this handler's old ``N.status`` files pruned after each job
+      (``job.housekeeping``).
 
     ``explicit`` names the keys the file sets: a key it sets wins over
     vmbackup.conf and customSettings (``merge_job_config``).
@@ -403,6 +412,7 @@ class HandlerConfig:
     vmbackup_conf: str = DEFAULT_VMBACKUP_CONF
     product_uuid_file: str = DEFAULT_PRODUCT_UUID_PATH
     hosting_environment_config: str = DEFAULT_HOSTING_CONFIG_PATH
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     source: str | None = None
     explicit: frozenset[str] = frozenset()
 
@@ -418,6 +428,8 @@ _CONFIG_KEYS = (
     "vmbackup_conf",
     "product_uuid_file",
     "hosting_environment_config",
+    "retention_keep",
+    "retention_days",
 )
 
 
@@ -434,6 +446,21 @@ def _absolute(value: str, key: str, source: str) -> str:
     if not text.startswith("/"):
         raise _env_error(f"{source}: {key} must be an absolute path")
     return os.path.normpath(text)
+
+
+def _retention(keep_text: str, days_text: str, source: str) -> RetentionPolicy:
+    """``retention_keep`` (whole number) and ``retention_days`` (number); 0 is "no limit"."""
+    keep_value = keep_text.strip()
+    if not keep_value.isascii() or not keep_value.isdigit() or len(keep_value) > 9:
+        raise _env_error(f"{source}: retention_keep must be a whole number (0: no count limit)")
+    try:
+        days = float(days_text)
+    except ValueError:
+        raise _env_error(f"{source}: retention_days must be a number (0: no age limit)") from None
+    if not (days >= 0 and days <= 36500):  # also refuses nan
+        raise _env_error(f"{source}: retention_days must lie between 0 and 36500")
+    keep = int(keep_value)
+    return RetentionPolicy(keep=keep or None, max_age_days=days or None)
 
 
 def parse_handler_config(text: str, *, source: str) -> HandlerConfig:
@@ -468,6 +495,11 @@ def parse_handler_config(text: str, *, source: str) -> HandlerConfig:
     def path(key: str, default: str) -> str:
         return _absolute(section.get(key, default), key, source)
 
+    retention = _retention(
+        section.get("retention_keep", str(DEFAULT_RETENTION_KEEP)),
+        section.get("retention_days", f"{DEFAULT_RETENTION_DAYS:g}"),
+        source,
+    )
     return HandlerConfig(
         include_mounts=(
             _mount_list(include, "include_mounts", source) if include is not None else None
@@ -483,6 +515,7 @@ def parse_handler_config(text: str, *, source: str) -> HandlerConfig:
         vmbackup_conf=path("vmbackup_conf", DEFAULT_VMBACKUP_CONF),
         product_uuid_file=path("product_uuid_file", DEFAULT_PRODUCT_UUID_PATH),
         hosting_environment_config=path("hosting_environment_config", DEFAULT_HOSTING_CONFIG_PATH),
+        retention=retention,
         source=source,
         explicit=frozenset(section),
     )

@@ -1,6 +1,9 @@
 """The snapshot job: options, the frozen window, the phases' state, status
 reports, the summary, the single-job lock and the ``validate`` preflight."""
 
+from .housekeeping import PruneReport as PruneReport
+from .housekeeping import prune_handler_status as prune_handler_status
+from .housekeeping import prune_state_dir as prune_state_dir
 from .lock import JOB_LOCK_FILE as JOB_LOCK_FILE
 from .lock import JobLock as JobLock
 from .lock import LockHolder as LockHolder
@@ -22,8 +25,11 @@ __all__ = [
     "JobLock",
     "JobOptions",
     "LockHolder",
+    "PruneReport",
     "StatusValue",
     "preflight",
+    "prune_handler_status",
+    "prune_state_dir",
     "report_json",
     "report_text",
     "run_job",

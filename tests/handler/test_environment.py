@@ -15,6 +15,7 @@ import pytest
 
 from snapshot_runtime.core import defaults
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
+from snapshot_runtime.core.retention import RetentionPolicy
 from snapshot_runtime.handler.environment import (
     DEFAULT_HANDLER_RUN_DIR,
     DEFAULT_HANDLER_STATE_DIR,
@@ -428,3 +429,32 @@ def test_logging_switches() -> None:
     )
     assert (off.write_log, off.upload_status) == (False, False)
     assert "write_log=False" in off.describe() and "vmbackup.conf" not in off.describe()
+
+
+def test_handler_config_retention_keys() -> None:
+    """retention_keep / retention_days: defaults 60 and 90 days; 0 turns a limit off."""
+    assert _conf().retention == RetentionPolicy(keep=60, max_age_days=90.0)
+    assert _conf("retention_keep = 5\nretention_days = 7.5\n").retention == RetentionPolicy(
+        keep=5, max_age_days=7.5
+    )
+    assert _conf("retention_keep = 0\nretention_days = 0\n").retention == RetentionPolicy(
+        keep=None, max_age_days=None
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "retention_keep = -1\n",
+        "retention_keep = 2.5\n",
+        "retention_keep = many\n",
+        "retention_days = -3\n",
+        "retention_days = nan\n",
+        "retention_days = forever\n",
+        "retention_days = 99999\n",
+    ],
+)
+def test_handler_config_retention_errors(text: str) -> None:
+    with pytest.raises(ConfigError, match="retention_") as info:
+        _conf(text)
+    assert info.value.code is ErrorCode.HANDLER_ENVIRONMENT_INVALID

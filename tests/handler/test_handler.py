@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -863,3 +864,55 @@ def test_a_mount_in_vmbackup_conf_is_not_frozen(
         shutil.rmtree(scripts, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.rmdir(SCRIPTS_BASE)
+
+
+@pytest.mark.azurite
+@pytest.mark.root
+def test_after_a_job_the_daemon_prunes_old_records_and_its_old_status_files(
+    rig: Rig, cert: TransportCert, azurite: Azurite, tmp_path: Path
+) -> None:
+    """handler.conf retention_keep = 4: after the job, 4 job records stay (its own
+    among them) and 4 of our N.status files (the current N among them); the
+    agent's other files in its status folder are never touched."""
+    with (tmp_path / "handler.conf").open("a") as conf:
+        conf.write("retention_keep = 4\nretention_days = 0\n")
+    h = rig.handler
+    folder = h.status_path(0).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = tmp_path / "state" / "jobs"
+    jobs.mkdir(parents=True, exist_ok=True)
+    old = time.time() - 10 * 86400
+    for seq in range(8):  # yesterday's sequence numbers, oldest first
+        for path in (folder / f"{seq}.status", jobs / f"old-task-{seq}.json"):
+            path.write_text("[]" if path.suffix == ".status" else "{}")
+            os.utime(path, (old + seq, old + seq))
+    (folder / "agent-file.json").write_text("{}")
+    os.utime(folder / "agent-file.json", (old, old))
+
+    _write(rig, cert, 8, "task-housekeeping")
+    rc, _, err, _ = h.run("enable", 8)
+    assert rc == 0, err
+    wait_until(lambda: rig.pre_runs() == ["task-housekeeping"], 30, "the pre-script")
+    (rig.scripts / "go").touch()
+    final = h.wait_status(8, {"success", "error"})
+    assert final["blob"]["status"]["status"] == "success", final["message"]
+
+    expected_status = {"5.status", "6.status", "7.status", "8.status", "agent-file.json"}
+    wait_until(
+        lambda: {p.name for p in folder.iterdir()} == expected_status,
+        30,
+        "the daemon's housekeeping of the status folder",
+        detail=lambda: sorted(p.name for p in folder.iterdir()),
+    )
+    assert {p.name for p in jobs.iterdir()} == {
+        "old-task-5.json",
+        "old-task-6.json",
+        "old-task-7.json",
+        "task-housekeeping.json",
+    }
+    log = h.log / "extension.log"
+    wait_until(
+        lambda: "housekeeping: 10 old file(s) removed" in log.read_text(),
+        30,
+        "the housekeeping line in the extension log",
+    )

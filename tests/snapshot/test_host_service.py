@@ -26,6 +26,7 @@ from tests.support.host_service import (
 )
 from tests.support.jobkit import snapshot_exists
 from tests.support.loopfs import LoopFs
+from tests.support.waiting import wait_until
 
 HEADERS = {"Backup": "true", "Content-type": "application/json", "UserAgent": "VMSnapshot"}
 
@@ -113,7 +114,9 @@ def test_dropped_and_hung_calls() -> None:
         with pytest.raises(TimeoutError):
             conn.getresponse()
         conn.close()
-    # close() released the hung handler, which recorded it as unanswered.
+    # close() released the hung handler, which records it as unanswered on its own
+    # (daemon) thread: wait for that, then check.
+    wait_until(lambda: len(host.calls_of("presnapshot")) == 2, 10, "the hung call's record")
     assert [c.answered_status for c in host.calls_of("presnapshot")] == [None, None]
 
 

@@ -28,7 +28,7 @@ from snapshot_sidecar.mirror import LogMirror, MirrorConfig
 from snapshot_sidecar.spool_reader import SpoolReader
 from snapshot_sidecar.state import Ledger
 
-from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from tests.support.azurite import Azurite, run_azurite
 from tests.support.spoolgen import SpoolGen
 

@@ -49,7 +49,7 @@ from snapshot_runtime.core.redact import Redactor
 from snapshot_runtime.core.window import WindowObserver
 from snapshot_runtime.job.records import JobOptions, JobReport
 from snapshot_runtime.job.run import run_job
-from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.telemetry.job_log import JobLog
 from snapshot_runtime.telemetry.job_telemetry import JobTelemetry, TelemetryOptions
 from snapshot_runtime.telemetry.record import RecordFacts

@@ -113,3 +113,28 @@ def test_the_wheel_installs_two_named_packages_and_their_faces(tmp_path: Path) -
     assert top == {"snapshot_runtime", "snapshot_sidecar"}
     for family in FAMILIES:
         assert f"snapshot_runtime/{family}/__init__.pyi" in names  # the face's one list
+
+
+# Records and decisions are data: importing them must not load the storage SDK or
+# OpenTelemetry (the re-housing found a "pure data" module importing 108 azure
+# modules through a re-export).
+DATA_MODULES = [
+    "snapshot_runtime.core.consistency",
+    "snapshot_runtime.inputs.settings",
+    "snapshot_runtime.job.records",
+    "snapshot_runtime.job.state",
+    "snapshot_runtime.snapshot.blob_policy",
+    "snapshot_runtime.snapshot.registry",
+    "snapshot_runtime.snapshot.results",
+    "snapshot_runtime.telemetry.record",
+]
+
+
+@pytest.mark.parametrize("name", DATA_MODULES)
+def test_records_and_decisions_import_no_sdk(name: str) -> None:
+    code = (
+        f"import sys, {name}; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'azure', 'opentelemetry'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from snapshot_runtime import __version__
 from snapshot_runtime.freeze.ioctl import KernelFreezeIoctl
-from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.telemetry.tracing import (
     OtlpProtocolUnavailable,
     otlp_protocol,

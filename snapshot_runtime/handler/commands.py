@@ -47,6 +47,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
+from snapshot_runtime.handler.config import HandlerConfig, load_handler_config
 from snapshot_runtime.handler.context import (
     DEFAULT_CERT_DIR,
     HandlerOptions,
@@ -55,12 +56,8 @@ from snapshot_runtime.handler.context import (
 )
 from snapshot_runtime.handler.daemon import run_daemon
 from snapshot_runtime.handler.enable import run_enable
-from snapshot_runtime.handler.environment import (
-    SEQUENCE_ENV,
-    HandlerConfig,
-    load_handler_config,
-    load_handler_environment,
-)
+from snapshot_runtime.handler.environment import load_handler_environment
+from snapshot_runtime.handler.settings_files import SEQUENCE_ENV
 from snapshot_runtime.handler.status import Reported, Reporter, print_error, print_line
 
 __all__ = ["handler_main"]

@@ -17,15 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from snapshot_runtime.core.errors import ConfigError
-from snapshot_runtime.handler.environment import (
-    HandlerConfig,
-    HandlerEnvironment,
-    choose_sequence,
-    list_settings_files,
-    load_handler_config,
-    load_handler_environment,
-)
+from snapshot_runtime.handler.config import HandlerConfig, load_handler_config
+from snapshot_runtime.handler.environment import HandlerEnvironment, load_handler_environment
 from snapshot_runtime.handler.guards import ProcessedTasks
+from snapshot_runtime.handler.settings_files import choose_sequence, list_settings_files
 from snapshot_runtime.handler.status import Reporter
 from snapshot_runtime.job.lock import JOB_LOCK_FILE, JobLock
 

@@ -26,13 +26,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
+from snapshot_runtime.handler.config import JobConfig, merge_job_config
 from snapshot_runtime.handler.context import (
     Context,
     HandlerOptions,
     load_context,
     processed_tasks,
 )
-from snapshot_runtime.handler.environment import JobConfig, merge_job_config
 from snapshot_runtime.inputs.settings import HandlerSettings, parse_handler_settings
 from snapshot_runtime.inputs.vmbackup_conf import (
     CustomSettings,

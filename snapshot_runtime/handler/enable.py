@@ -37,7 +37,12 @@ from snapshot_runtime.handler.context import (
     processed_tasks,
 )
 from snapshot_runtime.handler.daemon import spawn_daemon
-from snapshot_runtime.handler.environment import (
+from snapshot_runtime.handler.guards import (
+    command_too_late,
+    reset_guards_on_new_identity,
+)
+from snapshot_runtime.handler.protected_settings import decrypt_protected_settings
+from snapshot_runtime.handler.settings_files import (
     LAST_SEQUENCE_FILE,
     SEQUENCE_ENV,
     is_sanitised,
@@ -47,11 +52,6 @@ from snapshot_runtime.handler.environment import (
     sanitised,
     write_last_sequence,
 )
-from snapshot_runtime.handler.guards import (
-    command_too_late,
-    reset_guards_on_new_identity,
-)
-from snapshot_runtime.handler.protected_settings import decrypt_protected_settings
 from snapshot_runtime.handler.status import Reported, Reporter
 from snapshot_runtime.inputs.machine import read_vm_identity, utcnow
 from snapshot_runtime.inputs.settings import HandlerSettings, parse_handler_settings

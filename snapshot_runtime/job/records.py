@@ -23,7 +23,7 @@ from snapshot_runtime.core.phases import PhaseRecord
 from snapshot_runtime.freeze.state import FreezeResult
 from snapshot_runtime.job.status_document import REFERENCE_NAME
 from snapshot_runtime.scripts.runner import ScriptResult
-from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.snapshot.registry import DEFAULT_BACKENDS
 from snapshot_runtime.snapshot.results import DiskSnapshot
 from snapshot_runtime.telemetry.job_log import DEFAULT_LOG_PATH

@@ -58,12 +58,13 @@ from azure.storage.blob import BlobClient
 from snapshot_runtime.core.redact import Redactor, strip_sas
 from snapshot_runtime.snapshot.backend import BackendDecision
 from snapshot_runtime.snapshot.blob_errors import classify
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.snapshot.blob_requests import (
     blob_client,
     sas_redactor,
     silenced_transport_logs,
 )
-from snapshot_runtime.snapshot.blob_retry import BlobPolicy, call_with_retries
+from snapshot_runtime.snapshot.blob_retry import call_with_retries
 from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult, aggregate
 from snapshot_runtime.snapshot.worker_pool import WorkerPool

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from snapshot_runtime.inputs.settings import HandlerSettings
-from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
 
 __all__ = [

@@ -47,10 +47,8 @@ from azure.storage.blob import BlobClient, ContentSettings
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.core.redact import Redactor, scrub, strip_sas
 from snapshot_runtime.snapshot.blob_errors import TRANSLATED, classify
-from snapshot_runtime.snapshot.blob_retry import (
-    BlobPolicy,
-    call_with_retries,
-)
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy
+from snapshot_runtime.snapshot.blob_retry import call_with_retries
 from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError
 
 __all__ = [

@@ -1,6 +1,6 @@
-"""Bounded, counted retries of one blob request, and the policy that bounds them.
+"""Bounded, counted retries of one blob request.
 
-``BlobPolicy`` holds the timeouts and the retry budget. ``call_with_retries``
+``BlobPolicy`` (blob_policy.py) bounds them. ``call_with_retries``
 runs ``op(budget)`` until it succeeds, fails for good, or time runs out, and
 returns an ``Attempt`` (a value, or the last ``BlobFailure``): it never
 raises for a translated exception (``blob_errors.TRANSLATED``), does no I/O
@@ -20,35 +20,12 @@ from typing import Generic, TypeVar
 
 from snapshot_runtime.core.redact import scrub
 from snapshot_runtime.snapshot.blob_errors import TRANSLATED, classify
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.snapshot.failures import BlobFailure
 
-__all__ = ["Attempt", "BlobPolicy", "backoff_delay", "call_with_retries"]
+__all__ = ["Attempt", "backoff_delay", "call_with_retries"]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class BlobPolicy:
-    """Timeouts and retry budget for blob requests.
-
-    - request_timeout: client read timeout per attempt, seconds (the reference uses 10 s).
-    - connect_timeout: TCP connect timeout per attempt, seconds.
-    - retries: retries after the first attempt, for retryable failures only.
-    - backoff_seconds: first backoff; doubles per retry (twice that when throttled).
-    - api_version: storage service version to send; ``None`` is the SDK default.
-    """
-
-    request_timeout: float = 10.0
-    connect_timeout: float = 5.0
-    retries: int = 3
-    backoff_seconds: float = 0.5
-    api_version: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.request_timeout <= 0 or self.connect_timeout <= 0:
-            raise ValueError("timeouts must be positive")
-        if self.retries < 0 or self.backoff_seconds < 0:
-            raise ValueError("retries and backoff_seconds must not be negative")
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from snapshot_runtime.core.redact import scrub
-from snapshot_runtime.snapshot.azure_blob import AzureBlobSnapshotter
 from snapshot_runtime.snapshot.backend import SnapshotRequest, Snapshotter, SnapshotterFactory
-from snapshot_runtime.snapshot.host import HostSnapshotter
 
 __all__ = [
     "BACKENDS",
@@ -32,6 +30,11 @@ __all__ = [
 
 def azure_blob_backend(request: SnapshotRequest) -> Snapshotter:
     """One Snapshot Blob request per disk, from the disks' SAS URLs."""
+    # Each factory imports its backend when the backend is built: always before
+    # the freeze (choose_backend runs before prepare, I1), and a job (or a
+    # module that only needs DEFAULT_BACKENDS) never loads an SDK it does not use.
+    from snapshot_runtime.snapshot.azure_blob import AzureBlobSnapshotter  # noqa: PLC0415
+
     settings = request.settings
     return AzureBlobSnapshotter(
         settings.disk_sas_urls,
@@ -43,11 +46,15 @@ def azure_blob_backend(request: SnapshotRequest) -> Snapshotter:
 
 def host_backend(request: SnapshotRequest) -> Snapshotter:
     """One WireServer dosnapshot for all disks; declines when presnapshot fails."""
+    from snapshot_runtime.snapshot.host import HostSnapshotter  # noqa: PLC0415
+
     return HostSnapshotter(request)
 
 
 def host_required_backend(request: SnapshotRequest) -> Snapshotter:
     """The host path when it is the only one (onlyHost): accepts whatever presnapshot said."""
+    from snapshot_runtime.snapshot.host import HostSnapshotter  # noqa: PLC0415
+
     return HostSnapshotter(request, required=True)
 
 

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from snapshot_runtime.core.atomic_file import write_atomic
 from snapshot_runtime.core.redact import strip_sas
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.snapshot.blob_requests import upload_block_blob
-from snapshot_runtime.snapshot.blob_retry import BlobPolicy
 from snapshot_runtime.snapshot.failures import BlobOpError
 from snapshot_runtime.telemetry.spool_schema import job_dir_name
 from snapshot_runtime.telemetry.tracing import OTLP_HTTP_PROTOBUF, export_otlp

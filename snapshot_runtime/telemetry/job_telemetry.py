@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.telemetry.azure_resource import CACHE_FILE, read_cache
 from snapshot_runtime.telemetry.export import (
     LOG_MIRROR_MAX_BYTES,

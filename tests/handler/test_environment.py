@@ -16,30 +16,31 @@ import pytest
 from snapshot_runtime.core import defaults
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
 from snapshot_runtime.core.retention import RetentionPolicy
-from snapshot_runtime.handler.environment import (
+from snapshot_runtime.handler.config import (
     DEFAULT_HANDLER_RUN_DIR,
     DEFAULT_HANDLER_STATE_DIR,
     HandlerConfig,
-    SettingsFile,
-    choose_sequence,
-    is_sanitised,
-    list_settings_files,
     load_handler_config,
-    load_handler_environment,
     merge_job_config,
     parse_handler_config,
-    parse_handler_environment,
-    parse_sequence_number,
-    read_last_sequence,
-    rewrite_settings_file,
-    sanitised,
-    write_last_sequence,
 )
+from snapshot_runtime.handler.environment import load_handler_environment, parse_handler_environment
 from snapshot_runtime.handler.guards import (
     COMMAND_DEADLINE,
     MAX_PROCESSED,
     ProcessedTasks,
     command_too_late,
+)
+from snapshot_runtime.handler.settings_files import (
+    SettingsFile,
+    choose_sequence,
+    is_sanitised,
+    list_settings_files,
+    parse_sequence_number,
+    read_last_sequence,
+    rewrite_settings_file,
+    sanitised,
+    write_last_sequence,
 )
 from snapshot_runtime.inputs.vmbackup_conf import (
     CustomSettings,

@@ -17,7 +17,7 @@ from snapshot_sidecar.spool_reader import SpoolReader
 from snapshot_sidecar.state import Ledger
 
 from snapshot_runtime import __version__
-from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from tests.support.spoolgen import SpoolGen
 
 FAST_POLICY = BlobPolicy(request_timeout=5.0, connect_timeout=2.0, retries=3, backoff_seconds=0.05)

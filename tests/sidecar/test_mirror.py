@@ -13,7 +13,7 @@ from azure.storage.blob import BlobBlock
 from snapshot_sidecar.blob_targets import LENGTH_KEY
 from snapshot_sidecar.state import STATE_FILE
 
-from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from tests.sidecar.conftest import Rig, fast_mirror
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy

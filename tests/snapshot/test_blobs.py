@@ -18,8 +18,9 @@ from azure.storage.blob import BlobClient
 
 from snapshot_runtime.core.errors import BlobError, ErrorCode
 from snapshot_runtime.snapshot.blob_errors import AZURE_EXCEPTION_KINDS, classify
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.snapshot.blob_requests import blob_client, translate, upload_block_blob
-from snapshot_runtime.snapshot.blob_retry import BlobPolicy, backoff_delay
+from snapshot_runtime.snapshot.blob_retry import backoff_delay
 from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError, FailureKind
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy

@@ -14,7 +14,7 @@ from snapshot_runtime.core.snapshot_mode import ModeInputs, choose_mode
 from snapshot_runtime.inputs.settings import parse_handler_settings
 from snapshot_runtime.job.status_document import render, status_document
 from snapshot_runtime.snapshot.backend import SnapshotRequest
-from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.snapshot.host import (
     HostSnapshotResult,
     HostSnapshotter,

@@ -18,7 +18,7 @@ from snapshot_runtime.snapshot.backend import (
     Snapshotter,
     SnapshotterFactory,
 )
-from snapshot_runtime.snapshot.blob_retry import BlobPolicy
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.snapshot.registry import (
     BACKENDS,
     DEFAULT_BACKENDS,

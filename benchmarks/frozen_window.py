@@ -1,77 +1,192 @@
-"""Frozen window for 1, 4 and 16 disks, against baselines measured in the same run.
+"""Frozen window for 1, 4, 16 and 64 disks, against the floor measured in the same run.
 
 What the frozen window costs is what matters to a VM: every write to the
-filesystem blocks for its length. For each disk count this measures, on a
-real loop ext4 filesystem and real page blobs in Azurite:
+filesystem blocks for its length. On a real loop ext4 filesystem, real page
+blobs in Azurite, and the snapshotter as the runtime builds it (its own
+default worker count), each round measures:
 
-* ``empty``: freeze then thaw with nothing in between (the floor: FIFREEZE,
-  FITHAW, the watchdog hand-off);
-* ``parallel``: freeze, snapshot every disk in parallel (as the runtime does),
-  thaw;
-* ``sequential``: the same with one disk at a time (what the reference does
-  for up to 4 disks).
+* ``window``: first FIFREEZE start to last FITHAW end around
+  ``snapshot_all`` for N disks;
+* ``floor``: that round's own FIFREEZE time + its FITHAW time + the snapshot
+  request of a 1-disk run measured alone (no freeze) through the same path in
+  the same round. Nothing can do better than that with one disk.
 
-Prints medians and the ratios parallel/empty and sequential/parallel. No
-assertions: figures for the closing note, not a test.
+Both with no injected latency and with ``--latency`` (50 ms) added to every
+storage request by a TCP delay proxy (tests/support/faultproxy.py) run in a
+child process, so its threads do not compete with the runtime for the GIL.
 
-Run: ``.venv/bin/python -m benchmarks.frozen_window [--rounds N]``.
+Goals (issue 15), each ending in a ``VERDICT`` line:
+
+1. one disk, 50 ms latency: median(window - floor) <= 10 ms;
+2. flat: median window(64 disks) - median window(1 disk) <= 20 ms, 50 ms latency.
+
+Run: ``.venv/bin/python -m benchmarks.frozen_window [--rounds N] [--latency S]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from benchmarks._verdict import spread, verdict
 from snapshot_runtime.freeze.mounts import parse_mountinfo, plan_freeze, read_mountinfo
 from snapshot_runtime.freeze.session import FreezeSession
 from snapshot_runtime.snapshot.azure_blob import AzureBlobSnapshotter
 from tests.support.azurite import run_azurite
 from tests.support.loopfs import loop_filesystem
 
+DISK_COUNTS = (1, 4, 16, 64)
+ROOT = Path(__file__).resolve().parent.parent
 
-def _window(mountpoint: str, urls: list[str] | None, workers: int) -> float:
-    plan = plan_freeze(parse_mountinfo(read_mountinfo()), include=(mountpoint,))
-    snapshotter = AzureBlobSnapshotter(urls, max_workers=workers) if urls else None
-    if snapshotter is not None:
+# The proxy in a child process: prints its port, runs until stdin closes.
+_PROXY_MAIN = """
+import sys
+from tests.support.faultproxy import FaultProxy
+proxy = FaultProxy("127.0.0.1", int(sys.argv[1]), max_lifetime=3600.0)
+proxy.set_latency(float(sys.argv[2]))
+print(proxy.port, flush=True)
+sys.stdin.read()
+proxy.close()
+"""
+
+
+@contextlib.contextmanager
+def delay_proxy(target_port: int, latency: float) -> Iterator[int]:
+    """A FaultProxy with ``latency`` per request, in its own process; yields its port."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PROXY_MAIN, str(target_port), str(latency)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.strip():
+            raise RuntimeError("the delay proxy did not start")
+        yield int(line)
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@dataclass
+class Samples:
+    """One disk count's rounds, in milliseconds."""
+
+    window: list[float] = field(default_factory=list)
+    floor: list[float] = field(default_factory=list)
+    fifreeze: list[float] = field(default_factory=list)
+    fithaw: list[float] = field(default_factory=list)
+
+    def over_floor(self) -> list[float]:
+        return [w - f for w, f in zip(self.window, self.floor, strict=True)]
+
+
+def _alone_ms(url: str) -> float:
+    """One snapshot request of a prepared 1-disk snapshotter, no freeze: its duration."""
+    with AzureBlobSnapshotter([url]) as snapshotter:
         snapshotter.prepare()
+        result = snapshotter.snapshot_all()
+        if not result.ok:
+            raise RuntimeError(result.error_message or "snapshot failed")
+        return result.disks[0].duration_seconds * 1000
+
+
+def _window_ms(mountpoint: str, urls: list[str]) -> tuple[float, float, float]:
+    """(window, FIFREEZE, FITHAW) in ms around snapshot_all for ``urls``."""
+    plan = plan_freeze(parse_mountinfo(read_mountinfo()), include=(mountpoint,))
+    snapshotter = AzureBlobSnapshotter(urls)  # the runtime's own defaults (worker count)
+    snapshotter.prepare()
     session = FreezeSession(plan, timeout_seconds=30.0)
     session.prepare()
     try:
         if not session.freeze():
             raise RuntimeError("freeze failed")
-        if snapshotter is not None:
-            result = snapshotter.snapshot_all()
-            if not result.ok:
-                raise RuntimeError(result.error_message or "snapshot failed")
-        return session.thaw().window_seconds
+        result = snapshotter.snapshot_all()
+        thaw_called = time.monotonic()
+        frozen = session.thaw()
+        if not result.ok:
+            raise RuntimeError(result.error_message or "snapshot failed")
+        assert frozen.last_thaw_at is not None
+        fithaw = frozen.last_thaw_at - thaw_called
+        fifreeze = sum(m.freeze_seconds for m in frozen.mounts)
+        return frozen.window_seconds * 1000, fifreeze * 1000, fithaw * 1000
     finally:
         session.thaw()
-        if snapshotter is not None:
-            snapshotter.close()
+        snapshotter.close()
+
+
+def measure(mountpoint: str, urls_for: dict[int, list[str]], rounds: int) -> dict[int, Samples]:
+    out = {n: Samples() for n in urls_for}
+    for _ in range(rounds):
+        for disks, urls in urls_for.items():
+            alone = _alone_ms(urls[0])
+            window, fifreeze, fithaw = _window_ms(mountpoint, urls)
+            s = out[disks]
+            s.window.append(window)
+            s.fifreeze.append(fifreeze)
+            s.fithaw.append(fithaw)
+            s.floor.append(fifreeze + alone + fithaw)
+    return out
+
+
+def report(title: str, samples: dict[int, Samples]) -> None:
+    print(f"\n{title}")
+    print(f"{'disks':>5}  {'window (min/median/max)':<44} {'floor med':>9} {'over floor':>10}")
+    for disks, s in samples.items():
+        over, floor = statistics.median(s.over_floor()), statistics.median(s.floor)
+        print(f"{disks:>5}  {spread(s.window):<44} {floor:>9.1f} {over:>10.1f}")
+    one = statistics.median(samples[min(samples)].window)
+    for disks, s in samples.items():
+        print(f"  window({disks}) - window(1) = {statistics.median(s.window) - one:.1f} ms")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds per request")
     args = parser.parse_args()
+    most = max(DISK_COUNTS)
+    print(
+        f"frozen window, {args.rounds} rounds, ext4 loop fs, Azurite; "
+        f"default worker count of AzureBlobSnapshotter"
+    )
     with run_azurite() as azurite, loop_filesystem("ext4") as fs:
         container = azurite.container()
-        print(f"frozen window, median of {args.rounds} rounds (ext4 loop fs, Azurite on loopback)")
-        print(
-            f"{'disks':>5} {'empty ms':>9} {'parallel ms':>12} {'sequential ms':>14} "
-            f"{'par/empty':>10} {'seq/par':>8}"
-        )
-        for disks in (1, 4, 16):
-            urls = [azurite.create_page_blob(container, f"b{disks}-{i}.vhd") for i in range(disks)]
-            empty, parallel, sequential = [], [], []
-            for _ in range(args.rounds):
-                empty.append(_window(fs.mountpoint, None, 1))
-                parallel.append(_window(fs.mountpoint, urls, disks))
-                sequential.append(_window(fs.mountpoint, urls, 1))
-                time.sleep(0.05)
-            e, p, s = (statistics.median(x) * 1000 for x in (empty, parallel, sequential))
-            print(f"{disks:>5} {e:>9.1f} {p:>12.1f} {s:>14.1f} {p / e:>10.2f} {s / p:>8.2f}")
+        blobs = [f"d{i}.vhd" for i in range(most)]
+        for name in blobs:
+            azurite.create_page_blob(container, name)
+        direct = {n: [azurite.sas_url(container, b) for b in blobs[:n]] for n in DISK_COUNTS}
+        plain = measure(fs.mountpoint, direct, args.rounds)
+        report("no injected latency (Azurite on loopback)", plain)
+        with delay_proxy(azurite.port, args.latency) as port:
+            endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
+            proxied = {
+                n: [azurite.sas_url(container, b, endpoint=endpoint) for b in blobs[:n]]
+                for n in DISK_COUNTS
+            }
+            slow = measure(fs.mountpoint, proxied, args.rounds)
+        report(f"{args.latency * 1000:g} ms injected per storage request (delay proxy)", slow)
+    latency_ms = args.latency * 1000
+    print(f"\ngoal 1: window <= floor + 10 ms, 1 disk, {latency_ms:g} ms latency")
+    verdict("1 disk, median(window - floor)", statistics.median(slow[1].over_floor()), 10.0)
+    print(f"goal 2: window({most}) - window(1) <= 20 ms, {latency_ms:g} ms latency")
+    flat = statistics.median(slow[most].window) - statistics.median(slow[1].window)
+    verdict(f"window({most}) - window(1), medians", flat, 20.0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,30 @@
+"""How every benchmark states its goal: min/median/max over rounds, and MET / NOT MET.
+
+Benchmarks assert nothing (figures, not timed tests); each ends with one
+``verdict`` line per goal, so a run's output is the before/after table.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+__all__ = ["spread", "verdict"]
+
+
+def spread(samples_ms: Sequence[float]) -> str:
+    """``min/median/max`` of samples already in milliseconds."""
+    if not samples_ms:
+        return "no samples"
+    return (
+        f"min {min(samples_ms):.1f} / median {statistics.median(samples_ms):.1f} / "
+        f"max {max(samples_ms):.1f} ms"
+    )
+
+
+def verdict(goal: str, measured: float, limit: float, unit: str = "ms") -> bool:
+    """Print the goal's verdict line (``measured <= limit``) and return whether it is met."""
+    met = measured <= limit
+    state = "MET" if met else "NOT MET"
+    print(f"VERDICT {state}: {goal}: {measured:.1f} {unit} (goal <= {limit:g} {unit})", flush=True)
+    return met

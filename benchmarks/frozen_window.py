@@ -7,6 +7,8 @@ default worker count), each round measures:
 
 * ``window``: first FIFREEZE start to last FITHAW end around
   ``snapshot_all`` for N disks;
+* ``cpu``: CPU time this process (runtime, not Azurite or the proxy) used
+  from just before the syncs and FIFREEZE to the end of the thaw;
 * ``floor``: that round's own FIFREEZE time + its FITHAW time + the snapshot
   request of a 1-disk run measured alone (no freeze) through the same path in
   the same round. Nothing can do better than that with one disk.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -91,6 +94,7 @@ class Samples:
     floor: list[float] = field(default_factory=list)
     fifreeze: list[float] = field(default_factory=list)
     fithaw: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # this process's CPU in the window
 
     def over_floor(self) -> list[float]:
         return [w - f for w, f in zip(self.window, self.floor, strict=True)]
@@ -106,25 +110,32 @@ def _alone_ms(url: str) -> float:
         return result.disks[0].duration_seconds * 1000
 
 
-def _window_ms(mountpoint: str, urls: list[str]) -> tuple[float, float, float]:
-    """(window, FIFREEZE, FITHAW) in ms around snapshot_all for ``urls``."""
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _window_ms(mountpoint: str, urls: list[str]) -> tuple[float, float, float, float]:
+    """(window, FIFREEZE, FITHAW, CPU of this process) in ms around snapshot_all."""
     plan = plan_freeze(parse_mountinfo(read_mountinfo()), include=(mountpoint,))
     snapshotter = AzureBlobSnapshotter(urls)  # the runtime's own defaults (worker count)
     snapshotter.prepare()
     session = FreezeSession(plan, timeout_seconds=30.0)
     session.prepare()
     try:
+        cpu_before = _cpu_seconds()
         if not session.freeze():
             raise RuntimeError("freeze failed")
         result = snapshotter.snapshot_all()
         thaw_called = time.monotonic()
         frozen = session.thaw()
+        cpu = _cpu_seconds() - cpu_before
         if not result.ok:
             raise RuntimeError(result.error_message or "snapshot failed")
         assert frozen.last_thaw_at is not None
         fithaw = frozen.last_thaw_at - thaw_called
         fifreeze = sum(m.freeze_seconds for m in frozen.mounts)
-        return frozen.window_seconds * 1000, fifreeze * 1000, fithaw * 1000
+        return frozen.window_seconds * 1000, fifreeze * 1000, fithaw * 1000, cpu * 1000
     finally:
         session.thaw()
         snapshotter.close()
@@ -135,21 +146,26 @@ def measure(mountpoint: str, urls_for: dict[int, list[str]], rounds: int) -> dic
     for _ in range(rounds):
         for disks, urls in urls_for.items():
             alone = _alone_ms(urls[0])
-            window, fifreeze, fithaw = _window_ms(mountpoint, urls)
+            window, fifreeze, fithaw, cpu = _window_ms(mountpoint, urls)
             s = out[disks]
             s.window.append(window)
             s.fifreeze.append(fifreeze)
             s.fithaw.append(fithaw)
+            s.cpu.append(cpu)
             s.floor.append(fifreeze + alone + fithaw)
     return out
 
 
 def report(title: str, samples: dict[int, Samples]) -> None:
     print(f"\n{title}")
-    print(f"{'disks':>5}  {'window (min/median/max)':<44} {'floor med':>9} {'over floor':>10}")
+    print(
+        f"{'disks':>5}  {'window (min/median/max)':<44} {'floor med':>9} {'over floor':>10} "
+        f"{'cpu med':>8}"
+    )
     for disks, s in samples.items():
         over, floor = statistics.median(s.over_floor()), statistics.median(s.floor)
-        print(f"{disks:>5}  {spread(s.window):<44} {floor:>9.1f} {over:>10.1f}")
+        cpu = statistics.median(s.cpu)
+        print(f"{disks:>5}  {spread(s.window):<44} {floor:>9.1f} {over:>10.1f} {cpu:>8.1f}")
     one = statistics.median(samples[min(samples)].window)
     for disks, s in samples.items():
         print(f"  window({disks}) - window(1) = {statistics.median(s.window) - one:.1f} ms")

@@ -12,18 +12,13 @@ InternalError with a redacted one-line message.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import logging
 import math
 import os
-import shutil
 import signal
 import sys
 from collections.abc import Mapping, Sequence
 from types import FrameType
-
-from loguru import logger
 
 from snapshot_runtime import __version__
 from snapshot_runtime.core.defaults import (
@@ -34,11 +29,9 @@ from snapshot_runtime.core.defaults import (
 )
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.core.redact import scrub
-from snapshot_runtime.job.summary import report_json, report_text, table
-from snapshot_runtime.telemetry.job_log import DEFAULT_LOG_PATH
-from snapshot_runtime.telemetry.spool import DEFAULT_MAX_BYTES
-from snapshot_runtime.telemetry.spool_recovery import recover_interrupted
-from snapshot_runtime.telemetry.trace_view import load_job, rows, waterfall
+
+# Each command imports what it needs when it runs (``--help`` and argument
+# errors import none of it): benchmarks/startup.py measures the difference.
 
 __all__ = ["main", "otlp_traces_endpoint"]
 
@@ -180,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--spool-max-bytes",
         type=_positive_int,
-        default=DEFAULT_MAX_BYTES,
+        default=None,  # the spool's DEFAULT_MAX_BYTES, resolved by `run` (its import)
         help="cap on the whole spool; beyond it log lines and spans are dropped and counted",
     )
     r.add_argument(
@@ -217,6 +210,7 @@ def _validate(args: argparse.Namespace) -> int:
     # Imported per command: `trace` and `recover` need none of the job's
     # dependencies (azure-storage-blob alone costs ~0.5 s to import).
     from snapshot_runtime.job.preflight import preflight  # noqa: PLC0415
+    from snapshot_runtime.job.summary import table  # noqa: PLC0415
 
     report = preflight(
         config_path=args.config, run_scripts=args.run_scripts, include_mounts=args.mounts
@@ -250,6 +244,9 @@ def _run(args: argparse.Namespace) -> int:
     from snapshot_runtime.core.interrupt import JobInterrupted  # noqa: PLC0415
     from snapshot_runtime.job.records import JobOptions  # noqa: PLC0415
     from snapshot_runtime.job.run import run_job  # noqa: PLC0415
+    from snapshot_runtime.job.summary import report_json, report_text  # noqa: PLC0415
+    from snapshot_runtime.telemetry.job_log import DEFAULT_LOG_PATH  # noqa: PLC0415
+    from snapshot_runtime.telemetry.spool import DEFAULT_MAX_BYTES  # noqa: PLC0415
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         # systemd stopping the unit, a hangup: end the job as cleanly as Ctrl-C does.
@@ -275,7 +272,7 @@ def _run(args: argparse.Namespace) -> int:
         console=None if (args.quiet or args.json) else sys.stderr,
         telemetry=not args.no_telemetry,
         spool_dir=args.spool or DEFAULT_SPOOL_DIR,
-        spool_max_bytes=args.spool_max_bytes,
+        spool_max_bytes=args.spool_max_bytes or DEFAULT_MAX_BYTES,
         traceparent=env.get(TRACEPARENT) or None,
         otlp_endpoint=otlp_traces_endpoint(env),
         otlp_timeout_seconds=_otlp_timeout(env),
@@ -291,6 +288,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _trace(args: argparse.Namespace) -> int:
+    import dataclasses  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    from snapshot_runtime.telemetry.trace_view import load_job, rows, waterfall  # noqa: PLC0415
+
     view = load_job(
         args.task_id,
         state_dir=args.state_dir or DEFAULT_STATE_DIR,
@@ -314,6 +316,11 @@ def _trace(args: argparse.Namespace) -> int:
 
 
 def _recover(args: argparse.Namespace) -> int:
+    import dataclasses  # noqa: PLC0415
+
+    from snapshot_runtime.job.summary import table  # noqa: PLC0415
+    from snapshot_runtime.telemetry.spool_recovery import recover_interrupted  # noqa: PLC0415
+
     found = recover_interrupted(args.spool or DEFAULT_SPOOL_DIR)
     if args.json:
         print(json.dumps({"recovered": [dataclasses.asdict(f) for f in found]}, indent=2))
@@ -340,6 +347,10 @@ def _recover(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import logging  # noqa: PLC0415 - not for --help
+
+    from loguru import logger  # noqa: PLC0415
+
     # loguru's default handler writes to stderr outside the freeze gate (I1):
     # the job installs its own gated sinks.
     logger.remove()

@@ -22,9 +22,18 @@ def spread(samples_ms: Sequence[float]) -> str:
     )
 
 
-def verdict(goal: str, measured: float, limit: float, unit: str = "ms") -> bool:
-    """Print the goal's verdict line (``measured <= limit``) and return whether it is met."""
-    met = measured <= limit
+def verdict(
+    goal: str, measured: float, limit: float, unit: str = "ms", *, at_least: bool = False
+) -> bool:
+    """Print the goal's verdict line and return whether it is met.
+
+    Met when ``measured <= limit`` (a latency), or ``>= limit`` with ``at_least`` (a rate).
+    """
+    met = measured >= limit if at_least else measured <= limit
     state = "MET" if met else "NOT MET"
-    print(f"VERDICT {state}: {goal}: {measured:.1f} {unit} (goal <= {limit:g} {unit})", flush=True)
+    bound = ">=" if at_least else "<="
+    print(
+        f"VERDICT {state}: {goal}: {measured:.1f} {unit} (goal {bound} {limit:g} {unit})",
+        flush=True,
+    )
     return met

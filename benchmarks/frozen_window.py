@@ -28,16 +28,12 @@ Run: ``.venv/bin/python -m benchmarks.frozen_window [--rounds N] [--latency S]``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import resource
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from benchmarks._delay_proxy import delay_proxy
 from benchmarks._verdict import spread, verdict
 from snapshot_runtime.freeze.mounts import parse_mountinfo, plan_freeze, read_mountinfo
 from snapshot_runtime.freeze.session import FreezeSession
@@ -46,44 +42,6 @@ from tests.support.azurite import run_azurite
 from tests.support.loopfs import loop_filesystem
 
 DISK_COUNTS = (1, 4, 16, 64)
-ROOT = Path(__file__).resolve().parent.parent
-
-# The proxy in a child process: prints its port, runs until stdin closes.
-_PROXY_MAIN = """
-import sys
-from tests.support.faultproxy import FaultProxy
-proxy = FaultProxy("127.0.0.1", int(sys.argv[1]), max_lifetime=3600.0)
-proxy.set_latency(float(sys.argv[2]))
-print(proxy.port, flush=True)
-sys.stdin.read()
-proxy.close()
-"""
-
-
-@contextlib.contextmanager
-def delay_proxy(target_port: int, latency: float) -> Iterator[int]:
-    """A FaultProxy with ``latency`` per request, in its own process; yields its port."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _PROXY_MAIN, str(target_port), str(latency)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        cwd=ROOT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.strip():
-            raise RuntimeError("the delay proxy did not start")
-        yield int(line)
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @dataclass

@@ -113,6 +113,8 @@ def main() -> None:
         with run_azurite() as azurite, delay_proxy(azurite.port, args.latency) as port:
             endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
             results: dict[str, list[float]] = {"mirror": [], "upload_blob": [], "append_block": []}
+            # Warm-up, not counted: Azurite's first large requests are several times slower.
+            _mirror_once(azurite, endpoint, root / "warm", log)
             for n in range(args.rounds):
                 results["mirror"].append(_mirror_once(azurite, endpoint, root / f"r{n}", log))
                 results["upload_blob"].append(_upload_blob(azurite, endpoint, log))

@@ -9,7 +9,10 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-__all__ = ["spread", "verdict"]
+__all__ = ["VERDICTS", "spread", "verdict"]
+
+# Every verdict line printed in this process, for ``python -m benchmarks``'s summary.
+VERDICTS: list[str] = []
 
 
 def spread(samples_ms: Sequence[float]) -> str:
@@ -32,8 +35,8 @@ def verdict(
     met = measured >= limit if at_least else measured <= limit
     state = "MET" if met else "NOT MET"
     bound = ">=" if at_least else "<="
-    print(
-        f"VERDICT {state}: {goal}: {measured:.1f} {unit} (goal {bound} {limit:g} {unit})",
-        flush=True,
-    )
+    shown = f"{measured:.2f}" if abs(measured) < 10 else f"{measured:.1f}"
+    line = f"VERDICT {state}: {goal}: {shown} {unit} (goal {bound} {limit:g} {unit})"
+    VERDICTS.append(line)
+    print(line, flush=True)
     return met

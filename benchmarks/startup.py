@@ -7,8 +7,7 @@ on every snapshot. Each round, as subprocesses of this one:
 * a real 1-disk job (root-owned pre/post scripts, a loop ext4 filesystem
   really frozen, Azurite, telemetry and spool on as in production): from
   just before exec to the first phase's ``started_at`` in the job's record,
-  and the process's peak RSS (``wait4``'s ``ru_maxrss``: the runtime itself
-  and the children it waited for);
+  and the runtime process's own peak RSS (its VmHWM, sampled while it runs);
 * the baseline, in the same run: a bare interpreter (``python -c pass``).
 
 Goals (issue 15), each ending in a ``VERDICT`` line: --help <= 50 ms, exec to
@@ -38,17 +37,43 @@ from tests.support.jobkit import POST_SCRIPT, PRE_SCRIPT, plugin_config, setting
 from tests.support.loopfs import loop_filesystem
 
 CLI = str(Path(sys.executable).with_name("snapshot-runtime"))
+_ENV: dict[str, str] | None = None  # --source: PYTHONPATH for the code under test
 
 
-def _timed(argv: list[str]) -> tuple[float, float, int]:
-    """(start wall clock, seconds to exit, peak RSS KiB) of one process."""
+def _hwm_kib(pid: int) -> int:
+    """VmHWM of a running process (0 once it has exited)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int, float]:
+    """(start wall clock, seconds to exit, peak RSS KiB, CPU seconds) of one process.
+
+    The peak is the process's own VmHWM, read from /proc while it runs: wait4's
+    ru_maxrss would include this (large) parent's high-water mark, which a
+    forked child carries across exec.
+    """
     started_wall, started = time.time(), time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # cwd "/": with -m, the current directory would come first on sys.path.
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd="/"
+    )
+    peak = 0
+    while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        peak = max(peak, _hwm_kib(proc.pid))
+        time.sleep(0.002)  # sampling a monotonic high-water mark, not synchronisation
+    elapsed = time.monotonic() - started
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode not in (0,):
-        raise RuntimeError(f"{argv[:2]} exited {proc.returncode}")
-    return started_wall, time.monotonic() - started, usage.ru_maxrss
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[:3]} exited {proc.returncode}")
+    return started_wall, elapsed, peak, usage.ru_utime + usage.ru_stime
 
 
 def _first_phase_at(spool: str, task_id: str) -> float:
@@ -63,7 +88,7 @@ def _first_phase_at(spool: str, task_id: str) -> float:
     raise RuntimeError(f"no record with phases for {task_id} under {spool}")
 
 
-def _job(azurite: Azurite, work: Path, mountpoint: str) -> tuple[float, int]:
+def _job(azurite: Azurite, work: Path, mountpoint: str, cli: list[str]) -> tuple[float, int]:
     """(exec to first phase seconds, peak RSS KiB) of one 1-disk CLI job."""
     container = azurite.container()
     azurite.create_page_blob(container, "disk0.vhd")
@@ -81,9 +106,9 @@ def _job(azurite: Azurite, work: Path, mountpoint: str) -> tuple[float, int]:
     )
     spool = os.path.join(_spool_root(), "spool")
     state = str(work / "state")
-    started_wall, _, rss = _timed(
+    started_wall, _, rss, _ = _timed(
         [
-            CLI,
+            *cli,
             "run",
             "--settings",
             settings,
@@ -100,7 +125,8 @@ def _job(azurite: Azurite, work: Path, mountpoint: str) -> tuple[float, int]:
             "--spool",
             spool,
             "--quiet",
-        ]
+        ],
+        env=_ENV,
     )
     try:
         first = _first_phase_at(spool, task_id)
@@ -112,24 +138,37 @@ def _job(azurite: Azurite, work: Path, mountpoint: str) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.startup")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--source",
+        help="run `python -m snapshot_runtime.cli` from this checkout (PYTHONPATH) instead of "
+        "the console script: to measure another commit with this benchmark",
+    )
     args = parser.parse_args()
-    bare, helps, firsts, rss = [], [], [], []
+    global _ENV
+    cli = [CLI]
+    if args.source:
+        cli = [sys.executable, "-m", "snapshot_runtime.cli"]
+        _ENV = {**os.environ, "PYTHONPATH": str(Path(args.source).resolve())}
+    bare, helps, help_cpu, firsts, rss = [], [], [], [], []
     with _workdir() as work, run_azurite() as azurite, loop_filesystem("ext4") as fs:
         marks = work / "marks"
         marks.mkdir(mode=0o700)
         pre = _write(work / "pre.sh", PRE_SCRIPT, 0o700)
         post = _write(work / "post.sh", POST_SCRIPT, 0o700)
         _write(work / "config.json", json.dumps(plugin_config(pre, post, str(marks))), 0o600)
-        _job(azurite, work, fs.mountpoint)  # warm-up: page cache, Azurite's first requests
+        _job(azurite, work, fs.mountpoint, cli)  # warm-up: page cache, Azurite's first requests
         for _ in range(args.rounds):
             bare.append(_timed([sys.executable, "-c", "pass"])[1] * 1000)
-            helps.append(_timed([CLI, "--help"])[1] * 1000)
-            first, peak = _job(azurite, work, fs.mountpoint)
+            _, wall, _, cpu = _timed([*cli, "--help"], env=_ENV)
+            helps.append(wall * 1000)
+            help_cpu.append(cpu * 1000)
+            first, peak = _job(azurite, work, fs.mountpoint, cli)
             firsts.append(first * 1000)
             rss.append(peak / 1024)
     print(f"start-up, {args.rounds} rounds (subprocesses of this one)")
     print(f"  baseline python -c pass:        {spread(bare)}")
     print(f"  snapshot-runtime --help:        {spread(helps)}")
+    print(f"  --help, CPU time (user+sys):    {spread(help_cpu)}")
     print(f"  run: exec to first phase:       {spread(firsts)}")
     print(
         f"  run: peak RSS (1 disk):         min {min(rss):.1f} / median "

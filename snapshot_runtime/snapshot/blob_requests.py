@@ -322,6 +322,13 @@ def _dropped(sock: Any) -> bool:
     return True  # EOF, or bytes nobody asked for
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    # The SDK's CA bundle (requests uses certifi's), loaded once per process
+    # (~10 ms of CPU each time), before the freeze.
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 class PreparedSnapshot:
     """One disk's Snapshot Blob request, prepared before the freeze, sent in it.
 
@@ -359,10 +366,8 @@ class PreparedSnapshot:
         self._headers.update({f"x-ms-meta-{k}": v for k, v in metadata.items()})
         self._connection: http.client.HTTPConnection
         if parts.scheme == "https":
-            # The SDK's CA bundle (requests uses certifi's), loaded now, not in the window.
-            context = ssl.create_default_context(cafile=certifi.where())
             self._connection = http.client.HTTPSConnection(
-                parts.hostname, parts.port, timeout=connect_timeout, context=context
+                parts.hostname, parts.port, timeout=connect_timeout, context=_tls_context()
             )
         else:
             self._connection = http.client.HTTPConnection(

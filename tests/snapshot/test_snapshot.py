@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult, aggr
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
 from tests.support.jobkit import sig_values
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.azurite
 
@@ -200,12 +202,15 @@ def test_one_worker_per_disk_and_no_connection_in_the_window(disks, proxy: Fault
     with AzureBlobSnapshotter(urls, policy=FAST, metadata=META) as snapper:
         snapper.prepare()
         workers = [t for t in threading.enumerate() if t.name.startswith("snapshot-")]
+        # prepare() opened two connections per disk (the SDK's warm-up, the prepared
+        # request's); the proxy's accept loop counts them a little later.
+        wait_until(lambda: proxy.stats.connections >= 40, 10, "the proxy accepted 40 connections")
         before = proxy.stats
         result = snapper.snapshot_all()
         after = proxy.stats
     assert result.ok and result.ok_count == 20
     assert len(workers) == 20
-    assert after.connections == before.connections
+    assert before.connections == after.connections == 40
     assert after.requests - before.requests == 20  # one request per disk, nothing else
 
 
@@ -233,6 +238,49 @@ def test_a_prepared_answer_is_classified_like_the_sdks(disks, proxy: FaultProxy)
     assert outcome == (False, "auth", 403, 1)
     assert disk.error is not None and "not authorized" in disk.error
     assert_clean(result, urls)
+
+
+def test_a_prepared_connection_the_peer_closed_is_reopened() -> None:
+    """The idle connection opened before the freeze was closed by the server: one
+    poll sees it, the request goes out on a new connection (as a retry would)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    first_closed = threading.Event()
+    requests_seen: list[bytes] = []
+
+    def serve() -> None:
+        first, _ = listener.accept()
+        first.close()  # an idle keep-alive the server gave up on
+        first_closed.set()
+        second, _ = listener.accept()
+        with second:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += second.recv(4096)
+            requests_seen.append(data)
+            second.sendall(
+                b"HTTP/1.1 201 Created\r\nx-ms-snapshot: 2026-01-01T00:00:00.0000000Z\r\n"
+                b"Content-Length: 0\r\n\r\n"
+            )
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    url = f"http://127.0.0.1:{port}/devstoreaccount1/c/disk.vhd?sv=2024-08-04&sig=abcdefghijkl"
+    prepared = prepared_snapshot(
+        url, api_version="2025-01-05", request_id="rid-1", metadata=META, policy=FAST
+    )
+    assert prepared is not None
+    try:
+        prepared.open()
+        assert first_closed.wait(10)
+        assert prepared.send(5.0) == {"snapshot": "2026-01-01T00:00:00.0000000Z"}
+    finally:
+        prepared.close()
+        listener.close()
+    server.join(10)
+    head = requests_seen[0].decode()
+    assert head.startswith("PUT /devstoreaccount1/c/disk.vhd?comp=snapshot&timeout=3&sv=")
+    assert "x-ms-client-request-id: rid-1" in head and "x-ms-meta-backupTaskId: task-1" in head
 
 
 def test_the_prepared_request_is_off_where_only_the_sdk_applies(

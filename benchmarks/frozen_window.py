@@ -9,6 +9,9 @@ default worker count), each round measures:
   ``snapshot_all`` for N disks;
 * ``cpu``: CPU time this process (runtime, not Azurite or the proxy) used
   from just before the syncs and FIFREEZE to the end of the thaw;
+* ``storage side alone``: the same N requests sent at once on raw sockets by
+  one thread, no freeze and next to no client CPU: what Azurite behind the
+  proxy needs on this machine, whatever the client does;
 * ``floor``: that round's own FIFREEZE time + its FITHAW time + the snapshot
   request of a 1-disk run measured alone (no freeze) through the same path in
   the same round. Nothing can do better than that with one disk.
@@ -29,9 +32,15 @@ from __future__ import annotations
 
 import argparse
 import resource
+import selectors
+import socket
 import statistics
 import time
+import uuid
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from azure.storage.blob import BlobClient
 
 from benchmarks._delay_proxy import delay_proxy
 from benchmarks._verdict import spread, verdict
@@ -99,6 +108,66 @@ def _window_ms(mountpoint: str, urls: list[str]) -> tuple[float, float, float, f
         snapshotter.close()
 
 
+def _raw_parallel_ms(urls: list[str], api_version: str) -> float:
+    """The storage side alone: one snapshot request per URL, all at once, no runtime.
+
+    Connections opened first; then one thread writes every request on raw
+    sockets and waits (selectors) for every response head: from the first
+    write to the last head. What the same Azurite behind the same proxy needs
+    for N parallel snapshots, with next to no client CPU.
+    """
+    socks: list[socket.socket] = []
+    try:
+        for url in urls:
+            parts = urlsplit(url)
+            assert parts.hostname is not None and parts.port is not None
+            sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+            socks.append(sock)
+        wires = []
+        for url in urls:
+            parts = urlsplit(url)
+            wires.append(
+                f"PUT {parts.path}?comp=snapshot&{parts.query} HTTP/1.1\r\n"
+                f"Host: {parts.netloc}\r\nx-ms-version: {api_version}\r\n"
+                f"x-ms-client-request-id: {uuid.uuid4()}\r\nContent-Length: 0\r\n\r\n".encode()
+            )
+        with selectors.DefaultSelector() as sel:
+            started = time.monotonic()
+            for sock, wire in zip(socks, wires, strict=True):
+                sock.sendall(wire)
+                sel.register(sock, selectors.EVENT_READ, bytearray())
+            waiting = len(socks)
+            while waiting:
+                for key, _ in sel.select(30):
+                    key.data.extend(key.fileobj.recv(65536))  # type: ignore[union-attr]
+                    if b"\r\n\r\n" in key.data:
+                        if not key.data.startswith(b"HTTP/1.1 201"):
+                            raise RuntimeError(bytes(key.data[:80]).decode("latin-1"))
+                        sel.unregister(key.fileobj)
+                        waiting -= 1
+            return (time.monotonic() - started) * 1000
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def storage_side(urls_for: dict[int, list[str]], rounds: int) -> dict[int, list[float]]:
+    api_version = str(BlobClient.from_blob_url(urls_for[1][0]).api_version)
+    out: dict[int, list[float]] = {n: [] for n in urls_for}
+    for _ in range(rounds):
+        for disks, urls in urls_for.items():
+            out[disks].append(_raw_parallel_ms(urls, api_version))
+    return out
+
+
+def report_storage(samples: dict[int, list[float]]) -> None:
+    print("  storage side alone (raw sockets, one thread, no freeze): N requests at once")
+    one = statistics.median(samples[min(samples)])
+    for disks, ms in samples.items():
+        extra = statistics.median(ms) - one
+        print(f"  {disks:>5}  {spread(ms):<44} vs 1 disk: {extra:+.1f} ms")
+
+
 def measure(mountpoint: str, urls_for: dict[int, list[str]], rounds: int) -> dict[int, Samples]:
     out = {n: Samples() for n in urls_for}
     for _ in range(rounds):
@@ -154,13 +223,20 @@ def main() -> None:
                 for n in DISK_COUNTS
             }
             slow = measure(fs.mountpoint, proxied, args.rounds)
+            raw = storage_side(proxied, args.rounds)
         report(f"{args.latency * 1000:g} ms injected per storage request (delay proxy)", slow)
+        report_storage(raw)
     latency_ms = args.latency * 1000
     print(f"\ngoal 1: window <= floor + 10 ms, 1 disk, {latency_ms:g} ms latency")
     verdict("1 disk, median(window - floor)", statistics.median(slow[1].over_floor()), 10.0)
     print(f"goal 2: window({most}) - window(1) <= 20 ms, {latency_ms:g} ms latency")
     flat = statistics.median(slow[most].window) - statistics.median(slow[1].window)
     verdict(f"window({most}) - window(1), medians", flat, 20.0)
+    storage = statistics.median(raw[most]) - statistics.median(raw[1])
+    print(
+        f"  of which the storage side alone (Azurite and the proxy on this machine's "
+        f"cores) takes {storage:.1f} ms more for {most} requests than for 1"
+    )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
 """Script runner costs, against plain ``subprocess.run`` measured in the same run.
 
 * Detection overhead: how long after a 50 ms script exits ``run_script``
-  returns (wall time minus the 50 ms), median and p95, with
-  ``poll_seconds=3`` (the config's default: completion must not wait for it).
-  Baseline: ``subprocess.run(["/bin/sh", path])`` on the same file.
+  returns (wall time minus the 50 ms), min/median/p95/max, with
+  ``poll_seconds=3`` (the config's default: completion must not wait for it),
+  idle and with a CPU-bound busy loop running on each core (one process per
+  CPU, started by this benchmark). Baseline: ``subprocess.run(["/bin/sh",
+  path])`` on the same file, under the same load. Goal (issue 15): p95 <= 10
+  ms under the busy loops. Two ``VERDICT`` lines: completion detection proper
+  (the script's last command writes the wall clock to a file; from then to
+  ``run_script``'s return) and the whole call minus the sleep (spawn, trust
+  checks and detection: what the issue's figures measured).
 * Memory for 100 MB of output: peak RSS (VmHWM) growth of a fresh Python
   process running the script once, after a warm-up run of a script that
   prints one line (so imports are not counted). Baseline: the same
@@ -32,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from benchmarks._verdict import verdict
 from snapshot_runtime.scripts.runner import run_script
 
 BASE = "/var/lib/snapshot-runtime-bench"
@@ -94,8 +101,34 @@ def _overheads(call: Callable[[], object], rounds: int) -> list[float]:
     return samples
 
 
+def _detections(call: Callable[[], object], stamp: Path, rounds: int) -> list[float]:
+    """Seconds from the script's last command (it writes the wall clock) to the return."""
+    call()
+    samples = []
+    for _ in range(rounds):
+        stamp.unlink(missing_ok=True)
+        call()
+        returned = time.time()
+        samples.append(returned - int(stamp.read_text()) / 1e9)
+    return samples
+
+
 def _p95(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=20, method="inclusive")[-1]
+
+
+@contextlib.contextmanager
+def busy_loops() -> Iterator[int]:
+    """One CPU-bound busy loop process per core, for the duration; yields how many."""
+    count = os.cpu_count() or 1
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield count
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait(timeout=10)
 
 
 def _rss(path: str, warm: str, how: str) -> dict[str, int]:
@@ -117,20 +150,67 @@ def main() -> None:
     args = parser.parse_args()
     with _script_dir() as directory:
         quick = _script(directory, "quick.sh", f"sleep {SCRIPT_SECONDS}\n")
+
+        def ours() -> object:
+            return run_script(quick, [], phase="pre", retries=0, budget_seconds=10)
+
+        def plain() -> object:
+            return subprocess.run(["/bin/sh", quick], check=True)
+
+        stamp = directory / "exited-at"
+        stamped = _script(
+            directory, "stamped.sh", f"sleep {SCRIPT_SECONDS}\ndate +%s%N > {stamp}\n"
+        )
+
+        def ours_stamped() -> object:
+            return run_script(stamped, [], phase="pre", retries=0, budget_seconds=10)
+
+        def plain_stamped() -> object:
+            return subprocess.run(["/bin/sh", stamped], check=True)
+
         rows = {
-            "run_script (poll 3 s)": _overheads(
-                lambda: run_script(quick, [], phase="pre", retries=0, budget_seconds=10),
-                args.rounds,
-            ),
-            "subprocess.run": _overheads(
-                lambda: subprocess.run(["/bin/sh", quick], check=True), args.rounds
-            ),
+            "run_script, idle": _overheads(ours, args.rounds),
+            "subprocess.run, idle": _overheads(plain, args.rounds),
         }
-        print(f"detection overhead, {SCRIPT_SECONDS * 1000:.0f} ms script, {args.rounds} rounds")
-        print(f"{'':>22} {'median ms':>10} {'p95 ms':>8}")
+        detect = {
+            "run_script, idle": _detections(ours_stamped, stamp, args.rounds),
+            "subprocess.run, idle": _detections(plain_stamped, stamp, args.rounds),
+        }
+        with busy_loops() as loops:
+            rows["run_script, busy"] = _overheads(ours, args.rounds)
+            rows["subprocess.run, busy"] = _overheads(plain, args.rounds)
+            detect["run_script, busy"] = _detections(ours_stamped, stamp, args.rounds)
+            detect["subprocess.run, busy"] = _detections(plain_stamped, stamp, args.rounds)
+        print(
+            f"completion detection: the script's last command (date, to a file) to the "
+            f"return, {args.rounds} rounds, poll 3 s; busy: {loops} CPU-bound busy loops"
+        )
+        print(f"{'':>22} {'min ms':>8} {'median ms':>10} {'p95 ms':>8} {'max ms':>8}")
+        for name, samples in detect.items():
+            ms = [x * 1000 for x in samples]
+            print(
+                f"{name:>22} {min(ms):>8.1f} {statistics.median(ms):>10.1f} "
+                f"{_p95(ms):>8.1f} {max(ms):>8.1f}"
+            )
+        print(
+            f"\nwhole-call overhead (wall minus the {SCRIPT_SECONDS * 1000:.0f} ms sleep, "
+            "spawn included)"
+        )
+        print(f"{'':>22} {'min ms':>8} {'median ms':>10} {'p95 ms':>8} {'max ms':>8}")
         for name, samples in rows.items():
-            median, p95 = statistics.median(samples) * 1000, _p95(samples) * 1000
-            print(f"{name:>22} {median:>10.1f} {p95:>8.1f}")
+            ms = [x * 1000 for x in samples]
+            print(
+                f"{name:>22} {min(ms):>8.1f} {statistics.median(ms):>10.1f} "
+                f"{_p95(ms):>8.1f} {max(ms):>8.1f}"
+            )
+        busy = detect["run_script, busy"]
+        ratio = _p95(busy) / max(_p95(detect["subprocess.run, busy"]), 1e-9)
+        print(f"p95 ratio run_script / subprocess.run under the busy loops: {ratio:.2f}")
+        verdict("script completion detection p95, busy loops", _p95(busy) * 1000, 10.0)
+        # The issue's "today" figures (p95 43 ms) were this whole-call overhead, spawn
+        # included; subprocess.run's p95 under the same load is its floor here.
+        whole = rows["run_script, busy"]
+        verdict("whole-call overhead p95 (spawn included), busy loops", _p95(whole) * 1000, 10.0)
 
         chatty = _script(directory, "chatty.sh", f"head -c {OUTPUT_BYTES} /dev/zero | tr '\\0' a\n")
         warm = _script(directory, "warm.sh", "echo warm\n")

@@ -11,15 +11,19 @@ For each it measures the p50/p99 latency of ``GET /metrics`` (Prometheus text
 and OpenMetrics, sequential requests from this process) and the sidecar's RSS
 (/proc/<pid>/status VmRSS). Then, on the loaded sidecar, the ingest lag: one
 job at a time is completed (record.json renamed into place) and timed until a
-scrape shows it counted. Goals (issue 5): p99 ≤ 10 ms, RSS ≤ 80 MB.
+scrape shows it counted. Then ``ingesting``: the same scrapes while a child
+process completes ``--ingest-rate`` (100) new jobs per second into the spool.
+Goals: p99 ≤ 10 ms after 10,000 jobs and while ingesting 100 jobs/s (issue
+15), RSS ≤ 80 MB (issue 5).
 
-Prints figures and ratios; no assertions.
+Prints figures, ratios and ``VERDICT`` lines; no assertions.
 Run: ``.venv/bin/python -m benchmarks.sidecar_metrics [--jobs N] [--requests N]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import re
 import shutil
@@ -29,10 +33,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from snapshot_sidecar.keys import Keys
 
+from benchmarks._verdict import verdict
 from tests.support.spoolgen import SpoolGen
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
@@ -137,6 +143,49 @@ def _measure(label: str, base: str, pid: int, requests: int) -> dict[str, float]
     return {"p99": max(text99, om99), "rss": rss}
 
 
+# A child process completing jobs at a steady rate until its stdin closes.
+_INGEST_MAIN = """
+import sys, threading, time
+from pathlib import Path
+from tests.support.spoolgen import SpoolGen
+spool, rate = Path(sys.argv[1]), float(sys.argv[2])
+gen = SpoolGen(spool)
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+print("started", flush=True)
+i, start = 0, time.monotonic()
+while not stop.is_set():
+    job = gen.job(f"ingest-{i:07d}", freeze_seconds=0.01 + (i % 50) / 100)
+    gen.log_lines(job, 5)
+    gen.span_lines(job, 3)
+    i += 1
+    stop.wait(max(0.0, start + i / rate - time.monotonic()))
+print(i, flush=True)
+"""
+
+
+@contextlib.contextmanager
+def _ingesting(spool: Path, rate: float) -> Iterator[Callable[[], int]]:
+    """Completes ``rate`` jobs/s into ``spool`` in a child process; yields 'how many so far'."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _INGEST_MAIN, str(spool), str(rate)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    if proc.stdout.readline().strip() != "started":
+        raise RuntimeError("the ingest generator did not start")
+    made = [0]
+    try:
+        yield lambda: made[0]
+    finally:
+        proc.stdin.close()
+        made[0] = int(proc.stdout.readline() or 0)
+        proc.wait(10)
+
+
 def _generate(spool: Path, jobs: int) -> float:
     gen = SpoolGen(spool)
     start = time.perf_counter()
@@ -152,6 +201,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--lag-samples", type=int, default=10)
+    parser.add_argument("--ingest-rate", type=float, default=100.0, help="jobs/s while scraping")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
     try:
@@ -206,15 +256,29 @@ def main() -> None:
                 f"over {len(lags)} jobs (the sidecar's own vmsnap_sidecar_ingest_lag_seconds: "
                 f"median {statistics.median(own) * 1000:.0f} ms)"
             )
+            before = _ingested(base)
+            started = time.perf_counter()
+            with _ingesting(spool, args.ingest_rate) as made:
+                time.sleep(2.0)  # the sidecar at its steady ingest rate
+                busy = _measure("ingesting", base, proc.pid, args.requests)
+                counted = _ingested(base) - before
+            seconds = time.perf_counter() - started
+            print(
+                f"  while ingesting: {made()} jobs completed in {seconds:.1f} s "
+                f"({made() / seconds:.0f} jobs/s asked {args.ingest_rate:g}), "
+                f"{counted:.0f} counted by the last scrape"
+            )
         finally:
             proc.terminate()
             proc.wait(10)
         print(
-            f"  ratios loaded/baseline: p99 x{loaded['p99'] / baseline['p99']:.2f}, "
-            f"RSS x{loaded['rss'] / baseline['rss']:.2f} "
-            f"(goals: p99 <= 10 ms -> {loaded['p99']:.2f} ms; RSS <= 80 MB -> "
-            f"{loaded['rss']:.1f} MB)"
+            f"  ratios to the empty-spool baseline: loaded p99 x"
+            f"{loaded['p99'] / baseline['p99']:.2f}, ingesting p99 x"
+            f"{busy['p99'] / baseline['p99']:.2f}, RSS x{loaded['rss'] / baseline['rss']:.2f}"
         )
+        verdict(f"/metrics p99 after {args.jobs} jobs", loaded["p99"], 10.0)
+        verdict(f"/metrics p99 while ingesting {args.ingest_rate:g} jobs/s", busy["p99"], 10.0)
+        verdict("sidecar RSS", max(loaded["rss"], busy["rss"]), 80.0, "MB")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

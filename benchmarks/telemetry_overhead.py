@@ -16,7 +16,8 @@ really frozen, 2 page blobs in Azurite snapshotted, a status blob uploaded.
   file stays on, as in production).
 
 Prints the medians of the job's wall time and of its frozen window, and the
-on/off ratios (goal: wall <= 1.05x, and no added time inside the window).
+on/off ratios (goal: wall <= 1.05x, a ``VERDICT`` line; and no added time
+inside the window).
 The frozen window of a real job varies by milliseconds with Storage latency,
 so the telemetry work done inside it is also timed directly: the window's
 phase events (freeze end, snapshot start/end, thaw start/end) and its one log
@@ -44,6 +45,7 @@ from pathlib import Path
 
 from loguru import logger
 
+from benchmarks._verdict import verdict
 from snapshot_runtime.core.phases import PhaseRecorder
 from snapshot_runtime.core.redact import Redactor
 from snapshot_runtime.core.window import WindowObserver
@@ -246,6 +248,7 @@ def main() -> None:
     window_ratio = statistics.median(on["window"]) / statistics.median(off["window"])
     added = _median_ms(on["window"]) - _median_ms(off["window"])
     print(f"{'ratio on/off':>16} {wall_ratio:>11.3f}x {window_ratio:>16.3f}x")
+    verdict("job wall time, telemetry on/off", wall_ratio, 1.05, "x")
     print(f"frozen window added by telemetry (median difference): {added:+.2f} ms")
     print(
         "in-window work (phase events + the window's log line), timed directly: "

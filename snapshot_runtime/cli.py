@@ -12,20 +12,15 @@ InternalError with a redacted one-line message.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import logging
 import math
 import os
-import shutil
 import signal
 import sys
 import textwrap
 import typing
 from collections.abc import Mapping, Sequence
 from types import FrameType
-
-from loguru import logger
 
 from snapshot_runtime import __version__
 from snapshot_runtime.core.defaults import (
@@ -36,17 +31,14 @@ from snapshot_runtime.core.defaults import (
 )
 from snapshot_runtime.core.errors import ErrorCode, SnapshotError
 from snapshot_runtime.core.redact import scrub
-from snapshot_runtime.core.retention import (
+from snapshot_runtime.core.retention import (  # pure and small: argparse defaults
     DEFAULT_RETENTION_DAYS,
     DEFAULT_RETENTION_KEEP,
     RetentionPolicy,
 )
-from snapshot_runtime.job.housekeeping import prune_state_dir
-from snapshot_runtime.job.summary import report_json, report_text, table
-from snapshot_runtime.telemetry.job_log import DEFAULT_LOG_PATH
-from snapshot_runtime.telemetry.spool import DEFAULT_MAX_BYTES
-from snapshot_runtime.telemetry.spool_recovery import recover_interrupted
-from snapshot_runtime.telemetry.trace_view import load_job, rows, waterfall
+
+# Each command imports what it needs when it runs (``--help`` and argument
+# errors import none of it): benchmarks/startup.py measures the difference.
 
 __all__ = ["main", "otlp_traces_endpoint", "otlp_traces_protocol"]
 
@@ -285,7 +277,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--spool-max-bytes",
         type=_positive_int,
-        default=DEFAULT_MAX_BYTES,
+        default=None,  # the spool's DEFAULT_MAX_BYTES, resolved by `run` (its import)
         help="cap on the whole spool; beyond it log lines and spans are dropped and counted",
     )
     r.add_argument(
@@ -332,6 +324,7 @@ def _validate(args: argparse.Namespace) -> int:
     # Imported per command: `trace` and `recover` need none of the job's
     # dependencies (azure-storage-blob alone costs ~0.5 s to import).
     from snapshot_runtime.job.preflight import preflight  # noqa: PLC0415
+    from snapshot_runtime.job.summary import table  # noqa: PLC0415
 
     report = preflight(
         config_path=args.config, run_scripts=args.run_scripts, include_mounts=args.mounts
@@ -379,8 +372,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"snapshot-runtime run: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     from snapshot_runtime.core.interrupt import JobInterrupted  # noqa: PLC0415
+    from snapshot_runtime.job.housekeeping import prune_state_dir  # noqa: PLC0415
     from snapshot_runtime.job.records import JobOptions  # noqa: PLC0415
     from snapshot_runtime.job.run import run_job  # noqa: PLC0415
+    from snapshot_runtime.job.summary import report_json, report_text  # noqa: PLC0415
+    from snapshot_runtime.telemetry.job_log import DEFAULT_LOG_PATH  # noqa: PLC0415
+    from snapshot_runtime.telemetry.spool import DEFAULT_MAX_BYTES  # noqa: PLC0415
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         # systemd stopping the unit, a hangup: end the job as cleanly as Ctrl-C does.
@@ -406,7 +403,7 @@ def _run(args: argparse.Namespace) -> int:
         console=None if (args.quiet or args.json) else sys.stderr,
         telemetry=not args.no_telemetry,
         spool_dir=args.spool or DEFAULT_SPOOL_DIR,
-        spool_max_bytes=args.spool_max_bytes,
+        spool_max_bytes=args.spool_max_bytes or DEFAULT_MAX_BYTES,
         traceparent=env.get(TRACEPARENT) or None,
         otlp_endpoint=otlp_traces_endpoint(env),
         otlp_timeout_seconds=_otlp_timeout(env),
@@ -430,6 +427,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _trace(args: argparse.Namespace) -> int:
+    import dataclasses  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    from snapshot_runtime.telemetry.trace_view import load_job, rows, waterfall  # noqa: PLC0415
+
     state_dir = args.state_dir or DEFAULT_STATE_DIR
     spool_dir = args.spool or DEFAULT_SPOOL_DIR
     view = load_job(args.task_id, state_dir=state_dir, spool_dir=spool_dir)
@@ -455,6 +457,11 @@ def _trace(args: argparse.Namespace) -> int:
 
 
 def _recover(args: argparse.Namespace) -> int:
+    import dataclasses  # noqa: PLC0415
+
+    from snapshot_runtime.job.summary import table  # noqa: PLC0415
+    from snapshot_runtime.telemetry.spool_recovery import recover_interrupted  # noqa: PLC0415
+
     found = recover_interrupted(args.spool or DEFAULT_SPOOL_DIR)
     if args.json:
         print(json.dumps({"recovered": [dataclasses.asdict(f) for f in found]}, indent=2))
@@ -481,6 +488,10 @@ def _recover(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import logging  # noqa: PLC0415 - not for --help
+
+    from loguru import logger  # noqa: PLC0415
+
     # loguru's default handler writes to stderr outside the freeze gate (I1):
     # the job installs its own gated sinks.
     logger.remove()

@@ -137,8 +137,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mirror-max-bytes",
         type=int,
-        default=4 * 1024 * 1024,
-        help="largest single blob write (4 MiB, also the maximum)",
+        default=16 * 1024 * 1024,
+        help="largest single blob write (16 MiB, at most 100 MiB; capped at 4 MiB "
+        "except for append blobs on service version 2022-11-02 or later)",
     )
     p.add_argument(
         "--mirror-flush-seconds",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import threading
@@ -336,3 +337,31 @@ def test_state_file_never_holds_the_sas(rig: Rig, azurite: Azurite) -> None:
     text = (rig.state / STATE_FILE).read_text()
     assert "sig=" not in text and "http" not in text
     json.loads(text)
+
+
+def test_large_appends_on_new_service_versions_4_mib_before(rig: Rig, azurite: Azurite) -> None:
+    """A 9 MiB log: one append with the default batch (16 MiB) on the SDK's service
+    version; 4 MiB appends (3 blocks) on 2021-12-02, which takes no larger block.
+    Either way the blob equals the log, in order (I3)."""
+    from snapshot_sidecar.blob_targets import BLOCK_BYTES
+    from snapshot_sidecar.mirror import MIRROR_BATCH_BYTES, MirrorConfig
+
+    from tests.sidecar.conftest import FAST_POLICY
+
+    assert MirrorConfig().max_batch == MIRROR_BATCH_BYTES > 2 * BLOCK_BYTES
+    container = azurite.container()
+    blocks = {}
+    for version in (None, "2021-12-02"):
+        name = f"logs/{version}.log"
+        job = rig.gen.job(f"big-{version}")
+        rig.gen.seal_logs_url(job, azurite.sas_url(container, name))
+        rig.gen.log_lines(job, 9 * 1024 * 1024 // 200, size=200)
+        policy = dataclasses.replace(FAST_POLICY, api_version=version)
+        sidecar = rig.sidecar(mirror=fast_mirror(max_batch=MIRROR_BATCH_BYTES, policy=policy))
+        sidecar.run_once()
+        assert len(job.log_bytes) > 2 * BLOCK_BYTES
+        assert _blob(azurite, container, name) == bytes(job.log_bytes)
+        props = azurite.service().get_blob_client(container, name).get_blob_properties()
+        blocks[version] = props.append_blob_committed_block_count
+        sidecar.close()
+    assert blocks == {None: 1, "2021-12-02": 3}

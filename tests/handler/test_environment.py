@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from snapshot_runtime.core import defaults
+from snapshot_runtime.core.command_deadline import COMMAND_DEADLINE, command_too_late
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
 from snapshot_runtime.handler.environment import (
     DEFAULT_HANDLER_RUN_DIR,
@@ -34,12 +35,7 @@ from snapshot_runtime.handler.environment import (
     sanitised,
     write_last_sequence,
 )
-from snapshot_runtime.handler.guards import (
-    COMMAND_DEADLINE,
-    MAX_PROCESSED,
-    ProcessedTasks,
-    command_too_late,
-)
+from snapshot_runtime.handler.guards import MAX_PROCESSED, ProcessedTasks
 from snapshot_runtime.inputs.vmbackup_conf import (
     CustomSettings,
     VmBackupConf,

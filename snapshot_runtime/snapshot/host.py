@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -118,6 +119,12 @@ class HostSnapshotResult(SnapshotResult):
 
     presnapshot_code: int | None = None
     dosnapshot_code: int | None = None
+    # The one dosnapshot request, for its CLIENT span: where it went, its HTTP
+    # status, when it started (time.monotonic()) and how long it took.
+    server_address: str | None = None
+    server_port: int | None = None
+    http_status: int | None = None
+    request_started_at: float = 0.0
     status_entries: tuple[Mapping[str, object], ...] = field(default=(), repr=False)
 
 
@@ -293,9 +300,10 @@ class HostSnapshotter:
         """ONE dosnapshot, inside the window, within the deadline; never raises, never retries."""
         if self._call is None:
             raise RuntimeError("prepare() was not called")
+        started = time.monotonic()
         answer = self._call.send(self._request.deadline_seconds, dosnapshot=True)
         entries, code = parse_dosnapshot(answer)
-        disks = self._disks(entries, code, answer)
+        disks = self._disks(entries, code, answer, started)
         error, message = aggregate(disks, deadline_hit=answer.error == "answer: TimeoutError")
         if not disks:
             message = f"dosnapshot answered {code} with no snapshot entry"
@@ -308,14 +316,21 @@ class HostSnapshotter:
             deadline_hit=answer.error == "answer: TimeoutError",
             presnapshot_code=self.presnapshot.code if self.presnapshot else None,
             dosnapshot_code=code,
+            server_address=self._where()[0],
+            server_port=self._where()[1],
+            http_status=answer.http_status,
+            request_started_at=started,
             status_entries=tuple(host_status_entry(e) for e in entries if e is not None),
         )
 
     def _disks(
-        self, entries: Sequence[HostDiskInfo | None], code: int, answer: HostAnswer
+        self,
+        entries: Sequence[HostDiskInfo | None],
+        code: int,
+        answer: HostAnswer,
+        started: float,
     ) -> list[DiskSnapshot]:
         luns: Sequence[int | None] = self._host.lun_list or [None] * len(entries)
-        started = 0.0
         disks = []
         for index, lun in enumerate(luns):
             info = entries[index] if index < len(entries) else None
@@ -342,6 +357,7 @@ class HostSnapshotter:
                     status_code=answer.http_status,
                     error=error,
                     failure_kind=None if ok else _failure_kind(info, answer),
+                    lun=lun,
                 )
             )
         return disks

@@ -290,6 +290,7 @@ class JobTracer:
         start_ns: int | None = None,
         attributes: Mapping[str, AttributeValue] | None = None,
         current: bool = True,
+        kind: SpanKind = SpanKind.INTERNAL,
     ) -> Span:
         """A child of ``parent`` (default: the root), optionally made current."""
         parent = parent or self.root
@@ -297,6 +298,7 @@ class JobTracer:
         span = self.tracer.start_span(
             name,
             context=ctx,
+            kind=kind,
             attributes=self._fit(attributes),
             start_time=start_ns,
             record_exception=False,

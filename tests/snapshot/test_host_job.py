@@ -22,7 +22,7 @@ from snapshot_runtime.job.records import JobReport
 from snapshot_runtime.job.run import run_job
 from snapshot_runtime.snapshot.host import SNAPSHOT_MODE_ENV, VMBACKUP_CONF_ENV
 from snapshot_runtime.snapshot.wireserver import WIRESERVER_ENV
-from snapshot_runtime.telemetry.spool_schema import RECORD_FILE
+from snapshot_runtime.telemetry.spool_schema import RECORD_FILE, SPANS_FILE
 from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.host_service import (
@@ -509,3 +509,45 @@ def test_a_failed_freeze_on_several_host_luns_stops_the_job(rig: Rig, tmp_path: 
     assert report.snapshot_backend == "host"
     assert not report.snapshot_taken and report.consistency == "none"
     assert rig.host.calls_of("dosnapshot") == []  # several disks unfrozen: not consistent
+
+
+def test_the_dosnapshot_is_a_client_span_to_the_wireserver_with_a_disk_span_per_lun(
+    rig: Rig, azurite: Azurite
+) -> None:
+    # One image LUN and one page-blob LUN: two disks, one request.
+    container = azurite.container()
+    azurite.create_page_blob(container, "data3.vhd")
+    rig.host.luns[3] = BlobDisk(container, "data3.vhd")
+    rig.host.blob_connection_string = azurite.connection_string
+    rig.host.blob_endpoint = azurite.endpoint
+    settings, _ = host_settings(rig.ws, luns=[0, 3])
+
+    report = run(rig, settings)
+
+    assert report.consistency == "application"
+    assert report.spool_job_dir is not None
+    spans = jobkit.read_json_lines(Path(report.spool_job_dir) / SPANS_FILE)
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for span in spans:
+        by_name.setdefault(span["name"], []).append(span)
+    (phase,) = by_name["vmsnap.snapshot"]
+    (request,) = by_name["vmsnap.snapshot.host_request"]
+    assert request["kind"] == "CLIENT"
+    assert request["parent_span_id"] == phase["span_id"]
+    host, port = rig.host.address.rsplit(":", 1)
+    attrs = request["attributes"]
+    assert (attrs["server.address"], attrs["server.port"]) == (host, int(port))
+    assert (attrs["http.request.method"], attrs["http.response.status_code"]) == ("POST", 200)
+    assert (attrs["vmsnap.host.presnapshot_code"], attrs["vmsnap.host.dosnapshot_code"]) == (
+        200,
+        200,
+    )
+    disks = by_name["vmsnap.snapshot.disk"]
+    assert sorted(d["attributes"]["vmsnap.disk.lun"] for d in disks) == [0, 3]
+    for disk in disks:
+        assert disk["kind"] == "INTERNAL" and disk["parent_span_id"] == request["span_id"]
+        # Inside the request, not at the monotonic clock's epoch.
+        assert request["start_time_unix_nano"] <= disk["start_time_unix_nano"]
+        assert disk["end_time_unix_nano"] <= request["end_time_unix_nano"] + 1_000_000
+    (do,) = rig.host.calls_of("dosnapshot")
+    assert do.body["diskIds"] == [0, 3]

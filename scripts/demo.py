@@ -311,7 +311,10 @@ def main() -> int:
                 .readall()
             )
             host_inner = json.loads(host_status[0]["status"]["formattedMessage"]["message"])
-            creator = {e["Key"]: e["Value"] for e in host_inner.get("telemetryData", [])}
+            # telemetryData is in the local status file's substatus document.
+            local = json.loads(Path(work, "state", "status", f"{host_task}.status").read_text())
+            substatus = json.loads(local[0]["status"]["substatus"][0]["name"])
+            creator = {e["Key"]: e["Value"] for e in substatus[0]["status"]["telemetryData"]}
             print(
                 f"host job exit {host_job.returncode}: status={host_status[0]['status']['status']} "
                 f"snapshotConsistency={host_inner.get('snapshotConsistency')} "

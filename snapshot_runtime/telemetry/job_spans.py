@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
 
     from snapshot_runtime.scripts.runner import ScriptResult
-    from snapshot_runtime.snapshot.results import SnapshotResult
+    from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
 
 __all__ = ["JobSpans", "WindowEvent"]
 
@@ -224,6 +224,7 @@ class JobSpans:
         parent = self._phase_spans.get("snapshot")
         if parent is None:
             return
+        host = isinstance(result, HostSnapshotResult)
         if isinstance(result, HostSnapshotResult):
             parent = self._host_request_span(parent, result)
         for disk in result.disks:
@@ -234,7 +235,24 @@ class JobSpans:
                 parent=parent,
                 start_ns=start,
                 end_ns=start + int(disk.duration_seconds * 1e9),
-                attributes=outcome.attributes,
+                attributes=_host_disk(outcome.attributes, disk) if host else outcome.attributes,
                 error_type=outcome.error_type,
                 description=outcome.description,
             )
+
+
+# A guest disk span's request attributes (its own Snapshot Blob request).
+_REQUEST_KEYS = ("http.", "server.", "url.")
+
+
+def _host_disk(attrs: dict[str, AttributeValue], disk: DiskSnapshot) -> dict[str, AttributeValue]:
+    """A host-path disk span: its LUN; no request attributes of its own.
+
+    The one request is the parent ``vmsnap.snapshot.host_request`` span; a disk
+    is one entry of its answer, so it carries no ``http.*``/``server.*``/``url.*``
+    attribute that would describe a request of its own.
+    """
+    out = {k: v for k, v in attrs.items() if not k.startswith(_REQUEST_KEYS)}
+    if disk.lun is not None:
+        out["vmsnap.disk.lun"] = disk.lun
+    return out

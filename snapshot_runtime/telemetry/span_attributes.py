@@ -149,8 +149,6 @@ def disk_outcome(disk: DiskSnapshot, redact: Callable[[str], str]) -> SpanOutcom
         "vmsnap.disk.blob_url": redact(strip_sas(disk.blob_url)),
         "vmsnap.disk.attempts": disk.attempts,
     }
-    if disk.lun is not None:
-        attrs["vmsnap.disk.lun"] = disk.lun
     if disk.snapshot:
         attrs["vmsnap.disk.snapshot"] = disk.snapshot
     if disk.status_code is not None:

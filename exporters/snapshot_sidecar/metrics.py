@@ -331,7 +331,7 @@ FAMILIES: tuple[Family, ...] = (
     ),
     _c("vmsnap_sidecar_state_write_errors_total", "Failed writes of the sidecar's state file."),
     # -- snapshot path (host / guest), docs/host-snapshot.md --------------------------
-    # 12 series in all (4 + 2 + 2 + 4): counters, not a `path` label on the
+    # 10 series in all (4 + 2 + 2 + 2): counters, not a `path` label on the
     # histograms (one label there would double every bucket: +16 series for
     # vmsnap_disk_snapshot_duration_seconds alone). Mean snapshot latency per
     # path: vmsnap_snapshot_seconds_total / vmsnap_snapshot_runs_total.
@@ -357,7 +357,7 @@ FAMILIES: tuple[Family, ...] = (
         "Jobs that took the guest path because the host's presnapshot failed, by reason.",
         ("reason",),
         (FALLBACK_REASONS,),
-        other={"reason": "other"},
+        other={"reason": "presnapshot_failed"},
     ),
 )
 

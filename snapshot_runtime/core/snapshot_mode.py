@@ -63,14 +63,11 @@ SNAPSHOT_PATHS: tuple[SnapshotPath, ...] = ("host", "guest")
 # Why a job with host inputs ran the guest path after its presnapshot failed
 # (firstHostThenGuest): the job record's snapshot.fallback and the sidecar's
 # bounded ``reason`` label (docs/telemetry.md). ``presnapshot_unreachable``:
-# no answer (555: refused, reset, timeout); ``presnapshot_bad_answer``: 200 with
-# an empty or unusable body (557, 558); ``presnapshot_failed``: any other status.
-FALLBACK_REASONS: tuple[str, ...] = (
-    "presnapshot_unreachable",
-    "presnapshot_failed",
-    "presnapshot_bad_answer",
-    "other",
-)
+# no answer (555: refused, reset, timeout); ``presnapshot_failed``: any other
+# answer (an HTTP error, an empty or unusable 200: 557, 558). Two values: the
+# series budget (docs/telemetry.md); the record's declined reason and the
+# status's hostStatusCodePreSnapshot keep the exact code.
+FALLBACK_REASONS: tuple[str, ...] = ("presnapshot_unreachable", "presnapshot_failed")
 ModeSource = Literal[
     "default", "customSettings", "vmbackup.conf", "config", "host-only disks", "excluded disks"
 ]

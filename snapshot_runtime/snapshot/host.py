@@ -54,9 +54,7 @@ from snapshot_runtime.snapshot.backend import BackendDecision, SnapshotRequest
 from snapshot_runtime.snapshot.failures import MAX_MESSAGE, FailureKind
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult, aggregate
 from snapshot_runtime.snapshot.wireserver import (
-    BAD_BODY,
     DOSNAPSHOT_PATH,
-    EMPTY_BODY,
     NO_RESPONSE,
     PRESNAPSHOT_PATH,
     HostAnswer,
@@ -467,10 +465,7 @@ def fallback_reason(backend: str | None, declined: Sequence[tuple[str, str]]) ->
         if name not in (HOST_BACKEND, HOST_REQUIRED_BACKEND):
             continue
         m = _DECLINED_PRESNAPSHOT.match(reason)
-        code = int(m.group(1)) if m else None
-        if code == NO_RESPONSE:
+        if m and int(m.group(1)) == NO_RESPONSE:
             return "presnapshot_unreachable"
-        if code in (EMPTY_BODY, BAD_BODY):
-            return "presnapshot_bad_answer"
-        return "presnapshot_failed" if code is not None else "other"
+        return "presnapshot_failed"
     return None

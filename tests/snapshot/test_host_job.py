@@ -182,7 +182,7 @@ def test_default_mode_one_dosnapshot_inside_the_window_restores_the_frozen_disk(
     [
         (Fault("drop"), "555", "presnapshot_unreachable"),
         (Fault("status", 500, b""), "500", "presnapshot_failed"),
-        (Fault("empty"), "557", "presnapshot_bad_answer"),
+        (Fault("empty"), "557", "presnapshot_failed"),
     ],
 )
 def test_failed_presnapshot_falls_back_to_the_guest_before_any_freeze(

@@ -639,6 +639,7 @@ def fleet_freeze() -> dash.Dashboard:
         .override_by_name("failed", [_color("red")])
     )
     d = d.with_panel(consistency_panel(ids, FLEET_VMS, "1h"))
+    d = snapshot_path_panels(d, ids)
 
     d = d.with_row(row(ids, "Thaw layers and sidecars"))
     d = d.with_panel(
@@ -706,6 +707,52 @@ def fleet_freeze() -> dash.Dashboard:
         )
     )
     return d
+
+
+def snapshot_path_panels(d: dash.Dashboard, ids: _Ids) -> dash.Dashboard:
+    """Host vs guest snapshot path and the host's fallback rate (docs/host-snapshot.md)."""
+    fallbacks = f"sum(increase(vmsnap_snapshot_fallbacks_total{{{FLEET_VMS}}}[$__range]))"
+    host_jobs = f'sum(increase(vmsnap_snapshot_jobs_total{{{FLEET_VMS}, path="host"}}[$__range]))'
+    d = d.with_row(row(ids, "Snapshot path"))
+    d = d.with_panel(
+        series_panel(
+            ids,
+            "Snapshot path: host vs guest, and fallbacks",
+            "Completed jobs per interval by the path their snapshot took: host (one "
+            "WireServer dosnapshot) or guest (blob snapshots), and the jobs that fell back "
+            "to the guest because the host's presnapshot failed, by reason "
+            "(docs/host-snapshot.md).",
+            [
+                query(
+                    "sum by (path) (increase(vmsnap_snapshot_jobs_total"
+                    f"{{{FLEET_VMS}}}[$__interval]))",
+                    "{{path}}",
+                    "A",
+                ),
+                query(
+                    "sum by (reason) (increase(vmsnap_snapshot_fallbacks_total"
+                    f"{{{FLEET_VMS}}}[$__interval]))",
+                    "fallback ({{reason}})",
+                    "B",
+                ),
+            ],
+            bars=True,
+            interval="1h",
+            width=16,
+        )
+    )
+    return d.with_panel(
+        stat_panel(
+            ids,
+            "Host fallback rate",
+            "Of the jobs that tried the host path in the time range, the share that fell "
+            "back to the guest path (presnapshot failed). Alert: VmsnapHostFallbacksRising.",
+            query(f"{fallbacks} / clamp_min({fallbacks} + {host_jobs}, 1)", instant=True),
+            unit="percentunit",
+            steps=((None, "green"), (0.05, "yellow"), (0.1, "red")),
+            width=8,
+        )
+    )
 
 
 def consistency_panel(ids: _Ids, selector: str, interval: str) -> timeseries.Panel:

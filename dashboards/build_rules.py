@@ -91,6 +91,10 @@ def alerts(cfg: Any) -> list[Alert]:
     downgraded_jobs = m("vmsnap_jobs_total", 'outcome="success"', 'consistency=~"filesystem|crash"')
     pre_runs = m("vmsnap_script_runs_total", 'script="pre"')
     conflicts = m("vmsnap_sidecar_log_mirror_errors_total", 'error="conflict"')
+    fleet = "job, region, cluster"
+    fleet_fallbacks = f"sum by ({fleet}) (increase({m('vmsnap_snapshot_fallbacks_total')}[1d]))"
+    host_jobs = m("vmsnap_snapshot_jobs_total", 'path="host"')
+    fleet_host_jobs = f"sum by ({fleet}) (increase({host_jobs}[1d]))"
     return [
         Alert(
             "VmsnapPreScriptTimeoutRateHigh",
@@ -144,6 +148,28 @@ def alerts(cfg: Any) -> list[Alert]:
             "over the last 6 h: a fleet-wide slowdown, not one VM.",
             "/d/vmsnap-fleet-freeze",
             for_="30m",
+        ),
+        Alert(
+            "VmsnapHostFallbacksRising",
+            "(\n"
+            f"    {fleet_fallbacks}\n"
+            "  /\n"
+            f"    ({fleet_fallbacks} + {fleet_host_jobs})\n"
+            f") > {_number(t.host_fallback_ratio)}\n"
+            f"and {fleet_fallbacks} >= {t.host_fallback_min_jobs}",
+            "warning",
+            "Host snapshot fallbacks: {{ $value | humanizePercentage }} of host-path jobs in"
+            " {{ $labels.cluster }} ({{ $labels.region }}) over 1 d",
+            f"More than {_number(t.host_fallback_ratio * 100)}% of the jobs that tried the host"
+            " snapshot path in\njob={{ $labels.job }} region={{ $labels.region }}"
+            " cluster={{ $labels.cluster }} fell back to the guest\npath in the last day:"
+            " the WireServer's presnapshot failed for them. Snapshots still\nhappen (through"
+            " SAS URLs), but the host path is failing fleet-wide.",
+            "/d/vmsnap-fleet-freeze",
+            for_="30m",
+            comment="Fleet-wide (per job/region/cluster), over a day: jobs are daily. Of the jobs\n"
+            "that tried the host (fallbacks + host-path jobs), the share that fell back; at\n"
+            f"least {t.host_fallback_min_jobs} fallbacks, so one VM's bad day stays quiet.",
         ),
         Alert(
             "VmsnapBackstopThaw",

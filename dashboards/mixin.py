@@ -32,6 +32,8 @@ class Thresholds:
     no_success_hours: int
     sidecar_down_for: str
     sidecar_vanished_for: str
+    host_fallback_ratio: float
+    host_fallback_min_jobs: int
 
 
 @dataclass(frozen=True)
@@ -76,5 +78,7 @@ def load(override: Path | None = None) -> MixinConfig:
             no_success_hours=int(t["noSuccessHours"]),
             sidecar_down_for=str(t["sidecarDownFor"]),
             sidecar_vanished_for=str(t["sidecarVanishedFor"]),
+            host_fallback_ratio=float(t["hostFallbackRatio"]),
+            host_fallback_min_jobs=int(t["hostFallbackMinJobs"]),
         ),
     )

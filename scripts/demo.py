@@ -1,16 +1,23 @@
-"""`make demo`: one real snapshot job on real local parts, then clean up.
+"""`make demo`: two real snapshot jobs on real local parts, then clean up.
 
 1. Azurite on 127.0.0.1; three page blobs stand in for the VM's disks, plus
-   a status blob and a logs blob, all reached through real SAS URLs.
+   status and logs blobs, all reached through real SAS URLs. The WireServer
+   emulator (tests/support/host_service.py) serves the host path for the same
+   three disks as LUNs 0-2.
 2. A loop-mounted ext4 filesystem holding a live SQLite application
    (scripts/demo_app.py) and an unquiesced "ticker" that appends a timestamp
    every 5 ms, so the frozen window shows up as a gap in its writes.
 3. A root-owned plugin config (600) and pre/post scripts (700): the pre-script
    asks the application to quiesce and waits for its last committed
    transaction; the post-script resumes it.
-4. The sidecar, then `snapshot-runtime run` for real, freezing only the demo
-   filesystem (--mounts), with its job log on that same filesystem (I1: it
-   must not deadlock). Then: the summary, what was quiesced, the held writes,
+4. The sidecar, then `snapshot-runtime run` for real, twice, freezing only the
+   demo filesystem (--mounts), with its job log on that same filesystem (I1: it
+   must not deadlock):
+   a. a managed-disk VM, the default on Azure: the host path, one
+      `presnapshot` before the freeze and one `dosnapshot` for all disks
+      inside it, no SAS URL (docs/host-snapshot.md);
+   b. the guest path: one blob snapshot per disk through its SAS URL.
+   Then: the summary, what was quiesced, the held writes,
    the application resumed, the snapshots and the status blob in Azurite, the
    sidecar's metrics and mirrored log, and `snapshot-runtime trace`.
 
@@ -41,7 +48,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from snapshot_runtime.snapshot.host import VMBACKUP_CONF_ENV  # noqa: E402
+from snapshot_runtime.snapshot.wireserver import WIRESERVER_ENV  # noqa: E402
 from tests.support.azurite import run_azurite  # noqa: E402
+from tests.support.host_service import TOKEN, BlobDisk, HostService  # noqa: E402
 from tests.support.loopfs import loop_filesystem  # noqa: E402
 
 DEMO_ROOT = "/var/lib/snapshot-runtime-demo"  # root-owned parents: /tmp would be refused
@@ -123,8 +133,45 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -
     raise RuntimeError(f"timed out waiting for {what}")
 
 
+def _run_cmd(settings: str, config: str, mountpoint: str, log_file: str, work: str) -> list[str]:
+    return [
+        str(REPO / ".venv" / "bin" / "snapshot-runtime"),
+        "run",
+        "--settings",
+        settings,
+        "--config",
+        config,
+        "--mounts",
+        mountpoint,
+        "--log-file",
+        log_file,
+        "--state-dir",
+        os.path.join(work, "state"),
+    ]
+
+
 def _blob_lines(client: Any) -> int:
     return len(client.download_blob().readall().splitlines())
+
+
+def _settings_doc(
+    task_id: str, public_obj: dict[str, Any] | None, protected: dict[str, Any]
+) -> str:
+    public: dict[str, Any] = {
+        "taskId": task_id,
+        "commandToExecute": "snapshot",
+        "commandStartTimeUTCTicks": str(int(time.time() * 10_000_000) + 621355968000000000),
+        "vmType": "microsoft.compute/virtualmachines",
+        "locale": "en-us",
+    }
+    if public_obj is not None:
+        public["objectStr"] = base64.b64encode(json.dumps(public_obj).encode()).decode()
+    doc = {
+        "runtimeSettings": [
+            {"handlerSettings": {"publicSettings": public, "protectedSettings": protected}}
+        ]
+    }
+    return json.dumps(doc)
 
 
 def main() -> int:
@@ -175,32 +222,30 @@ def main() -> int:
                 "ScriptsExecutionPollTimeSeconds": 1,
             }
             _write(config, json.dumps(plugin, indent=2), 0o600)
+            # (a) a managed-disk VM: public objectStr with the service's token and
+            # the LUNs, no blobSASUri at all (the host path needs none).
+            host_task = f"{uuid.uuid4()}_1"
+            host_settings_path = os.path.join(work, "0.settings")
+            host_obj = {
+                "snapshotTaskToken": TOKEN,
+                "includedDisks": {"dataDiskLunList": [0, 1, 2]},
+                "backupMetadata": [{"Key": "BackupJob", "Value": "demo"}],
+            }
+            host_protected = {
+                "logsBlobUri": azurite.sas_url(logs_container, "demo-host.Logs.txt"),
+                "statusBlobUri": azurite.sas_url(logs_container, "demo-host.Status.txt"),
+            }
+            _write(host_settings_path, _settings_doc(host_task, host_obj, host_protected), 0o600)
+            # (b) the guest path: the disks' SAS URLs in the protected objectStr.
             object_str = base64.b64encode(json.dumps({"blobSASUri": disks}).encode()).decode()
             task_id = f"{uuid.uuid4()}_1"
-            settings = {
-                "runtimeSettings": [
-                    {
-                        "handlerSettings": {
-                            "publicSettings": {
-                                "taskId": task_id,
-                                "commandToExecute": "snapshot",
-                                "commandStartTimeUTCTicks": str(
-                                    int(time.time() * 10_000_000) + 621355968000000000
-                                ),
-                                "vmType": "microsoft.compute/virtualmachines",
-                                "locale": "en-us",
-                            },
-                            "protectedSettings": {
-                                "objectStr": object_str,
-                                "logsBlobUri": logs_url,
-                                "statusBlobUri": status_url,
-                            },
-                        }
-                    }
-                ]
+            guest_protected = {
+                "objectStr": object_str,
+                "logsBlobUri": logs_url,
+                "statusBlobUri": status_url,
             }
-            settings_path = os.path.join(work, "0.settings")
-            _write(settings_path, json.dumps(settings), 0o600)
+            settings_path = os.path.join(work, "1.settings")
+            _write(settings_path, _settings_doc(task_id, None, guest_protected), 0o600)
 
             # The sidecar runs first, as on a VM: it publishes its key in the
             # spool, so the job can hand it the logsBlobUri sealed.
@@ -225,7 +270,60 @@ def main() -> int:
             _wait_for(lambda: os.path.exists(os.path.join(spool, "sidecar.pub")), "sidecar key")
 
             log_file = os.path.join(fs.mountpoint, "log", "extension.log")
-            _say("snapshot-runtime run (log file on the filesystem being frozen)")
+            host_log = os.path.join(fs.mountpoint, "log", "extension-host.log")
+            host_service = HostService(
+                {lun: BlobDisk(container, f"demo-disk{lun}.vhd") for lun in range(3)},
+                blob_connection_string=azurite.connection_string,
+                blob_endpoint=azurite.endpoint,
+            )
+            with host_service:
+                _say(
+                    "(a) a managed-disk VM: snapshot-runtime run on the host path "
+                    f"(WireServer emulator at {host_service.address})"
+                )
+                host_env = {
+                    **os.environ,
+                    WIRESERVER_ENV: host_service.address,
+                    VMBACKUP_CONF_ENV: os.path.join(work, "no-vmbackup.conf"),
+                }
+                host_job = subprocess.run(
+                    [
+                        *_run_cmd(host_settings_path, config, fs.mountpoint, host_log, work),
+                        "--spool",
+                        spool,
+                        "--quiet",
+                    ],
+                    check=False,
+                    timeout=300,
+                    env=host_env,
+                )
+                for call in host_service.calls:
+                    print(
+                        f"host got {call.kind} (answered {call.answered_status}) in "
+                        f"{(call.answered_monotonic - call.received_monotonic) * 1000:.1f} ms"
+                    )
+                for taken in host_service.snapshots:
+                    print(f"host snapshot of LUN {taken.lun}: {taken.snapshot_uri}")
+            host_status = json.loads(
+                azurite.service()
+                .get_blob_client(logs_container, "demo-host.Status.txt")
+                .download_blob()
+                .readall()
+            )
+            host_inner = json.loads(host_status[0]["status"]["formattedMessage"]["message"])
+            # telemetryData is in the local status file's substatus document.
+            local = json.loads(Path(work, "state", "status", f"{host_task}.status").read_text())
+            substatus = json.loads(local[0]["status"]["substatus"][0]["name"])
+            creator = {e["Key"]: e["Value"] for e in substatus[0]["status"]["telemetryData"]}
+            print(
+                f"host job exit {host_job.returncode}: status={host_status[0]['status']['status']} "
+                f"snapshotConsistency={host_inner.get('snapshotConsistency')} "
+                f"snapshotCreator={creator.get('snapshotCreator')}"
+            )
+
+            _say(
+                "(b) snapshot-runtime run on the guest path (log file on the filesystem being frozen)"
+            )
             cmd = [
                 str(REPO / ".venv" / "bin" / "snapshot-runtime"),
                 "run",
@@ -291,13 +389,15 @@ def main() -> int:
             metrics_url = f"http://127.0.0.1:{port}/metrics"
             _wait_for(
                 lambda: (
-                    'vmsnap_jobs_total{consistency="application",outcome="success"} 1.0'
+                    'vmsnap_jobs_total{consistency="application",outcome="success"} 2.0'
                     in _get(metrics_url)
                 ),
-                "the sidecar to ingest the job",
+                "the sidecar to ingest both jobs",
             )
             wanted = (
                 "vmsnap_jobs_total{",
+                "vmsnap_snapshot_jobs_total{",
+                "vmsnap_snapshot_seconds_total{",
                 "vmsnap_freeze_duration_seconds_count",
                 "vmsnap_freeze_duration_seconds_sum",
                 "vmsnap_script_runs_total{",
@@ -331,7 +431,7 @@ def main() -> int:
             )
             Path(app_dir, "stop").touch()
             app.wait(timeout=10)
-            return job.returncode
+            return job.returncode or host_job.returncode
     finally:
         for proc in processes:
             if proc.poll() is None:

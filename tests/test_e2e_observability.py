@@ -55,10 +55,13 @@ from typing import Any
 
 import pytest
 
+from snapshot_runtime.snapshot.host import VMBACKUP_CONF_ENV
+from snapshot_runtime.snapshot.wireserver import WIRESERVER_ENV
 from tests.freeze_support import wait_frozen, writable_within
 from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
+from tests.support.host_service import BlobDisk, HostService, host_settings
 from tests.support.jobkit import SIDECAR, Workspace
 from tests.support.loopfs import loop_filesystem
 from tests.support.otlp_receiver import OtlpReceiver
@@ -255,6 +258,32 @@ def _run(
     return doc
 
 
+def _run_host(ws: Workspace, azurite: Azurite, config: str, mount: str) -> dict[str, Any]:
+    """One application-consistent job on the host path (docs/host-snapshot.md)."""
+    container = azurite.container()
+    azurite.create_page_blob(container, "host-lun0.vhd")
+    settings, _ = host_settings(ws, luns=[0], task_id=f"{uuid.uuid4()}_1", name="host.settings")
+    with (
+        HostService(
+            {0: BlobDisk(container, "host-lun0.vhd")},
+            blob_connection_string=azurite.connection_string,
+            blob_endpoint=azurite.endpoint,
+        ) as host,
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        mp.setenv(WIRESERVER_ENV, host.address)
+        mp.setenv(VMBACKUP_CONF_ENV, str(ws.root / "no-vmbackup.conf"))
+        result = ws.cli(
+            *ws.run_args(settings, config=config, mounts=[mount], extra=["--quiet"]),
+            timeout=60,
+        )
+        assert len(host.calls_of("dosnapshot")) == 1, result.stderr[-2000:]
+    doc = result.json
+    doc["_returncode"] = result.returncode
+    doc["_stderr"] = result.stderr[-2000:]
+    return doc
+
+
 def _trace_id(ws: Workspace, task_id: str) -> str:
     """The trace id the runtime recorded (``<state-dir>/jobs/<taskId>.json``).
 
@@ -319,6 +348,10 @@ def _run_jobs(scenario: Scenario, ws: Workspace, azurite: Azurite, mount: str) -
         ),
         mount,
     )
+    # A managed-disk VM on the host path (the WireServer emulator over an Azurite
+    # page blob): the "Snapshot path" panel's host series. Before disk-fault, which
+    # must stay the last completed job (VmsnapJobFailed).
+    jobs["host"] = _run_host(ws, azurite, std_config, mount)
     # One disk whose blob does not exist (a disk failure, by kind), and a spool cap
     # the spool already exceeds (the job's log lines and spans are dropped, counted).
     disk_container = azurite.container()
@@ -485,7 +518,7 @@ def _epoch(rfc3339: str) -> float:
 @pytest.mark.azurite
 def test_the_jobs_ended_as_planned_and_prometheus_agrees(scenario: Scenario) -> None:
     jobs = scenario.jobs
-    for name in ("ok-1", "ok-2", "retry"):
+    for name in ("ok-1", "ok-2", "retry", "host"):
         assert jobs[name]["consistency"] == "application", (name, jobs[name])
         assert jobs[name]["snapshotTaken"] is True
     assert jobs["retry"]["scripts"]["pre"]["attempts"] == 2, jobs["retry"]["scripts"]
@@ -496,7 +529,14 @@ def test_the_jobs_ended_as_planned_and_prometheus_agrees(scenario: Scenario) -> 
     assert [d["ok"] for d in fault["disks"]] == [True, False], fault["disks"]
 
     q = scenario.prom.value
-    assert q('sum(vmsnap_jobs_total{consistency="application"})') == 3
+    # ok-1, ok-2, retry and the host-path job.
+    assert q('sum(vmsnap_jobs_total{consistency="application"})') == 4
+    assert q('vmsnap_snapshot_jobs_total{path="host",outcome="success"}') == 1
+    # ok-1, ok-2, timeout, retry succeeded on the guest path; disk-fault failed on it.
+    assert q('vmsnap_snapshot_jobs_total{path="guest",outcome="success"}') == 4
+    assert q('vmsnap_snapshot_jobs_total{path="guest",outcome="failed"}') == 1
+    assert q('vmsnap_snapshot_runs_total{path="host"}') == 1
+    assert q("sum(vmsnap_snapshot_fallbacks_total)") == 0
     assert q('sum(vmsnap_jobs_total{consistency="filesystem"})') == 1
     assert q('vmsnap_script_timeouts_total{script="pre"}') == 1
     assert q('vmsnap_script_retries_total{script="pre"}') == 1
@@ -817,6 +857,7 @@ SILENT_ALERTS = (
     "VmsnapFrozenWindowP99High",
     "VmsnapNoRecentSuccess",
     "VmsnapSidecarDown",
+    "VmsnapHostFallbacksRising",  # the host-path job's presnapshot was accepted
 )
 
 

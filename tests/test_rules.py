@@ -216,6 +216,7 @@ def test_alert_list() -> None:
         "VmsnapPostScriptTimeout",
         "VmsnapFrozenWindowTooLong",
         "VmsnapFrozenWindowP99High",
+        "VmsnapHostFallbacksRising",
         "VmsnapBackstopThaw",
         "VmsnapWatchdogThaw",
         "VmsnapJobFailed",

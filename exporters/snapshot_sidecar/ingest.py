@@ -84,6 +84,18 @@ def apply_record(values: MetricValues, record: JobRecord) -> None:
         if seconds is not None:
             values.observe("vmsnap_disk_snapshot_duration_seconds", seconds, exemplar=exemplar)
 
+    snapshot = record.snapshot
+    path = snapshot.get("path")
+    if isinstance(path, str):
+        values.inc("vmsnap_snapshot_jobs_total", (path, outcome))
+        seconds = _num(snapshot.get("seconds"))
+        if seconds is not None and seconds >= 0:
+            values.inc("vmsnap_snapshot_runs_total", (path,))
+            values.inc("vmsnap_snapshot_seconds_total", (path,), seconds)
+    fallback = snapshot.get("fallback")
+    if fallback is not None:
+        values.inc("vmsnap_snapshot_fallbacks_total", (str(fallback),))
+
     dropped = record.dropped
     for kind in ("log_lines", "spans"):
         amount = _num(dropped.get(kind))

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.core.phases import PHASES
+from snapshot_runtime.core.snapshot_mode import FALLBACK_REASONS, SNAPSHOT_PATHS
 from snapshot_runtime.snapshot.failures import FailureKind
 
 __all__ = [
@@ -342,6 +343,35 @@ FAMILIES: tuple[Family, ...] = (
         component=COMPONENTS,
     ),
     _c("vmsnap_sidecar_state_write_errors_total", "Failed writes of the sidecar's state file."),
+    # -- snapshot path (host / guest), docs/host-snapshot.md --------------------------
+    # 10 series in all (4 + 2 + 2 + 2): counters, not a `path` label on the
+    # histograms (one label there would double every bucket: +16 series for
+    # vmsnap_disk_snapshot_duration_seconds alone). Mean snapshot latency per
+    # path: vmsnap_snapshot_seconds_total / vmsnap_snapshot_runs_total.
+    _c(
+        "vmsnap_snapshot_jobs_total",
+        "Completed jobs that chose a snapshot path, by path (host, guest) and outcome.",
+        path=SNAPSHOT_PATHS,
+        outcome=OUTCOMES,
+    ),
+    _c(
+        "vmsnap_snapshot_runs_total",
+        "Snapshot request rounds that ran (one per job: all disks), by path.",
+        path=SNAPSHOT_PATHS,
+    ),
+    _c(
+        "vmsnap_snapshot_seconds_total",
+        "Time spent in those snapshot request rounds, by path (sum; divide by the runs).",
+        path=SNAPSHOT_PATHS,
+    ),
+    Family(
+        "vmsnap_snapshot_fallbacks_total",
+        "counter",
+        "Jobs that took the guest path because the host's presnapshot failed, by reason.",
+        ("reason",),
+        (FALLBACK_REASONS,),
+        other={"reason": "presnapshot_failed"},
+    ),
 )
 
 FAMILY_BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES}

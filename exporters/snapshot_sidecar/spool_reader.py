@@ -159,6 +159,11 @@ class JobRecord:
         return [n for n in (error_name(w) for w in _list(self.raw.get("warnings"))) if n]
 
     @property
+    def snapshot(self) -> dict[str, Any]:
+        """``snapshot``: path, fallback, seconds (docs/spool.md); {} in older records."""
+        return _dict(self.raw.get("snapshot"))
+
+    @property
     def dropped(self) -> dict[str, Any]:
         return _dict(self.raw.get("dropped"))
 

@@ -3,6 +3,8 @@ the consistency verdict, phases, defaults and paths, untrusted-file reading,
 atomic writes. No azure, opentelemetry or subprocess (import-linter enforces it)."""
 
 from .atomic_file import write_atomic as write_atomic
+from .command_deadline import COMMAND_DEADLINE as COMMAND_DEADLINE
+from .command_deadline import command_too_late as command_too_late
 from .consistency import ConfigState as ConfigState
 from .consistency import Consistency as Consistency
 from .consistency import ProceedDecision as ProceedDecision
@@ -52,6 +54,7 @@ from .untrusted_file import read_at_most as read_at_most
 from .window import WindowObserver as WindowObserver
 
 __all__ = [
+    "COMMAND_DEADLINE",
     "DEFAULT_FREEZE_TIMEOUT",
     "DEFAULT_RETENTION_DAYS",
     "DEFAULT_RETENTION_KEEP",
@@ -84,6 +87,7 @@ __all__ = [
     "WindowObserver",
     "check_config_mode",
     "choose_mode",
+    "command_too_late",
     "datetime_to_ticks",
     "decide_after_freeze",
     "decide_after_pre_script",

@@ -115,6 +115,8 @@ _SNAPSHOT_FAILURE_CODES = frozenset(
         ErrorCode.SNAPSHOT_FAILED,
         ErrorCode.SNAPSHOT_RATE_EXCEEDED,
         ErrorCode.SNAPSHOT_LIMIT_REACHED,
+        # The host path's 140-minute limit by the host's clock: no snapshot asked for.
+        ErrorCode.COMMAND_TOO_LATE,
     }
 )
 

@@ -44,7 +44,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "FALLBACK_REASONS",
     "PRESNAPSHOT_ACCEPTED",
+    "SNAPSHOT_PATHS",
     "ModeChoice",
     "ModeInputs",
     "ModeSource",
@@ -57,6 +59,15 @@ __all__ = [
 ]
 
 SnapshotPath = Literal["host", "guest"]
+SNAPSHOT_PATHS: tuple[SnapshotPath, ...] = ("host", "guest")
+# Why a job with host inputs ran the guest path after its presnapshot failed
+# (firstHostThenGuest): the job record's snapshot.fallback and the sidecar's
+# bounded ``reason`` label (docs/telemetry.md). ``presnapshot_unreachable``:
+# no answer (555: refused, reset, timeout); ``presnapshot_failed``: any other
+# answer (an HTTP error, an empty or unusable 200: 557, 558). Two values: the
+# series budget (docs/telemetry.md); the record's declined reason and the
+# status's hostStatusCodePreSnapshot keep the exact code.
+FALLBACK_REASONS: tuple[str, ...] = ("presnapshot_unreachable", "presnapshot_failed")
 ModeSource = Literal[
     "default", "customSettings", "vmbackup.conf", "config", "host-only disks", "excluded disks"
 ]

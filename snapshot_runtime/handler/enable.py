@@ -26,6 +26,7 @@ import subprocess
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from snapshot_runtime.core.command_deadline import command_too_late
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
 from snapshot_runtime.handler.certificates import load_certificate_pair, normalise_thumbprint
 from snapshot_runtime.handler.context import (
@@ -37,10 +38,7 @@ from snapshot_runtime.handler.context import (
     processed_tasks,
 )
 from snapshot_runtime.handler.daemon import spawn_daemon
-from snapshot_runtime.handler.guards import (
-    command_too_late,
-    reset_guards_on_new_identity,
-)
+from snapshot_runtime.handler.guards import reset_guards_on_new_identity
 from snapshot_runtime.handler.protected_settings import decrypt_protected_settings
 from snapshot_runtime.handler.settings_files import (
     LAST_SEQUENCE_FILE,

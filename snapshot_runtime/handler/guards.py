@@ -6,8 +6,9 @@
   bounded list also catches a retry that arrives after another task.
 * The single-job lock lives in ``job.lock`` (``JobLock``): ``enable`` and
   its daemon share it with ``snapshot-runtime run``.
-* ``command_too_late``: the reference's 140-minute limit on
-  ``commandStartTimeUTCTicks`` (``FailedGuestAgentInvokedCommandTooLate``).
+* the reference's 140-minute limit on ``commandStartTimeUTCTicks``
+  (``FailedGuestAgentInvokedCommandTooLate``) is ``core.command_deadline``:
+  the host path applies it too, with the host's clock.
 * ``reset_guards_on_new_identity``: the sequence (``mrseq``) and task guards
   belong to one VM. A restored or cloned VM carries its source's guard files
   on its disks, so it would refuse its first job as already processed; the
@@ -15,7 +16,7 @@
   changes. Ours is keyed to ``inputs.machine.VmIdentity`` (the SMBIOS product
   UUID and that Role GUID), stored next to the processed task ids.
 
-``command_too_late`` is pure; the classes and functions do file I/O only.
+The classes and functions do file I/O.
 """
 
 from __future__ import annotations
@@ -24,33 +25,18 @@ import contextlib
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 from snapshot_runtime.core.atomic_file import write_atomic
 
 __all__ = [
-    "COMMAND_DEADLINE",
     "MAX_PROCESSED",
     "IdentityCheck",
     "ProcessedTasks",
-    "command_too_late",
     "reset_guards_on_new_identity",
 ]
 
-COMMAND_DEADLINE = timedelta(minutes=140)
 MAX_PROCESSED = 128
 _MAX_REGISTRY_BYTES = 256 * 1024
-
-
-def command_too_late(start: datetime | None, now: datetime) -> bool:
-    """True when more than 140 minutes passed since ``start``. Pure.
-
-    No start time means no limit (the field is optional). A start in the
-    future (clock skew) is not late.
-    """
-    if start is None:
-        return False
-    return now - start > COMMAND_DEADLINE
 
 
 class ProcessedTasks:

@@ -20,6 +20,7 @@ first FIFREEZE. I4: the thaw is in a ``finally``.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Mapping, Sequence
 
@@ -31,6 +32,7 @@ from snapshot_runtime.freeze.freezer import Freezer, FreezerFactory
 from snapshot_runtime.job.records import JobOptions
 from snapshot_runtime.job.state import JobState
 from snapshot_runtime.snapshot.backend import SnapshotRequest, Snapshotter, SnapshotterFactory
+from snapshot_runtime.snapshot.host import HostSnapshotter
 from snapshot_runtime.snapshot.registry import choose_backend
 from snapshot_runtime.snapshot.results import SnapshotResult
 from snapshot_runtime.telemetry.job_log import JobLog
@@ -86,6 +88,13 @@ class FrozenWindowSequence:
                     ph.fail(ErrorCode.SNAPSHOT_FAILED, self._no_backend_message())
                     self.state.snapshot = _no_backend_result(self._no_backend_message())
                     return
+                late = _too_late_by_host_clock(snapshotter, settings.command_start_utc)
+                if late is not None:
+                    log.error("{}", late)
+                    ph.fail(ErrorCode.COMMAND_TOO_LATE, late)
+                    self.state.snapshot = _no_backend_result(late, ErrorCode.COMMAND_TOO_LATE)
+                    return
+                disks = _disk_count(snapshotter, len(settings.disk_sas_urls))
                 failures = snapshotter.prepare()
                 self.state.preflight_failures = failures
                 for failure in failures:
@@ -94,21 +103,21 @@ class FrozenWindowSequence:
                     freezer = self._prepare_freeze()
                 ph.attributes["mounts"] = [m.mountpoint for m in self.state.plan.mounts]
                 ph.attributes["mount_count"] = len(self.state.plan.mounts)
-                ph.attributes["disk_count"] = len(settings.disk_sas_urls)
+                ph.attributes["disk_count"] = disks
                 if freeze_enabled:
                     log.info(
                         "ready: {} mount(s) to freeze {}, {} disk(s)",
                         len(self.state.plan.mounts),
                         [m.mountpoint for m in self.state.plan.mounts],
-                        len(settings.disk_sas_urls),
+                        disks or "every",
                     )
                 else:
-                    log.info("ready: {} disk(s), no freeze", len(settings.disk_sas_urls))
+                    log.info("ready: {} disk(s), no freeze", disks or "every")
             if freezer is not None:
                 in_window = True
-                self._frozen_window(freezer, snapshotter, len(settings.disk_sas_urls))
+                self._frozen_window(freezer, snapshotter, disks)
             elif self.state.freeze_attempted:
-                self._after_failed_freeze(snapshotter, len(settings.disk_sas_urls))
+                self._after_failed_freeze(snapshotter, disks)
             else:
                 self._snapshot_phase(snapshotter)
         finally:
@@ -290,12 +299,33 @@ class FrozenWindowSequence:
                     log.error("disk {} failed: {}", disk.blob_url, disk.error)
 
 
-def _no_backend_result(message: str) -> SnapshotResult:
-    """Every backend declined: nothing was snapshotted (a failed job, no freeze)."""
+def _disk_count(snapshotter: Snapshotter, guest_disks: int) -> int:
+    """The disks the chosen backend snapshots: what the single-disk crash rule counts.
+
+    The host backend asks for its LUNs, not the guest disk URLs (a host-only
+    job has none); 0 stands for "every disk of the VM" (an empty LUN list),
+    which is not one disk, so a failed freeze stops such a job.
+    """
+    if isinstance(snapshotter, HostSnapshotter):
+        return snapshotter.disk_count or 0
+    return guest_disks
+
+
+def _too_late_by_host_clock(snapshotter: Snapshotter, start: dt.datetime | None) -> str | None:
+    """The 140-minute limit by the host's clock (host path only; before any freeze)."""
+    if isinstance(snapshotter, HostSnapshotter):
+        return snapshotter.too_late_by_host_clock(start)
+    return None
+
+
+def _no_backend_result(
+    message: str, error: ErrorCode = ErrorCode.SNAPSHOT_FAILED
+) -> SnapshotResult:
+    """Nothing was snapshotted, no freeze: every backend declined (or ``error``)."""
     return SnapshotResult(
         disks=(),
         ok=False,
-        error=ErrorCode.SNAPSHOT_FAILED,
+        error=error,
         error_message=message,
         duration_seconds=0.0,
         deadline_hit=False,

@@ -20,7 +20,7 @@ from snapshot_runtime.inputs.plugin_config import PluginConfig
 from snapshot_runtime.inputs.settings import HandlerSettings
 from snapshot_runtime.job.records import JobReport
 from snapshot_runtime.scripts.runner import ScriptResult
-from snapshot_runtime.snapshot.host import HostSnapshotResult
+from snapshot_runtime.snapshot.host import HostSnapshotResult, fallback_reason, snapshot_path
 from snapshot_runtime.snapshot.registry import BackendDeclined
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
 from snapshot_runtime.telemetry.record import RecordFacts
@@ -209,5 +209,12 @@ def job_record_facts(
         pre=state.pre,
         post=state.post,
         disks=snap.disks if snap else tuple(state.preflight_failures),
+        snapshot_path=snapshot_path(state.backend),
+        snapshot_fallback=fallback_reason(
+            state.backend, [(d.name, d.reason) for d in state.backends_declined]
+        ),
+        # Only a snapshot_all() that ran (its disks are reported, failed or not);
+        # a job stopped before it has a result without disks.
+        snapshot_seconds=snap.duration_seconds if snap and snap.disks and state.backend else None,
         redact=redact,
     )

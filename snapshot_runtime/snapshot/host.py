@@ -32,13 +32,22 @@ fields never carry them.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from snapshot_runtime.core.command_deadline import command_too_late
 from snapshot_runtime.core.redact import scrub
-from snapshot_runtime.core.snapshot_mode import ModeChoice, SnapshotMode, choose_mode, decide_path
+from snapshot_runtime.core.snapshot_mode import (
+    ModeChoice,
+    SnapshotMode,
+    SnapshotPath,
+    choose_mode,
+    decide_path,
+)
 from snapshot_runtime.inputs.host_inputs import VMBACKUP_CONF, read_snapshot_method
 from snapshot_runtime.inputs.settings import HandlerSettings
 from snapshot_runtime.snapshot.backend import BackendDecision, SnapshotRequest
@@ -46,6 +55,7 @@ from snapshot_runtime.snapshot.failures import MAX_MESSAGE, FailureKind
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult, aggregate
 from snapshot_runtime.snapshot.wireserver import (
     DOSNAPSHOT_PATH,
+    NO_RESPONSE,
     PRESNAPSHOT_PATH,
     HostAnswer,
     HostDiskInfo,
@@ -71,10 +81,12 @@ __all__ = [
     "VMBACKUP_CONF_ENV",
     "HostSnapshotResult",
     "HostSnapshotter",
+    "fallback_reason",
     "host_status_entry",
     "host_telemetry",
     "mode_backend_names",
     "plan_host_mode",
+    "snapshot_path",
 ]
 
 # Registry names (snapshot/registry.py).
@@ -105,6 +117,12 @@ class HostSnapshotResult(SnapshotResult):
 
     presnapshot_code: int | None = None
     dosnapshot_code: int | None = None
+    # The one dosnapshot request, for its CLIENT span: where it went, its HTTP
+    # status, when it started (time.monotonic()) and how long it took.
+    server_address: str | None = None
+    server_port: int | None = None
+    http_status: int | None = None
+    request_started_at: float = 0.0
     status_entries: tuple[Mapping[str, object], ...] = field(default=(), repr=False)
 
 
@@ -179,6 +197,37 @@ class HostSnapshotter:
         self._call: PreparedCall | None = None
         self._closed = False
 
+    @property
+    def disk_count(self) -> int | None:
+        """The disks the one ``dosnapshot`` asks for: the LUN list.
+
+        None: the list is empty, which asks the host for every disk of the VM,
+        a number the guest does not know; the freeze rules then treat it as
+        several disks (no single-disk crash fallback), the safe side.
+        """
+        luns = self._host.lun_list
+        return len(luns) if luns else None
+
+    def too_late_by_host_clock(self, start: dt.datetime | None) -> str | None:
+        """Why the job is too late by the host's clock, or None (reference §6).
+
+        The host's ``presnapshot`` ``responseTime`` is "now" for the 140-minute
+        limit when the host answered with one: a VM whose own clock is wrong
+        neither loses nor gains a job by it. Without an answer (a declined
+        host, no ``responseTime``) the local clock ``handler.enable`` checked
+        stays the only one, as in the reference.
+        """
+        pre = self.presnapshot
+        now = pre.host_time if pre is not None and pre.accepted else None
+        if now is None or not command_too_late(start, now):
+            return None
+        assert start is not None
+        minutes = (now - start).total_seconds() / 60
+        return (
+            f"the command started at {start:%Y-%m-%dT%H:%M:%SZ}, {minutes:.0f} minutes before "
+            f"the host's time {now:%Y-%m-%dT%H:%M:%SZ}: more than the 140 minutes allowed"
+        )
+
     def _where(self) -> tuple[str, int]:
         if self._address is None:
             self._address = wireserver_address()
@@ -249,9 +298,10 @@ class HostSnapshotter:
         """ONE dosnapshot, inside the window, within the deadline; never raises, never retries."""
         if self._call is None:
             raise RuntimeError("prepare() was not called")
+        started = time.monotonic()
         answer = self._call.send(self._request.deadline_seconds, dosnapshot=True)
         entries, code = parse_dosnapshot(answer)
-        disks = self._disks(entries, code, answer)
+        disks = self._disks(entries, code, answer, started)
         error, message = aggregate(disks, deadline_hit=answer.error == "answer: TimeoutError")
         if not disks:
             message = f"dosnapshot answered {code} with no snapshot entry"
@@ -264,14 +314,21 @@ class HostSnapshotter:
             deadline_hit=answer.error == "answer: TimeoutError",
             presnapshot_code=self.presnapshot.code if self.presnapshot else None,
             dosnapshot_code=code,
+            server_address=self._where()[0],
+            server_port=self._where()[1],
+            http_status=answer.http_status,
+            request_started_at=started,
             status_entries=tuple(host_status_entry(e) for e in entries if e is not None),
         )
 
     def _disks(
-        self, entries: Sequence[HostDiskInfo | None], code: int, answer: HostAnswer
+        self,
+        entries: Sequence[HostDiskInfo | None],
+        code: int,
+        answer: HostAnswer,
+        started: float,
     ) -> list[DiskSnapshot]:
         luns: Sequence[int | None] = self._host.lun_list or [None] * len(entries)
-        started = 0.0
         disks = []
         for index, lun in enumerate(luns):
             info = entries[index] if index < len(entries) else None
@@ -298,6 +355,7 @@ class HostSnapshotter:
                     status_code=answer.http_status,
                     error=error,
                     failure_kind=None if ok else _failure_kind(info, answer),
+                    lun=lun,
                 )
             )
         return disks
@@ -386,3 +444,28 @@ def host_telemetry(
             if name in (HOST_BACKEND, HOST_REQUIRED_BACKEND) and m:
                 data["hostStatusCodePreSnapshot"] = m.group(1)
     return data
+
+
+def snapshot_path(backend: str | None) -> SnapshotPath | None:
+    """The path a job's chosen backend took: ``host`` or ``guest``; None: no backend."""
+    if backend in (HOST_BACKEND, HOST_REQUIRED_BACKEND):
+        return "host"
+    return "guest" if backend is not None else None
+
+
+def fallback_reason(backend: str | None, declined: Sequence[tuple[str, str]]) -> str | None:
+    """Why the guest path ran after the host declined (``FALLBACK_REASONS``), or None.
+
+    Only a job that took the guest path after a declined host fell back; a
+    guest-only job (no host inputs, onlyGuest) did not.
+    """
+    if snapshot_path(backend) != "guest":
+        return None
+    for name, reason in declined:
+        if name not in (HOST_BACKEND, HOST_REQUIRED_BACKEND):
+            continue
+        m = _DECLINED_PRESNAPSHOT.match(reason)
+        if m and int(m.group(1)) == NO_RESPONSE:
+            return "presnapshot_unreachable"
+        return "presnapshot_failed"
+    return None

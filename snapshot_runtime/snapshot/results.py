@@ -38,6 +38,7 @@ class DiskSnapshot:
     status_code: int | None
     error: str | None
     failure_kind: FailureKind | None
+    lun: int | None = None  # the host path's disk id (includedDisks LUN); None on the guest path
 
 
 @dataclass(frozen=True)

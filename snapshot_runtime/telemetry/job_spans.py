@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from opentelemetry.trace import SpanKind
 
 from snapshot_runtime.core.phases import PhaseHandle, PhaseRecord
+from snapshot_runtime.snapshot.host import HostSnapshotResult
 from snapshot_runtime.telemetry.span_attributes import (
     ROOT_SPAN,
     attempt_outcome,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
 
     from snapshot_runtime.scripts.runner import ScriptResult
-    from snapshot_runtime.snapshot.results import SnapshotResult
+    from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
 
 __all__ = ["JobSpans", "WindowEvent"]
 
@@ -183,11 +184,49 @@ class JobSpans:
             )
         parent.set_attributes(script_attributes(result))
 
+    def _host_request_span(self, parent: Span, result: HostSnapshotResult) -> Span:
+        """The host path's one ``dosnapshot`` (HTTP client semantic conventions).
+
+        Kind CLIENT, ``server.address``/``server.port`` the WireServer; the disk
+        spans (with their LUN) are its children: one request snapshotted them all.
+        """
+        start = self.tracer.wall_ns_from_monotonic(result.request_started_at)
+        attrs: dict[str, AttributeValue] = {
+            "http.request.method": "POST",
+            "vmsnap.host.dosnapshot_code": result.dosnapshot_code or 0,
+        }
+        if result.server_address:
+            attrs["server.address"] = result.server_address
+        if result.server_port is not None:
+            attrs["server.port"] = result.server_port
+        if result.http_status is not None:
+            attrs["http.response.status_code"] = result.http_status
+        if result.presnapshot_code is not None:
+            attrs["vmsnap.host.presnapshot_code"] = result.presnapshot_code
+        span = self.tracer.start_child(
+            span_name("snapshot.host_request"),
+            parent=parent,
+            start_ns=start,
+            attributes=attrs,
+            current=False,
+            kind=SpanKind.CLIENT,
+        )
+        self.tracer.end(
+            span,
+            end_ns=start + int(result.duration_seconds * 1e9),
+            error_type=result.error.value if result.error else None,
+            description=self._redact(result.error_message) if result.error_message else None,
+        )
+        return span
+
     def disk_spans(self, result: SnapshotResult) -> None:
         """One child span of the snapshot phase per disk (after the thaw)."""
         parent = self._phase_spans.get("snapshot")
         if parent is None:
             return
+        host = isinstance(result, HostSnapshotResult)
+        if isinstance(result, HostSnapshotResult):
+            parent = self._host_request_span(parent, result)
         for disk in result.disks:
             start = self.tracer.wall_ns_from_monotonic(disk.started_at)
             outcome = disk_outcome(disk, self._redact)
@@ -196,8 +235,26 @@ class JobSpans:
                 parent=parent,
                 start_ns=start,
                 end_ns=start + int(disk.duration_seconds * 1e9),
-                attributes=outcome.attributes,
+                attributes=_host_disk(outcome.attributes, disk) if host else outcome.attributes,
                 error_type=outcome.error_type,
                 description=outcome.description,
-                kind=SpanKind.CLIENT,
+                # Host path: entries of the one request (the CLIENT parent), not requests.
+                kind=SpanKind.INTERNAL if host else SpanKind.CLIENT,
             )
+
+
+# A guest disk span's request attributes (its own Snapshot Blob request).
+_REQUEST_KEYS = ("http.", "server.", "url.")
+
+
+def _host_disk(attrs: dict[str, AttributeValue], disk: DiskSnapshot) -> dict[str, AttributeValue]:
+    """A host-path disk span: its LUN; no request attributes of its own.
+
+    The one request is the parent ``vmsnap.snapshot.host_request`` span; a disk
+    is one entry of its answer, so it carries no ``http.*``/``server.*``/``url.*``
+    attribute that would describe a request of its own.
+    """
+    out = {k: v for k, v in attrs.items() if not k.startswith(_REQUEST_KEYS)}
+    if disk.lun is not None:
+        out["vmsnap.disk.lun"] = disk.lun
+    return out

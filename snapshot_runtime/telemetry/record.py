@@ -58,6 +58,12 @@ class RecordFacts:
     logs_mirrored_by: str | None = None
     logs_mirror_error: str | None = None
     otlp: Mapping[str, Any] | None = None
+    # The snapshot path (docs/host-snapshot.md): "host" or "guest" (None: no
+    # backend accepted the job); the bounded fallback reason when the guest path
+    # ran after the host declined; the backend's snapshot_all() time.
+    snapshot_path: str | None = None
+    snapshot_fallback: str | None = None
+    snapshot_seconds: float | None = None
     telemetry_errors: Sequence[str] = ()
     redact: Callable[[str], str] = field(default=scrub)
 
@@ -169,6 +175,13 @@ def build_record(facts: RecordFacts) -> dict[str, Any]:
             }
             for d in facts.disks
         ],
+        "snapshot": {
+            "path": facts.snapshot_path,
+            "fallback": facts.snapshot_fallback,
+            "seconds": (
+                round(facts.snapshot_seconds, 6) if facts.snapshot_seconds is not None else None
+            ),
+        },
         "dropped": {"log_lines": facts.dropped_log_lines, "spans": facts.dropped_spans},
         "logs": {
             "lines": facts.log_lines,

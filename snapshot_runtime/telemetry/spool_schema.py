@@ -90,6 +90,7 @@ RECORD_KEYS: tuple[str, ...] = (
     "freeze",
     "scripts",
     "disks",
+    "snapshot",
     "dropped",
     "logs",
     "spans",

@@ -161,6 +161,8 @@ CASES: list[tuple[str, dict[str, Any], tuple[Any, ...]]] = [
      ("none", "all_snapshots_failed", RATE, (), False, 173, G)),
     ("C31", {"disks_ok": 0, "snapshot_error": LIMIT},
      ("none", "all_snapshots_failed", LIMIT, (), False, 85, R)),
+    ("C63", {**STOPPED, "snapshot_error": E.COMMAND_TOO_LATE},
+     ("none", "all_snapshots_failed", E.COMMAND_TOO_LATE, (), False, 402, R)),
     ("C32", {"disks_ok": 0, "snapshot_error": None},
      ("none", "all_snapshots_failed", SNAP, (), False, 76, R)),
     ("C33", {"disks_ok": 1, "snapshot_error": PART},

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from snapshot_runtime.core import defaults
+from snapshot_runtime.core.command_deadline import COMMAND_DEADLINE, command_too_late
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
 from snapshot_runtime.core.retention import RetentionPolicy
 from snapshot_runtime.handler.config import (
@@ -25,12 +26,7 @@ from snapshot_runtime.handler.config import (
     parse_handler_config,
 )
 from snapshot_runtime.handler.environment import load_handler_environment, parse_handler_environment
-from snapshot_runtime.handler.guards import (
-    COMMAND_DEADLINE,
-    MAX_PROCESSED,
-    ProcessedTasks,
-    command_too_late,
-)
+from snapshot_runtime.handler.guards import MAX_PROCESSED, ProcessedTasks
 from snapshot_runtime.handler.settings_files import (
     SettingsFile,
     choose_sequence,

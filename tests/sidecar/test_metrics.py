@@ -295,3 +295,59 @@ def test_state_round_trip_keeps_histograms_and_exemplars() -> None:
     assert hist.exemplars == {2: ("ab" * 16, 0.3, 123.0)}  # le="0.5"
     assert restored.counters["vmsnap_job_errors_total"][("Pre-ScriptTimeout",)] == 2
     assert restored.gauges["vmsnap_last_success_timestamp_seconds"][()] == 99.0
+
+
+def test_snapshot_path_and_fallbacks_are_counted_with_bounded_labels(rig: Rig) -> None:
+    sidecar = rig.sidecar()
+    v = lambda name, **labels: rig.value(sidecar, name, **labels)  # noqa: E731
+    # Zero-initialised: 4 + 2 + 2 + 2 = 10 series, nothing more.
+    for path in ("host", "guest"):
+        for outcome in OUTCOMES:
+            assert v("vmsnap_snapshot_jobs_total", path=path, outcome=outcome) == 0
+        assert v("vmsnap_snapshot_runs_total", path=path) == 0
+        assert v("vmsnap_snapshot_seconds_total", path=path) == 0
+    fallbacks = ("presnapshot_unreachable", "presnapshot_failed")
+    for reason in fallbacks:
+        assert v("vmsnap_snapshot_fallbacks_total", reason=reason) == 0
+    text = generate_latest(rig.registry(sidecar)).decode()
+    added = [
+        line
+        for line in text.splitlines()
+        if line.startswith(("vmsnap_snapshot_jobs_total{", "vmsnap_snapshot_runs_total{"))
+        or line.startswith(("vmsnap_snapshot_seconds_total{", "vmsnap_snapshot_fallbacks_total{"))
+    ]
+    assert len(added) == 10, added
+
+    rig.gen.job("host-ok", extra={"snapshot": {"path": "host", "fallback": None, "seconds": 0.25}})
+    rig.gen.job(
+        "fell-back",
+        extra={
+            "snapshot": {"path": "guest", "fallback": "presnapshot_unreachable", "seconds": 0.5}
+        },
+    )
+    rig.gen.job(
+        "too-late",
+        outcome="failed",
+        consistency="none",
+        error="CommandTooLate",
+        extra={"snapshot": {"path": "host", "fallback": None, "seconds": None}},
+    )
+    rig.gen.job(
+        "hostile",
+        extra={"snapshot": {"path": "moon", "fallback": "cosmic rays", "seconds": "x"}},
+    )
+    rig.gen.job("old-record")  # no "snapshot" key: written before this field existed
+    sidecar.run_once()
+
+    assert v("vmsnap_snapshot_jobs_total", path="host", outcome="success") == 1
+    assert v("vmsnap_snapshot_jobs_total", path="host", outcome="failed") == 1
+    assert v("vmsnap_snapshot_jobs_total", path="guest", outcome="success") == 1
+    assert v("vmsnap_snapshot_runs_total", path="host") == 1  # the too-late job sent nothing
+    assert v("vmsnap_snapshot_seconds_total", path="host") == 0.25
+    assert v("vmsnap_snapshot_seconds_total", path="guest") == 0.5
+    assert v("vmsnap_snapshot_fallbacks_total", reason="presnapshot_unreachable") == 1
+    # "cosmic rays" is bounded to the catch-all.
+    assert v("vmsnap_snapshot_fallbacks_total", reason="presnapshot_failed") == 1
+    text = generate_latest(rig.registry(sidecar)).decode()
+    assert "moon" not in text and "cosmic" not in text
+    assert v("vmsnap_jobs_total", outcome="success", consistency="application") == 4

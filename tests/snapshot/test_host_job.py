@@ -9,6 +9,7 @@ window (``FreezeResult.first_freeze_at`` / ``last_thaw_at``, same clock).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from snapshot_runtime.job.records import JobReport
 from snapshot_runtime.job.run import run_job
 from snapshot_runtime.snapshot.host import SNAPSHOT_MODE_ENV, VMBACKUP_CONF_ENV
 from snapshot_runtime.snapshot.wireserver import WIRESERVER_ENV
+from snapshot_runtime.telemetry.spool_schema import RECORD_FILE, SPANS_FILE
 from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.host_service import (
@@ -41,6 +43,12 @@ from tests.support.loopfs import LoopFs
 
 pytestmark = [pytest.mark.root, pytest.mark.azurite]
 
+_UTC = dt.timezone.utc
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(_UTC)
+
 
 @pytest.fixture
 def rig(
@@ -57,14 +65,8 @@ def rig(
 
 
 def run(rig: Rig, settings: str, **overrides: Any) -> JobReport:
-    return run_job(
-        rig.ws.options(
-            settings,
-            config_path=rig.ws.config(),
-            include_mounts=(rig.disk.mountpoint,),
-            **overrides,
-        )
-    )
+    overrides.setdefault("include_mounts", (rig.disk.mountpoint,))
+    return run_job(rig.ws.options(settings, config_path=rig.ws.config(), **overrides))
 
 
 def status_of(rig: Rig, task_id: str) -> dict[str, Any]:
@@ -76,6 +78,14 @@ def status_of(rig: Rig, task_id: str) -> dict[str, Any]:
 
 def telemetry(status: dict[str, Any]) -> dict[str, str]:
     return {e["Key"]: e["Value"] for e in status["telemetryData"]}
+
+
+def snapshot_record(report: JobReport) -> dict[str, Any]:
+    """The job record's ``snapshot`` object (docs/spool.md): path, fallback, seconds."""
+    assert report.spool_job_dir is not None
+    record = json.loads((Path(report.spool_job_dir) / RECORD_FILE).read_text())
+    snapshot: dict[str, Any] = record["snapshot"]
+    return snapshot
 
 
 def assert_host_calls_fit_the_window(rig: Rig, report: JobReport) -> None:
@@ -161,15 +171,22 @@ def test_default_mode_one_dosnapshot_inside_the_window_restores_the_frozen_disk(
     assert (data["hostStatusCodePreSnapshot"], data["hostStatusCodeDoSnapshot"]) == ("200", "200")
     log = rig.ws.log_path.read_text()
     assert "snapshot mode firstHostThenGuest from default" in log
+    snap = snapshot_record(report)
+    assert (snap["path"], snap["fallback"]) == ("host", None)
+    assert 0 < snap["seconds"] < freeze.window_seconds
     assert_no_secret_anywhere(rig, report, task_id, TOKEN)
 
 
 @pytest.mark.parametrize(
-    ("fault", "code"),
-    [(Fault("drop"), "555"), (Fault("status", 500, b""), "500"), (Fault("empty"), "557")],
+    ("fault", "code", "fallback"),
+    [
+        (Fault("drop"), "555", "presnapshot_unreachable"),
+        (Fault("status", 500, b""), "500", "presnapshot_failed"),
+        (Fault("empty"), "557", "presnapshot_failed"),
+    ],
 )
 def test_failed_presnapshot_falls_back_to_the_guest_before_any_freeze(
-    rig: Rig, azurite: Azurite, fault: Fault, code: str
+    rig: Rig, azurite: Azurite, fault: Fault, code: str, fallback: str
 ) -> None:
     rig.host.script.presnapshot = fault
     guest = jobkit.make_disks(azurite, 1)
@@ -189,6 +206,9 @@ def test_failed_presnapshot_falls_back_to_the_guest_before_any_freeze(
     assert data["snapshotCreator"] == "guestExtension"
     assert data["hostStatusCodePreSnapshot"] == code
     assert "hostStatusCodeDoSnapshot" not in data
+    snap = snapshot_record(report)
+    assert (snap["path"], snap["fallback"]) == ("guest", fallback)
+    assert snap["seconds"] > 0
     assert_no_secret_anywhere(rig, report, task_id, TOKEN, *jobkit.secrets_of(guest))
 
 
@@ -202,6 +222,8 @@ def test_failed_presnapshot_without_guest_disks_freezes_nothing(rig: Rig) -> Non
     assert report.error_code == "SnapshotFailed" and not report.snapshot_taken
     assert report.freeze is None
     assert rig.host.calls_of("dosnapshot") == []
+    # No backend: no path, and no fallback either (nothing to fall back to).
+    assert snapshot_record(report) == {"path": None, "fallback": None, "seconds": None}
 
 
 def test_only_host_from_our_config_snapshots_even_when_presnapshot_fails(
@@ -321,6 +343,7 @@ def test_dosnapshot_failures_are_final_and_honest(
     assert not report.snapshot_taken
     assert_host_calls_fit_the_window(rig, report)
     assert len(rig.host.calls_of("dosnapshot")) == 1  # never retried
+    assert (snapshot_record(report)["path"], snapshot_record(report)["fallback"]) == ("host", None)
     assert jobkit.snapshots_of(azurite, jobkit.strip(guest[0])) == []  # never the guest
     freeze = report.freeze
     assert freeze is not None and freeze.ok
@@ -429,3 +452,102 @@ def test_no_wireserver_at_all_falls_back_to_the_guest_at_once(
     assert report.consistency == "application"
     (prepare,) = [p for p in report.phases if p.name == "prepare"]
     assert prepare.seconds < 5.0  # a refused WireServer costs no timeout
+
+
+def test_the_140_minute_limit_runs_on_the_hosts_clock_before_any_freeze(rig: Rig) -> None:
+    # The VM's clock says the command is a second old; the host's says 141 minutes.
+    rig.host.script.response_time = utc_now() + dt.timedelta(minutes=141)
+    settings, task_id = host_settings(rig.ws, luns=[0])
+
+    report = run(rig, settings)
+
+    assert (report.error_code, report.snapshot_taken) == ("CommandTooLate", False)
+    assert report.status_code == 402
+    assert report.freeze is None  # nothing frozen
+    assert len(rig.host.calls_of("presnapshot")) == 1
+    assert rig.host.calls_of("dosnapshot") == []
+    assert "minutes before the host's time" in rig.ws.log_path.read_text()
+    assert snapshot_record(report) == {"path": "host", "fallback": None, "seconds": None}
+    assert_no_secret_anywhere(rig, report, task_id, TOKEN)
+
+
+def test_a_host_clock_within_the_limit_lets_the_job_run(rig: Rig) -> None:
+    # 139 minutes by the host's clock: inside the limit, the snapshot is taken.
+    rig.host.script.response_time = utc_now() + dt.timedelta(minutes=139)
+    settings, _ = host_settings(rig.ws, luns=[0])
+
+    report = run(rig, settings)
+
+    assert (report.consistency, report.error_code) == ("application", None)
+    assert len(rig.host.calls_of("dosnapshot")) == 1
+
+
+def test_a_failed_freeze_on_one_host_lun_takes_the_crash_consistent_snapshot(
+    rig: Rig, tmp_path: Path
+) -> None:
+    # A requested mount that is not mounted: the freeze cannot happen. One LUN
+    # is one atomic host snapshot, a valid crash-consistent point (the guest
+    # path's single-disk rule, counted on the host's disks, not guest URLs).
+    missing = tmp_path / "not-mounted"
+    missing.mkdir()
+    settings, _ = host_settings(rig.ws, luns=[0])
+
+    report = run(rig, settings, include_mounts=(rig.disk.mountpoint, str(missing)))
+
+    assert report.snapshot_backend == "host"
+    assert (report.snapshot_taken, report.consistency) == (True, "crash")
+    assert len(rig.host.calls_of("dosnapshot")) == 1
+
+
+def test_a_failed_freeze_on_several_host_luns_stops_the_job(rig: Rig, tmp_path: Path) -> None:
+    missing = tmp_path / "not-mounted"
+    missing.mkdir()
+    settings, _ = host_settings(rig.ws, luns=[0, 5])
+
+    report = run(rig, settings, include_mounts=(rig.disk.mountpoint, str(missing)))
+
+    assert report.snapshot_backend == "host"
+    assert not report.snapshot_taken and report.consistency == "none"
+    assert rig.host.calls_of("dosnapshot") == []  # several disks unfrozen: not consistent
+
+
+def test_the_dosnapshot_is_a_client_span_to_the_wireserver_with_a_disk_span_per_lun(
+    rig: Rig, azurite: Azurite
+) -> None:
+    # One image LUN and one page-blob LUN: two disks, one request.
+    container = azurite.container()
+    azurite.create_page_blob(container, "data3.vhd")
+    rig.host.luns[3] = BlobDisk(container, "data3.vhd")
+    rig.host.blob_connection_string = azurite.connection_string
+    rig.host.blob_endpoint = azurite.endpoint
+    settings, _ = host_settings(rig.ws, luns=[0, 3])
+
+    report = run(rig, settings)
+
+    assert report.consistency == "application"
+    assert report.spool_job_dir is not None
+    spans = jobkit.read_json_lines(Path(report.spool_job_dir) / SPANS_FILE)
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for span in spans:
+        by_name.setdefault(span["name"], []).append(span)
+    (phase,) = by_name["vmsnap.snapshot"]
+    (request,) = by_name["vmsnap.snapshot.host_request"]
+    assert request["kind"] == "CLIENT"
+    assert request["parent_span_id"] == phase["span_id"]
+    host, port = rig.host.address.rsplit(":", 1)
+    attrs = request["attributes"]
+    assert (attrs["server.address"], attrs["server.port"]) == (host, int(port))
+    assert (attrs["http.request.method"], attrs["http.response.status_code"]) == ("POST", 200)
+    assert (attrs["vmsnap.host.presnapshot_code"], attrs["vmsnap.host.dosnapshot_code"]) == (
+        200,
+        200,
+    )
+    disks = by_name["vmsnap.snapshot.disk"]
+    assert sorted(d["attributes"]["vmsnap.disk.lun"] for d in disks) == [0, 3]
+    for disk in disks:
+        assert disk["kind"] == "INTERNAL" and disk["parent_span_id"] == request["span_id"]
+        # Inside the request, not at the monotonic clock's epoch.
+        assert request["start_time_unix_nano"] <= disk["start_time_unix_nano"]
+        assert disk["end_time_unix_nano"] <= request["end_time_unix_nano"] + 1_000_000
+    (do,) = rig.host.calls_of("dosnapshot")
+    assert do.body["diskIds"] == [0, 3]

@@ -540,9 +540,11 @@ def host_settings(
     included: dict[str, Any] | None = None,
     custom: dict[str, Any] | None = None,
     status_url: str | None = None,
+    task_id: str | None = None,
+    name: str = "0.settings",
 ) -> tuple[str, str]:
     """Host-path settings (public objectStr: token, includedDisks); returns (path, taskId)."""
-    task_id = f"host-{os.urandom(4).hex()}_1"
+    task_id = task_id or f"host-{os.urandom(4).hex()}_1"
     obj = {
         "snapshotTaskToken": TOKEN,
         "includedDisks": {"dataDiskLunList": luns, **(included or {})},
@@ -568,4 +570,4 @@ def host_settings(
             {"handlerSettings": {"publicSettings": public, "protectedSettings": protected}}
         ]
     }
-    return ws.settings([], raw=json.dumps(doc)), task_id
+    return ws.settings([], raw=json.dumps(doc), name=name), task_id

@@ -5,7 +5,9 @@
 # tests), openssl (the handler tests' CMS cross-check; the runtime never runs it),
 # strace and uuid-runtime (the frozen-window syscall test: strace -f, and uuidd so
 # that libuuid really talks to its daemon socket as it does on hosts that run one),
-# and Azurite from npm, pinned to a version that runs on this machine's Node.
+# mariadb-server and postgresql (the workload quiescers' restore proofs: the tests
+# run private instances; the distribution services are never started, policy-rc.d
+# below), and Azurite from npm, pinned to a version that runs on this machine's Node.
 # Idempotent: a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,8 @@ command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)
 command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)   # test-side CMS cross-check only
 command -v strace >/dev/null 2>&1 || apt_packages+=(strace)     # the frozen window's syscall trace test
 command -v uuidd >/dev/null 2>&1 || [ -x /usr/sbin/uuidd ] || apt_packages+=(uuid-runtime)  # libuuid's daemon, real in that test
+[ -x /usr/sbin/mariadbd ] || apt_packages+=(mariadb-server)     # workload quiescer tests: private instances only
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_packages+=(postgresql)
 
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -28,7 +32,7 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # policy-rc.d 101: packages with a service (prometheus) must not start it here;
+    # policy-rc.d 101: packages with a service (prometheus, mariadb, postgresql) must not start it here;
     # the tests start their own instances on free loopback ports.
     policy_rc=/usr/sbin/policy-rc.d
     created_policy=0

@@ -18,7 +18,9 @@ from snapshot_runtime.freeze.mounts import FreezePlan
 from snapshot_runtime.freeze.state import FreezeResult
 from snapshot_runtime.inputs.plugin_config import PluginConfig
 from snapshot_runtime.inputs.settings import HandlerSettings
+from snapshot_runtime.inputs.workload_conf import WorkloadConf
 from snapshot_runtime.job.records import JobReport
+from snapshot_runtime.job.workload import WorkloadOutcome
 from snapshot_runtime.scripts.runner import ScriptResult
 from snapshot_runtime.snapshot.host import HostSnapshotResult
 from snapshot_runtime.snapshot.registry import BackendDeclined
@@ -66,6 +68,9 @@ class JobState:
     status_upload: str = "skipped"
     status_file: str | None = None
     interrupted: str | None = None  # the signal that stopped the job
+    # workload.conf naming a database: it replaces the pre/post scripts.
+    workload_conf: WorkloadConf | None = None
+    workload: WorkloadOutcome | None = None
 
 
 def script_error(result: ScriptResult | None) -> ErrorCode | None:
@@ -82,8 +87,8 @@ def post_script_due(state: JobState) -> bool:
     neither script and reports the pre-script's code (its pre_check), which
     the shipped template (both locations "") relies on: Pre-ScriptNotFound.
     """
-    if state.config is None:
-        return False
+    if state.config is None or state.workload_conf is not None:
+        return False  # no scripts, or a workload replaced them
     return state.pre is None or bool(state.pre.attempts)
 
 
@@ -100,6 +105,8 @@ def job_verdict(state: JobState) -> Verdict:
         # A host-only request that never reached the host still names its disks
         # (an empty LUN list is "every disk": at least one).
         disks_total = max(len(state.settings.host.lun_list), 1)
+    if state.workload_conf is not None:
+        return _workload_verdict(state, disks_total)
     return verdict(
         config_state=state.config_state,
         config_error=state.config_error,
@@ -117,6 +124,39 @@ def job_verdict(state: JobState) -> Verdict:
         thaw_error=freeze.error if freeze and freeze.error is ErrorCode.THAW_FAILED else None,
         config_warnings=config.warning_codes if config else (),
         freeze_not_owned=bool(state.freeze_not_owned),
+    )
+
+
+def _workload_verdict(state: JobState, disks_total: int) -> Verdict:
+    """A named workload replaces the scripts (as in the reference): the freeze
+    always runs, and the quiesce's success, not a script's, decides application."""
+    snap = state.snapshot
+    freeze = state.freeze
+    outcome = state.workload
+    error = outcome.error if outcome is not None else ErrorCode.WORKLOAD_PRE_ERROR
+    if error is None and outcome is not None and not outcome.held and state.freeze_attempted:
+        # The window ran but the quiesce never completed (a stop before the release).
+        error = ErrorCode.WORKLOAD_QUIESCING_TIMEOUT
+    return verdict(
+        config_state="valid",
+        config_error=None,
+        continue_on_failure=True,
+        fs_freeze_enabled=True,
+        pre_error=None,
+        freeze_attempted=state.freeze_attempted,
+        freeze_ok=state.freeze_ok,
+        freeze_error=state.freeze_error or (freeze.error if freeze and freeze.timed_out else None),
+        freeze_timed_out=bool(freeze and freeze.timed_out),
+        snapshot_error=snap.error if snap else None,
+        disks_ok=snap.ok_count if snap else 0,
+        disks_total=disks_total,
+        post_error=None,
+        thaw_error=freeze.error if freeze and freeze.error is ErrorCode.THAW_FAILED else None,
+        config_warnings=(ErrorCode.WORKLOAD_REPLACES_SCRIPTS,)
+        if state.config_state != "absent"
+        else (),
+        freeze_not_owned=bool(state.freeze_not_owned),
+        workload_error=error,
     )
 
 

@@ -80,6 +80,7 @@ class MariaDbQuiescer:
         self._conn: pymysql.connections.Connection[Any] | None = None
         self._method: str | None = None
         self._blocked_at: float | None = None
+        self._held = False  # the block statement(s) succeeded
 
     @property
     def workload(self) -> str:
@@ -109,6 +110,7 @@ class MariaDbQuiescer:
                 else:
                     self._method = "read_lock"
                     cur.execute("FLUSH TABLES WITH READ LOCK")
+                self._held = True
                 # Commits are blocked: this position is the snapshot's.
                 cur.execute("SHOW MASTER STATUS")
                 status = cur.fetchone()
@@ -126,22 +128,27 @@ class MariaDbQuiescer:
             quiesce_seconds=time.monotonic() - started,
             hold_deadline_seconds=self.conf.hold_seconds,
             blocked_at=self._blocked_at,
+            session_id=conn.thread_id(),
         )
 
     def release(self) -> ReleaseFacts:
         conn, self._conn = self._conn, None
         blocked_at = self._blocked_at
         held = time.monotonic() - blocked_at if blocked_at is not None else 0.0
-        if conn is None:
-            return ReleaseFacts(True, None, None, None, held)
+        if conn is None or not self._held:
+            # Nothing was held (a quiesce that failed): close what is open, if anything.
+            if conn is not None:
+                with contextlib.suppress(pymysql.err.MySQLError):
+                    conn.close()
+            return ReleaseFacts(True, None, None, None, 0.0)
+        self._held = False
         error: ErrorCode | None = None
         message: str | None = None
         try:
-            if self._method is not None:
-                with conn.cursor() as cur:
-                    cur.execute(
-                        "BACKUP STAGE END" if self._method == "backup_stage" else "UNLOCK TABLES"
-                    )
+            with conn.cursor() as cur:
+                cur.execute(
+                    "BACKUP STAGE END" if self._method == "backup_stage" else "UNLOCK TABLES"
+                )
         except pymysql.err.MySQLError as exc:
             # The server dropped the session (wait_timeout: the hold deadline) or
             # died: the lock ended before this release, perhaps before the snapshot.

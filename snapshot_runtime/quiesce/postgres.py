@@ -92,6 +92,7 @@ class PostgresQuiescer:
             quiesce_seconds=time.monotonic() - started,
             hold_deadline_seconds=self.conf.hold_seconds,
             blocked_at=None,
+            session_id=conn.info.backend_pid,
         )
 
     def release(self) -> ReleaseFacts:

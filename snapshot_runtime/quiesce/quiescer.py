@@ -50,6 +50,7 @@ class QuiesceFacts:
     quiesce_seconds: float
     hold_deadline_seconds: int
     blocked_at: float | None  # time.monotonic() when commits were blocked
+    session_id: int | None = None  # the server's id for the holding session (KILL / pid)
 
 
 @dataclass(frozen=True)

@@ -200,12 +200,9 @@ class Postgres:
         return self
 
     def start(self) -> Postgres:
+        # As the postgres user directly (not through runuser): our signals reach it.
         self.proc = subprocess.Popen(
             [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
                 _pg_bin("postgres"),
                 "-D",
                 self.datadir,
@@ -224,6 +221,9 @@ class Postgres:
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(os.path.join(self.rundir, "server.log"), "ab"),  # noqa: SIM115
+            user="postgres",
+            group="postgres",
+            extra_groups=[],
         )
         wait_until(self._answers, timeout=120, what="postgres answers")
         return self
@@ -254,7 +254,7 @@ class Postgres:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGINT)  # fast shutdown (runuser forwards it)
+        proc.send_signal(signal.SIGINT)  # fast shutdown
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -218,6 +218,7 @@ def build_report(
         spool_job_dir=spool_job_dir,
         snapshot_backend=state.backend,
         backends_declined=tuple((d.name, d.reason) for d in state.backends_declined),
+        workload=state.workload,
     )
 
 

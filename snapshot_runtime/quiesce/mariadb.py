@@ -119,16 +119,18 @@ class MariaDbQuiescer:
             raise QuiesceError(
                 ErrorCode.WORKLOAD_QUIESCING_ERROR, _describe("quiesce", exc)
             ) from None
+        quiesced_at = time.monotonic()
         return QuiesceFacts(
             workload=self.workload,
             method=self._method,
             blocks_commits=True,
             log_position=position,
             server_version=version,
-            quiesce_seconds=time.monotonic() - started,
+            quiesce_seconds=quiesced_at - started,
             hold_deadline_seconds=self.conf.hold_seconds,
             blocked_at=self._blocked_at,
             session_id=conn.thread_id(),
+            quiesced_at=quiesced_at,
         )
 
     def release(self) -> ReleaseFacts:

@@ -83,16 +83,18 @@ class PostgresQuiescer:
             raise QuiesceError(
                 ErrorCode.WORKLOAD_QUIESCING_ERROR, _describe("checkpoint", exc)
             ) from None
+        quiesced_at = time.monotonic()
         return QuiesceFacts(
             workload="postgres",
             method="checkpoint",
             blocks_commits=False,
             log_position=position,
             server_version=version,
-            quiesce_seconds=time.monotonic() - started,
+            quiesce_seconds=quiesced_at - started,
             hold_deadline_seconds=self.conf.hold_seconds,
             blocked_at=None,
             session_id=conn.info.backend_pid,
+            quiesced_at=quiesced_at,
         )
 
     def release(self) -> ReleaseFacts:

@@ -51,6 +51,7 @@ class QuiesceFacts:
     hold_deadline_seconds: int
     blocked_at: float | None  # time.monotonic() when commits were blocked
     session_id: int | None = None  # the server's id for the holding session (KILL / pid)
+    quiesced_at: float | None = None  # time.monotonic() when the quiesce returned
 
 
 @dataclass(frozen=True)

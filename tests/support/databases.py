@@ -13,15 +13,17 @@ against the job's quiesce and freeze instants.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +103,11 @@ class MariaDb:
         return self
 
     def start(self, *, extra: tuple[str, ...] = ()) -> MariaDb:
+        # Also for a restored copy: a fresh run dir, and a mount point mysqld can reach.
+        os.makedirs(self.rundir, exist_ok=True)
+        _traversable(self.datadir)
+        _traversable(self.rundir)
+        shutil.chown(self.rundir, "mysql", "mysql")
         self.proc = subprocess.Popen(
             [
                 MARIADBD,
@@ -200,6 +207,10 @@ class Postgres:
         return self
 
     def start(self) -> Postgres:
+        os.makedirs(self.rundir, exist_ok=True)
+        _traversable(self.datadir)
+        _traversable(self.rundir)
+        shutil.chown(self.rundir, "postgres", "postgres")
         # As the postgres user directly (not through runuser): our signals reach it.
         self.proc = subprocess.Popen(
             [
@@ -273,6 +284,8 @@ class Writer:
     """Commits numbered rows in one session; ``acked`` holds (id, monotonic) per ack."""
 
     insert: Callable[[int], None]
+    first: int = 1  # ids first, first + step, ...: several writers share one table
+    step: int = 1
     acked: list[tuple[int, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -284,9 +297,9 @@ class Writer:
         return self
 
     def _run(self) -> None:
-        n = 0
+        n = self.first - self.step
         while not self._stop.is_set():
-            n += 1
+            n += self.step
             try:
                 self.insert(n)
             except Exception as exc:  # the test reports it; the writer stops
@@ -301,7 +314,34 @@ class Writer:
 
     def rate(self) -> float:
         """Commits per second over the writer's life so far."""
-        if len(self.acked) < 2:
-            return 0.0
-        span = self.acked[-1][1] - self.acked[0][1]
-        return (len(self.acked) - 1) / span if span > 0 else 0.0
+        return combined_rate([self])
+
+
+def combined_rate(writers: list[Writer]) -> float:
+    """Commits per second of several writers together, over their common life."""
+    acks = sorted(at for w in writers for _, at in w.acked)
+    if len(acks) < 2 or acks[-1] <= acks[0]:
+        return 0.0
+    return (len(acks) - 1) / (acks[-1] - acks[0])
+
+
+@contextlib.contextmanager
+def attached(clone: str) -> Iterator[str]:
+    """Attach a cloned ext4 disk image read-write and mount it; yields the mountpoint.
+
+    Read-write, unlike ``host_service.restored``: a database started on the copy
+    replays its own redo/WAL and writes. The clone is a copy; the live disk is untouched.
+    """
+    mnt = tempfile.mkdtemp(prefix="restored-db-")
+    device = subprocess.run(
+        ["losetup", "--find", "--show", clone], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        subprocess.run(["mount", "-t", "ext4", device, mnt], check=True, capture_output=True)
+        try:
+            yield mnt
+        finally:
+            subprocess.run(["umount", mnt], capture_output=True, check=False)
+    finally:
+        subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
+        os.rmdir(mnt)

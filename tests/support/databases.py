@@ -36,7 +36,7 @@ MARIADBD = "/usr/sbin/mariadbd"
 MARIADB_INSTALL_DB = "/usr/bin/mariadb-install-db"
 
 
-def _pg_bin(name: str) -> str:
+def pg_bin(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     if not found:
         raise FileNotFoundError(f"PostgreSQL {name} (scripts/install-system-deps.sh)")
@@ -192,7 +192,7 @@ class Postgres:
                 "-u",
                 "postgres",
                 "--",
-                _pg_bin("initdb"),
+                pg_bin("initdb"),
                 "-D",
                 self.datadir,
                 "-A",
@@ -214,7 +214,7 @@ class Postgres:
         # As the postgres user directly (not through runuser): our signals reach it.
         self.proc = subprocess.Popen(
             [
-                _pg_bin("postgres"),
+                pg_bin("postgres"),
                 "-D",
                 self.datadir,
                 "-k",

@@ -13,7 +13,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,31 +22,13 @@ import pytest
 from snapshot_runtime.inputs.workload_conf import WORKLOAD_CONF_ENV
 from snapshot_runtime.job.records import JobReport
 from snapshot_runtime.job.run import run_job
-from snapshot_runtime.snapshot.host import VMBACKUP_CONF_ENV
-from snapshot_runtime.snapshot.wireserver import WIRESERVER_ENV
 from tests.support.databases import Postgres, Writer, attached, combined_rate, pg_bin
-from tests.support.host_service import HostService, Rig, host_settings, image_disk_fs
-from tests.support.jobkit import Workspace
-from tests.support.loopfs import LoopFs
+from tests.support.host_service import Rig, host_settings
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.root]
 
 WRITERS = 3
-
-
-@pytest.fixture
-def rig(
-    ws: Workspace, xfs: LoopFs, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[Rig]:
-    with (
-        image_disk_fs(xfs.mountpoint, size_mb=256) as disk,
-        HostService({0: disk.disk(direct_drive=True)}) as host,
-    ):
-        conf = tmp_path / "vmbackup.conf"
-        monkeypatch.setenv(WIRESERVER_ENV, host.address)
-        monkeypatch.setenv(VMBACKUP_CONF_ENV, str(conf))  # never the machine's own
-        yield Rig(ws, disk, host, conf)
 
 
 def _inserter(conn: Any) -> Callable[[int], None]:

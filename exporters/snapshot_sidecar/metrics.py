@@ -39,6 +39,8 @@ __all__ = [
     "MIRROR_ERRORS",
     "OUTCOMES",
     "SCRIPTS",
+    "WORKLOADS",
+    "WORKLOAD_STALL_BUCKETS",
     "Family",
     "HistogramValue",
     "MetricValues",
@@ -52,6 +54,8 @@ CONSISTENCIES: tuple[str, ...] = ("application", "filesystem", "crash", "none")
 UNKNOWN_ERROR = "Unknown"
 ERROR_LABELS: tuple[str, ...] = (*(code.value for code in ErrorCode), UNKNOWN_ERROR)
 SCRIPTS: tuple[str, ...] = ("pre", "post")
+# Workloads whose quiesce blocks commits (workload.conf; PostgreSQL never does).
+WORKLOADS: tuple[str, ...] = ("mariadb", "mysql")
 THAWED_BY: tuple[str, ...] = ("runtime", "deadline", "watchdog")
 BLOB_KINDS: tuple[str, ...] = typing.get_args(FailureKind)
 WATCHDOG_REASONS: tuple[str, ...] = ("eof", "deadline", "signal", "protocol_error", "other")
@@ -83,6 +87,11 @@ PHASE_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 DISK_BUCKETS: tuple[float, ...] = (
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+)  # fmt: skip
+# Commits blocked by a workload quiesce: the frozen window plus the lock's own
+# cost, up to past the default 90 s hold deadline.
+WORKLOAD_STALL_BUCKETS: tuple[float, ...] = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 )  # fmt: skip
 JOB_BUCKETS: tuple[float, ...] = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
@@ -212,6 +221,15 @@ FAMILIES: tuple[Family, ...] = (
         "Wall time of a pre/post-script, all attempts included.",
         PHASE_BUCKETS,
         script=SCRIPTS,
+    ),
+    # -- workloads (workload.conf) ----------------------------------------------
+    Family(
+        "vmsnap_workload_write_stall_seconds",
+        "histogram",
+        "Commits blocked by a workload quiesce, quiesce to release (MariaDB/MySQL).",
+        ("workload",),
+        (WORKLOADS,),
+        WORKLOAD_STALL_BUCKETS,
     ),
     # -- disks ----------------------------------------------------------------
     _c("vmsnap_disk_snapshots_total", "Disk snapshots attempted (one per disk per job)."),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from snapshot_runtime.core.consistency import ConfigState, Verdict, verdict
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
@@ -35,6 +36,8 @@ __all__ = [
     "job_verdict",
     "post_script_due",
     "script_error",
+    "workload_facts",
+    "workload_promise",
 ]
 
 
@@ -160,6 +163,50 @@ def _workload_verdict(state: JobState, disks_total: int) -> Verdict:
     )
 
 
+def workload_facts(outcome: WorkloadOutcome | None) -> dict[str, Any] | None:
+    """The workload's part of the record and the status: what a DBA needs.
+
+    ``write_stall_seconds``: commits blocked, quiesce to release (MariaDB/MySQL;
+    None for PostgreSQL, which never blocks them). ``log_position``: the binlog
+    ``file:position`` read while blocked, or the WAL LSN right after the CHECKPOINT.
+    ``promise``: what a restore of this snapshot gives, in plain words.
+    """
+    if outcome is None:
+        return None
+    quiesced, released = outcome.quiesced, outcome.released
+    return {
+        "name": outcome.name,
+        "held": outcome.held,
+        "method": quiesced.method if quiesced else None,
+        "log_position": quiesced.log_position if quiesced else None,
+        "server_version": quiesced.server_version if quiesced else None,
+        "quiesce_seconds": round(quiesced.quiesce_seconds, 6) if quiesced else None,
+        "write_stall_seconds": round(released.stall_seconds, 6)
+        if released is not None and released.stall_seconds is not None
+        else None,
+        "held_seconds": round(released.held_seconds, 6) if released else None,
+        "hold_deadline_seconds": quiesced.hold_deadline_seconds if quiesced else None,
+        "error": outcome.error.value if outcome.error else None,
+        "promise": workload_promise(outcome),
+    }
+
+
+def workload_promise(outcome: WorkloadOutcome) -> str:
+    """What restoring this snapshot gives, said plainly (docs/workloads.md)."""
+    if not outcome.held:
+        return "not quiesced: the filesystem freeze only (crash recovery at start-up)"
+    if outcome.name == "postgres":
+        return (
+            "atomic filesystem snapshot under fsfreeze; PostgreSQL starts with crash "
+            "recovery from the CHECKPOINT at log_position; every commit acknowledged "
+            "before the freeze is present"
+        )
+    return (
+        "commits blocked from the quiesce to the release: the copy ends exactly at "
+        "log_position; InnoDB replays its redo at start-up"
+    )
+
+
 def final_message(state: JobState, final: Verdict) -> str:
     """The terminal status message: the outcome, and the first failure's detail."""
     if state.interrupted:
@@ -250,5 +297,6 @@ def job_record_facts(
         pre=state.pre,
         post=state.post,
         disks=snap.disks if snap else tuple(state.preflight_failures),
+        workload=workload_facts(state.workload),
         redact=redact,
     )

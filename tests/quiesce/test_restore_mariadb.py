@@ -11,12 +11,16 @@ live server's pid file: removed first, as an operator restoring would).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from snapshot_sidecar.ingest import apply_record
+from snapshot_sidecar.metrics import MetricValues
+from snapshot_sidecar.spool_reader import JobRecord
 
 from snapshot_runtime.inputs.workload_conf import WORKLOAD_CONF_ENV
 from snapshot_runtime.job.records import JobReport
@@ -48,6 +52,31 @@ def workload_conf(tmp_path: Path, body: str) -> str:
 
 def run(rig: Rig, settings: str, **overrides: Any) -> JobReport:
     return run_job(rig.ws.options(settings, include_mounts=(rig.disk.mountpoint,), **overrides))
+
+
+def assert_dba_facts(rig: Rig, report: JobReport, task_id: str, name: str) -> None:
+    """The stall, the binlog position and the workload reach the record, the status
+    telemetry and the sidecar's histogram (one observation under the job's workload)."""
+    facts = report.workload.quiesced if report.workload else None
+    assert facts is not None and report.spool_job_dir is not None
+    record = json.loads((Path(report.spool_job_dir) / "record.json").read_text())
+    workload = record["workload"]
+    assert (workload["name"], workload["held"], workload["log_position"]) == (
+        name,
+        True,
+        facts.log_position,
+    )
+    assert workload["write_stall_seconds"] > 0
+    doc = json.loads(rig.ws.status_file(task_id).read_text())
+    status = json.loads(doc[0]["status"]["substatus"][0]["name"])[0]["status"]
+    data = {e["Key"]: e["Value"] for e in status["telemetryData"]}
+    assert data["workloadName"] == name and data["workloadQuiesced"] == "True"
+    assert data["workloadLogPosition"] == facts.log_position
+    assert float(data["workloadWriteStallSeconds"]) == workload["write_stall_seconds"]
+    values = MetricValues()
+    apply_record(values, JobRecord.parse(record))
+    hist = values.histograms["vmsnap_workload_write_stall_seconds"][(name,)]
+    assert sum(hist.counts) == 1 and hist.sum == workload["write_stall_seconds"]
 
 
 def restored_rows(clone: str, run_dir: str) -> tuple[set[int], list[tuple[Any, ...]], bool, str]:
@@ -96,7 +125,7 @@ def test_a_restored_mariadb_snapshot_starts_and_holds_every_acknowledged_commit(
         )
         try:
             wait_until(lambda: _acks(writers) > 1500, timeout=60, what="writers warmed up")
-            settings, _ = host_settings(rig.ws, luns=[0])
+            settings, task_id = host_settings(rig.ws, luns=[0])
             report = run(rig, settings)
             after = _acks(writers)
             wait_until(lambda: _acks(writers) > after + 600, timeout=60, what="after the job")
@@ -133,6 +162,7 @@ def test_a_restored_mariadb_snapshot_starts_and_holds_every_acknowledged_commit(
     assert missing == [], f"{len(missing)} acknowledged ids missing, first {missing[:5]}"
     # The recorded position is the copy's last binlog event.
     assert facts.log_position == f"binlog.000001:{events[-1][4]}", (facts.log_position, log)
+    assert_dba_facts(rig, report, task_id, name)
     rate = combined_rate(writers)
     stall_ms = released.stall_seconds * 1000
     print(

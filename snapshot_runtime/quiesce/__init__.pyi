@@ -1,5 +1,7 @@
 """Built-in database quiescing (workload.conf): one driver-held session per job."""
 
+from .checks import WorkloadCheck as WorkloadCheck
+from .checks import workload_checks as workload_checks
 from .quiescer import QuiesceError as QuiesceError
 from .quiescer import QuiesceFacts as QuiesceFacts
 from .quiescer import Quiescer as Quiescer
@@ -11,5 +13,7 @@ __all__ = [
     "QuiesceFacts",
     "Quiescer",
     "ReleaseFacts",
+    "WorkloadCheck",
     "open_quiescer",
+    "workload_checks",
 ]

@@ -10,6 +10,7 @@ PostgreSQL: a real CHECKPOINT, its WAL position recorded, commits never blocked.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import pytest
 
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.inputs.workload_conf import DbCredentials, WorkloadConf
+from snapshot_runtime.job.preflight import preflight
 from snapshot_runtime.quiesce.mariadb import MariaDbQuiescer
 from snapshot_runtime.quiesce.postgres import PostgresQuiescer
 from snapshot_runtime.quiesce.quiescer import QuiesceError
@@ -121,6 +123,7 @@ def test_commits_stop_at_the_quiesce_and_resume_at_the_release(
 _HOLDER = """
 import sys
 from snapshot_runtime.inputs.workload_conf import DbCredentials, WorkloadConf
+from snapshot_runtime.job.preflight import preflight
 from snapshot_runtime.quiesce.mariadb import MariaDbQuiescer
 q = MariaDbQuiescer(WorkloadConf(name="mariadb", hold_seconds=600,
     credentials=DbCredentials(user="root", socket=sys.argv[1])))
@@ -233,3 +236,46 @@ def test_postgres_checkpoints_records_the_wal_position_and_never_blocks(
         writer.stop()
         wconn.close()
     assert writer.errors == []
+
+
+def _workload_checks(tmp_path: Path, body: str) -> list[tuple[str, str, str | None]]:
+    path = tmp_path / "workload.conf"
+    path.write_text("[workload]\n" + body)
+    os.chmod(path, 0o600)
+    report = preflight(workload_conf_path=str(path), include_mounts=("/",))
+    return [
+        (c.name, c.status, c.error.value if c.error else None)
+        for c in report.checks
+        if c.name.startswith("workload")
+    ]
+
+
+def test_validate_checks_driver_credentials_server_and_privilege(
+    mariadb: MariaDb, postgres: Postgres, tmp_path: Path
+) -> None:
+    ok = _workload_checks(
+        tmp_path, f"workload_name = mariadb\ncredString = -u root -S {mariadb.socket}\n"
+    )
+    assert ("workload driver", "ok", None) in ok
+    assert ("workload server", "ok", None) in ok
+    assert ("workload privilege", "ok", None) in ok
+    assert all(status != "fail" for _, status, _ in ok)
+    with mariadb.connect() as conn, conn.cursor() as cur:
+        cur.execute("CREATE USER IF NOT EXISTS 'nosel'@'localhost' IDENTIFIED BY 'x-SECRET-1'")
+    weak = _workload_checks(
+        tmp_path,
+        f"workload_name = mariadb\ncredString = -u nosel -px-SECRET-1 -S {mariadb.socket}\n",
+    )
+    assert ("workload privilege", "fail", "FailedWorkloadQuiescingError") in weak
+    wrong = _workload_checks(
+        tmp_path, f"workload_name = mysql\ncredString = -u nosel -pwrong -S {mariadb.socket}\n"
+    )
+    assert ("workload connect", "fail", "FailedWorkloadConnectionError") in wrong
+    pg = _workload_checks(
+        tmp_path,
+        f"workload_name = postgres\ncredString = -U postgres -h {postgres.rundir} "
+        f"-p {postgres.port}\n",
+    )
+    assert ("workload privilege", "ok", None) in pg
+    oracle = _workload_checks(tmp_path, "workload_name = oracle\n")
+    assert ("workload", "warn", "WorkloadUnsupported") in oracle

@@ -171,3 +171,49 @@ def test_a_restored_mariadb_snapshot_starts_and_holds_every_acknowledged_commit(
         f"{freeze.window_seconds * 1000:.0f} ms); {len(ids)} rows restored, "
         f"binlog {facts.log_position}"
     )
+
+
+def test_unquiesced_mariadb_snapshot_figures(
+    rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same job and restore with the quiescer off (no workload.conf): figures for
+    docs/workloads.md, not assertions, beyond the copy starting at all."""
+    monkeypatch.setenv(WORKLOAD_CONF_ENV, str(tmp_path / "absent.conf"))
+    db = MariaDb(os.path.join(rig.disk.mountpoint, "mysql"), str(tmp_path / "run"))
+    with db.install().start():
+        with db.connect() as conn, conn.cursor() as cur:
+            cur.execute("CREATE DATABASE w")
+            cur.execute("CREATE TABLE w.t (id INT PRIMARY KEY) ENGINE=InnoDB")
+        conns = [db.connect() for _ in range(WRITERS)]
+        writers = [
+            Writer(_inserter(conn), first=j + 1, step=WRITERS).start()
+            for j, conn in enumerate(conns)
+        ]
+        try:
+            wait_until(lambda: _acks(writers) > 1500, timeout=60, what="writers warmed up")
+            settings, _ = host_settings(rig.ws, luns=[0])
+            report = run(rig, settings)
+            after = _acks(writers)
+            wait_until(lambda: _acks(writers) > after + 600, timeout=60, what="after the job")
+        finally:
+            for w in writers:
+                w.stop()
+            for conn in conns:
+                conn.close()
+    assert report.workload is None and report.snapshot_taken
+    freeze = report.freeze
+    assert freeze is not None and freeze.first_freeze_at is not None
+    assert freeze.last_thaw_at is not None
+    acked = sorted((at, i) for w in writers for i, at in w.acked)
+    (taken,) = rig.host.snapshots
+    assert taken.clone_path is not None
+    ids, events, _, _ = restored_rows(taken.clone_path, str(tmp_path / "copy"))
+    missing = [i for at, i in acked if at < freeze.first_freeze_at and i not in ids]
+    in_window = [i for at, i in acked if freeze.first_freeze_at < at < freeze.last_thaw_at]
+    print(
+        f"\n[mariadb unquiesced] {WRITERS} writers {combined_rate(writers):.0f} commits/s; "
+        f"frozen window {freeze.window_seconds * 1000:.0f} ms; {len(ids)} rows restored; "
+        f"{len(missing)} acknowledged-before-freeze ids missing; {len(in_window)} commits "
+        f"acknowledged inside the window; copy's last binlog event ends at {events[-1][4]}; "
+        f"no position recorded ({report.consistency}, {report.consistency_reason})"
+    )

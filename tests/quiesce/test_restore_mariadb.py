@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from snapshot_sidecar.ingest import apply_record
 from snapshot_sidecar.metrics import MetricValues
 from snapshot_sidecar.spool_reader import JobRecord
@@ -50,8 +51,10 @@ def workload_conf(tmp_path: Path, body: str) -> str:
     return str(path)
 
 
-def run(rig: Rig, settings: str, **overrides: Any) -> JobReport:
-    return run_job(rig.ws.options(settings, include_mounts=(rig.disk.mountpoint,), **overrides))
+def run(rig: Rig, settings: str, exporter: InMemorySpanExporter | None = None) -> JobReport:
+    return run_job(
+        rig.ws.options(settings, include_mounts=(rig.disk.mountpoint,)), span_exporter=exporter
+    )
 
 
 def assert_dba_facts(rig: Rig, report: JobReport, task_id: str, name: str) -> None:
@@ -126,7 +129,8 @@ def test_a_restored_mariadb_snapshot_starts_and_holds_every_acknowledged_commit(
         try:
             wait_until(lambda: _acks(writers) > 1500, timeout=60, what="writers warmed up")
             settings, task_id = host_settings(rig.ws, luns=[0])
-            report = run(rig, settings)
+            exporter = InMemorySpanExporter()
+            report = run(rig, settings, exporter)
             after = _acks(writers)
             wait_until(lambda: _acks(writers) > after + 600, timeout=60, what="after the job")
         finally:
@@ -163,6 +167,14 @@ def test_a_restored_mariadb_snapshot_starts_and_holds_every_acknowledged_commit(
     # The recorded position is the copy's last binlog event.
     assert facts.log_position == f"binlog.000001:{events[-1][4]}", (facts.log_position, log)
     assert_dba_facts(rig, report, task_id, name)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    quiesce_span = spans["vmsnap.workload_quiesce"]
+    release_span = spans["vmsnap.workload_release"]
+    assert quiesce_span.attributes is not None and release_span.attributes is not None
+    assert quiesce_span.attributes["vmsnap.log_position"] == facts.log_position
+    assert release_span.attributes["vmsnap.write_stall_seconds"] == released.stall_seconds
+    assert spans["vmsnap.freeze"].start_time > quiesce_span.end_time  # type: ignore[operator]
+    assert release_span.start_time > spans["vmsnap.thaw"].end_time  # type: ignore[operator]
     rate = combined_rate(writers)
     stall_ms = released.stall_seconds * 1000
     print(

@@ -264,6 +264,13 @@ class _Job:
         """workload.conf naming a database replaces the pre/post scripts (docs/workloads.md)."""
         path = os.environ.get(WORKLOAD_CONF_ENV) or DEFAULT_WORKLOAD_CONF
         conf = load_workload_conf(path)
+        settings = self.state.settings
+        password = settings.workload_password if settings is not None else None
+        if conf.active and password and conf.credentials.password is None:
+            # The protected setting: never in a file, redacted like every protected value.
+            conf = dataclasses.replace(
+                conf, credentials=dataclasses.replace(conf.credentials, password=password)
+            )
         log = self.log.phase("workload")
         if not conf.active:
             if conf.problem:

@@ -94,6 +94,8 @@ class WorkloadSession:
                 log.error("workload {}: quiesce failed: {}", self.outcome.name, exc)
                 return
             self.outcome.quiesced = facts
+            if facts.note:
+                log.warning("workload {}: {}", facts.workload, facts.note)
             ph.attributes["method"] = facts.method
             ph.attributes["log_position"] = facts.log_position or ""
             ph.attributes["server_version"] = facts.server_version

@@ -19,7 +19,11 @@ import pymysql
 
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.inputs.workload_conf import WorkloadConf
-from snapshot_runtime.quiesce.mariadb import backup_stage_supported, mariadb_connect
+from snapshot_runtime.quiesce.mariadb import (
+    backup_stage_supported,
+    binlog_position,
+    mariadb_connect,
+)
 from snapshot_runtime.quiesce.postgres import postgres_connect
 
 __all__ = ["WorkloadCheck", "workload_checks"]
@@ -83,11 +87,13 @@ def _mariadb(conf: WorkloadConf) -> list[WorkloadCheck]:
                         ErrorCode.WORKLOAD_QUIESCING_ERROR,
                     )
                 )
-            cur.execute("SHOW MASTER STATUS")
-            if cur.fetchone() is None:
+            position, problem = binlog_position(cur)
+            if position is None:
                 checks.append(
-                    WorkloadCheck("binlog", "warn", "binary log off: no position is recorded")
+                    WorkloadCheck("binlog", "warn", f"no position would be recorded: {problem}")
                 )
+            else:
+                checks.append(WorkloadCheck("binlog", "ok", f"position readable ({position})"))
     except pymysql.err.MySQLError as exc:
         reason = f"({exc.args[0]}) {exc.args[1]}" if len(exc.args) >= 2 else type(exc).__name__
         checks.append(WorkloadCheck("server", "fail", reason, ErrorCode.WORKLOAD_CONNECTION))

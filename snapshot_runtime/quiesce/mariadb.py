@@ -29,7 +29,13 @@ from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.inputs.workload_conf import WorkloadConf
 from snapshot_runtime.quiesce.quiescer import QuiesceError, QuiesceFacts, ReleaseFacts
 
-__all__ = ["DEFAULT_SOCKET", "MariaDbQuiescer", "backup_stage_supported", "mariadb_connect"]
+__all__ = [
+    "DEFAULT_SOCKET",
+    "MariaDbQuiescer",
+    "backup_stage_supported",
+    "binlog_position",
+    "mariadb_connect",
+]
 
 DEFAULT_SOCKET = "/run/mysqld/mysqld.sock"
 _CONNECT_TIMEOUT = 10
@@ -112,9 +118,7 @@ class MariaDbQuiescer:
                     cur.execute("FLUSH TABLES WITH READ LOCK")
                 self._held = True
                 # Commits are blocked: this position is the snapshot's.
-                cur.execute("SHOW MASTER STATUS")
-                status = cur.fetchone()
-                position = f"{status[0]}:{status[1]}" if status else None
+                position, position_problem = binlog_position(cur)
         except pymysql.err.MySQLError as exc:
             raise QuiesceError(
                 ErrorCode.WORKLOAD_QUIESCING_ERROR, _describe("quiesce", exc)
@@ -131,6 +135,7 @@ class MariaDbQuiescer:
             blocked_at=self._blocked_at,
             session_id=conn.thread_id(),
             quiesced_at=quiesced_at,
+            note=position_problem and f"no binlog position recorded: {position_problem}",
         )
 
     def release(self) -> ReleaseFacts:
@@ -165,6 +170,20 @@ class MariaDbQuiescer:
             error = ErrorCode.WORKLOAD_QUIESCING_TIMEOUT
             message = f"held {held:.1f}s, longer than the {self.conf.hold_seconds}s deadline"
         return ReleaseFacts(error is None, error, message, stall, held)
+
+
+def binlog_position(cur: Any) -> tuple[str | None, str | None]:
+    """(``file:position``, None), or (None, why not). Never fails the quiesce: the
+    lock is what makes the copy consistent; the position is what documents it."""
+    try:
+        cur.execute("SHOW MASTER STATUS")
+        status = cur.fetchone()
+    except pymysql.err.MySQLError as exc:
+        # MariaDB >= 10.5 needs BINLOG MONITOR (or SUPER) to read it.
+        return None, _describe("binlog position", exc)
+    if not status:
+        return None, "binary log off"
+    return f"{status[0]}:{status[1]}", None
 
 
 def _describe(step: str, exc: pymysql.err.MySQLError) -> str:

@@ -52,6 +52,7 @@ class QuiesceFacts:
     blocked_at: float | None  # time.monotonic() when commits were blocked
     session_id: int | None = None  # the server's id for the holding session (KILL / pid)
     quiesced_at: float | None = None  # time.monotonic() when the quiesce returned
+    note: str | None = None  # what a DBA should know (e.g. why no log position)
 
 
 @dataclass(frozen=True)

@@ -153,3 +153,30 @@ def test_a_workload_replaces_the_scripts_and_says_so(
     assert "WorkloadReplacesScripts" in report.warnings
     assert not list(Path(rig.ws.marks).glob("*")), "a replaced script ran"
     assert "the workload replaces the scripts" in rig.ws.log_path.read_text()
+
+
+def test_the_password_can_come_from_protected_settings_and_goes_nowhere_else(
+    rig: Rig, live: MariaDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with live.connect() as conn, conn.cursor() as cur:
+        cur.execute("CREATE USER 'backup'@'localhost' IDENTIFIED BY %s", (SECRET,))
+        cur.execute("GRANT RELOAD ON *.* TO 'backup'@'localhost'")
+    # No password in workload.conf: only the user and the socket.
+    use_workload_conf(
+        monkeypatch, tmp_path, f"workload_name = mariadb\ncredString = -u backup -S {live.socket}\n"
+    )
+    settings, task_id = host_settings(rig.ws, luns=[0])
+    doc = json.loads(Path(settings).read_text())
+    doc["runtimeSettings"][0]["handlerSettings"]["protectedSettings"]["workloadPassword"] = SECRET
+    Path(settings).write_text(json.dumps(doc))
+
+    report = run(rig, settings)
+
+    assert (report.consistency, report.error_code) == ("application", None), report
+    for where, text in everything_written(rig, task_id, report).items():
+        assert SECRET not in text, f"the password in {where}"
+    # RELOAD alone quiesces; reading the binlog position needs BINLOG MONITOR: the
+    # lock still held, the missing position is said, not hidden.
+    assert report.workload is not None and report.workload.quiesced is not None
+    assert report.workload.quiesced.log_position is None
+    assert "no binlog position recorded" in rig.ws.log_path.read_text()

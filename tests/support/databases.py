@@ -87,7 +87,7 @@ class MariaDb:
         _traversable(self.rundir)
         _chown_tree(self.datadir, "mysql")
         shutil.chown(self.rundir, "mysql", "mysql")
-        subprocess.run(
+        done = subprocess.run(
             [
                 MARIADB_INSTALL_DB,
                 "--no-defaults",
@@ -96,10 +96,13 @@ class MariaDb:
                 "--skip-test-db",
                 "--auth-root-authentication-method=socket",
             ],
-            check=True,
+            check=False,
             capture_output=True,
+            text=True,
             timeout=180,
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"mariadb-install-db: {done.stdout[-2000:]}{done.stderr[-2000:]}")
         return self
 
     def start(self, *, extra: tuple[str, ...] = ()) -> MariaDb:

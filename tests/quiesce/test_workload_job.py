@@ -14,6 +14,7 @@ import pytest
 from snapshot_runtime.inputs.workload_conf import WORKLOAD_CONF_ENV
 from snapshot_runtime.job.records import JobReport
 from snapshot_runtime.job.run import run_job
+from tests.support import jobkit
 from tests.support.databases import MariaDb, Writer
 from tests.support.host_service import Rig, host_settings
 from tests.support.waiting import wait_until
@@ -180,3 +181,53 @@ def test_the_password_can_come_from_protected_settings_and_goes_nowhere_else(
     assert report.workload is not None and report.workload.quiesced is not None
     assert report.workload.quiesced.log_position is None
     assert "no binlog position recorded" in rig.ws.log_path.read_text()
+
+
+def test_a_sigkilled_job_inside_the_window_leaves_no_lock(
+    rig: Rig, live: MariaDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime SIGKILLed while it holds the lock and the freeze: the kernel closes
+    the session (the server ends the lock), the thaw watchdog thaws; commits resume."""
+    use_workload_conf(
+        monkeypatch, tmp_path, f"workload_name = mariadb\ncredString = -u root -S {live.socket}\n"
+    )
+    rig.host.script.delay_seconds = {"dosnapshot": 60.0}
+    settings, _ = host_settings(rig.ws, luns=[0])
+    wconn = live.connect()
+    wcur = wconn.cursor()
+    writer = Writer(lambda n: wcur.execute("INSERT INTO w.t VALUES (%s)", (n,))).start()
+    try:
+        wait_until(lambda: len(writer.acked) > 100, timeout=30, what="writer running")
+        proc = rig.ws.start_cli(
+            *rig.ws.run_args(settings, mounts=[rig.disk.mountpoint], extra=["--quiet"])
+        )
+        wait_until(
+            lambda: any(kind == "dosnapshot" for kind, _ in rig.host.arrivals),
+            timeout=60,
+            what="the job inside its window",
+        )
+        for pid in jobkit.child_pids(proc.pid):
+            rig.ws.adopt_pid(pid)  # the thaw watchdog: the workspace reaps it
+        held = len(writer.acked)
+        proc.kill()
+        proc.communicate(timeout=30)
+        killed = len(writer.acked)
+        wait_until(
+            lambda: len(writer.acked) > killed + 50, timeout=30, what="commits after SIGKILL"
+        )
+    finally:
+        writer.stop()
+        wconn.close()
+    assert killed - held <= 1, "commits went on while the job held the lock"
+
+    def other_sessions() -> int:
+        with live.connect() as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                "WHERE ID <> CONNECTION_ID() AND COMMAND <> 'Daemon'"
+            )
+            row = cur.fetchone()
+            return int(row[0]) if row else -1
+
+    # The dead runtime's session is gone from the server, not merely idle.
+    wait_until(lambda: other_sessions() == 0, timeout=30, what="the killed session gone")

@@ -82,17 +82,6 @@ def session_alive(db: MariaDb, session_id: int | None) -> bool:
         return bool(row and row[0])
 
 
-def no_new_acks_for(writer: Writer, seconds: float) -> int:
-    """Observe the writer for ``seconds``; return how many acks arrived meanwhile."""
-    before = len(writer.acked)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if len(writer.acked) != before:
-            break
-        time.sleep(0.02)  # polling an observation window, not synchronising
-    return len(writer.acked) - before
-
-
 @pytest.mark.parametrize(("name", "method"), [("mariadb", "backup_stage"), ("mysql", "read_lock")])
 def test_commits_stop_at_the_quiesce_and_resume_at_the_release(
     mariadb: MariaDb, name: str, method: str
@@ -105,10 +94,10 @@ def test_commits_stop_at_the_quiesce_and_resume_at_the_release(
         assert facts.method == method and facts.blocks_commits
         # At most the commit in flight when the lock arrived is acknowledged after it.
         settle = len(writer.acked)
-        assert no_new_acks_for(writer, 0.5) <= 1
+        assert writer.acks_within(0.5) <= 1
         blocked = len(writer.acked)
         assert blocked - settle <= 1
-        assert no_new_acks_for(writer, 1.0) == 0, "a commit was acknowledged while held"
+        assert writer.acks_within(1.0) == 0, "a commit was acknowledged while held"
         # The binlog does not move while commits are blocked: the recorded position is the copy's.
         assert master_status(mariadb) == facts.log_position
         released = quiescer.release()
@@ -145,7 +134,7 @@ def test_a_sigkilled_holder_releases_the_lock_with_its_session(mariadb: MariaDb)
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == b"held"
         writer.start()
-        assert no_new_acks_for(writer, 1.0) == 0, "the holder did not block commits"
+        assert writer.acks_within(1.0) == 0, "the holder did not block commits"
         killed_at = time.monotonic()
         holder.kill()
         holder.wait(timeout=30)

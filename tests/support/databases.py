@@ -315,6 +315,15 @@ class Writer:
         if self._thread is not None:
             self._thread.join(timeout=120)
 
+    def acks_within(self, seconds: float) -> int:
+        """Watch for ``seconds`` (the passing time is the point: an observation window,
+        not synchronisation); how many commits were acknowledged meanwhile."""
+        before = len(self.acked)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and len(self.acked) == before:
+            time.sleep(0.02)
+        return len(self.acked) - before
+
     def rate(self) -> float:
         """Commits per second over the writer's life so far."""
         return combined_rate([self])

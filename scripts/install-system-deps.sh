@@ -7,7 +7,9 @@
 # that libuuid really talks to its daemon socket as it does on hosts that run one),
 # iproute2 (ip netns: the Azure IMDS stand-in lives in a test's own network namespace),
 # logrotate and systemd's systemd-analyze (the .deb's rotation rules and unit),
-# and Azurite from npm, pinned to a version that runs on this machine's Node.
+# mariadb-server and postgresql (the workload quiescers' restore proofs: the tests
+# run private instances; the distribution services are never started, policy-rc.d
+# below), and Azurite from npm, pinned to a version that runs on this machine's Node.
 # Idempotent: a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +27,8 @@ command -v uuidd >/dev/null 2>&1 || [ -x /usr/sbin/uuidd ] || apt_packages+=(uui
 command -v ip >/dev/null 2>&1 || apt_packages+=(iproute2)       # ip netns: the IMDS stand-in's namespace
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || apt_packages+=(logrotate)  # the shipped rotation rules, rotated for real
 command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)  # the sidecar unit's offline security check (never run as init here)
+[ -x /usr/sbin/mariadbd ] || apt_packages+=(mariadb-server)     # workload quiescer tests: private instances only
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_packages+=(postgresql)
 
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -33,7 +37,7 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # policy-rc.d 101: packages with a service (prometheus) must not start it here;
+    # policy-rc.d 101: packages with a service (prometheus, mariadb, postgresql) must not start it here;
     # the tests start their own instances on free loopback ports.
     policy_rc=/usr/sbin/policy-rc.d
     created_policy=0

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from snapshot_runtime.inputs.workload_conf import WORKLOAD_CONF_ENV
 from tests.support import jobkit
 from tests.support.azurite import Azurite, run_azurite
 from tests.support.faultproxy import FaultProxy
@@ -24,6 +25,8 @@ def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("OTEL_", "SNAPSHOT_RUNTIME_", "TRACEPARENT")):
             monkeypatch.delenv(name, raising=False)
+    # Nor the machine's /etc/azure/workload.conf: a workload test names its own.
+    monkeypatch.setenv(WORKLOAD_CONF_ENV, "/nonexistent/snapshot-runtime-tests/workload.conf")
 
 
 @pytest.fixture

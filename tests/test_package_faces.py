@@ -20,7 +20,17 @@ import snapshot_sidecar
 
 import snapshot_runtime
 
-FAMILIES = ["core", "inputs", "scripts", "freeze", "snapshot", "telemetry", "job", "handler"]
+FAMILIES = [
+    "core",
+    "inputs",
+    "scripts",
+    "freeze",
+    "snapshot",
+    "quiesce",
+    "telemetry",
+    "job",
+    "handler",
+]
 ROOTS = [snapshot_runtime, snapshot_sidecar]
 
 

@@ -7,7 +7,7 @@ sidecar, inside the same ledger transaction that marks the run as counted.
 from __future__ import annotations
 
 from snapshot_runtime.core.phases import PHASES
-from snapshot_sidecar.metrics import CONSISTENCIES, SCRIPTS, MetricValues
+from snapshot_sidecar.metrics import CONSISTENCIES, SCRIPTS, WORKLOADS, MetricValues
 from snapshot_sidecar.spool_reader import JobRecord, WatchdogReport
 
 __all__ = ["apply_record", "apply_watchdog_report", "watchdog_reason"]
@@ -74,6 +74,15 @@ def apply_record(values: MetricValues, record: JobRecord) -> None:
         seconds = _num(script.get("seconds"))
         if seconds is not None:
             values.observe("vmsnap_script_duration_seconds", seconds, (which,), exemplar=exemplar)
+
+    workload = record.workload
+    if workload is not None:
+        stall = _num(workload.get("write_stall_seconds"))
+        name = workload.get("name")
+        if stall is not None and name in WORKLOADS:
+            values.observe(
+                "vmsnap_workload_write_stall_seconds", stall, (str(name),), exemplar=exemplar
+            )
 
     for disk in record.disks:
         values.inc("vmsnap_disk_snapshots_total")

@@ -151,6 +151,11 @@ class JobRecord:
         return script if isinstance(script, dict) else None
 
     @property
+    def workload(self) -> dict[str, Any] | None:
+        workload = self.raw.get("workload")
+        return workload if isinstance(workload, dict) else None
+
+    @property
     def disks(self) -> list[dict[str, Any]]:
         return [d for d in _list(self.raw.get("disks")) if isinstance(d, dict)]
 

@@ -71,6 +71,7 @@ REASONS: frozenset[str] = frozenset(
         "plugin_config_invalid",
         "pre_script_error_continued",
         "freeze_disabled",
+        "workload_not_quiesced",
         # crash
         "no_freezable_mounts",
         "freeze_failed_crash_fallback",
@@ -280,8 +281,13 @@ def verdict(
     single_disk_crash_fallback: bool = True,
     config_warnings: tuple[ErrorCode, ...] = (),
     freeze_not_owned: bool = False,
+    workload_error: ErrorCode | None = None,
 ) -> Verdict:
     """The job's consistency, codes and health from the facts of the run.
+
+    ``workload_error``: the built-in database quiescing (workload.conf) failed,
+    timed out (the hold lapsed before the release) or is unsupported (Oracle):
+    a warning, and never application-consistent (``workload_not_quiesced``).
 
     ``freeze_timed_out``: the freeze held, but the deadline thawed the
     filesystems before every snapshot completed (crash on a single disk,
@@ -308,6 +314,7 @@ def verdict(
         assert pre.error is not None  # every stop carries its code
         return _stopped(pre.reason, pre.error, noted, post_error)
     noted.add(_CONFIG if config_state == "invalid" else _PRE, pre.error)
+    noted.add(_PRE, workload_error)
 
     # Consistency if every disk is snapshotted; refined by the freeze below.
     consistency: Consistency
@@ -351,6 +358,9 @@ def verdict(
             consistency, reason = "application", "application_consistent"
         else:
             consistency, reason = "filesystem", pre.reason
+        if workload_error is not None and consistency == "application":
+            # Honest verdicts: no quiesce held across the snapshot, no application claim.
+            consistency, reason = "filesystem", "workload_not_quiesced"
 
     total = max(disks_total, 0)
     ok = min(max(disks_ok, 0), total)

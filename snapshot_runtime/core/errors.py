@@ -58,6 +58,21 @@ class ErrorCode(enum.Enum):
     # with the value we used and the fix named (docs/scripts.md).
     PLUGIN_CONFIG_VALUE_ADJUSTED = "PluginConfigValueAdjusted"
     PLUGIN_CONFIG_VALUE_CONVERTED = "PluginConfigValueConverted"
+    # Built-in database quiescing (workload.conf), the reference's 500-512
+    # (docs/workloads.md); all yellow: the snapshot is kept, filesystem-consistent.
+    WORKLOAD_PRE_ERROR = "FailedWorkloadPreError"
+    WORKLOAD_CONF_PARSING = "FailedWorkloadConfParsingError"
+    WORKLOAD_INVALID_ROLE = "FailedWorkloadInvalidRole"
+    WORKLOAD_INVALID_NAME = "FailedWorkloadInvalidWorkloadName"
+    WORKLOAD_POST_ERROR = "FailedWorkloadPostError"
+    WORKLOAD_AUTH_MISSING = "FailedWorkloadAuthorizationMissing"
+    WORKLOAD_CONNECTION = "FailedWorkloadConnectionError"
+    WORKLOAD_QUIESCING_ERROR = "FailedWorkloadQuiescingError"
+    WORKLOAD_QUIESCING_TIMEOUT = "FailedWorkloadQuiescingTimeout"
+    # Ours: a workload recognised but not quiesced by this runtime (Oracle), and
+    # a workload.conf that replaces a configured pre/post-script framework.
+    WORKLOAD_UNSUPPORTED = "WorkloadUnsupported"
+    WORKLOAD_REPLACES_SCRIPTS = "WorkloadReplacesScripts"
     # The job's own codes.
     INVALID_SETTINGS = "InvalidSettings"
     INVALID_DISK_LIST = "InvalidDiskList"
@@ -103,6 +118,18 @@ _NUMBERS: dict[ErrorCode, int] = {
     # Next free numbers after the reference's pre/post range (300-318); 3xx is yellow.
     ErrorCode.PLUGIN_CONFIG_VALUE_ADJUSTED: 319,
     ErrorCode.PLUGIN_CONFIG_VALUE_CONVERTED: 320,
+    ErrorCode.WORKLOAD_PRE_ERROR: 500,
+    ErrorCode.WORKLOAD_CONF_PARSING: 501,
+    ErrorCode.WORKLOAD_INVALID_ROLE: 502,
+    ErrorCode.WORKLOAD_INVALID_NAME: 503,
+    ErrorCode.WORKLOAD_POST_ERROR: 504,
+    ErrorCode.WORKLOAD_AUTH_MISSING: 505,
+    ErrorCode.WORKLOAD_CONNECTION: 506,
+    ErrorCode.WORKLOAD_QUIESCING_ERROR: 509,
+    ErrorCode.WORKLOAD_QUIESCING_TIMEOUT: 510,
+    # Next free numbers after the reference's workload range (500-512).
+    ErrorCode.WORKLOAD_UNSUPPORTED: 513,
+    ErrorCode.WORKLOAD_REPLACES_SCRIPTS: 514,
     ErrorCode.INVALID_SETTINGS: 11,
     ErrorCode.INVALID_DISK_LIST: 17,
     ErrorCode.COMMAND_TOO_LATE: 402,

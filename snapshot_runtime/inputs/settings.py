@@ -125,6 +125,9 @@ class HandlerSettings:
     secrets: tuple[str, ...] = field(repr=False)
     # The host snapshot path's inputs (inputs/host_inputs.py, docs/host-snapshot.md).
     host: HostInputs = field(default_factory=HostInputs, repr=False)
+    # protectedSettings.workloadPassword (ours): the database password for the
+    # workload.conf quiesce, so none needs to sit in a file (docs/workloads.md).
+    workload_password: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         # Explicit, so a later field can never leak through the generated repr.
@@ -350,7 +353,14 @@ def parse_handler_settings(doc: object) -> HandlerSettings:
         backup_metadata=metadata,
         secrets=tuple(secrets),
         host=host,
+        workload_password=_workload_password(protected),
     )
+
+
+def _workload_password(protected: Mapping[str, Any]) -> str | None:
+    # A protected string: already among the secrets (every protected leaf is).
+    value = protected.get("workloadPassword")
+    return value if isinstance(value, str) and value else None
 
 
 # --- the file shell ---------------------------------------------------------------

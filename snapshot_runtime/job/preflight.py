@@ -15,6 +15,7 @@ warning code a job would report; the report stays ok.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from snapshot_runtime.core.defaults import DEFAULT_FREEZE_TIMEOUT
@@ -27,6 +28,13 @@ from snapshot_runtime.inputs.plugin_config import (
     load_plugin_config,
 )
 from snapshot_runtime.inputs.plugin_config_file import find_config_path
+from snapshot_runtime.inputs.workload_conf import (
+    DEFAULT_WORKLOAD_CONF,
+    WORKLOAD_CONF_ENV,
+    WorkloadConf,
+    load_workload_conf,
+)
+from snapshot_runtime.quiesce.checks import workload_checks
 from snapshot_runtime.scripts.runner import ScriptResult, run_script
 from snapshot_runtime.scripts.trust import check_script
 
@@ -156,6 +164,50 @@ def _budget_checks(report: PreflightReport, config: PluginConfig, freeze_timeout
     )
 
 
+def _workload_checks(
+    report: PreflightReport, path: str, freeze_timeout: float
+) -> WorkloadConf | None:
+    """workload.conf: a named workload replaces the scripts; check what its quiesce needs."""
+    conf = load_workload_conf(path)
+    if not conf.active:
+        if conf.problem:
+            report.checks.append(Check("workload", "warn", f"{path}: {conf.problem}"))
+        return None
+    report.checks.append(
+        Check("workload", "info", f"{path}: workload {conf.name} replaces the pre/post scripts")
+    )
+    for note in conf.notes:
+        report.checks.append(Check("workload", "info", note))
+    if conf.error is not None:
+        report.checks.append(Check("workload", "fail", conf.problem or "", conf.error))
+        return conf
+    if conf.name == "oracle":
+        report.checks.append(
+            Check(
+                "workload",
+                "warn",
+                "oracle is recognised but not quiesced by this runtime: jobs freeze and "
+                "snapshot, filesystem-consistent",
+                ErrorCode.WORKLOAD_UNSUPPORTED,
+            )
+        )
+        return conf
+    if conf.hold_seconds <= freeze_timeout:
+        report.checks.append(
+            Check(
+                "workload",
+                "warn",
+                f"hold deadline {conf.hold_seconds}s is not longer than the freeze timeout "
+                f"{freeze_timeout:.0f}s: a slow snapshot loses the hold (510)",
+            )
+        )
+    for check in workload_checks(conf):
+        report.checks.append(
+            Check(f"workload {check.name}", check.status, check.detail, check.error)
+        )
+    return conf
+
+
 def _mount_checks(
     report: PreflightReport, include: tuple[str, ...] | None, mountinfo_path: str
 ) -> FreezePlan | None:
@@ -190,9 +242,24 @@ def preflight(
     include_mounts: tuple[str, ...] | None = None,
     freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT,
     mountinfo_path: str = "/proc/self/mountinfo",
+    workload_conf_path: str | None = None,
 ) -> PreflightReport:
     report = PreflightReport(config_path=None)
-    config = _config_checks(report, config_path)
+    path = workload_conf_path or os.environ.get(WORKLOAD_CONF_ENV) or DEFAULT_WORKLOAD_CONF
+    workload = _workload_checks(report, path, freeze_timeout)
+    config: PluginConfig | None = None
+    if workload is None:
+        config = _config_checks(report, config_path)
+    elif config_path or find_config_path(None):
+        report.checks.append(
+            Check(
+                "config",
+                "warn",
+                "a pre/post-script plugin config is configured too: the workload replaces "
+                "it, its scripts do not run",
+                ErrorCode.WORKLOAD_REPLACES_SCRIPTS,
+            )
+        )
     if config is not None:
         for phase, spec in (("pre", config.pre), ("post", config.post)):
             check = check_script(spec.path, phase=phase)  # type: ignore[arg-type]

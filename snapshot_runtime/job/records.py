@@ -22,6 +22,7 @@ from snapshot_runtime.core.errors import ErrorCode, SnapshotError
 from snapshot_runtime.core.phases import PhaseRecord
 from snapshot_runtime.freeze.state import FreezeResult
 from snapshot_runtime.job.status_document import REFERENCE_NAME
+from snapshot_runtime.job.workload import WorkloadOutcome
 from snapshot_runtime.scripts.runner import ScriptResult
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.snapshot.registry import DEFAULT_BACKENDS
@@ -130,6 +131,8 @@ class JobReport:
     spool_job_dir: str | None = None
     snapshot_backend: str | None = None
     backends_declined: tuple[tuple[str, str], ...] = ()  # (name, reason), in order
+    # workload.conf quiescing: what was held, the log position, the stall (docs/workloads.md).
+    workload: WorkloadOutcome | None = None
 
     @property
     def exit_code(self) -> int:

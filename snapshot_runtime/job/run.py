@@ -55,6 +55,11 @@ from snapshot_runtime.inputs.machine import machine_id
 from snapshot_runtime.inputs.plugin_config import load_plugin_config
 from snapshot_runtime.inputs.plugin_config_file import find_config_path
 from snapshot_runtime.inputs.settings import HandlerSettings, load_settings_file
+from snapshot_runtime.inputs.workload_conf import (
+    DEFAULT_WORKLOAD_CONF,
+    WORKLOAD_CONF_ENV,
+    load_workload_conf,
+)
 from snapshot_runtime.job.frozen_window import FrozenWindowSequence
 from snapshot_runtime.job.lock import JOB_LOCK_FILE, JobLock, LockHolder
 from snapshot_runtime.job.records import JobOptions, JobReport
@@ -69,6 +74,7 @@ from snapshot_runtime.job.state import (
 )
 from snapshot_runtime.job.status_document import TEMP_TERMINAL_CODE, TEMP_TERMINAL_MESSAGE
 from snapshot_runtime.job.status_report import JobStatusWriter, StatusName
+from snapshot_runtime.job.workload import WorkloadSession
 from snapshot_runtime.scripts.runner import ScriptResult, run_script
 from snapshot_runtime.snapshot.backend import SnapshotterFactory
 from snapshot_runtime.snapshot.host import plan_host_mode
@@ -108,6 +114,7 @@ class _Job:
         self.machine_id = machine_id()
         self.recovered: list[str] = []
         self.final: Verdict | None = None
+        self.workload: WorkloadSession | None = None
         # First of all: a second job must not even recover the first's spool.
         self.lock: JobLock | None = None
         self.refused_by: LockHolder | None = None
@@ -254,6 +261,45 @@ class _Job:
                 self.state.config.fs_freeze_enabled,
             )
 
+    def load_workload(self) -> None:
+        """workload.conf naming a database replaces the pre/post scripts (docs/workloads.md)."""
+        path = os.environ.get(WORKLOAD_CONF_ENV) or DEFAULT_WORKLOAD_CONF
+        conf = load_workload_conf(path)
+        settings = self.state.settings
+        password = settings.workload_password if settings is not None else None
+        if conf.active and password and conf.credentials.password is None:
+            # The protected setting: never in a file, redacted like every protected value.
+            conf = dataclasses.replace(
+                conf, credentials=dataclasses.replace(conf.credentials, password=password)
+            )
+        log = self.log.phase("workload")
+        if not conf.active:
+            if conf.problem:
+                log.warning("workload.conf {}: {}", path, conf.problem)
+            return
+        self.redactor.add(conf.secrets)
+        self.state.workload_conf = conf
+        self.workload = WorkloadSession(conf, phases=self.phases, log=self.log)
+        self.state.workload = self.workload.outcome
+        log.info(
+            "workload {} from {}: quiesced before the freeze, released after the thaw "
+            "(hold deadline {}s)",
+            conf.name,
+            path,
+            conf.hold_seconds,
+        )
+        for note in conf.notes:
+            log.info("workload.conf: {}", note)
+        if conf.error is not None:
+            log.error("workload.conf: {} ({}): not quiesced", conf.problem, conf.error.value)
+        if self.state.config_state != "absent":
+            log.warning(
+                "both workload.conf ({}) and a pre/post-script plugin config are configured: "
+                "the workload replaces the scripts, which do not run ({})",
+                conf.name,
+                ErrorCode.WORKLOAD_REPLACES_SCRIPTS.value,
+            )
+
     def plan_mounts(self) -> FreezePlan:
         mounts = parse_mountinfo(read_mountinfo(self.options.mountinfo_path))
         return plan_freeze(
@@ -314,6 +360,9 @@ class _Job:
         # Subscription order: telemetry flushes before the gate closes, and the
         # gate releases the held lines before telemetry writes its spans.
         observers: list[WindowObserver] = []
+        if self.workload is not None:
+            # First: it quiesces before the log gate closes, releases after it reopens.
+            observers.append(self.workload)
         if self.telemetry is not None:
             observers.append(self.telemetry)
         observers.append(self.log.gate)
@@ -463,6 +512,7 @@ class _Job:
             with contextlib.suppress(OSError):  # the text is informative only
                 self.lock.set_holder(pid=os.getpid(), task_id=settings.task_id, seq=None)
         self.load_plugin_config()
+        self.load_workload()
         with self.phases.phase("status_start") as ph:
             # The reference's interim report: "success" with code 4 (status_document).
             ph.attributes["status"] = "success"
@@ -472,7 +522,7 @@ class _Job:
             config = self.state.config
             # fsFreezeEnabled=false: nothing is frozen, so no mounts to plan,
             # announce to the scripts (SNAPSHOT_MOUNTS) or warn about.
-            freezes = config is None or config.fs_freeze_enabled
+            freezes = config is None or config.fs_freeze_enabled or self.workload is not None
             self.state.plan = self.plan_mounts() if freezes else FreezePlan(mounts=(), skipped=())
         except (OSError, ValueError) as exc:
             self.state.plan = FreezePlan(mounts=(), skipped=())
@@ -485,10 +535,10 @@ class _Job:
         config = self.state.config
         interrupted: BaseException | None = None
         try:
-            if config is not None:
+            if config is not None and self.workload is None:
                 self.state.pre = self.run_script_phase("pre")
             decision = decide_after_pre_script(
-                config_state=self.state.config_state,
+                config_state=self.state.config_state if self.workload is None else "absent",
                 config_error=self.state.config_error,
                 continue_on_failure=config.continue_backup_on_failure if config else True,
                 fs_freeze_enabled=config.fs_freeze_enabled if config else True,
@@ -508,6 +558,10 @@ class _Job:
                 "interrupted by {}: thawed; running the post-script, then stopping",
                 self.state.interrupted,
             )
+        finally:
+            if self.workload is not None:
+                # Idempotent: already released after the thaw on a normal run.
+                self.workload.release()
         if post_script_due(self.state):
             # Even after a cancel: the pre-script may have quiesced the application.
             self.state.post = self.run_script_phase("post")

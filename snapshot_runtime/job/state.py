@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from snapshot_runtime.core.consistency import ConfigState, Verdict, verdict
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
@@ -18,7 +19,9 @@ from snapshot_runtime.freeze.mounts import FreezePlan
 from snapshot_runtime.freeze.state import FreezeResult
 from snapshot_runtime.inputs.plugin_config import PluginConfig
 from snapshot_runtime.inputs.settings import HandlerSettings
+from snapshot_runtime.inputs.workload_conf import WorkloadConf
 from snapshot_runtime.job.records import JobReport
+from snapshot_runtime.job.workload import WorkloadOutcome
 from snapshot_runtime.scripts.runner import ScriptResult
 from snapshot_runtime.snapshot.host import HostSnapshotResult, fallback_reason, snapshot_path
 from snapshot_runtime.snapshot.registry import BackendDeclined
@@ -33,6 +36,8 @@ __all__ = [
     "job_verdict",
     "post_script_due",
     "script_error",
+    "workload_facts",
+    "workload_promise",
 ]
 
 
@@ -66,6 +71,9 @@ class JobState:
     status_upload: str = "skipped"
     status_file: str | None = None
     interrupted: str | None = None  # the signal that stopped the job
+    # workload.conf naming a database: it replaces the pre/post scripts.
+    workload_conf: WorkloadConf | None = None
+    workload: WorkloadOutcome | None = None
 
 
 def script_error(result: ScriptResult | None) -> ErrorCode | None:
@@ -82,8 +90,8 @@ def post_script_due(state: JobState) -> bool:
     neither script and reports the pre-script's code (its pre_check), which
     the shipped template (both locations "") relies on: Pre-ScriptNotFound.
     """
-    if state.config is None:
-        return False
+    if state.config is None or state.workload_conf is not None:
+        return False  # no scripts, or a workload replaced them
     return state.pre is None or bool(state.pre.attempts)
 
 
@@ -100,6 +108,8 @@ def job_verdict(state: JobState) -> Verdict:
         # A host-only request that never reached the host still names its disks
         # (an empty LUN list is "every disk": at least one).
         disks_total = max(len(state.settings.host.lun_list), 1)
+    if state.workload_conf is not None:
+        return _workload_verdict(state, disks_total)
     return verdict(
         config_state=state.config_state,
         config_error=state.config_error,
@@ -117,6 +127,83 @@ def job_verdict(state: JobState) -> Verdict:
         thaw_error=freeze.error if freeze and freeze.error is ErrorCode.THAW_FAILED else None,
         config_warnings=config.warning_codes if config else (),
         freeze_not_owned=bool(state.freeze_not_owned),
+    )
+
+
+def _workload_verdict(state: JobState, disks_total: int) -> Verdict:
+    """A named workload replaces the scripts (as in the reference): the freeze
+    always runs, and the quiesce's success, not a script's, decides application."""
+    snap = state.snapshot
+    freeze = state.freeze
+    outcome = state.workload
+    error = outcome.error if outcome is not None else ErrorCode.WORKLOAD_PRE_ERROR
+    if error is None and outcome is not None and not outcome.held and state.freeze_attempted:
+        # The window ran but the quiesce never completed (a stop before the release).
+        error = ErrorCode.WORKLOAD_QUIESCING_TIMEOUT
+    return verdict(
+        config_state="valid",
+        config_error=None,
+        continue_on_failure=True,
+        fs_freeze_enabled=True,
+        pre_error=None,
+        freeze_attempted=state.freeze_attempted,
+        freeze_ok=state.freeze_ok,
+        freeze_error=state.freeze_error or (freeze.error if freeze and freeze.timed_out else None),
+        freeze_timed_out=bool(freeze and freeze.timed_out),
+        snapshot_error=snap.error if snap else None,
+        disks_ok=snap.ok_count if snap else 0,
+        disks_total=disks_total,
+        post_error=None,
+        thaw_error=freeze.error if freeze and freeze.error is ErrorCode.THAW_FAILED else None,
+        config_warnings=(ErrorCode.WORKLOAD_REPLACES_SCRIPTS,)
+        if state.config_state != "absent"
+        else (),
+        freeze_not_owned=bool(state.freeze_not_owned),
+        workload_error=error,
+    )
+
+
+def workload_facts(outcome: WorkloadOutcome | None) -> dict[str, Any] | None:
+    """The workload's part of the record and the status: what a DBA needs.
+
+    ``write_stall_seconds``: commits blocked, quiesce to release (MariaDB/MySQL;
+    None for PostgreSQL, which never blocks them). ``log_position``: the binlog
+    ``file:position`` read while blocked, or the WAL LSN right after the CHECKPOINT.
+    ``promise``: what a restore of this snapshot gives, in plain words.
+    """
+    if outcome is None:
+        return None
+    quiesced, released = outcome.quiesced, outcome.released
+    return {
+        "name": outcome.name,
+        "held": outcome.held,
+        "method": quiesced.method if quiesced else None,
+        "log_position": quiesced.log_position if quiesced else None,
+        "server_version": quiesced.server_version if quiesced else None,
+        "quiesce_seconds": round(quiesced.quiesce_seconds, 6) if quiesced else None,
+        "write_stall_seconds": round(released.stall_seconds, 6)
+        if released is not None and released.stall_seconds is not None
+        else None,
+        "held_seconds": round(released.held_seconds, 6) if released else None,
+        "hold_deadline_seconds": quiesced.hold_deadline_seconds if quiesced else None,
+        "error": outcome.error.value if outcome.error else None,
+        "promise": workload_promise(outcome),
+    }
+
+
+def workload_promise(outcome: WorkloadOutcome) -> str:
+    """What restoring this snapshot gives, said plainly (docs/workloads.md)."""
+    if not outcome.held:
+        return "not quiesced: the filesystem freeze only (crash recovery at start-up)"
+    if outcome.name == "postgres":
+        return (
+            "atomic filesystem snapshot under fsfreeze; PostgreSQL starts with crash "
+            "recovery from the CHECKPOINT at log_position; every commit acknowledged "
+            "before the freeze is present"
+        )
+    return (
+        "commits blocked from the quiesce to the release: the copy ends exactly at "
+        "log_position; InnoDB replays its redo at start-up"
     )
 
 
@@ -178,6 +265,7 @@ def build_report(
         spool_job_dir=spool_job_dir,
         snapshot_backend=state.backend,
         backends_declined=tuple((d.name, d.reason) for d in state.backends_declined),
+        workload=state.workload,
     )
 
 
@@ -216,5 +304,6 @@ def job_record_facts(
         # Only a snapshot_all() that ran (its disks are reported, failed or not);
         # a job stopped before it has a result without disks.
         snapshot_seconds=snap.duration_seconds if snap and snap.disks and state.backend else None,
+        workload=workload_facts(state.workload),
         redact=redact,
     )

@@ -21,7 +21,7 @@ from snapshot_runtime.core.phases import PhaseRecorder
 from snapshot_runtime.core.redact import Redactor, strip_sas
 from snapshot_runtime.inputs.machine import utcnow
 from snapshot_runtime.job.records import JobOptions
-from snapshot_runtime.job.state import JobState
+from snapshot_runtime.job.state import JobState, workload_facts
 from snapshot_runtime.job.status_document import (
     consistency_type,
     render,
@@ -125,6 +125,21 @@ def status_telemetry(
         data["statusBlobUploadError"] = state.status_upload
     declined = [(d.name, d.reason) for d in state.backends_declined]
     data.update(host_telemetry(state.snapshot, state.backend, declined))
+    workload = workload_facts(state.workload)
+    if workload is not None:
+        # The reference marks a workload as pre/post enabled too.
+        data["prePostEnabled"] = "True"
+        data["workloadName"] = workload["name"]
+        data["workloadQuiesced"] = str(workload["held"])
+        data["workloadPromise"] = workload["promise"]
+        for key, field_name in (
+            ("workloadMethod", "method"),
+            ("workloadLogPosition", "log_position"),
+            ("workloadWriteStallSeconds", "write_stall_seconds"),
+            ("workloadError", "error"),
+        ):
+            if workload[field_name] is not None:
+                data[key] = str(workload[field_name])
     return data
 
 

@@ -48,6 +48,9 @@ class RecordFacts:
     pre: ScriptResult | None = None
     post: ScriptResult | None = None
     disks: Sequence[DiskSnapshot] = ()
+    # workload.conf quiescing (docs/workloads.md): name, method, log position,
+    # write stall, error; built by the job (plain values: no secrets in it).
+    workload: Mapping[str, Any] | None = None
     log_file: str | None = None
     log_lines: int = 0
     log_bytes: int = 0
@@ -164,6 +167,7 @@ def build_record(facts: RecordFacts) -> dict[str, Any]:
             "pre": script_json(facts.pre, facts.redact),
             "post": script_json(facts.post, facts.redact),
         },
+        "workload": dict(facts.workload) if facts.workload is not None else None,
         "disks": [
             {
                 "index": d.index,

@@ -89,6 +89,7 @@ RECORD_KEYS: tuple[str, ...] = (
     "phases",
     "freeze",
     "scripts",
+    "workload",
     "disks",
     "snapshot",
     "dropped",

@@ -65,6 +65,10 @@ LIMIT = E.SNAPSHOT_LIMIT_REACHED
 NO_DISKS = E.INVALID_DISK_LIST
 ADJ = E.PLUGIN_CONFIG_VALUE_ADJUSTED
 CONV = E.PLUGIN_CONFIG_VALUE_CONVERTED
+WL_QUIESCE = E.WORKLOAD_QUIESCING_ERROR
+WL_TIMEOUT = E.WORKLOAD_QUIESCING_TIMEOUT
+WL_UNSUP = E.WORKLOAD_UNSUPPORTED
+WL_CONN = E.WORKLOAD_CONNECTION
 
 # id, input overrides, (consistency, reason, error, warnings, snapshot, status, health)
 # Each row is a row of docs/consistency.md (test_doc_table_matches checks it).
@@ -154,6 +158,17 @@ CASES: list[tuple[str, dict[str, Any], tuple[Any, ...]]] = [
      ("crash", "freeze_not_owned", NOT_OWNED, (PRE_FAIL, NOT_OWNED), True, 1, Y)),
     ("C62", {"freeze_ok": False, "freeze_error": FRZ, "freeze_not_owned": True, **ONE_DISK},
      ("crash", "freeze_failed_crash_fallback", FRZ, (FRZ,), True, 1, Y)),
+    # --- built-in database quiescing (workload.conf) ---
+    ("C64", {"workload_error": WL_QUIESCE},
+     ("filesystem", "workload_not_quiesced", WL_QUIESCE, (WL_QUIESCE,), True, 1, Y)),
+    ("C65", {"workload_error": WL_TIMEOUT},
+     ("filesystem", "workload_not_quiesced", WL_TIMEOUT, (WL_TIMEOUT,), True, 1, Y)),
+    ("C66", {"workload_error": WL_UNSUP},
+     ("filesystem", "workload_not_quiesced", WL_UNSUP, (WL_UNSUP,), True, 1, Y)),
+    ("C67", {"workload_error": WL_QUIESCE, "freeze_ok": False, "freeze_error": FRZ, **ONE_DISK},
+     ("crash", "freeze_failed_crash_fallback", FRZ, (WL_QUIESCE, FRZ), True, 1, Y)),
+    ("C68", {"workload_error": WL_CONN, "disks_ok": 0, "snapshot_error": SNAP},
+     ("none", "all_snapshots_failed", SNAP, (WL_CONN,), False, 76, R)),
     # --- snapshot ---
     ("C29", {"disks_ok": 0, "snapshot_error": SNAP},
      ("none", "all_snapshots_failed", SNAP, (), False, 76, R)),
@@ -351,6 +366,7 @@ _codes = st.one_of(st.none(), st.sampled_from(list(ErrorCode)))
     single_disk_crash_fallback=st.booleans(),
     config_warnings=st.lists(st.sampled_from([ADJ, CONV]), max_size=3).map(tuple),
     freeze_not_owned=st.booleans(),
+    workload_error=_codes,
 )
 def test_verdict_is_total_and_coherent(**kw: Any) -> None:
     v = verdict(**kw)
@@ -375,9 +391,18 @@ def test_verdict_is_total_and_coherent(**kw: Any) -> None:
         assert kw["freeze_attempted"] and kw["freeze_ok"] and not kw["freeze_timed_out"]
         # Never a freeze someone else held (issue 11).
         assert not kw["freeze_not_owned"]
+        # Never a quiesce that failed, timed out or was not supported (issue 14).
+        assert kw["workload_error"] is None
     # A tolerated config is reported, never a stop, and only when it was used
     # (when no other input carries one of its codes).
-    others = ("config_error", "pre_error", "freeze_error", "snapshot_error", "post_error")
+    others = (
+        "config_error",
+        "pre_error",
+        "freeze_error",
+        "snapshot_error",
+        "post_error",
+        "workload_error",
+    )
     if not {kw[k] for k in (*others, "thaw_error")} & {ADJ, CONV}:
         tolerated = set(kw["config_warnings"]) if kw["config_state"] == "valid" else set()
         assert {w for w in (*v.warnings, v.error) if w in (ADJ, CONV)} == tolerated

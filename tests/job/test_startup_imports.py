@@ -15,10 +15,10 @@ from pathlib import Path
 
 # Top-level packages the start-up path must not import. The Azure SDK and
 # requests are needed only by the guest backend and by blob uploads;
-# OpenTelemetry only once the job's tracer is built (when the taskId is known,
-# inside the settings phase, before any freeze).
+# OpenTelemetry and the sealing crypto only once the taskId is known (the
+# tracer, credentials.sealed: inside the settings phase, before any freeze).
 SDK_PACKAGES = ("azure", "requests")
-HEAVY = (*SDK_PACKAGES, "opentelemetry")
+HEAVY = (*SDK_PACKAGES, "opentelemetry", "cryptography", "nacl")
 
 _PROBE = """
 import json, sys

@@ -104,8 +104,8 @@ def _run_exit_codes() -> str:
 
 def otlp_traces_protocol(env: Mapping[str, str]) -> str:
     """``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``, else ``OTEL_EXPORTER_OTLP_PROTOCOL``. Pure."""
-    # Imported here: the CLI's other commands never load OpenTelemetry.
-    from snapshot_runtime.telemetry.tracing import otlp_protocol  # noqa: PLC0415
+    # Imported here (pure, no OpenTelemetry): only `run` and `validate` need it.
+    from snapshot_runtime.telemetry.otlp_settings import otlp_protocol  # noqa: PLC0415
 
     raw = env.get(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, "").strip()
     return otlp_protocol(raw or env.get(OTEL_EXPORTER_OTLP_PROTOCOL))

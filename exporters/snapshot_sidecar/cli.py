@@ -29,11 +29,8 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from snapshot_runtime import __version__
 from snapshot_runtime.freeze.ioctl import KernelFreezeIoctl
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
-from snapshot_runtime.telemetry.tracing import (
-    OtlpProtocolUnavailable,
-    otlp_protocol,
-    otlp_span_exporter,
-)
+from snapshot_runtime.telemetry.otlp_settings import otlp_protocol
+from snapshot_runtime.telemetry.tracing import OtlpProtocolUnavailable, otlp_span_exporter
 from snapshot_sidecar.backstop import Backstop
 from snapshot_sidecar.collectors import build_registry, stable_collectors, volatile_registry
 from snapshot_sidecar.exposition import CachedExposition

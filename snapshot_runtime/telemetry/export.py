@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING, Any
 from snapshot_runtime.core.atomic_file import write_atomic
 from snapshot_runtime.core.redact import strip_sas
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
-from snapshot_runtime.snapshot.blob_requests import upload_block_blob
 from snapshot_runtime.snapshot.failures import BlobOpError
+from snapshot_runtime.telemetry.otlp_settings import OTLP_HTTP_PROTOBUF
 from snapshot_runtime.telemetry.spool_schema import job_dir_name
-from snapshot_runtime.telemetry.tracing import OTLP_HTTP_PROTOBUF, export_otlp
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -85,6 +84,10 @@ def export_spans(
     """
     otlp: dict[str, Any] | None = None
     if otlp_endpoint:
+        # After the thaw; tracing (the OpenTelemetry SDK) is loaded by then,
+        # since the job's tracer made these spans: here it costs nothing.
+        from snapshot_runtime.telemetry.tracing import export_otlp  # noqa: PLC0415
+
         error = export_otlp(
             spans,
             endpoint=otlp_endpoint,
@@ -119,6 +122,9 @@ def upload_job_log(
 
     A failed upload logs one warning (an unexpected exception only the text).
     """
+    # The Azure SDK only when a log is uploaded (after the thaw), not at start-up.
+    from snapshot_runtime.snapshot.blob_requests import upload_block_blob  # noqa: PLC0415
+
     try:
         upload_block_blob(logs_blob_uri, data, policy=policy, content_type="application/x-ndjson")
     except BlobOpError as exc:

@@ -49,11 +49,18 @@ WindowEvent = tuple[str, PhaseHandle, int, int]
 class JobSpans:
     """The spans of one job on ``tracer``; free texts pass ``redact``."""
 
-    def __init__(self, tracer: JobTracer, *, redact: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        tracer: JobTracer,
+        *,
+        redact: Callable[[str], str],
+        settings_start_ns: int | None = None,
+    ) -> None:
+        """``settings_start_ns``: when the settings phase started, if before this object."""
         self.tracer = tracer
         self._redact = redact
         self._phase_spans: dict[str, Span] = {}
-        self._settings_start_ns: int | None = None
+        self._settings_start_ns = settings_start_ns
         self._window_events: list[WindowEvent] = []
         self._window_span_ids: list[int] = []
 

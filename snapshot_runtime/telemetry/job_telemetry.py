@@ -44,11 +44,9 @@ from snapshot_runtime.telemetry.export import (
     upload_job_log,
     write_job_state,
 )
-from snapshot_runtime.telemetry.job_spans import JobSpans
 from snapshot_runtime.telemetry.record import RecordFacts, build_record
 from snapshot_runtime.telemetry.sealing import FORMAT_VERSION, seal
 from snapshot_runtime.telemetry.spool import JobSpool, Spool
-from snapshot_runtime.telemetry.tracing import JobTracer, build_resource, span_to_json
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -61,6 +59,8 @@ if TYPE_CHECKING:
     from snapshot_runtime.scripts.runner import ScriptResult
     from snapshot_runtime.snapshot.results import SnapshotResult
     from snapshot_runtime.telemetry.job_log import JobLog
+    from snapshot_runtime.telemetry.job_spans import JobSpans
+    from snapshot_runtime.telemetry.tracing import JobTracer
 
 __all__ = [
     "JobTelemetry",
@@ -121,19 +121,15 @@ class JobTelemetry:
         self.sidecar_key: bytes | None = None
         self.sealed = False
         self.spool_gated = False
-        wall_ns = int(started_at * 1e9)
-        self.tracer = JobTracer(
-            resource=build_resource(
-                redact=redactor,
-                host_name=options.host_name,
-                host_id=options.host_id,
-                cloud=self._cloud_attributes(started_at),
-            ),
-            traceparent=options.traceparent,
-            clock_pair=(wall_ns, int(started_monotonic * 1e9)),
-        )
-        self._job_start_ns = wall_ns
-        self.spans = JobSpans(self.tracer, redact=redactor)
+        self._started_at = started_at
+        self._job_start_ns = int(started_at * 1e9)
+        self._job_start_monotonic_ns = int(started_monotonic * 1e9)
+        # The tracer (OpenTelemetry) is built when the taskId is known (begin,
+        # before any freeze), not here: the settings phase starts without
+        # loading the SDK (issue 15). Until then only its start time is noted.
+        self._tracer: JobTracer | None = None
+        self._spans: JobSpans | None = None
+        self._settings_start_ns: int | None = None
         self._pending_lines: list[str] = []
         self._mirror = LogMirror(LOG_MIRROR_MAX_BYTES)
         self._spans_flushed = 0
@@ -172,8 +168,43 @@ class JobTelemetry:
             self.errors.append(self._redact(f"{where}: {text}"))
 
     @property
+    def tracer(self) -> JobTracer:
+        """The job's tracer, built (and OpenTelemetry imported) on first use."""
+        if self._tracer is None:
+            self._build_tracer()
+            assert self._tracer is not None
+        return self._tracer
+
+    @property
+    def spans(self) -> JobSpans:
+        if self._spans is None:
+            self._build_tracer()
+            assert self._spans is not None
+        return self._spans
+
+    def _build_tracer(self) -> None:
+        # Imported now, not at module level: see __init__. Always before the
+        # first FIFREEZE (begin() runs before the freeze; I1).
+        from snapshot_runtime.telemetry.job_spans import JobSpans  # noqa: PLC0415
+        from snapshot_runtime.telemetry.tracing import JobTracer, build_resource  # noqa: PLC0415
+
+        self._tracer = JobTracer(
+            resource=build_resource(
+                redact=self._redact,
+                host_name=self.options.host_name,
+                host_id=self.options.host_id,
+                cloud=self._cloud_attributes(self._started_at),
+            ),
+            traceparent=self.options.traceparent,
+            clock_pair=(self._job_start_ns, self._job_start_monotonic_ns),
+        )
+        self._spans = JobSpans(
+            self._tracer, redact=self._redact, settings_start_ns=self._settings_start_ns
+        )
+
+    @property
     def trace_id(self) -> str | None:
-        return self.tracer.trace_id
+        return self._tracer.trace_id if self._tracer is not None else None
 
     @property
     def job_dir(self) -> str | None:
@@ -298,11 +329,20 @@ class JobTelemetry:
     # -- phase listener -------------------------------------------------------
 
     def _on_phase(self, event: str, handle: PhaseHandle, record: PhaseRecord | None) -> None:
+        if self._spans is None:
+            # Before begin(): no span is made yet (start_root makes the ones
+            # that ended); like JobSpans.on_phase before the root, note when
+            # the settings phase started.
+            if event == "start" and handle.name == "settings":
+                self._settings_start_ns = time.time_ns()
+            return
         if self.spans.on_phase(event, handle, record, frozen=self.in_window):
             self.flush()
 
     def current_ids(self) -> tuple[str, str]:
         """For log lines: the current phase span; inside the window, its reserved id."""
+        if self._spans is None:
+            return "", ""  # before the root span, as the tracer says then
         return self.spans.current_ids()
 
     def _after_window(self) -> None:
@@ -326,8 +366,8 @@ class JobTelemetry:
         job = self.job
         facts = dataclasses.replace(
             self._facts(),
-            trace_id=self.tracer.trace_id,
-            root_span_id=self.tracer.root_span_id,
+            trace_id=self.trace_id,
+            root_span_id=self._tracer.root_span_id if self._tracer is not None else None,
             complete=complete,
             updated_at=time.time(),
             log_file=self.options.log_path,
@@ -347,7 +387,11 @@ class JobTelemetry:
 
     def _span_docs(self) -> list[dict[str, Any]]:
         """Every finished span as JSON (each converted once)."""
-        spans = self.tracer.collector.take(len(self._span_json))
+        if self._tracer is None:
+            return self._span_json  # no tracer yet: no span
+        from snapshot_runtime.telemetry.tracing import span_to_json  # noqa: PLC0415 - loaded
+
+        spans = self._tracer.collector.take(len(self._span_json))
         self._span_json.extend(span_to_json(s) for s in spans)
         return self._span_json
 
@@ -444,7 +488,8 @@ class JobTelemetry:
             on_error=self._error,
         )
         try:
-            self.tracer.shutdown()
+            if self._tracer is not None:
+                self._tracer.shutdown()
         except Exception as exc:
             self._error("tracing", exc)
         return record

@@ -43,14 +43,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from nacl.exceptions import CryptoError
-from nacl.public import PrivateKey, PublicKey, SealedBox
+# The crypto libraries (~15 ms of imports) are loaded by the functions that
+# use them: the spool reads parse_versions at every job's start, before its
+# first phase, and a job seals only once it knows its taskId (issue 15).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 __all__ = [
     "ALG_V1",
@@ -81,6 +80,12 @@ def generate_keypair() -> tuple[bytes, bytes]:
     PEM, not PyNaCl's raw bytes, because that is the key file's format since
     version 1: both versions of the sidecar read the same file.
     """
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (  # noqa: PLC0415
+        X25519PrivateKey,
+    )
+    from nacl.public import PrivateKey  # noqa: PLC0415
+
     private = PrivateKey.generate()
     pem = X25519PrivateKey.from_private_bytes(bytes(private)).private_bytes(
         serialization.Encoding.PEM,
@@ -111,6 +116,9 @@ def parse_versions(data: bytes | None) -> frozenset[int]:
 
 def seal(public_key_raw: bytes, plaintext: bytes) -> str:
     """Encrypt ``plaintext`` so only the holder of the matching private key reads it."""
+    from nacl.exceptions import CryptoError  # noqa: PLC0415
+    from nacl.public import PublicKey, SealedBox  # noqa: PLC0415
+
     try:
         box = SealedBox(PublicKey(bytes(public_key_raw))).encrypt(plaintext)
     except CryptoError as exc:  # wrong length, or a key libsodium refuses (low order)
@@ -123,6 +131,9 @@ def seal(public_key_raw: bytes, plaintext: bytes) -> str:
 
 def unseal(private_key_pem: bytes, sealed: str) -> bytes:
     """Open a sealed text of version 2 or 1; ``ValueError`` on tamper, wrong key or format."""
+    from nacl.exceptions import CryptoError  # noqa: PLC0415
+    from nacl.public import PrivateKey, SealedBox  # noqa: PLC0415
+
     private = _load_private(private_key_pem)
     try:
         doc = json.loads(sealed)
@@ -146,16 +157,25 @@ def unseal(private_key_pem: bytes, sealed: str) -> bytes:
 
 def public_key_of(private_key_pem: bytes) -> bytes:
     """The raw 32-byte public key of a PEM key file, as PyNaCl (which opens version 2) sees it."""
+    from nacl.public import PrivateKey  # noqa: PLC0415
+
     return bytes(PrivateKey(_raw_private(_load_private(private_key_pem))).public_key)
 
 
 def _raw_private(private: X25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
     return private.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
 
 
 def _load_private(private_key_pem: bytes) -> X25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (  # noqa: PLC0415
+        X25519PrivateKey,
+    )
+
     try:
         private = serialization.load_pem_private_key(private_key_pem, password=None)
     except (ValueError, TypeError) as exc:
@@ -172,6 +192,14 @@ def _load_private(private_key_pem: bytes) -> X25519PrivateKey:
 
 
 def _unseal_v1(private: X25519PrivateKey, doc: dict[str, object]) -> bytes:
+    from cryptography.exceptions import InvalidTag  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (  # noqa: PLC0415
+        X25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa: PLC0415
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: PLC0415
+
     epk = _unb64(doc.get("epk"), "epk")
     nonce = _unb64(doc.get("nonce"), "nonce")
     ct = _unb64(doc.get("ct"), "ct")

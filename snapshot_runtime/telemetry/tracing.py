@@ -55,11 +55,10 @@ from opentelemetry.util.types import AttributeValue
 
 from snapshot_runtime import __version__
 from snapshot_runtime.core.redact import redact_then_truncate, scrub
+from snapshot_runtime.telemetry.otlp_settings import OTLP_GRPC, OTLP_HTTP_PROTOBUF
 
 __all__ = [
     "DEFAULT_SERVICE_NAME",
-    "OTLP_GRPC",
-    "OTLP_HTTP_PROTOBUF",
     "SCOPE_NAME",
     "JobIdGenerator",
     "JobTracer",
@@ -67,7 +66,6 @@ __all__ = [
     "SpanCollector",
     "build_resource",
     "export_otlp",
-    "otlp_protocol",
     "otlp_span_exporter",
     "span_to_json",
     "split_task_id",
@@ -76,8 +74,6 @@ __all__ = [
 
 DEFAULT_SERVICE_NAME = "snapshot-runtime"
 # OTEL_EXPORTER_OTLP_PROTOCOL values this runtime speaks.
-OTLP_GRPC = "grpc"
-OTLP_HTTP_PROTOBUF = "http/protobuf"
 SCOPE_NAME = "snapshot_runtime"
 # Resource keys that would carry argv (which may hold a secret): never sent.
 _FORBIDDEN_RESOURCE_KEYS = frozenset({"process.command_line", "process.command_args"})
@@ -471,17 +467,6 @@ def span_to_json(span: ReadableSpan) -> dict[str, Any]:
             "version": scope.version if scope else __version__,
         },
     }
-
-
-def otlp_protocol(value: str | None) -> str:
-    """The OTLP protocol for an ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`` value. Pure.
-
-    ``grpc`` or ``http/protobuf`` (the default, also for an empty value);
-    ``http/json``, which no Python OTLP exporter speaks, and anything unknown
-    fall back to ``http/protobuf``: a misspelt variable must not lose the spans.
-    """
-    text = (value or "").strip().lower()
-    return OTLP_GRPC if text == OTLP_GRPC else OTLP_HTTP_PROTOBUF
 
 
 def otlp_span_exporter(

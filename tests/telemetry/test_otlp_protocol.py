@@ -18,12 +18,8 @@ import pytest
 
 from snapshot_runtime.cli import otlp_traces_endpoint, otlp_traces_protocol
 from snapshot_runtime.job.run import run_job
-from snapshot_runtime.telemetry.tracing import (
-    OTLP_GRPC,
-    OTLP_HTTP_PROTOBUF,
-    export_otlp,
-    otlp_protocol,
-)
+from snapshot_runtime.telemetry.otlp_settings import OTLP_GRPC, OTLP_HTTP_PROTOBUF, otlp_protocol
+from snapshot_runtime.telemetry.tracing import export_otlp
 from tests.support import jobkit
 from tests.support.azurite import Azurite
 from tests.support.jobkit import Workspace

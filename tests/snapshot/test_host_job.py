@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.job.records import JobReport
 from snapshot_runtime.job.run import run_job
 from snapshot_runtime.snapshot.host import SNAPSHOT_MODE_ENV, VMBACKUP_CONF_ENV
@@ -25,6 +26,7 @@ from snapshot_runtime.snapshot.wireserver import WIRESERVER_ENV
 from snapshot_runtime.telemetry.spool_schema import RECORD_FILE, SPANS_FILE
 from tests.support import jobkit
 from tests.support.azurite import Azurite
+from tests.support.faultproxy import FaultProxy
 from tests.support.host_service import (
     KEK,
     SNAPSHOT_COUNT_MESSAGE,
@@ -625,6 +627,62 @@ def test_first_guest_then_host_whose_guest_disks_all_fail_freezes_again_for_the_
     assert data["hostStatusCodeDoSnapshot"] == "200"
     assert "falls back to the host, which freezes again" in rig.ws.log_path.read_text()
     assert_no_secret_anywhere(rig, report, task_id, TOKEN, *jobkit.secrets_of(guest))
+
+
+def test_first_guest_then_host_whose_snapshots_fail_inside_the_window_freezes_again(
+    rig: Rig, azurite: Azurite, proxy: FaultProxy
+) -> None:
+    # The guest disks pass their preflight; every Snapshot Blob request, sent
+    # inside the first window through the fault proxy, is refused (409, not retried).
+    guest = jobkit.make_disks(azurite, 2, endpoints={0: proxy.endpoint(), 1: proxy.endpoint()})
+    proxy.fail_next(100, status=409, error_code="SnapshotCountExceeded", match="comp=snapshot")
+    settings, _ = host_settings(
+        rig.ws, luns=[0], guest_disks=guest, custom={"takeSnapshotFrom": "firstGuestThenHost"}
+    )
+
+    report = run(rig, settings)
+
+    assert proxy.stats.failures == 2  # one refused snapshot per guest disk, not retried
+    attempt = report.guest_attempt
+    assert attempt is not None and attempt.snapshot is not None
+    assert [d.attempts for d in attempt.snapshot.disks] == [1, 1]
+    assert attempt.snapshot.error is ErrorCode.SNAPSHOT_LIMIT_REACHED
+    # The verdict is the host's, not the guest's 85.
+    assert report.snapshot_backend == "host_required"
+    assert (report.consistency, report.error_code) == ("application", None)
+    first, second = attempt.freeze, report.freeze
+    assert first is not None and first.last_thaw_at is not None
+    assert second is not None and second.first_freeze_at is not None
+    assert second.last_thaw_at is not None
+    assert all(received > first.last_thaw_at for _, received in rig.host.arrivals)
+    (pre,) = rig.host.calls_of("presnapshot")
+    assert pre.answered_monotonic < second.first_freeze_at
+    (do,) = rig.host.calls_of("dosnapshot")
+    assert second.first_freeze_at < do.received_monotonic < do.answered_monotonic
+    assert do.answered_monotonic < second.last_thaw_at
+    snap = snapshot_record(report)
+    assert (snap["path"], snap["fallback"]) == ("host", "guest_failed")
+    assert snap["guest_attempt"]["error"] == ErrorCode.SNAPSHOT_LIMIT_REACHED.value
+
+
+def test_first_guest_then_host_with_one_guest_disk_ok_does_not_fall_back(
+    rig: Rig, azurite: Azurite, proxy: FaultProxy
+) -> None:
+    # A partial guest failure is final (761), as in the reference: no second window.
+    guest = jobkit.make_disks(azurite, 2, endpoints={1: proxy.endpoint()})
+    proxy.fail_next(100, status=409, error_code="SnapshotCountExceeded", match="comp=snapshot")
+    settings, _ = host_settings(
+        rig.ws, luns=[0], guest_disks=guest, custom={"takeSnapshotFrom": "firstGuestThenHost"}
+    )
+
+    report = run(rig, settings)
+
+    assert report.snapshot_backend == "azure_blob"
+    assert report.error_code == "SnapshotPartiallyFailed" and report.consistency == "none"
+    assert report.guest_attempt is None
+    assert rig.host.arrivals == []
+    snap = snapshot_record(report)
+    assert (snap["path"], snap["fallback"]) == ("guest", None)
 
 
 def test_first_guest_then_host_whose_guest_snapshot_succeeds_never_calls_the_host(

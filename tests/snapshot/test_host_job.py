@@ -21,6 +21,7 @@ import pytest
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.job.records import JobReport
 from snapshot_runtime.job.run import run_job
+from snapshot_runtime.job.summary import report_json
 from snapshot_runtime.snapshot.host import SNAPSHOT_MODE_ENV, VMBACKUP_CONF_ENV
 from snapshot_runtime.snapshot.wireserver import WIRESERVER_ENV
 from snapshot_runtime.telemetry.spool_schema import RECORD_FILE, SPANS_FILE
@@ -663,6 +664,11 @@ def test_first_guest_then_host_whose_snapshots_fail_inside_the_window_freezes_ag
     snap = snapshot_record(report)
     assert (snap["path"], snap["fallback"]) == ("host", "guest_failed")
     assert snap["guest_attempt"]["error"] == ErrorCode.SNAPSHOT_LIMIT_REACHED.value
+    # --json: the host's freeze, the guest window aside.
+    doc = report_json(report)
+    assert doc["guestAttempt"]["backend"] == "azure_blob"
+    assert (doc["guestAttempt"]["disks"], doc["guestAttempt"]["disksOk"]) == (2, 0)
+    assert doc["guestAttempt"]["errorCode"] == ErrorCode.SNAPSHOT_LIMIT_REACHED.value
 
 
 def test_first_guest_then_host_with_one_guest_disk_ok_does_not_fall_back(
@@ -702,6 +708,7 @@ def test_first_guest_then_host_whose_guest_snapshot_succeeds_never_calls_the_hos
     snap = snapshot_record(report)
     assert (snap["path"], snap["fallback"]) == ("guest", None)
     assert "guest_attempt" not in snap
+    assert "guestAttempt" not in report_json(report)
     assert report.spool_job_dir is not None
     record = json.loads((Path(report.spool_job_dir) / RECORD_FILE).read_text())
     assert [p["name"] for p in record["phases"]].count("freeze") == 1

@@ -202,6 +202,14 @@ class FrozenWindowSequence:
         settings = state.settings
         assert settings is not None
         log = self.log.phase("prepare")
+        if state.workload_conf is not None:
+            # The workload quiesces once per job (its release is once, then a no-op):
+            # a second window would hold the database with nothing to release it.
+            log.warning(
+                "every guest snapshot failed; no host fallback for a workload.conf job "
+                "(its quiesce runs once per job): the guest path's result stands"
+            )
+            return None
         log.warning(
             "every guest snapshot failed ({}): firstGuestThenHost falls back to the host, "
             "which freezes again",

@@ -711,7 +711,12 @@ def fleet_freeze() -> dash.Dashboard:
 
 def snapshot_path_panels(d: dash.Dashboard, ids: _Ids) -> dash.Dashboard:
     """Host vs guest snapshot path and the host's fallback rate (docs/host-snapshot.md)."""
-    fallbacks = f"sum(increase(vmsnap_snapshot_fallbacks_total{{{FLEET_VMS}}}[$__range]))"
+    # The host fallback rate counts the host's presnapshot failures, not guest_failed
+    # (firstGuestThenHost took the host after every guest snapshot failed).
+    fallbacks = (
+        "sum(increase(vmsnap_snapshot_fallbacks_total"
+        f'{{{FLEET_VMS}, reason!="guest_failed"}}[$__range]))'
+    )
     host_jobs = f'sum(increase(vmsnap_snapshot_jobs_total{{{FLEET_VMS}, path="host"}}[$__range]))'
     d = d.with_row(row(ids, "Snapshot path"))
     d = d.with_panel(
@@ -721,7 +726,8 @@ def snapshot_path_panels(d: dash.Dashboard, ids: _Ids) -> dash.Dashboard:
             "Completed jobs per interval by the path their snapshot took: host (one "
             "WireServer dosnapshot) or guest (blob snapshots), and the jobs that fell back "
             "to the guest because the host's presnapshot failed, by reason "
-            "(docs/host-snapshot.md).",
+            "(guest_failed: firstGuestThenHost took the host after every guest "
+            "snapshot failed; docs/host-snapshot.md).",
             [
                 query(
                     "sum by (path) (increase(vmsnap_snapshot_jobs_total"

@@ -92,7 +92,10 @@ def alerts(cfg: Any) -> list[Alert]:
     pre_runs = m("vmsnap_script_runs_total", 'script="pre"')
     conflicts = m("vmsnap_sidecar_log_mirror_errors_total", 'error="conflict"')
     fleet = "job, region, cluster"
-    fleet_fallbacks = f"sum by ({fleet}) (increase({m('vmsnap_snapshot_fallbacks_total')}[1d]))"
+    # The host's presnapshot failures only: guest_failed (firstGuestThenHost took the
+    # host after every guest snapshot failed) is a guest failure, not the host's.
+    host_fallbacks = m("vmsnap_snapshot_fallbacks_total", 'reason!="guest_failed"')
+    fleet_fallbacks = f"sum by ({fleet}) (increase({host_fallbacks}[1d]))"
     host_jobs = m("vmsnap_snapshot_jobs_total", 'path="host"')
     fleet_host_jobs = f"sum by ({fleet}) (increase({host_jobs}[1d]))"
     return [

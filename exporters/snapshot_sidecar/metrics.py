@@ -384,7 +384,8 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "vmsnap_snapshot_fallbacks_total",
         "counter",
-        "Jobs that took the guest path because the host's presnapshot failed, by reason.",
+        "Jobs whose snapshot path was not their mode's first choice, by reason "
+        "(the host's presnapshot failed; or every guest snapshot failed: guest_failed).",
         ("reason",),
         (FALLBACK_REASONS,),
         other={"reason": "presnapshot_failed"},

@@ -66,8 +66,14 @@ SNAPSHOT_PATHS: tuple[SnapshotPath, ...] = ("host", "guest")
 # no answer (555: refused, reset, timeout); ``presnapshot_failed``: any other
 # answer (an HTTP error, an empty or unusable 200: 557, 558). Two values: the
 # series budget (docs/telemetry.md); the record's declined reason and the
-# status's hostStatusCodePreSnapshot keep the exact code.
-FALLBACK_REASONS: tuple[str, ...] = ("presnapshot_unreachable", "presnapshot_failed")
+# status's hostStatusCodePreSnapshot keep the exact code. ``guest_failed``:
+# firstGuestThenHost took the host after every guest snapshot failed (a
+# second frozen window, docs/host-snapshot.md).
+FALLBACK_REASONS: tuple[str, ...] = (
+    "presnapshot_unreachable",
+    "presnapshot_failed",
+    "guest_failed",
+)
 ModeSource = Literal[
     "default", "customSettings", "vmbackup.conf", "config", "host-only disks", "excluded disks"
 ]

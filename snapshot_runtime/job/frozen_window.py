@@ -22,17 +22,22 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from snapshot_runtime.core.consistency import decide_after_freeze
 from snapshot_runtime.core.errors import ErrorCode, FreezeError
 from snapshot_runtime.core.phases import PhaseRecorder
 from snapshot_runtime.core.window import WindowObserver
 from snapshot_runtime.freeze.freezer import Freezer, FreezerFactory
-from snapshot_runtime.job.records import JobOptions
+from snapshot_runtime.job.records import GuestAttempt, JobOptions
 from snapshot_runtime.job.state import JobState
 from snapshot_runtime.snapshot.backend import SnapshotRequest, Snapshotter, SnapshotterFactory
-from snapshot_runtime.snapshot.host import HostSnapshotter
+from snapshot_runtime.snapshot.host import (
+    GUEST_BACKEND,
+    HOST_BACKEND,
+    HOST_REQUIRED_BACKEND,
+    HostSnapshotter,
+)
 from snapshot_runtime.snapshot.registry import choose_backend
 from snapshot_runtime.snapshot.results import SnapshotResult
 from snapshot_runtime.telemetry.job_log import JobLog
@@ -67,9 +72,24 @@ class FrozenWindowSequence:
         self.backends = backends
         self.freezer_factory = freezer_factory
         self.observers = tuple(observers)
+        self._fallback_backend: str | None = None
 
     def run(self, freeze_enabled: bool) -> None:
-        """Snapshot every disk, inside a frozen window when ``freeze_enabled``."""
+        """Snapshot every disk, inside a frozen window when ``freeze_enabled``.
+
+        firstGuestThenHost: when every guest snapshot failed (after the thaw),
+        the host path runs once more with its own prepare, freeze (a new
+        Freezer: a new session and watchdog), ONE dosnapshot and thaw; its
+        presnapshot is asked before that second freeze (docs/host-snapshot.md).
+        """
+        self._run_once(freeze_enabled, self._choose_backend)
+        host = self._host_after_failed_guest()
+        if host is not None:
+            self._keep_guest_attempt()
+            self._run_once(freeze_enabled, lambda: host)
+
+    def _run_once(self, freeze_enabled: bool, choose: Callable[[], Snapshotter | None]) -> None:
+        """One prepare, then at most one frozen window (or none), its thaw and its log."""
         settings = self.state.settings
         assert settings is not None and self.state.plan is not None
         log = self.log.phase("prepare")
@@ -78,7 +98,7 @@ class FrozenWindowSequence:
         in_window = False
         try:
             with self.phases.phase("prepare") as ph:
-                snapshotter = self._choose_backend()
+                snapshotter = choose()
                 ph.attributes["snapshot_backend"] = self.state.backend or "none"
                 if self.state.backends_declined:
                     ph.attributes["snapshot_backends_declined"] = [
@@ -153,6 +173,89 @@ class FrozenWindowSequence:
         if choice.name is not None:
             log.info("snapshot backend: {}", choice.name)
         return choice.snapshotter
+
+    def _host_after_failed_guest(self) -> Snapshotter | None:
+        """The host backend for firstGuestThenHost's fallback, or None (no second window).
+
+        The reference falls back only when **every** guest snapshot failed
+        (reference §3, "Modes and fallback"); a partial failure is final. Not
+        after a freeze or thaw that went wrong (the verdict already says why),
+        nor after an interrupt. The host is asked here, not frozen: its
+        ``decide()`` sends the presnapshot before the second freeze (I1).
+        """
+        state = self.state
+        names = self.options.snapshot_backends
+        snap = state.snapshot
+        if state.backend != GUEST_BACKEND or state.backend not in names:
+            return None
+        hosts = tuple(
+            n
+            for n in names[names.index(state.backend) + 1 :]
+            if n in (HOST_BACKEND, HOST_REQUIRED_BACKEND)
+        )
+        if not hosts or snap is None or not snap.disks or snap.ok_count or state.interrupted:
+            return None
+        if state.freeze is not None and (state.freeze.error or state.freeze.timed_out):
+            return None
+        if state.freeze_attempted and not state.freeze_ok:
+            return None
+        settings = state.settings
+        assert settings is not None
+        log = self.log.phase("prepare")
+        if state.workload_conf is not None:
+            # The workload quiesces once per job (its release is once, then a no-op):
+            # a second window would hold the database with nothing to release it.
+            log.warning(
+                "every guest snapshot failed; no host fallback for a workload.conf job "
+                "(its quiesce runs once per job): the guest path's result stands"
+            )
+            return None
+        log.warning(
+            "every guest snapshot failed ({}): firstGuestThenHost falls back to the host, "
+            "which freezes again",
+            snap.error.value if snap.error else "no error code",
+        )
+        choice = choose_backend(
+            hosts,
+            SnapshotRequest(
+                settings=settings,
+                policy=self.options.blob_policy,
+                deadline_seconds=self.options.snapshot_deadline(),
+            ),
+            backends=self.backends,
+        )
+        state.backends_declined = (*state.backends_declined, *choice.declined)
+        for declined in choice.declined:
+            log.warning("snapshot backend {} declined: {}", declined.name, declined.reason)
+        if choice.snapshotter is None:
+            log.error("no host backend for the fallback: the guest path's result stands")
+            return None
+        log.info("snapshot backend: {} (after the failed guest snapshot)", choice.name)
+        self._fallback_backend = choice.name
+        return choice.snapshotter
+
+    def _keep_guest_attempt(self) -> None:
+        """Move the guest window's figures aside; the host window's count (docs/consistency.md)."""
+        state = self.state
+        assert state.backend is not None
+        state.guest_attempt = GuestAttempt(
+            backend=state.backend,
+            freeze_attempted=state.freeze_attempted,
+            freeze_ok=state.freeze_ok,
+            freeze=state.freeze,
+            snapshot=state.snapshot,
+        )
+        state.backend = self._fallback_backend
+        state.freeze_attempted = False
+        state.freeze_ok = False
+        state.freeze_error = None
+        state.freeze_message = None
+        state.freeze_not_owned = ()
+        # Nothing is frozen between the windows: the backstop's record says so.
+        state.freeze_deadline_at = None
+        state.freeze = None
+        state.snapshot = None
+        state.preflight_failures = []
 
     def _no_backend_message(self) -> str:
         reasons = "; ".join(f"{d.name}: {d.reason}" for d in self.state.backends_declined)

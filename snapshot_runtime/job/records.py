@@ -26,18 +26,34 @@ from snapshot_runtime.job.workload import WorkloadOutcome
 from snapshot_runtime.scripts.runner import ScriptResult
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.snapshot.registry import DEFAULT_BACKENDS
-from snapshot_runtime.snapshot.results import DiskSnapshot
+from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
 from snapshot_runtime.telemetry.job_log import DEFAULT_LOG_PATH
 from snapshot_runtime.telemetry.spool import DEFAULT_MAX_BYTES
 
 __all__ = [
     "SNAPSHOT_DEADLINE_MARGIN",
+    "GuestAttempt",
     "JobOptions",
     "JobReport",
 ]
 
 # Snapshot requests must finish before the freeze deadline thaws underneath them.
 SNAPSHOT_DEADLINE_MARGIN = 10.0
+
+
+@dataclass(frozen=True)
+class GuestAttempt:
+    """firstGuestThenHost: the guest path's window and result before the host fallback.
+
+    Kept for the record and the report; the verdict comes from the host's
+    window and snapshot (docs/host-snapshot.md, docs/consistency.md).
+    """
+
+    backend: str
+    freeze_attempted: bool
+    freeze_ok: bool
+    freeze: FreezeResult | None
+    snapshot: SnapshotResult | None
 
 
 @dataclass(frozen=True)
@@ -133,6 +149,9 @@ class JobReport:
     backends_declined: tuple[tuple[str, str], ...] = ()  # (name, reason), in order
     # workload.conf quiescing: what was held, the log position, the stall (docs/workloads.md).
     workload: WorkloadOutcome | None = None
+    # firstGuestThenHost fell back to the host: the guest window's figures
+    # (job.state.guest_attempt_facts); the fields above are the host's.
+    guest_attempt: GuestAttempt | None = None
 
     @property
     def exit_code(self) -> int:

@@ -20,7 +20,7 @@ from snapshot_runtime.freeze.state import FreezeResult
 from snapshot_runtime.inputs.plugin_config import PluginConfig
 from snapshot_runtime.inputs.settings import HandlerSettings
 from snapshot_runtime.inputs.workload_conf import WorkloadConf
-from snapshot_runtime.job.records import JobReport
+from snapshot_runtime.job.records import GuestAttempt, JobReport
 from snapshot_runtime.job.workload import WorkloadOutcome
 from snapshot_runtime.scripts.runner import ScriptResult
 from snapshot_runtime.snapshot.host import HostSnapshotResult, fallback_reason, snapshot_path
@@ -32,6 +32,7 @@ __all__ = [
     "JobState",
     "build_report",
     "final_message",
+    "guest_attempt_facts",
     "job_record_facts",
     "job_verdict",
     "post_script_due",
@@ -74,6 +75,30 @@ class JobState:
     # workload.conf naming a database: it replaces the pre/post scripts.
     workload_conf: WorkloadConf | None = None
     workload: WorkloadOutcome | None = None
+    # Set when firstGuestThenHost fell back to the host after every guest
+    # snapshot failed: the first window's figures; the fields above are the host's.
+    guest_attempt: GuestAttempt | None = None
+
+
+def guest_attempt_facts(attempt: GuestAttempt | None) -> dict[str, Any] | None:
+    """The first window of a guest-first job that fell back to the host, as plain values.
+
+    Codes and numbers only (no error text: a guest failure may quote a URL, I5).
+    """
+    if attempt is None:
+        return None
+    freeze, snap = attempt.freeze, attempt.snapshot
+    return {
+        "backend": attempt.backend,
+        "freeze_attempted": attempt.freeze_attempted,
+        "freeze_ok": attempt.freeze_ok,
+        "frozen_window_seconds": round(freeze.window_seconds, 6) if freeze else None,
+        "thawed_by": freeze.thawed_by if freeze else None,
+        "disks": len(snap.disks) if snap else 0,
+        "disks_ok": snap.ok_count if snap else 0,
+        "error": snap.error.value if snap and snap.error else None,
+        "seconds": round(snap.duration_seconds, 6) if snap else None,
+    }
 
 
 def script_error(result: ScriptResult | None) -> ErrorCode | None:
@@ -266,6 +291,7 @@ def build_report(
         snapshot_backend=state.backend,
         backends_declined=tuple((d.name, d.reason) for d in state.backends_declined),
         workload=state.workload,
+        guest_attempt=state.guest_attempt,
     )
 
 
@@ -299,8 +325,11 @@ def job_record_facts(
         disks=snap.disks if snap else tuple(state.preflight_failures),
         snapshot_path=snapshot_path(state.backend),
         snapshot_fallback=fallback_reason(
-            state.backend, [(d.name, d.reason) for d in state.backends_declined]
+            state.backend,
+            [(d.name, d.reason) for d in state.backends_declined],
+            guest_failed=state.guest_attempt is not None,
         ),
+        guest_attempt=guest_attempt_facts(state.guest_attempt),
         # Only a snapshot_all() that ran (its disks are reported, failed or not);
         # a job stopped before it has a result without disks.
         snapshot_seconds=snap.duration_seconds if snap and snap.disks and state.backend else None,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from snapshot_runtime.core.redact import redact_then_truncate
 
 if TYPE_CHECKING:
-    from snapshot_runtime.job.records import JobReport
+    from snapshot_runtime.job.records import GuestAttempt, JobReport
     from snapshot_runtime.scripts.runner import ScriptResult
 
 __all__ = ["report_json", "report_text", "table"]
@@ -119,6 +119,25 @@ def report_json(report: JobReport) -> dict[str, Any]:
         },
         "statusFile": report.status_file,
         "statusUpload": report.status_upload,
+        # Only when firstGuestThenHost froze twice (docs/host-snapshot.md).
+        **(
+            {"guestAttempt": _guest_attempt_json(report.guest_attempt)}
+            if report.guest_attempt
+            else {}
+        ),
+    }
+
+
+def _guest_attempt_json(attempt: GuestAttempt) -> dict[str, Any]:
+    """The first (guest) window of a job that fell back to the host: codes and numbers."""
+    freeze, snap = attempt.freeze, attempt.snapshot
+    return {
+        "backend": attempt.backend,
+        "freezeOk": attempt.freeze_ok,
+        "frozenWindowSeconds": round(freeze.window_seconds, 6) if freeze else None,
+        "disks": len(snap.disks) if snap else 0,
+        "disksOk": snap.ok_count if snap else 0,
+        "errorCode": snap.error.value if snap and snap.error else None,
     }
 
 

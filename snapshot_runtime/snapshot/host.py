@@ -453,12 +453,18 @@ def snapshot_path(backend: str | None) -> SnapshotPath | None:
     return "guest" if backend is not None else None
 
 
-def fallback_reason(backend: str | None, declined: Sequence[tuple[str, str]]) -> str | None:
-    """Why the guest path ran after the host declined (``FALLBACK_REASONS``), or None.
+def fallback_reason(
+    backend: str | None, declined: Sequence[tuple[str, str]], *, guest_failed: bool = False
+) -> str | None:
+    """Why the job's path is not its mode's first choice (``FALLBACK_REASONS``), or None.
 
-    Only a job that took the guest path after a declined host fell back; a
-    guest-only job (no host inputs, onlyGuest) did not.
+    The guest path after a declined host (firstHostThenGuest): the presnapshot
+    reasons; a guest-only job (no host inputs, onlyGuest) did not fall back.
+    ``guest_failed``: firstGuestThenHost took the host after every guest
+    snapshot failed (a second window).
     """
+    if guest_failed and snapshot_path(backend) == "host":
+        return "guest_failed"
     if snapshot_path(backend) != "guest":
         return None
     for name, reason in declined:

@@ -67,6 +67,9 @@ class RecordFacts:
     snapshot_path: str | None = None
     snapshot_fallback: str | None = None
     snapshot_seconds: float | None = None
+    # firstGuestThenHost after every guest snapshot failed: the guest window's
+    # figures (plain values); the record's freeze and disks are the host's.
+    guest_attempt: Mapping[str, Any] | None = None
     telemetry_errors: Sequence[str] = ()
     redact: Callable[[str], str] = field(default=scrub)
 
@@ -185,6 +188,8 @@ def build_record(facts: RecordFacts) -> dict[str, Any]:
             "seconds": (
                 round(facts.snapshot_seconds, 6) if facts.snapshot_seconds is not None else None
             ),
+            # Only when firstGuestThenHost froze twice: the record of every other job is unchanged.
+            **({"guest_attempt": dict(facts.guest_attempt)} if facts.guest_attempt else {}),
         },
         "dropped": {"log_lines": facts.dropped_log_lines, "spans": facts.dropped_spans},
         "logs": {

@@ -300,13 +300,13 @@ def test_state_round_trip_keeps_histograms_and_exemplars() -> None:
 def test_snapshot_path_and_fallbacks_are_counted_with_bounded_labels(rig: Rig) -> None:
     sidecar = rig.sidecar()
     v = lambda name, **labels: rig.value(sidecar, name, **labels)  # noqa: E731
-    # Zero-initialised: 4 + 2 + 2 + 2 = 10 series, nothing more.
+    # Zero-initialised: 4 + 2 + 2 + 3 = 11 series, nothing more.
     for path in ("host", "guest"):
         for outcome in OUTCOMES:
             assert v("vmsnap_snapshot_jobs_total", path=path, outcome=outcome) == 0
         assert v("vmsnap_snapshot_runs_total", path=path) == 0
         assert v("vmsnap_snapshot_seconds_total", path=path) == 0
-    fallbacks = ("presnapshot_unreachable", "presnapshot_failed")
+    fallbacks = ("presnapshot_unreachable", "presnapshot_failed", "guest_failed")
     for reason in fallbacks:
         assert v("vmsnap_snapshot_fallbacks_total", reason=reason) == 0
     text = generate_latest(rig.registry(sidecar)).decode()
@@ -316,7 +316,7 @@ def test_snapshot_path_and_fallbacks_are_counted_with_bounded_labels(rig: Rig) -
         if line.startswith(("vmsnap_snapshot_jobs_total{", "vmsnap_snapshot_runs_total{"))
         or line.startswith(("vmsnap_snapshot_seconds_total{", "vmsnap_snapshot_fallbacks_total{"))
     ]
-    assert len(added) == 10, added
+    assert len(added) == 11, added
 
     rig.gen.job("host-ok", extra={"snapshot": {"path": "host", "fallback": None, "seconds": 0.25}})
     rig.gen.job(

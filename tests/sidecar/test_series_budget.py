@@ -82,7 +82,8 @@ SERIES_COST: dict[str, int] = {
     "vmsnap_snapshot_jobs_total": 4,  # path(2) x outcome(2)
     "vmsnap_snapshot_runs_total": 2,  # path(2)
     "vmsnap_snapshot_seconds_total": 2,  # path(2)
-    "vmsnap_snapshot_fallbacks_total": 2,  # presnapshot_unreachable / presnapshot_failed
+    # presnapshot_unreachable / presnapshot_failed / guest_failed (firstGuestThenHost)
+    "vmsnap_snapshot_fallbacks_total": 3,
     # Workload quiescing (docs/workloads.md): workload(2) x (2 buckets, +Inf, sum, count).
     "vmsnap_workload_write_stall_seconds": 10,
 }
@@ -218,7 +219,7 @@ def test_worst_case_series_per_family_match_the_budget_table(rig: Rig) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 16 open: 278 series spent > 150; the rest needs label "
+    reason="issue 16 open: 279 series spent > 150; the rest needs label "
     "contract changes (per-code warnings, the phase histogram, error-code grouping, "
     "sidecar self-metrics) that other tests assert: docs/telemetry.md 'Series budget'",
 )

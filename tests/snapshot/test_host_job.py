@@ -18,13 +18,16 @@ from urllib.parse import unquote
 
 import pytest
 
+from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.job.records import JobReport
 from snapshot_runtime.job.run import run_job
+from snapshot_runtime.job.summary import report_json
 from snapshot_runtime.snapshot.host import SNAPSHOT_MODE_ENV, VMBACKUP_CONF_ENV
 from snapshot_runtime.snapshot.wireserver import WIRESERVER_ENV
 from snapshot_runtime.telemetry.spool_schema import RECORD_FILE, SPANS_FILE
 from tests.support import jobkit
 from tests.support.azurite import Azurite
+from tests.support.faultproxy import FaultProxy
 from tests.support.host_service import (
     KEK,
     SNAPSHOT_COUNT_MESSAGE,
@@ -551,3 +554,161 @@ def test_the_dosnapshot_is_a_client_span_to_the_wireserver_with_a_disk_span_per_
         assert disk["end_time_unix_nano"] <= request["end_time_unix_nano"] + 1_000_000
     (do,) = rig.host.calls_of("dosnapshot")
     assert do.body["diskIds"] == [0, 3]
+
+
+def test_first_guest_then_host_whose_guest_disks_all_fail_freezes_again_for_the_host(
+    rig: Rig, azurite: Azurite
+) -> None:
+    # Written, not synced: only the second (host) window's sync puts it into the clone.
+    marker = Path(rig.disk.mountpoint) / "app.txt"
+    marker.write_text("quiesced\n")
+    # A forged signature: the real Azurite refuses every guest snapshot (403).
+    guest = [jobkit.wrong_signature(u) for u in jobkit.make_disks(azurite, 2)]
+    settings, task_id = host_settings(
+        rig.ws, luns=[0], guest_disks=guest, custom={"takeSnapshotFrom": "firstGuestThenHost"}
+    )
+
+    report = run(rig, settings)
+
+    # The verdict is the host's: its window, its snapshot.
+    assert report.snapshot_backend == "host_required"
+    assert (report.consistency, report.error_code) == ("application", None)
+    attempt = report.guest_attempt
+    assert attempt is not None and attempt.backend == "azure_blob"
+    assert attempt.freeze_ok and attempt.snapshot is not None
+    assert len(attempt.snapshot.disks) == 2 and attempt.snapshot.ok_count == 0
+    first, second = attempt.freeze, report.freeze
+    assert first is not None and second is not None
+    assert first.first_freeze_at is not None and first.last_thaw_at is not None
+    assert second.first_freeze_at is not None and second.last_thaw_at is not None
+    assert first.last_thaw_at < second.first_freeze_at  # two windows, one after the other
+    # Nothing asked of the host during the guest window; the presnapshot before
+    # the SECOND freeze, exactly one dosnapshot inside it.
+    assert rig.host.arrivals
+    for _, received in rig.host.arrivals:
+        assert received > first.last_thaw_at
+    pres = rig.host.calls_of("presnapshot")
+    assert pres and all(p.answered_monotonic < second.first_freeze_at for p in pres)
+    (do,) = rig.host.calls_of("dosnapshot")
+    assert second.first_freeze_at < do.received_monotonic
+    assert do.answered_monotonic < second.last_thaw_at
+    assert do.body["diskIds"] == [0]
+    (taken,) = rig.host.snapshots
+    assert taken.clone_path is not None
+    marker.write_text("after the job\n")
+    with restored(taken.clone_path) as mnt:
+        assert (Path(mnt) / "app.txt").read_text() == "quiesced\n"
+    print(
+        f"\n[fallback] guest window {first.window_seconds * 1000:.1f} ms, host window "
+        f"{second.window_seconds * 1000:.1f} ms, between the thaw and the second freeze "
+        f"{(second.first_freeze_at - first.last_thaw_at) * 1000:.1f} ms"
+    )
+    # The record: the host's path and window; the guest window kept aside.
+    assert report.spool_job_dir is not None
+    record = json.loads((Path(report.spool_job_dir) / RECORD_FILE).read_text())
+    snap = record["snapshot"]
+    assert (snap["path"], snap["fallback"]) == ("host", "guest_failed")
+    kept = snap["guest_attempt"]
+    assert (kept["backend"], kept["disks"], kept["disks_ok"]) == ("azure_blob", 2, 0)
+    assert kept["error"] is not None and kept["freeze_ok"] is True
+    assert kept["frozen_window_seconds"] == round(first.window_seconds, 6)
+    assert record["freeze"]["window_seconds"] == round(second.window_seconds, 6)
+    names = [p["name"] for p in record["phases"]]
+    assert names.count("prepare") == 2 and names.count("freeze") == 2
+    assert names.count("snapshot") == 2 and names.count("thaw") == 2
+    # The spans: both windows.
+    spans = jobkit.read_json_lines(Path(report.spool_job_dir) / SPANS_FILE)
+    thaws = [s for s in spans if s["name"] == "vmsnap.thaw"]
+    assert len([s for s in spans if s["name"] == "vmsnap.freeze"]) == 2 and len(thaws) == 2
+    windows = sorted(s["attributes"]["vmsnap.frozen_window_seconds"] for s in thaws)
+    assert windows == sorted(w.window_seconds for w in (first, second))
+    # The status: the host's snapshot.
+    data = telemetry(status_of(rig, report.task_id))
+    assert data["snapshotCreator"] == "backupHostService"
+    assert data["hostStatusCodeDoSnapshot"] == "200"
+    assert "falls back to the host, which freezes again" in rig.ws.log_path.read_text()
+    assert_no_secret_anywhere(rig, report, task_id, TOKEN, *jobkit.secrets_of(guest))
+
+
+def test_first_guest_then_host_whose_snapshots_fail_inside_the_window_freezes_again(
+    rig: Rig, azurite: Azurite, proxy: FaultProxy
+) -> None:
+    # The guest disks pass their preflight; every Snapshot Blob request, sent
+    # inside the first window through the fault proxy, is refused (409, not retried).
+    guest = jobkit.make_disks(azurite, 2, endpoints={0: proxy.endpoint(), 1: proxy.endpoint()})
+    proxy.fail_next(100, status=409, error_code="SnapshotCountExceeded", match="comp=snapshot")
+    settings, _ = host_settings(
+        rig.ws, luns=[0], guest_disks=guest, custom={"takeSnapshotFrom": "firstGuestThenHost"}
+    )
+
+    report = run(rig, settings)
+
+    assert proxy.stats.failures == 2  # one refused snapshot per guest disk, not retried
+    attempt = report.guest_attempt
+    assert attempt is not None and attempt.snapshot is not None
+    assert [d.attempts for d in attempt.snapshot.disks] == [1, 1]
+    assert attempt.snapshot.error is ErrorCode.SNAPSHOT_LIMIT_REACHED
+    # The verdict is the host's, not the guest's 85.
+    assert report.snapshot_backend == "host_required"
+    assert (report.consistency, report.error_code) == ("application", None)
+    first, second = attempt.freeze, report.freeze
+    assert first is not None and first.last_thaw_at is not None
+    assert second is not None and second.first_freeze_at is not None
+    assert second.last_thaw_at is not None
+    assert all(received > first.last_thaw_at for _, received in rig.host.arrivals)
+    (pre,) = rig.host.calls_of("presnapshot")
+    assert pre.answered_monotonic < second.first_freeze_at
+    (do,) = rig.host.calls_of("dosnapshot")
+    assert second.first_freeze_at < do.received_monotonic < do.answered_monotonic
+    assert do.answered_monotonic < second.last_thaw_at
+    snap = snapshot_record(report)
+    assert (snap["path"], snap["fallback"]) == ("host", "guest_failed")
+    assert snap["guest_attempt"]["error"] == ErrorCode.SNAPSHOT_LIMIT_REACHED.value
+    # --json: the host's freeze, the guest window aside.
+    doc = report_json(report)
+    assert doc["guestAttempt"]["backend"] == "azure_blob"
+    assert (doc["guestAttempt"]["disks"], doc["guestAttempt"]["disksOk"]) == (2, 0)
+    assert doc["guestAttempt"]["errorCode"] == ErrorCode.SNAPSHOT_LIMIT_REACHED.value
+
+
+def test_first_guest_then_host_with_one_guest_disk_ok_does_not_fall_back(
+    rig: Rig, azurite: Azurite, proxy: FaultProxy
+) -> None:
+    # A partial guest failure is final (761), as in the reference: no second window.
+    guest = jobkit.make_disks(azurite, 2, endpoints={1: proxy.endpoint()})
+    proxy.fail_next(100, status=409, error_code="SnapshotCountExceeded", match="comp=snapshot")
+    settings, _ = host_settings(
+        rig.ws, luns=[0], guest_disks=guest, custom={"takeSnapshotFrom": "firstGuestThenHost"}
+    )
+
+    report = run(rig, settings)
+
+    assert report.snapshot_backend == "azure_blob"
+    assert report.error_code == "SnapshotPartiallyFailed" and report.consistency == "none"
+    assert report.guest_attempt is None
+    assert rig.host.arrivals == []
+    snap = snapshot_record(report)
+    assert (snap["path"], snap["fallback"]) == ("guest", None)
+
+
+def test_first_guest_then_host_whose_guest_snapshot_succeeds_never_calls_the_host(
+    rig: Rig, azurite: Azurite
+) -> None:
+    guest = jobkit.make_disks(azurite, 1)
+    settings, _ = host_settings(
+        rig.ws, luns=[0], guest_disks=guest, custom={"takeSnapshotFrom": "firstGuestThenHost"}
+    )
+
+    report = run(rig, settings)
+
+    assert report.snapshot_backend == "azure_blob"
+    assert (report.consistency, report.error_code) == ("application", None)
+    assert report.guest_attempt is None
+    assert rig.host.arrivals == []
+    snap = snapshot_record(report)
+    assert (snap["path"], snap["fallback"]) == ("guest", None)
+    assert "guest_attempt" not in snap
+    assert "guestAttempt" not in report_json(report)
+    assert report.spool_job_dir is not None
+    record = json.loads((Path(report.spool_job_dir) / RECORD_FILE).read_text())
+    assert [p["name"] for p in record["phases"]].count("freeze") == 1

@@ -30,6 +30,9 @@ from snapshot_runtime.handler.guards import ProcessedTasks
 from snapshot_runtime.job.lock import JobLock
 from tests.support.azurite import Azurite
 from tests.support.handlerkit import (
+    SNAPSHOT_KEYS,
+    STATUS_KEYS,
+    TOP_KEYS,
     HandlerDir,
     TransportCert,
     agent_status_problems,
@@ -564,29 +567,6 @@ def test_one_job_at_a_time_and_a_killed_daemon_frees_the_lock(
 
 # --- the reference's status words (issue 12) -------------------------------------------------
 
-_TOP_KEYS = ["version", "timestampUTC", "status"]
-_STATUS_KEYS = [
-    "name",
-    "operation",
-    "status",
-    "substatus",
-    "code",
-    "taskId",
-    "formattedMessage",
-    "storageDetails",
-    "commandStartTimeUTCTicks",
-    "telemetryData",
-    "uniqueMachineId",
-    "snapshotInfo",
-    "vmHealthInfo",
-]
-_SNAPSHOT_KEYS = [
-    "isSuccessful",
-    "snapshotUri",
-    "errorMessage",
-    "blobUri",
-    "directDriveSnapshotIdentifier",
-]
 _TIMEDELTA = re.compile(r"[0-9]+:[0-5][0-9]:[0-5][0-9](\.[0-9]{6})?")
 
 
@@ -596,14 +576,14 @@ def _reference_shape(h: HandlerDir, seq: int) -> tuple[dict, dict]:
     doc = json.loads(h.status_path(seq).read_text())
     assert agent_status_problems(doc) == []
     (top,) = doc
-    assert list(top) == _TOP_KEYS
-    assert list(top["status"]) == _STATUS_KEYS
+    assert list(top) == TOP_KEYS
+    assert list(top["status"]) == STATUS_KEYS
     (sub,) = top["status"]["substatus"]
     assert (sub["code"], sub["status"], sub["formattedMessage"]) == ("0", "success", None)
     blob_doc = json.loads(sub["name"])
     assert agent_status_problems(blob_doc) == []
     (blob,) = blob_doc
-    assert list(blob) == _TOP_KEYS and list(blob["status"]) == _STATUS_KEYS
+    assert list(blob) == TOP_KEYS and list(blob["status"]) == STATUS_KEYS
     for entry in (top, blob):
         # HandlerEnvironment.json as the agent laid it out: its name, and its
         # version 1.0 (a JSON number) as "1.0"; not the project's (0.1.0).
@@ -651,7 +631,7 @@ def test_real_job_status_speaks_the_reference_words(
     assert (status["status"], status["code"]) == ("success", "0")
     assert (top["status"]["status"], top["status"]["code"]) == ("success", "0")
     (info,) = status["snapshotInfo"]
-    assert list(info) == _SNAPSHOT_KEYS
+    assert list(info) == SNAPSHOT_KEYS
     assert info["isSuccessful"] is True
     assert info["directDriveSnapshotIdentifier"] is None  # a disk without one: null
     assert info["errorMessage"] in (None, "")

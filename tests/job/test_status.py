@@ -31,33 +31,10 @@ from snapshot_runtime.job.status_document import (
 from snapshot_runtime.job.status_report import status_snapshots, status_telemetry
 from snapshot_runtime.snapshot.results import DiskSnapshot
 from tests.inputs.test_settings import ALL_SIGS, DISK0, DISK1, LOGS, TICKS, flat
+from tests.support.handlerkit import SNAPSHOT_KEYS, STATUS_KEYS, TOP_KEYS
 
 NOW = datetime(2017, 11, 9, 8, 13, 20, 123456, tzinfo=timezone.utc)
 NOW_MS = 1510215200123
-
-TOP_KEYS = ["version", "timestampUTC", "status"]
-STATUS_KEYS = [
-    "name",
-    "operation",
-    "status",
-    "substatus",
-    "code",
-    "taskId",
-    "formattedMessage",
-    "storageDetails",
-    "commandStartTimeUTCTicks",
-    "telemetryData",
-    "uniqueMachineId",
-    "snapshotInfo",
-    "vmHealthInfo",
-]
-SNAPSHOT_KEYS = [
-    "isSuccessful",
-    "snapshotUri",
-    "errorMessage",
-    "blobUri",
-    "directDriveSnapshotIdentifier",
-]
 
 
 def make(**overrides: Any) -> list[dict[str, object]]:

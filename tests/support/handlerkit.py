@@ -350,6 +350,33 @@ def write_handler_config(path: Path, **values: str) -> Path:
     return path
 
 
+# The reference's status document, key by key and in order (its Status.py):
+# the top entry, its "status" object, and one snapshotInfo entry.
+TOP_KEYS = ["version", "timestampUTC", "status"]
+STATUS_KEYS = [
+    "name",
+    "operation",
+    "status",
+    "substatus",
+    "code",
+    "taskId",
+    "formattedMessage",
+    "storageDetails",
+    "commandStartTimeUTCTicks",
+    "telemetryData",
+    "uniqueMachineId",
+    "snapshotInfo",
+    "vmHealthInfo",
+]
+SNAPSHOT_KEYS = [
+    "isSuccessful",
+    "snapshotUri",
+    "errorMessage",
+    "blobUri",
+    "directDriveSnapshotIdentifier",
+]
+
+
 # The guest agent's status parser (WALinuxAgent ``parse_ext_status``), as rules:
 # a list whose first entry has ``status.status`` in the agent's values (an
 # unknown value becomes "error"), an optional ``formattedMessage`` holding

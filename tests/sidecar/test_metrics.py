@@ -366,3 +366,31 @@ def test_snapshot_path_and_fallbacks_are_counted_with_bounded_labels(rig: Rig) -
     text = generate_latest(rig.registry(sidecar)).decode()
     assert "moon" not in text and "cosmic" not in text
     assert v("vmsnap_jobs_total", outcome="success", consistency="application") == 4
+
+
+def test_a_failing_collector_is_counted_and_the_scrape_goes_on(rig: Rig) -> None:
+    from prometheus_client.metrics_core import Metric
+    from snapshot_sidecar.collectors import NamedCollector, build_registry, stable_collectors
+    from snapshot_sidecar.sidecar import collector_failure_counter
+
+    class Broken:
+        name = "broken"
+
+        def collect(self) -> list[Metric]:
+            raise RuntimeError("boom")
+
+    sidecar = rig.sidecar()
+    ledger = sidecar.ledger
+    collectors: list[NamedCollector] = [
+        Broken(),
+        *stable_collectors(lambda: ledger.published, __version__),
+    ]
+    registry = build_registry(collectors, on_failure=collector_failure_counter(ledger))
+    text = generate_latest(registry).decode()
+    # The other collectors were served; no per-collector self-metrics exist.
+    assert f'vmsnap_build_info{{version="{__version__}"}} 1.0' in text
+    assert "vmsnap_sidecar_collector_" not in text
+    # The failure is counted (and persisted): the next scrape shows it.
+    assert ledger.published.counter("vmsnap_sidecar_errors_total", ("collector",)) == 1
+    generate_latest(registry)
+    assert rig.value(sidecar, "vmsnap_sidecar_errors_total", component="collector") == 2

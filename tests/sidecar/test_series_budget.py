@@ -14,8 +14,10 @@ within ``BUDGET`` less ``MARGIN``.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
+from pathlib import Path
 
 from prometheus_client.exposition import generate_latest
 from snapshot_sidecar.metrics import BLOB_KINDS, FAMILY_BY_NAME, THAWED_BY
@@ -222,6 +224,22 @@ def test_the_budget_table_and_the_reserved_additions_fit_in_150_with_the_margin(
     assert spent + reserved <= BUDGET - MARGIN, (
         f"{spent} spent + {reserved} reserved > {BUDGET} - {MARGIN}"
     )
+
+
+def test_the_documented_budget_table_is_this_table() -> None:
+    # docs/telemetry.md "Series budget": each row's count and running total,
+    # and the spent line, agree with SERIES_COST.
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "telemetry.md").read_text()
+    section = doc[doc.index("### Series budget") :]
+    section = section[: section.index("\n### ", 1)]
+    rows = re.findall(r"^\| (\d+) \| (.+?) \|[^|]*\| (\d+) \|$", section, re.M)
+    assert sum(int(count) for count, _, _ in rows) == sum(SERIES_COST.values())
+    running = 0
+    for count, family, total in rows:
+        running += int(count)
+        assert int(total) == running, family
+    spent = sum(SERIES_COST.values())
+    assert f"| **{spent}** | **spent** |" in section
 
 
 def test_the_worst_case_scrape_fits_in_150_series(rig: Rig) -> None:

@@ -949,7 +949,7 @@ def script_health() -> dash.Dashboard:
             "Failed jobs by error group",
             "Jobs per interval by the group of the error code they reported "
             "(snapshot_runtime/core/errors.py ERROR_GROUPS). The exact code of each VM's "
-            "latest job: vmsnap_last_job_info (Job detail, \"Last job\").",
+            'latest job: vmsnap_last_job_info (Job detail, "Last job").',
             [
                 query(
                     f"sum by (group) (increase(vmsnap_job_errors_total{{{FLEET_VMS}}}"
@@ -1157,8 +1157,7 @@ def job_detail() -> dash.Dashboard:
         bar_gauge_panel(
             ids,
             "Mean phase duration in the time range",
-            "Where a job's time goes: seconds per job in each phase, averaged over the "
-            "time range.",
+            "Where a job's time goes: seconds per job in each phase, averaged over the time range.",
             query(
                 f"sum by (phase) (increase(vmsnap_phase_seconds_total{{{ONE_VM}}}"
                 "[$__range])) / ignoring (phase) group_left sum(increase("
@@ -1236,7 +1235,7 @@ def job_detail() -> dash.Dashboard:
             "Error and warning groups in the time range",
             "Error codes reported by failed jobs and warnings reported by any job, by "
             "group (snapshot_runtime/core/errors.py ERROR_GROUPS). The exact codes: "
-            "\"Last job\", the job record and its trace.",
+            '"Last job", the job record and its trace.',
             [
                 table_query(
                     f"round(sum by (group) (increase(vmsnap_job_errors_total{{{ONE_VM}}}"
@@ -1387,8 +1386,7 @@ def job_detail() -> dash.Dashboard:
                     "A",
                 ),
                 query(
-                    f"increase(vmsnap_sidecar_records_invalid_total{{{ONE_VM}}}[$__interval])"
-                    " > 0",
+                    f"increase(vmsnap_sidecar_records_invalid_total{{{ONE_VM}}}[$__interval]) > 0",
                     "invalid records",
                     "B",
                 ),

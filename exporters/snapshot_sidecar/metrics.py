@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from snapshot_runtime.core.errors import ERROR_GROUPS, ErrorCode, error_group
+from snapshot_runtime.core.errors import ERROR_GROUPS, OTHER_ERROR_GROUP, ErrorCode, error_group
 from snapshot_runtime.core.phases import PHASES
 from snapshot_runtime.core.snapshot_mode import FALLBACK_REASONS, SNAPSHOT_PATHS
 from snapshot_runtime.snapshot.failures import FailureKind
@@ -70,7 +70,6 @@ CONSISTENCIES: tuple[str, ...] = ("application", "filesystem", "crash", "none")
 # Errors and warnings are counted by group (core/errors.py ERROR_GROUPS);
 # a name this runtime does not know is "other".
 ERROR_GROUP_LABELS: tuple[str, ...] = tuple(ERROR_GROUPS)
-OTHER_ERROR_GROUP = "other"
 # vmsnap_last_job_info's error: the exact code of the latest job, "none" when it
 # reported none, "Unknown" for a name this runtime does not know.
 NO_ERROR = "none"

@@ -66,13 +66,17 @@ from snapshot_runtime.snapshot.backend import BackendDecision
 from snapshot_runtime.snapshot.blob_errors import classify
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.snapshot.blob_requests import (
-    PreparedSnapshot,
     blob_client,
-    prepared_snapshot,
     sas_redactor,
     silenced_transport_logs,
 )
 from snapshot_runtime.snapshot.blob_retry import call_with_retries
+from snapshot_runtime.snapshot.blob_wire import (
+    PreparedSnapshot,
+    SendOutcome,
+    prepared_snapshot,
+    send_all,
+)
 from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult, aggregate
 from snapshot_runtime.snapshot.worker_pool import WorkerPool
@@ -246,12 +250,47 @@ class AzureBlobSnapshotter:
         }
         todo = [d for d in self._disks if d.preflight is None]
         progress = {d.index: _Progress() for d in todo}
-        for disk in todo:
+
+        def on_worker(disk: _Disk, first_error: BaseException | None = None) -> None:
+            assert self._pool is not None
             self._pool.submit(
                 functools.partial(
-                    self._run_disk, disk, deadline, stop, progress[disk.index], results
+                    self._run_disk,
+                    disk,
+                    deadline,
+                    stop,
+                    progress[disk.index],
+                    results,
+                    first_error=first_error,
                 )
             )
+
+        # Disks without a prepared request: every attempt on the SDK, on a worker.
+        for disk in todo:
+            if disk.fast is None:
+                on_worker(disk)
+        # Every prepared first attempt from this thread, in one wave (blob_wire).
+        prepared = [d for d in todo if d.fast is not None]
+        for disk in prepared:
+            progress[disk.index].started_at = start
+            progress[disk.index].attempts = 1  # all sent at once, answered or not
+        outcomes_sent = send_all(
+            [d.fast for d in prepared if d.fast is not None],
+            deadline=deadline,
+            request_timeout=self._policy.request_timeout,
+            clock=self._clock,
+        )
+        for sent in outcomes_sent:
+            disk = prepared[sent.position]
+            if not sent.sent:
+                # Its connection was gone, nothing was sent: a worker connects again.
+                progress[disk.index].attempts = 0
+                on_worker(disk)
+                continue
+            if sent.error is not None:
+                on_worker(disk, sent.error)  # classified and retried there, as always
+            else:
+                outcomes[disk.index] = self._succeeded(disk, sent, start)
 
         deadline_hit = False
         while len(outcomes) < len(self._disks):
@@ -301,14 +340,26 @@ class AzureBlobSnapshotter:
         stop: threading.Event,
         progress: _Progress,
         results: queue.SimpleQueue[DiskSnapshot],
+        *,
+        first_error: BaseException | None = None,
     ) -> None:
-        started = self._clock()
-        progress.started_at = started
+        """One disk on a worker: every attempt, or the retries after ``first_error``.
+
+        ``first_error``: how the first attempt, sent by ``send_all``, failed; it
+        is replayed as attempt 1 so that ``call_with_retries`` classifies it,
+        counts it and backs off exactly as for an attempt made here.
+        """
+        if progress.started_at is None:
+            progress.started_at = self._clock()
+        started = progress.started_at
         client = disk.client
         assert client is not None
         server_timeout = max(1, int(self._policy.request_timeout))
+        replay = [first_error] if first_error is not None else []
 
         def snap(budget: float) -> dict[str, Any]:
+            if replay:
+                raise replay.pop()  # attempt 1, made by send_all (progress counts it)
             progress.attempts += 1
             if progress.attempts == 1 and disk.fast is not None:
                 return disk.fast.send(budget)
@@ -354,6 +405,22 @@ class AzureBlobSnapshotter:
             failure = classify(exc)
             result = self._failed(disk, failure, attempts=progress.attempts, started_at=started)
         results.put(result)
+
+    def _succeeded(self, disk: _Disk, sent: SendOutcome, started: float) -> DiskSnapshot:
+        stamp = str((sent.value or {}).get("snapshot") or "")
+        return DiskSnapshot(
+            index=disk.index,
+            blob_url=disk.blob_url,
+            ok=True,
+            snapshot=stamp,
+            snapshot_url=f"{disk.blob_url}?snapshot={stamp}",
+            attempts=1,
+            started_at=started,
+            duration_seconds=sent.ended_at - started,
+            status_code=201,  # Snapshot Blob answers 201 Created
+            error=None,
+            failure_kind=None,
+        )
 
     def _failed(
         self,

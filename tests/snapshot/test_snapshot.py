@@ -22,7 +22,7 @@ from azure.storage.blob import BlobClient
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.snapshot.azure_blob import AzureBlobSnapshotter
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
-from snapshot_runtime.snapshot.blob_requests import prepared_snapshot
+from snapshot_runtime.snapshot.blob_wire import prepared_snapshot
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult, aggregate
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy

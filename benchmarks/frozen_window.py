@@ -17,15 +17,19 @@ default worker count), each round measures:
   the same round. Nothing can do better than that with one disk.
 
 Both with no injected latency and with ``--latency`` (50 ms) added to every
-storage request by a TCP delay proxy (tests/support/faultproxy.py) run in a
-child process, so its threads do not compete with the runtime for the GIL.
+storage request, in a child process: by default a single-threaded relay
+(``_delay_relay``), whose own CPU barely competes with the runtime for the 2
+cores; ``--latency-by faultproxy`` uses tests/support/faultproxy.py's threaded
+proxy instead (two threads per connection: with 64 disks its CPU distorts
+the figures).
 
 Goals (issue 15), each ending in a ``VERDICT`` line:
 
 1. one disk, 50 ms latency: median(window - floor) <= 10 ms;
 2. flat: median window(64 disks) - median window(1 disk) <= 20 ms, 50 ms latency.
 
-Run: ``.venv/bin/python -m benchmarks.frozen_window [--rounds N] [--latency S]``.
+Run: ``.venv/bin/python -m benchmarks.frozen_window [--rounds N] [--latency S]
+[--latency-by relay|faultproxy]``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from urllib.parse import urlsplit
 from azure.storage.blob import BlobClient
 
 from benchmarks._delay_proxy import delay_proxy
+from benchmarks._delay_relay import delay_relay
 from benchmarks._verdict import spread, verdict
 from snapshot_runtime.freeze.mounts import parse_mountinfo, plan_freeze, read_mountinfo
 from snapshot_runtime.freeze.session import FreezeSession
@@ -202,7 +207,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per request")
+    parser.add_argument(
+        "--latency-by",
+        choices=("relay", "faultproxy"),
+        default="relay",
+        help="the latency injector: the one-thread relay, or the threaded FaultProxy",
+    )
     args = parser.parse_args()
+    injector = delay_relay if args.latency_by == "relay" else delay_proxy
     most = max(DISK_COUNTS)
     print(
         f"frozen window, {args.rounds} rounds, ext4 loop fs, Azurite; "
@@ -216,7 +228,7 @@ def main() -> None:
         direct = {n: [azurite.sas_url(container, b) for b in blobs[:n]] for n in DISK_COUNTS}
         plain = measure(fs.mountpoint, direct, args.rounds)
         report("no injected latency (Azurite on loopback)", plain)
-        with delay_proxy(azurite.port, args.latency) as port:
+        with injector(azurite.port, args.latency) as port:
             endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
             proxied = {
                 n: [azurite.sas_url(container, b, endpoint=endpoint) for b in blobs[:n]]
@@ -224,7 +236,10 @@ def main() -> None:
             }
             slow = measure(fs.mountpoint, proxied, args.rounds)
             raw = storage_side(proxied, args.rounds)
-        report(f"{args.latency * 1000:g} ms injected per storage request (delay proxy)", slow)
+        report(
+            f"{args.latency * 1000:g} ms injected per storage request (by {args.latency_by})",
+            slow,
+        )
         report_storage(raw)
     latency_ms = args.latency * 1000
     print(f"\ngoal 1: window <= floor + 10 ms, 1 disk, {latency_ms:g} ms latency")

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.core import exceptions as azure_exc
@@ -395,6 +396,6 @@ def test_answer_parser_table() -> None:
 
 def test_a_header_that_would_break_the_request_leaves_it_to_the_sdk() -> None:
     url = "http://127.0.0.1:1/devstoreaccount1/c/d.vhd?sig=abcdefghijkl"
-    kwargs: dict = {"api_version": "2025-01-05", "request_id": "r", "policy": POLICY}
+    kwargs: dict[str, Any] = {"api_version": "2025-01-05", "request_id": "r", "policy": POLICY}
     assert prepared_snapshot(url, metadata={"a": "b"}, **kwargs) is not None
     assert prepared_snapshot(url, metadata={"a": "b\r\nX-Evil: 1"}, **kwargs) is None

@@ -252,6 +252,10 @@ def main() -> None:
         f"  of which the storage side alone (Azurite and the proxy on this machine's "
         f"cores) takes {storage:.1f} ms more for {most} requests than for 1"
     )
+    print(
+        f"  the rest, the runtime's share and noise: {flat - storage:+.1f} ms "
+        f"(its CPU in the {most}-disk window: median {statistics.median(slow[most].cpu):.1f} ms)"
+    )
 
 
 if __name__ == "__main__":

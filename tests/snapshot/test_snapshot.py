@@ -204,7 +204,8 @@ def test_the_in_window_request_does_not_go_through_the_sdk(
 
 
 def test_one_worker_per_disk_and_no_connection_in_the_window(disks, proxy: FaultProxy) -> None:
-    """By default every disk has its worker (one wave); snapshot_all opens no connection."""
+    """By default every disk has a worker (retries, SDK-only disks); the first attempts
+    go out in one wave on the connections prepare() opened: snapshot_all opens none."""
     urls = disks(20, endpoint=proxy.endpoint())  # more than the old default of 16 workers
     with AzureBlobSnapshotter(urls, policy=FAST, metadata=META) as snapper:
         snapper.prepare()

@@ -212,8 +212,16 @@ def test_every_answer_shape_is_read_to_its_end_from_the_calling_thread() -> None
         p.close()
 
 
-def test_partial_writes_and_eagain_are_waited_out() -> None:
+def test_partial_writes_and_eagain_are_waited_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """A request far larger than the client's send buffer, read slowly by the server."""
+    left_after_write: list[int] = []
+    real_pump_write = blob_wire._pump_write
+
+    def recording_pump_write(flight: Any) -> None:
+        real_pump_write(flight)
+        left_after_write.append(len(flight.out))
+
+    monkeypatch.setattr(blob_wire, "_pump_write", recording_pump_write)
     big = {f"k{i}": "v" * 4000 for i in range(40)}  # ~160 KB of metadata headers
 
     def slow_reader(conn: socket.socket, head: bytes) -> None:
@@ -233,6 +241,8 @@ def test_partial_writes_and_eagain_are_waited_out() -> None:
         assert len(prepared[0].wire) > 150_000
         out, _ = run_all(prepared)
     assert [out[i].value for i in (0, 1)] == [{"snapshot": STAMP}] * 2
+    # Not vacuous: the first write left part of the request for later ones (EAGAIN).
+    assert left_after_write[0] > 0 and len(left_after_write) > 3
 
 
 def test_a_request_unanswered_for_its_read_timeout_fails_alone() -> None:

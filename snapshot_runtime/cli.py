@@ -25,17 +25,16 @@ from types import FrameType
 from snapshot_runtime import __version__
 from snapshot_runtime.core.defaults import (
     DEFAULT_FREEZE_TIMEOUT,
+    DEFAULT_LOG_PATH,
+    DEFAULT_RETENTION_DAYS,
+    DEFAULT_RETENTION_KEEP,
     DEFAULT_RUN_DIR,
     DEFAULT_SPOOL_DIR,
+    DEFAULT_SPOOL_MAX_BYTES,
     DEFAULT_STATE_DIR,
 )
 from snapshot_runtime.core.errors import ErrorCode, SnapshotError
 from snapshot_runtime.core.redact import scrub
-from snapshot_runtime.core.retention import (  # pure and small: argparse defaults
-    DEFAULT_RETENTION_DAYS,
-    DEFAULT_RETENTION_KEEP,
-    RetentionPolicy,
-)
 
 # Each command imports what it needs when it runs (``--help`` and argument
 # errors import none of it): benchmarks/startup.py measures the difference.
@@ -277,7 +276,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--spool-max-bytes",
         type=_positive_int,
-        default=None,  # the spool's DEFAULT_MAX_BYTES, resolved by `run` (its import)
+        default=None,  # DEFAULT_SPOOL_MAX_BYTES, resolved by `run`
         help="cap on the whole spool; beyond it log lines and spans are dropped and counted",
     )
     r.add_argument(
@@ -372,12 +371,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"snapshot-runtime run: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     from snapshot_runtime.core.interrupt import JobInterrupted  # noqa: PLC0415
+    from snapshot_runtime.core.retention import RetentionPolicy  # noqa: PLC0415
     from snapshot_runtime.job.housekeeping import prune_state_dir  # noqa: PLC0415
     from snapshot_runtime.job.records import JobOptions  # noqa: PLC0415
     from snapshot_runtime.job.run import run_job  # noqa: PLC0415
     from snapshot_runtime.job.summary import report_json, report_text  # noqa: PLC0415
-    from snapshot_runtime.telemetry.job_log import DEFAULT_LOG_PATH  # noqa: PLC0415
-    from snapshot_runtime.telemetry.spool import DEFAULT_MAX_BYTES  # noqa: PLC0415
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         # systemd stopping the unit, a hangup: end the job as cleanly as Ctrl-C does.
@@ -403,7 +401,7 @@ def _run(args: argparse.Namespace) -> int:
         console=None if (args.quiet or args.json) else sys.stderr,
         telemetry=not args.no_telemetry,
         spool_dir=args.spool or DEFAULT_SPOOL_DIR,
-        spool_max_bytes=args.spool_max_bytes or DEFAULT_MAX_BYTES,
+        spool_max_bytes=args.spool_max_bytes or DEFAULT_SPOOL_MAX_BYTES,
         traceparent=env.get(TRACEPARENT) or None,
         otlp_endpoint=otlp_traces_endpoint(env),
         otlp_timeout_seconds=_otlp_timeout(env),
@@ -490,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import logging  # noqa: PLC0415 - not for --help
 
-    from loguru import logger  # noqa: PLC0415
+    from snapshot_runtime.telemetry.loguru_logger import logger  # noqa: PLC0415
 
     # loguru's default handler writes to stderr outside the freeze gate (I1):
     # the job installs its own gated sinks.

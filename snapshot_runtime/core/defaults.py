@@ -1,11 +1,19 @@
-"""The runtime's default locations (a leaf module: no imports, cheap for every command)."""
+"""The runtime's defaults (a leaf module: no imports, cheap for every command).
+
+``--help`` and a job's start-up read these without importing the modules that
+apply them (loguru's job log, the spool, retention): issue 15, docs/startup.md.
+"""
 
 from __future__ import annotations
 
 __all__ = [
     "DEFAULT_FREEZE_TIMEOUT",
+    "DEFAULT_LOG_PATH",
+    "DEFAULT_RETENTION_DAYS",
+    "DEFAULT_RETENTION_KEEP",
     "DEFAULT_RUN_DIR",
     "DEFAULT_SPOOL_DIR",
+    "DEFAULT_SPOOL_MAX_BYTES",
     "DEFAULT_STATE_DIR",
 ]
 
@@ -16,3 +24,11 @@ DEFAULT_RUN_DIR = "/run/snapshot-runtime"
 DEFAULT_SPOOL_DIR = DEFAULT_RUN_DIR + "/spool"
 # Seconds a filesystem may stay frozen before the runtime (and its watchdog) thaws it.
 DEFAULT_FREEZE_TIMEOUT = 60.0
+# The reference's extension log (telemetry.job_log re-exports it).
+DEFAULT_LOG_PATH = "/var/log/azure/Microsoft.Azure.RecoveryServices.VMSnapshotLinux/extension.log"
+# The spool's size bound (telemetry.spool re-exports it as DEFAULT_MAX_BYTES).
+DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024
+# The reference keeps 60 .status/.settings files in the agent's folders
+# (core.retention re-exports both).
+DEFAULT_RETENTION_KEEP = 60
+DEFAULT_RETENTION_DAYS = 90.0

@@ -48,9 +48,7 @@ from snapshot_runtime.core.interrupt import JobInterrupted, interrupt_name
 from snapshot_runtime.core.phases import PhaseRecorder
 from snapshot_runtime.core.redact import Redactor
 from snapshot_runtime.core.window import WindowObserver
-from snapshot_runtime.freeze.freezer import Freezer, FreezerFactory
 from snapshot_runtime.freeze.mounts import FreezePlan, parse_mountinfo, plan_freeze, read_mountinfo
-from snapshot_runtime.freeze.session import FreezeSession
 from snapshot_runtime.inputs.machine import machine_id
 from snapshot_runtime.inputs.plugin_config import load_plugin_config
 from snapshot_runtime.inputs.plugin_config_file import find_config_path
@@ -60,7 +58,6 @@ from snapshot_runtime.inputs.workload_conf import (
     WORKLOAD_CONF_ENV,
     load_workload_conf,
 )
-from snapshot_runtime.job.frozen_window import FrozenWindowSequence
 from snapshot_runtime.job.lock import JOB_LOCK_FILE, JobLock, LockHolder
 from snapshot_runtime.job.records import JobOptions, JobReport
 from snapshot_runtime.job.state import (
@@ -74,10 +71,7 @@ from snapshot_runtime.job.state import (
 )
 from snapshot_runtime.job.status_document import TEMP_TERMINAL_CODE, TEMP_TERMINAL_MESSAGE
 from snapshot_runtime.job.status_report import JobStatusWriter, StatusName
-from snapshot_runtime.job.workload import WorkloadSession
-from snapshot_runtime.scripts.runner import ScriptResult, run_script
 from snapshot_runtime.snapshot.backend import SnapshotterFactory
-from snapshot_runtime.snapshot.host import plan_host_mode
 from snapshot_runtime.snapshot.registry import BACKENDS
 from snapshot_runtime.telemetry.job_log import JobLog
 from snapshot_runtime.telemetry.job_telemetry import JobTelemetry, TelemetryOptions
@@ -87,6 +81,16 @@ from snapshot_runtime.telemetry.spool_recovery import recover_interrupted
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
+
+    from snapshot_runtime.freeze.freezer import Freezer, FreezerFactory
+    from snapshot_runtime.job.workload import WorkloadSession
+    from snapshot_runtime.scripts.runner import ScriptResult
+
+# Start-up (issue 15, docs/startup.md): the freeze session, the frozen-window
+# sequence, the script runner, the workload quiescers and the host mode planner
+# are imported where they are first needed, after the first phase and always
+# before the first FIFREEZE (tests/job/test_startup_imports.py): never inside
+# the frozen window, where an import is file I/O.
 
 __all__ = [
     "run_job",
@@ -218,6 +222,8 @@ class _Job:
         Only for settings carrying host inputs (includedDisks, snapshotTaskToken);
         a contradictory disk request is refused like invalid settings.
         """
+        from snapshot_runtime.snapshot.host import plan_host_mode  # noqa: PLC0415 - see top
+
         choice, names, why = plan_host_mode(settings)
         if not names:
             raise ConfigError(ErrorCode.INVALID_DISK_LIST, why)
@@ -279,6 +285,8 @@ class _Job:
             return
         self.redactor.add(conf.secrets)
         self.state.workload_conf = conf
+        from snapshot_runtime.job.workload import WorkloadSession  # noqa: PLC0415 - see top
+
         self.workload = WorkloadSession(conf, phases=self.phases, log=self.log)
         self.state.workload = self.workload.outcome
         log.info(
@@ -309,6 +317,8 @@ class _Job:
         )
 
     def run_script_phase(self, which: str) -> ScriptResult | None:
+        from snapshot_runtime.scripts.runner import run_script  # noqa: PLC0415 - see top
+
         config = self.state.config
         assert config is not None
         spec = config.pre if which == "pre" else config.post
@@ -359,6 +369,9 @@ class _Job:
     def freeze_and_snapshot(self, freeze_enabled: bool) -> None:
         # Subscription order: telemetry flushes before the gate closes, and the
         # gate releases the held lines before telemetry writes its spans.
+        # Before the freeze: FrozenWindowSequence imports the backends' modules.
+        from snapshot_runtime.job.frozen_window import FrozenWindowSequence  # noqa: PLC0415
+
         observers: list[WindowObserver] = []
         if self.workload is not None:
             # First: it quiesces before the log gate closes, releases after it reopens.
@@ -385,6 +398,9 @@ class _Job:
 
     def default_freezer(self, plan: FreezePlan) -> Freezer:
         """A ``FreezeSession`` whose watchdog reports to the spool (docs/spool.md)."""
+        # Called by FrozenWindowSequence to build the freezer, before it freezes.
+        from snapshot_runtime.freeze.session import FreezeSession  # noqa: PLC0415
+
         spool = self.telemetry.spool if self.telemetry else None
         wanted = spool.watchdog_dir if spool is not None else self.options.run_dir
         report_dir: str | None = wanted

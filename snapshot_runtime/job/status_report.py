@@ -29,6 +29,7 @@ from snapshot_runtime.job.status_document import (
     status_file_document,
     write_status_file,
 )
+from snapshot_runtime.job.status_upload import upload_status_blob
 from snapshot_runtime.snapshot.failures import BlobOpError
 from snapshot_runtime.snapshot.host import HostSnapshotResult, host_telemetry
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
@@ -204,12 +205,9 @@ class JobStatusWriter:
         if not self.options.upload_status:
             state.status_upload = "skipped: UploadStatusAndLog is off"
             return
-        # The Azure SDK and requests (~40 ms, ~10 MiB) only when a status is
-        # uploaded: a job that never uploads never imports them (issue 15).
-        from snapshot_runtime.snapshot.blob_requests import upload_block_blob  # noqa: PLC0415
-
         try:
-            upload_block_blob(
+            # Not through the Azure SDK (~35 MiB, ~40 ms to import): status_upload.py.
+            upload_status_blob(
                 settings.status_blob_uri, render(doc), policy=self.options.blob_policy
             )
             state.status_upload = "ok"

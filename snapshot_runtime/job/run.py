@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import socket
 import time
@@ -48,16 +49,9 @@ from snapshot_runtime.core.interrupt import JobInterrupted, interrupt_name
 from snapshot_runtime.core.phases import PhaseRecorder
 from snapshot_runtime.core.redact import Redactor
 from snapshot_runtime.core.window import WindowObserver
-from snapshot_runtime.freeze.mounts import FreezePlan, parse_mountinfo, plan_freeze, read_mountinfo
 from snapshot_runtime.inputs.machine import machine_id
-from snapshot_runtime.inputs.plugin_config import load_plugin_config
 from snapshot_runtime.inputs.plugin_config_file import find_config_path
 from snapshot_runtime.inputs.settings import HandlerSettings, load_settings_file
-from snapshot_runtime.inputs.workload_conf import (
-    DEFAULT_WORKLOAD_CONF,
-    WORKLOAD_CONF_ENV,
-    load_workload_conf,
-)
 from snapshot_runtime.job.lock import JOB_LOCK_FILE, JobLock, LockHolder
 from snapshot_runtime.job.records import JobOptions, JobReport
 from snapshot_runtime.job.state import (
@@ -69,8 +63,6 @@ from snapshot_runtime.job.state import (
     post_script_due,
     script_error,
 )
-from snapshot_runtime.job.status_document import TEMP_TERMINAL_CODE, TEMP_TERMINAL_MESSAGE
-from snapshot_runtime.job.status_report import JobStatusWriter, StatusName
 from snapshot_runtime.snapshot.backend import SnapshotterFactory
 from snapshot_runtime.snapshot.registry import BACKENDS
 from snapshot_runtime.telemetry.job_log import JobLog
@@ -83,14 +75,18 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from snapshot_runtime.freeze.freezer import Freezer, FreezerFactory
+    from snapshot_runtime.freeze.mounts import FreezePlan
+    from snapshot_runtime.job.status_report import JobStatusWriter, StatusName
     from snapshot_runtime.job.workload import WorkloadSession
     from snapshot_runtime.scripts.runner import ScriptResult
 
-# Start-up (issue 15, docs/startup.md): the freeze session, the frozen-window
-# sequence, the script runner, the workload quiescers and the host mode planner
-# are imported where they are first needed, after the first phase and always
-# before the first FIFREEZE (tests/job/test_startup_imports.py): never inside
-# the frozen window, where an import is file I/O.
+# Start-up (issue 15, docs/startup.md): what the first phase does not need is
+# imported where it is first needed (the plugin config and workload.conf
+# readers, the status writer, the mount planner, the freeze session, the
+# frozen-window sequence, the script runner, the quiescers, the host mode
+# planner): after the first phase and always before the first FIFREEZE
+# (tests/job/test_startup_imports.py). Never inside the frozen window, where an
+# import is file I/O.
 
 __all__ = [
     "run_job",
@@ -155,14 +151,6 @@ class _Job:
             redactor=self.redactor,
             console=options.console,
         )
-        self.status = JobStatusWriter(
-            options,
-            self.state,
-            phases=self.phases,
-            log=self.log,
-            redactor=self.redactor,
-            machine_id=self.machine_id,
-        )
         self.telemetry: JobTelemetry | None = None
         if options.telemetry:
             self.telemetry = JobTelemetry(
@@ -187,6 +175,20 @@ class _Job:
                 started_at=self.started_at,
                 started_monotonic=self.started,
             )
+
+    @functools.cached_property
+    def status(self) -> JobStatusWriter:
+        """Built at the first status write (the status document's modules: see top)."""
+        from snapshot_runtime.job.status_report import JobStatusWriter  # noqa: PLC0415
+
+        return JobStatusWriter(
+            self.options,
+            self.state,
+            phases=self.phases,
+            log=self.log,
+            redactor=self.redactor,
+            machine_id=self.machine_id,
+        )
 
     # -- phases ---------------------------------------------------------
 
@@ -239,6 +241,8 @@ class _Job:
             self.log.phase("settings").warning("ignored: {}", note)
 
     def load_plugin_config(self) -> None:
+        from snapshot_runtime.inputs.plugin_config import load_plugin_config  # noqa: PLC0415
+
         log = self.log.phase("plugin_config")
         with self.phases.phase("plugin_config") as ph:
             explicit = self.options.config_path
@@ -269,6 +273,12 @@ class _Job:
 
     def load_workload(self) -> None:
         """workload.conf naming a database replaces the pre/post scripts (docs/workloads.md)."""
+        from snapshot_runtime.inputs.workload_conf import (  # noqa: PLC0415 - see top
+            DEFAULT_WORKLOAD_CONF,
+            WORKLOAD_CONF_ENV,
+            load_workload_conf,
+        )
+
         path = os.environ.get(WORKLOAD_CONF_ENV) or DEFAULT_WORKLOAD_CONF
         conf = load_workload_conf(path)
         settings = self.state.settings
@@ -309,6 +319,12 @@ class _Job:
             )
 
     def plan_mounts(self) -> FreezePlan:
+        from snapshot_runtime.freeze.mounts import (  # noqa: PLC0415 - see top
+            parse_mountinfo,
+            plan_freeze,
+            read_mountinfo,
+        )
+
         mounts = parse_mountinfo(read_mountinfo(self.options.mountinfo_path))
         return plan_freeze(
             mounts,
@@ -529,6 +545,12 @@ class _Job:
                 self.lock.set_holder(pid=os.getpid(), task_id=settings.task_id, seq=None)
         self.load_plugin_config()
         self.load_workload()
+        from snapshot_runtime.freeze.mounts import FreezePlan  # noqa: PLC0415 - see top
+        from snapshot_runtime.job.status_document import (  # noqa: PLC0415
+            TEMP_TERMINAL_CODE,
+            TEMP_TERMINAL_MESSAGE,
+        )
+
         with self.phases.phase("status_start") as ph:
             # The reference's interim report: "success" with code 4 (status_document).
             ph.attributes["status"] = "success"

@@ -29,9 +29,7 @@ from snapshot_runtime.job.status_document import (
     status_file_document,
     write_status_file,
 )
-from snapshot_runtime.job.status_upload import upload_status_blob
 from snapshot_runtime.snapshot.failures import BlobOpError
-from snapshot_runtime.snapshot.host import HostSnapshotResult, host_telemetry
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
 from snapshot_runtime.telemetry.job_log import JobLog
 
@@ -65,6 +63,9 @@ def status_snapshots(
     The host path reports the host's entries as the reference maps them
     (``HostSnapshotResult.status_entries``, docs/host-snapshot.md).
     """
+    # Not a start-up import (docs/startup.md): loaded by the job before any freeze.
+    from snapshot_runtime.snapshot.host import HostSnapshotResult  # noqa: PLC0415
+
     if isinstance(snapshot, HostSnapshotResult):
         return [dict(entry) for entry in snapshot.status_entries]
     return [
@@ -124,6 +125,8 @@ def status_telemetry(
     if state.status_upload.startswith("failed"):
         data["statusBlobUploadError"] = state.status_upload
     declined = [(d.name, d.reason) for d in state.backends_declined]
+    from snapshot_runtime.snapshot.host import host_telemetry  # noqa: PLC0415
+
     data.update(host_telemetry(state.snapshot, state.backend, declined))
     workload = workload_facts(state.workload)
     if workload is not None:
@@ -205,8 +208,11 @@ class JobStatusWriter:
         if not self.options.upload_status:
             state.status_upload = "skipped: UploadStatusAndLog is off"
             return
+        # Not through the Azure SDK (~35 MiB, ~40 ms to import): status_upload.py;
+        # http.client and ssl under it are not start-up imports either (docs/startup.md).
+        from snapshot_runtime.job.status_upload import upload_status_blob  # noqa: PLC0415
+
         try:
-            # Not through the Azure SDK (~35 MiB, ~40 ms to import): status_upload.py.
             upload_status_blob(
                 settings.status_blob_uri, render(doc), policy=self.options.blob_policy
             )

@@ -8,14 +8,21 @@ loguru's first import, a stand-in for that module is registered whose two
 functions import asyncio when first called, so a coroutine sink would still
 work, only paying for asyncio then.
 
+Each ``logger.add`` also builds an exception formatter that asks sysconfig for
+every install scheme's library paths: 3.5-5 ms per handler, and a job adds two
+before its first phase. The answer depends only on ``sys.path``, so it is
+computed once per ``sys.path`` (``_memoize_lib_dirs``).
+
 Every module of the runtime takes loguru's logger from here
 (``from snapshot_runtime.telemetry.loguru_logger import logger``).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["logger"]
@@ -44,3 +51,27 @@ if "loguru" not in sys.modules:  # once loguru is loaded, its own module is in p
     sys.modules.setdefault(_ASYNCIO_LOOP, _lazy_asyncio_loop())
 
 from loguru import logger  # noqa: E402 - after the stand-in, on purpose
+
+
+def _memoize_lib_dirs() -> None:
+    try:
+        from loguru._better_exceptions import ExceptionFormatter  # noqa: PLC0415
+    except ImportError:  # another loguru layout: leave it as it is
+        return
+    compute: Callable[[], list[str]] | None = getattr(ExceptionFormatter, "_get_lib_dirs", None)
+    if compute is None or getattr(compute, "_memoized_by_snapshot_runtime", False):
+        return
+
+    @functools.lru_cache(maxsize=4)
+    def lib_dirs_for(path: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(compute())  # reads sys.path, which ``path`` is a copy of
+
+    def lib_dirs() -> list[str]:
+        return list(lib_dirs_for(tuple(sys.path)))
+
+    vars(lib_dirs)["_memoized_by_snapshot_runtime"] = True
+    # setattr: loguru's class has no annotation for its private staticmethod.
+    setattr(ExceptionFormatter, "_get_lib_dirs", staticmethod(lib_dirs))  # noqa: B010
+
+
+_memoize_lib_dirs()

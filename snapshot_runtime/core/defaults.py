@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_SPOOL_DIR",
     "DEFAULT_SPOOL_MAX_BYTES",
     "DEFAULT_STATE_DIR",
+    "REFERENCE_NAME",
 ]
 
 DEFAULT_STATE_DIR = "/var/lib/snapshot-runtime"
@@ -28,6 +29,9 @@ DEFAULT_FREEZE_TIMEOUT = 60.0
 DEFAULT_LOG_PATH = "/var/log/azure/Microsoft.Azure.RecoveryServices.VMSnapshotLinux/extension.log"
 # The spool's size bound (telemetry.spool re-exports it as DEFAULT_MAX_BYTES).
 DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024
+# The reference's published extension name: the status documents' default name
+# (job.status_document re-exports it).
+REFERENCE_NAME = "Microsoft.Azure.RecoveryServices.VMSnapshotLinux"
 # The reference keeps 60 .status/.settings files in the agent's folders
 # (core.retention re-exports both).
 DEFAULT_RETENTION_KEEP = 60

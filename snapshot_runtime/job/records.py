@@ -19,10 +19,10 @@ from snapshot_runtime.core.defaults import (
     DEFAULT_RUN_DIR,
     DEFAULT_SPOOL_MAX_BYTES,
     DEFAULT_STATE_DIR,
+    REFERENCE_NAME,
 )
 from snapshot_runtime.core.errors import ErrorCode, SnapshotError
 from snapshot_runtime.core.phases import PhaseRecord
-from snapshot_runtime.job.status_document import REFERENCE_NAME
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.snapshot.registry import DEFAULT_BACKENDS
 

@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING, Any
 from snapshot_runtime.core.consistency import ConfigState, Verdict, verdict
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
 from snapshot_runtime.core.phases import PhaseRecord
-from snapshot_runtime.inputs.plugin_config import PluginConfig
 from snapshot_runtime.inputs.settings import HandlerSettings
-from snapshot_runtime.inputs.workload_conf import WorkloadConf
 from snapshot_runtime.job.records import GuestAttempt, JobReport
 from snapshot_runtime.snapshot.registry import BackendDeclined
 from snapshot_runtime.telemetry.record import RecordFacts
@@ -27,6 +25,8 @@ if TYPE_CHECKING:
     # the freezer, the script runner and the quiescers are imported (docs/startup.md).
     from snapshot_runtime.freeze.mounts import FreezePlan
     from snapshot_runtime.freeze.state import FreezeResult
+    from snapshot_runtime.inputs.plugin_config import PluginConfig
+    from snapshot_runtime.inputs.workload_conf import WorkloadConf
     from snapshot_runtime.job.workload import WorkloadOutcome
     from snapshot_runtime.scripts.runner import ScriptResult
     from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult

@@ -55,18 +55,19 @@ code = None
 at_first_phase = None
 at_freeze = None  # at the first FIFREEZE
 at_thaw = None  # at the last FITHAW, before it
-from snapshot_runtime.freeze import ioctl
-freeze, thaw = ioctl.KernelFreezeIoctl.freeze, ioctl.KernelFreezeIoctl.thaw
-def spy_freeze(self, fd):
-    global at_freeze
-    if at_freeze is None:
-        at_freeze = sorted(sys.modules)
-    return freeze(self, fd)
-def spy_thaw(self, fd):
-    global at_thaw
-    at_thaw = sorted(sys.modules)
-    return thaw(self, fd)
-ioctl.KernelFreezeIoctl.freeze, ioctl.KernelFreezeIoctl.thaw = spy_freeze, spy_thaw
+if "--mounts" in argv:  # a job that freezes: spy on its ioctls (imports the freeze package)
+    from snapshot_runtime.freeze import ioctl
+    freeze, thaw = ioctl.KernelFreezeIoctl.freeze, ioctl.KernelFreezeIoctl.thaw
+    def spy_freeze(self, fd):
+        global at_freeze
+        if at_freeze is None:
+            at_freeze = sorted(sys.modules)
+        return freeze(self, fd)
+    def spy_thaw(self, fd):
+        global at_thaw
+        at_thaw = sorted(sys.modules)
+        return thaw(self, fd)
+    ioctl.KernelFreezeIoctl.freeze, ioctl.KernelFreezeIoctl.thaw = spy_freeze, spy_thaw
 if argv == ["--import-job-run"]:
     import snapshot_runtime.job.run
     argv = None

@@ -497,11 +497,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import logging  # noqa: PLC0415 - not for --help
 
-    from snapshot_runtime.telemetry.loguru_logger import logger  # noqa: PLC0415
+    from snapshot_runtime.telemetry.loguru_logger import root_logger  # noqa: PLC0415
 
     # loguru's default handler writes to stderr outside the freeze gate (I1):
     # the job installs its own gated sinks.
-    logger.remove()
+    root_logger().remove()
     # The OTel SDK and exporter log through stdlib logging; without a handler the
     # last-resort handler would print to stderr. Failures are in the job record.
     logging.getLogger("opentelemetry").addHandler(logging.NullHandler())

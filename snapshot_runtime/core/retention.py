@@ -25,7 +25,7 @@ import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from snapshot_runtime.core.defaults import DEFAULT_RETENTION_DAYS, DEFAULT_RETENTION_KEEP
+from snapshot_runtime.core import defaults
 
 __all__ = [
     "DEFAULT_RETENTION_DAYS",
@@ -35,6 +35,10 @@ __all__ = [
     "files_to_prune",
 ]
 
+# The reference keeps 60 .status/.settings files in the agent's folders (the
+# values live in core/defaults.py, which --help reads without this module).
+DEFAULT_RETENTION_KEEP = defaults.DEFAULT_RETENTION_KEEP
+DEFAULT_RETENTION_DAYS = defaults.DEFAULT_RETENTION_DAYS
 _DAY = 86400.0
 
 

@@ -32,10 +32,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from snapshot_runtime.core import defaults
-from snapshot_runtime.telemetry.loguru_logger import logger as _root_logger
+from snapshot_runtime.telemetry.loguru_logger import root_logger
 
 if TYPE_CHECKING:
     from loguru import Logger, Message, Record
+
+_root_logger = root_logger()
 
 __all__ = ["DEFAULT_LOG_PATH", "FreezeGate", "GatedSink", "JobLog", "LineSink"]
 

@@ -13,8 +13,7 @@ every install scheme's library paths: 3.5-5 ms per handler, and a job adds two
 before its first phase. The answer depends only on ``sys.path``, so it is
 computed once per ``sys.path`` (``_memoize_lib_dirs``).
 
-Every module of the runtime takes loguru's logger from here
-(``from snapshot_runtime.telemetry.loguru_logger import logger``).
+Every module of the runtime takes loguru's logger from here (``root_logger()``).
 """
 
 from __future__ import annotations
@@ -23,9 +22,12 @@ import functools
 import sys
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["logger"]
+if TYPE_CHECKING:
+    from loguru import Logger
+
+__all__ = ["root_logger"]
 
 _ASYNCIO_LOOP = "loguru._asyncio_loop"
 
@@ -50,7 +52,12 @@ def _lazy_asyncio_loop() -> types.ModuleType:
 if "loguru" not in sys.modules:  # once loguru is loaded, its own module is in place
     sys.modules.setdefault(_ASYNCIO_LOOP, _lazy_asyncio_loop())
 
-from loguru import logger  # noqa: E402 - after the stand-in, on purpose
+from loguru import logger as _logger  # noqa: E402 - after the stand-in, on purpose
+
+
+def root_logger() -> Logger:
+    """loguru's root logger, loaded without asyncio."""
+    return _logger
 
 
 def _memoize_lib_dirs() -> None:

@@ -22,11 +22,12 @@ the first phase <= 100 ms, peak RSS of a 1-disk job <= 35 MiB (the host path,
 the default; the guest path's figures are printed beside it, and its peak
 holds the SDK its snapshots need).
 
-Run: ``.venv/bin/python -m benchmarks.startup [--rounds N] [--cli PATH]``
+Run: ``.venv/bin/python -m benchmarks.startup [--rounds N] [--cli PATH] [--compare PATH]``
 (root, loop devices, Azurite: ``make system-deps``). ``--cli`` measures
 another installation's console script, e.g. a non-editable venv of another
 commit (docs/startup.md: an editable install adds its import finder to
-every start).
+every start); ``--compare`` measures a second one in the same rounds,
+alternating, and prints the ratios (before/after under the same load).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks._verdict import spread, verdict
@@ -200,6 +202,31 @@ def _rss_line(label: str, values: list[float]) -> str:
     )
 
 
+@dataclass
+class _Samples:
+    """One console script's figures over the rounds."""
+
+    cli: list[str]
+    helps: list[float] = field(default_factory=list)  # ms
+    help_cpu: list[float] = field(default_factory=list)  # ms
+    firsts: dict[str, list[float]] = field(default_factory=lambda: {"host": [], "guest": []})
+    rss: dict[str, list[float]] = field(default_factory=lambda: {"host": [], "guest": []})
+
+    def report(self, bare_ms: float) -> None:
+        print(f"  {' '.join(self.cli)}")
+        print(f"    --help:                         {spread(self.helps)}")
+        print(f"    --help, CPU time (user+sys):    {spread(self.help_cpu)}")
+        for path in ("host", "guest"):
+            print(f"    run, {path:<5} exec to first phase: {spread(self.firsts[path])}")
+            print("  " + _rss_line(f"run, {path:<5} peak RSS (1 disk):", self.rss[path]))
+        print(
+            f"    ratios to the bare interpreter: --help "
+            f"{statistics.median(self.helps) / bare_ms:.1f}x, host first phase "
+            f"{statistics.median(self.firsts['host']) / bare_ms:.1f}x, guest first phase "
+            f"{statistics.median(self.firsts['guest']) / bare_ms:.1f}x"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.startup")
     parser.add_argument("--rounds", type=int, default=7)
@@ -208,6 +235,12 @@ def main() -> None:
         default=CLI,
         help="the snapshot-runtime console script to measure (default: this venv's); "
         "another venv's, to measure another commit or a non-editable install",
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="CLI",
+        help="another console script (e.g. a venv of the base commit), measured in the same "
+        "rounds, alternating with --cli: before/after under the same load",
     )
     parser.add_argument(
         "--source",
@@ -221,9 +254,10 @@ def main() -> None:
         cli = [sys.executable, "-m", "snapshot_runtime.cli"]
         _ENV = {**os.environ, "PYTHONPATH": str(Path(args.source).resolve())}
     interpreter = str(Path(args.cli).with_name("python")) if not args.source else sys.executable
-    bare, bare_rss, sdk_rss, helps, help_cpu = [], [], [], [], []
-    firsts: dict[str, list[float]] = {"host": [], "guest": []}
-    rss: dict[str, list[float]] = {"host": [], "guest": []}
+    measured = [_Samples(cli)]
+    if args.compare:
+        measured.append(_Samples([args.compare]))
+    bare, bare_rss, sdk_rss = [], [], []
     with (
         _workdir() as work,
         run_azurite() as azurite,
@@ -237,43 +271,45 @@ def main() -> None:
         pre = _write(work / "pre.sh", PRE_SCRIPT, 0o700)
         post = _write(work / "post.sh", POST_SCRIPT, 0o700)
         _write(work / "config.json", json.dumps(plugin_config(pre, post, str(marks))), 0o600)
-        # Warm-up: page cache, Azurite's and the emulator's first requests.
-        _job(azurite, work, fs.mountpoint, cli, host)
-        _job(azurite, work, fs.mountpoint, cli)
+        for one in measured:
+            # Warm-up: page cache, Azurite's and the emulator's first requests.
+            _job(azurite, work, fs.mountpoint, one.cli, host)
+            _job(azurite, work, fs.mountpoint, one.cli)
         for _ in range(args.rounds):
             _, wall, peak, _ = _timed([interpreter, "-c", "pass"])
             bare.append(wall * 1000)
             bare_rss.append(peak / 1024)
             sdk_rss.append(_timed([interpreter, "-c", "import azure.storage.blob"])[2] / 1024)
-            _, wall, _, cpu = _timed([*cli, "--help"], env=_ENV)
-            helps.append(wall * 1000)
-            help_cpu.append(cpu * 1000)
-            for path in ("host", "guest"):
-                first, peak = _job(
-                    azurite, work, fs.mountpoint, cli, host if path == "host" else None
-                )
-                firsts[path].append(first * 1000)
-                rss[path].append(peak / 1024)
-    print(f"start-up of {' '.join(cli)}, {args.rounds} rounds (subprocesses of this one)")
+            for one in measured:
+                _, wall, _, cpu = _timed([*one.cli, "--help"], env=_ENV)
+                one.helps.append(wall * 1000)
+                one.help_cpu.append(cpu * 1000)
+                for path in ("host", "guest"):
+                    first, peak = _job(
+                        azurite, work, fs.mountpoint, one.cli, host if path == "host" else None
+                    )
+                    one.firsts[path].append(first * 1000)
+                    one.rss[path].append(peak / 1024)
+    print(f"start-up, {args.rounds} rounds (subprocesses of this one)")
     print(f"  baseline python -c pass:        {spread(bare)}")
     print(_rss_line("baseline python -c pass, RSS:", bare_rss))
     print(_rss_line("SDK import RSS (azure.storage.blob)", sdk_rss))
-    print(f"  snapshot-runtime --help:        {spread(helps)}")
-    print(f"  --help, CPU time (user+sys):    {spread(help_cpu)}")
-    for path in ("host", "guest"):
-        print(f"  run, {path:<5} exec to first phase: {spread(firsts[path])}")
-        print(_rss_line(f"run, {path:<5} peak RSS (1 disk):", rss[path]))
     base = statistics.median(bare)
-    print(
-        f"  ratios to the bare interpreter: --help {statistics.median(helps) / base:.1f}x, "
-        f"host first phase {statistics.median(firsts['host']) / base:.1f}x, "
-        f"guest first phase {statistics.median(firsts['guest']) / base:.1f}x"
-    )
-    verdict("--help, median", statistics.median(helps), 50.0)
-    verdict("exec to the first phase (host path), median", statistics.median(firsts["host"]), 100.0)
-    verdict(
-        "peak RSS of a 1-disk job (host path), median", statistics.median(rss["host"]), 35.0, "MiB"
-    )
+    for one in measured:
+        one.report(base)
+    med = statistics.median
+    if args.compare:
+        new, old = measured
+        print("  --cli against --compare, medians (same rounds):")
+        print(
+            f"    --help {med(new.helps) / med(old.helps):.2f}x, host first phase "
+            f"{med(new.firsts['host']) / med(old.firsts['host']):.2f}x, host peak RSS "
+            f"{med(new.rss['host']) / med(old.rss['host']):.2f}x"
+        )
+    first = measured[0]
+    verdict("--help, median", med(first.helps), 50.0)
+    verdict("exec to the first phase (host path), median", med(first.firsts["host"]), 100.0)
+    verdict("peak RSS of a 1-disk job (host path), median", med(first.rss["host"]), 35.0, "MiB")
 
 
 if __name__ == "__main__":

@@ -250,3 +250,35 @@ def test_guest_job_loads_the_sdk_before_its_first_fifreeze_and_nothing_while_fro
     assert _loaded(first, (*HEAVY, "asyncio")) == []
     assert "azure.storage.blob" in freeze
     assert "snapshot_runtime.job.frozen_window" in freeze
+
+
+_LOGURU_PROBE = """
+import sys
+from snapshot_runtime.telemetry.loguru_logger import root_logger
+logger = root_logger()
+print("asyncio" in sys.modules)
+import asyncio
+got = []
+async def sink(message):
+    got.append(str(message).strip())
+async def main():
+    logger.remove()
+    logger.add(sink, format="{message}")
+    logger.info("through a coroutine sink")
+    await logger.complete()
+asyncio.run(main())
+print(got)
+"""
+
+
+def test_loguru_loads_without_asyncio_and_a_coroutine_sink_still_works() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOGURU_PROBE],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["False", "['through a coroutine sink']"]

@@ -9,9 +9,13 @@ functions import asyncio when first called, so a coroutine sink would still
 work, only paying for asyncio then.
 
 Each ``logger.add`` also builds an exception formatter that asks sysconfig for
-every install scheme's library paths: 3.5-5 ms per handler, and a job adds two
-before its first phase. The answer depends only on ``sys.path``, so it is
-computed once per ``sys.path`` (``_memoize_lib_dirs``).
+every install scheme's library paths: 3-5 ms per handler, and a job adds two
+before its first phase, after loguru's own default stderr handler. The answer
+depends only on ``sys.path``, so it is computed once per ``sys.path``
+(``_memoize_lib_dirs``), and loguru is imported without its default handler
+(``LOGURU_AUTOINIT=False`` for the import only, the environment restored after):
+every entry point removed it at once anyway (cli.main, the handler's daemon:
+it writes to stderr, outside the freeze gate, I1).
 
 Every module of the runtime takes loguru's logger from here (``root_logger()``).
 """
@@ -19,6 +23,7 @@ Every module of the runtime takes loguru's logger from here (``root_logger()``).
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import types
 from collections.abc import Callable
@@ -49,10 +54,29 @@ def _lazy_asyncio_loop() -> types.ModuleType:
     return module
 
 
-if "loguru" not in sys.modules:  # once loguru is loaded, its own module is in place
-    sys.modules.setdefault(_ASYNCIO_LOOP, _lazy_asyncio_loop())
+def _import_loguru() -> Logger:
+    """loguru's logger: on its first import, with the stand-in and no default handler."""
+    if "loguru" in sys.modules:  # loaded already: its own modules and handlers stand
+        from loguru import logger  # noqa: PLC0415
 
-from loguru import logger as _logger  # noqa: E402 - after the stand-in, on purpose
+        return logger
+    sys.modules.setdefault(_ASYNCIO_LOOP, _lazy_asyncio_loop())
+    # Read once, by loguru's import; the environment is restored right after
+    # (the scripts the job runs inherit it).
+    previous = os.environ.get("LOGURU_AUTOINIT")
+    os.environ["LOGURU_AUTOINIT"] = "False"
+    try:
+        from loguru import logger  # noqa: PLC0415
+
+        return logger
+    finally:
+        if previous is None:
+            del os.environ["LOGURU_AUTOINIT"]
+        else:
+            os.environ["LOGURU_AUTOINIT"] = previous
+
+
+_logger = _import_loguru()
 
 
 def root_logger() -> Logger:

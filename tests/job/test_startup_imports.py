@@ -253,10 +253,11 @@ def test_guest_job_loads_the_sdk_before_its_first_fifreeze_and_nothing_while_fro
 
 
 _LOGURU_PROBE = """
-import sys
+import os, sys
 from snapshot_runtime.telemetry.loguru_logger import root_logger
 logger = root_logger()
-print("asyncio" in sys.modules)
+print("asyncio" in sys.modules, "LOGURU_AUTOINIT" in os.environ)
+logger.info("no default handler: this line goes nowhere")
 import asyncio
 got = []
 async def sink(message):
@@ -272,6 +273,8 @@ print(got)
 
 
 def test_loguru_loads_without_asyncio_and_a_coroutine_sink_still_works() -> None:
+    """Nor with its default stderr handler (unguarded by the freeze gate), and the
+    environment variable that turns it off is not left for the scripts."""
     proc = subprocess.run(
         [sys.executable, "-c", _LOGURU_PROBE],
         check=False,
@@ -281,4 +284,5 @@ def test_loguru_loads_without_asyncio_and_a_coroutine_sink_still_works() -> None
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["False", "['through a coroutine sink']"]
+    assert proc.stdout.splitlines() == ["False False", "['through a coroutine sink']"]
+    assert proc.stderr == ""

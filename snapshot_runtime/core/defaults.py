@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_RETENTION_DAYS",
     "DEFAULT_RETENTION_KEEP",
     "DEFAULT_RUN_DIR",
+    "DEFAULT_SNAPSHOT_BACKENDS",
     "DEFAULT_SPOOL_DIR",
     "DEFAULT_SPOOL_MAX_BYTES",
     "DEFAULT_STATE_DIR",
@@ -29,6 +30,10 @@ DEFAULT_FREEZE_TIMEOUT = 60.0
 DEFAULT_LOG_PATH = "/var/log/azure/Microsoft.Azure.RecoveryServices.VMSnapshotLinux/extension.log"
 # The spool's size bound (telemetry.spool re-exports it as DEFAULT_MAX_BYTES).
 DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024
+# JobOptions' snapshot backends by registry name (snapshot.registry's
+# DEFAULT_BACKENDS, kept equal by tests/job/test_startup_imports.py): the
+# options are built at start-up, before the backend table is imported.
+DEFAULT_SNAPSHOT_BACKENDS: tuple[str, ...] = ("azure_blob",)
 # The reference's published extension name: the status documents' default name
 # (job.status_document re-exports it).
 REFERENCE_NAME = "Microsoft.Azure.RecoveryServices.VMSnapshotLinux"

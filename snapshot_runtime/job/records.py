@@ -17,6 +17,7 @@ from snapshot_runtime.core.defaults import (
     DEFAULT_FREEZE_TIMEOUT,
     DEFAULT_LOG_PATH,
     DEFAULT_RUN_DIR,
+    DEFAULT_SNAPSHOT_BACKENDS,
     DEFAULT_SPOOL_MAX_BYTES,
     DEFAULT_STATE_DIR,
     REFERENCE_NAME,
@@ -24,7 +25,6 @@ from snapshot_runtime.core.defaults import (
 from snapshot_runtime.core.errors import ErrorCode, SnapshotError
 from snapshot_runtime.core.phases import PhaseRecord
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
-from snapshot_runtime.snapshot.registry import DEFAULT_BACKENDS
 
 if TYPE_CHECKING:
     # Only named in the report's fields: a job's start-up (JobOptions, before
@@ -78,7 +78,7 @@ class JobOptions:
     blob_policy: BlobPolicy = field(default_factory=BlobPolicy)
     # Snapshot backends by registry name, in order of preference: the first
     # whose decide() accepts is used (docs/snapshot-backends.md).
-    snapshot_backends: tuple[str, ...] = DEFAULT_BACKENDS
+    snapshot_backends: tuple[str, ...] = DEFAULT_SNAPSHOT_BACKENDS
     console: TextIO | None = None
     # Telemetry (docs/telemetry.md). spool_dir None: <run_dir>/spool.
     telemetry: bool = True

@@ -38,12 +38,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from snapshot_runtime.core.consistency import (
-    Verdict,
-    decide_after_pre_script,
-    job_refused,
-    settings_rejected,
-)
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
 from snapshot_runtime.core.interrupt import JobInterrupted, interrupt_name
 from snapshot_runtime.core.phases import PhaseRecorder
@@ -63,28 +57,28 @@ from snapshot_runtime.job.state import (
     post_script_due,
     script_error,
 )
-from snapshot_runtime.snapshot.backend import SnapshotterFactory
-from snapshot_runtime.snapshot.registry import BACKENDS
 from snapshot_runtime.telemetry.job_log import JobLog
 from snapshot_runtime.telemetry.job_telemetry import JobTelemetry, TelemetryOptions
 from snapshot_runtime.telemetry.record import RecordFacts
-from snapshot_runtime.telemetry.span_attributes import root_attributes
 from snapshot_runtime.telemetry.spool_recovery import recover_interrupted
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
+    from snapshot_runtime.core.consistency import Verdict
     from snapshot_runtime.freeze.freezer import Freezer, FreezerFactory
     from snapshot_runtime.freeze.mounts import FreezePlan
     from snapshot_runtime.job.status_report import JobStatusWriter, StatusName
     from snapshot_runtime.job.workload import WorkloadSession
     from snapshot_runtime.scripts.runner import ScriptResult
+    from snapshot_runtime.snapshot.backend import SnapshotterFactory
 
 # Start-up (issue 15, docs/startup.md): what the first phase does not need is
 # imported where it is first needed (the plugin config and workload.conf
 # readers, the status writer, the mount planner, the freeze session, the
 # frozen-window sequence, the script runner, the quiescers, the host mode
-# planner): after the first phase and always before the first FIFREEZE
+# planner, the backend table, the verdict rules): after the first phase and
+# always before the first FIFREEZE
 # (tests/job/test_startup_imports.py). Never inside the frozen window, where an
 # import is file I/O.
 
@@ -99,11 +93,11 @@ class _Job:
         options: JobOptions,
         *,
         span_exporter: SpanExporter | None = None,
-        backends: Mapping[str, SnapshotterFactory] = BACKENDS,
+        backends: Mapping[str, SnapshotterFactory] | None = None,
         freezer_factory: FreezerFactory | None = None,
     ) -> None:
         self.options = options
-        self.backends = backends
+        self.backends = backends  # None: registry.BACKENDS, looked up before the freeze
         self.freezer_factory = freezer_factory
         self.redactor = Redactor()
         self.backend_names: tuple[str, ...] = ()  # set by the host mode decision
@@ -387,6 +381,7 @@ class _Job:
         # gate releases the held lines before telemetry writes its spans.
         # Before the freeze: FrozenWindowSequence imports the backends' modules.
         from snapshot_runtime.job.frozen_window import FrozenWindowSequence  # noqa: PLC0415
+        from snapshot_runtime.snapshot.registry import BACKENDS  # noqa: PLC0415
 
         observers: list[WindowObserver] = []
         if self.workload is not None:
@@ -404,7 +399,7 @@ class _Job:
                 self.state,
                 log=self.log,
                 phases=self.phases,
-                backends=self.backends,
+                backends=self.backends if self.backends is not None else BACKENDS,
                 freezer_factory=self.freezer_factory or self.default_freezer,
                 observers=observers,
             ).run(freeze_enabled)
@@ -461,6 +456,8 @@ class _Job:
             f"another job is running: {who} holds the single-job lock; this job for task "
             f"{self.state.task_id} starts nothing (one freeze at a time)"
         )
+        from snapshot_runtime.core.consistency import job_refused  # noqa: PLC0415 - see top
+
         final = job_refused(ErrorCode.JOB_ALREADY_RUNNING)
         self.final = final
         self.log.phase("job").error("{}", message)
@@ -491,6 +488,8 @@ class _Job:
         telemetry = self.telemetry
         if telemetry is None or telemetry.ended:
             return
+        from snapshot_runtime.telemetry.span_attributes import root_attributes  # noqa: PLC0415
+
         self.final = final
         freeze = self.state.freeze
         snap = self.state.snapshot
@@ -526,6 +525,11 @@ class _Job:
 
     def _run(self) -> JobReport:
         settings_ok = self.load_settings()
+        from snapshot_runtime.core.consistency import (  # noqa: PLC0415 - see top
+            decide_after_pre_script,
+            settings_rejected,
+        )
+
         for line in self.recovered:
             self.log.phase("recover").warning("{}", line)
         if not settings_ok:
@@ -644,14 +648,14 @@ def run_job(
     *,
     on_report: Callable[[JobReport], None] | None = None,
     span_exporter: SpanExporter | None = None,
-    backends: Mapping[str, SnapshotterFactory] = BACKENDS,
+    backends: Mapping[str, SnapshotterFactory] | None = None,
     freezer_factory: FreezerFactory | None = None,
 ) -> JobReport:
     """Run one snapshot job to completion; never raises for job failures.
 
     ``span_exporter`` receives every span of the job once, after the job
     (after the thaw), in addition to the spool and OTLP (tests, embedders).
-    ``backends``: the snapshot backend table (``registry.BACKENDS``), where
+    ``backends``: the snapshot backend table (None: ``registry.BACKENDS``), where
     ``options.snapshot_backends`` names are looked up; ``freezer_factory``
     builds the ``Freezer`` for the plan (default: a ``FreezeSession`` with the
     thaw watchdog).

@@ -12,15 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from snapshot_runtime.core.consistency import ConfigState, Verdict, verdict
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
 from snapshot_runtime.core.phases import PhaseRecord
 from snapshot_runtime.inputs.settings import HandlerSettings
 from snapshot_runtime.job.records import GuestAttempt, JobReport
-from snapshot_runtime.snapshot.registry import BackendDeclined
 from snapshot_runtime.telemetry.record import RecordFacts
 
 if TYPE_CHECKING:
+    from snapshot_runtime.core.consistency import ConfigState, Verdict
+
     # Only named in annotations: the job's state is built at start-up, before
     # the freezer, the script runner and the quiescers are imported (docs/startup.md).
     from snapshot_runtime.freeze.mounts import FreezePlan
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from snapshot_runtime.inputs.workload_conf import WorkloadConf
     from snapshot_runtime.job.workload import WorkloadOutcome
     from snapshot_runtime.scripts.runner import ScriptResult
+    from snapshot_runtime.snapshot.registry import BackendDeclined
     from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
 
 __all__ = [
@@ -125,6 +126,8 @@ def post_script_due(state: JobState) -> bool:
 
 def job_verdict(state: JobState) -> Verdict:
     """``consistency.verdict`` over the facts the phases gathered."""
+    from snapshot_runtime.core.consistency import verdict  # noqa: PLC0415 - at the end
+
     config = state.config
     snap = state.snapshot
     freeze = state.freeze
@@ -165,6 +168,8 @@ def job_verdict(state: JobState) -> Verdict:
 def _workload_verdict(state: JobState, disks_total: int) -> Verdict:
     """A named workload replaces the scripts (as in the reference): the freeze
     always runs, and the quiesce's success, not a script's, decides application."""
+    from snapshot_runtime.core.consistency import verdict  # noqa: PLC0415 - at the end
+
     snap = state.snapshot
     freeze = state.freeze
     outcome = state.workload

@@ -44,6 +44,8 @@ DEFERRED = (
     "snapshot_runtime.job.status_report",
     "snapshot_runtime.job.status_upload",
     "snapshot_runtime.inputs.plugin_config",
+    "snapshot_runtime.snapshot.registry",
+    "snapshot_runtime.core.consistency",
 )
 # Never loaded by a job that has no workload.conf, nor by --help.
 WORKLOAD_ONLY = ("snapshot_runtime.job.workload", "snapshot_runtime.quiesce")
@@ -286,3 +288,11 @@ def test_loguru_loads_without_asyncio_and_a_coroutine_sink_still_works() -> None
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["False False", "['through a coroutine sink']"]
     assert proc.stderr == ""
+
+
+def test_job_options_default_backends_are_the_registrys() -> None:
+    """JobOptions takes its default from core/defaults (no registry import at start-up)."""
+    from snapshot_runtime.job.records import JobOptions
+    from snapshot_runtime.snapshot.registry import DEFAULT_BACKENDS
+
+    assert JobOptions(settings_path="-").snapshot_backends == DEFAULT_BACKENDS

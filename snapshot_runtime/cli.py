@@ -12,30 +12,32 @@ InternalError with a redacted one-line message.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import signal
 import sys
 import textwrap
-import typing
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
 from snapshot_runtime import __version__
 from snapshot_runtime.core.defaults import (
     DEFAULT_FREEZE_TIMEOUT,
+    DEFAULT_LOG_PATH,
+    DEFAULT_RETENTION_DAYS,
+    DEFAULT_RETENTION_KEEP,
     DEFAULT_RUN_DIR,
     DEFAULT_SPOOL_DIR,
+    DEFAULT_SPOOL_MAX_BYTES,
     DEFAULT_STATE_DIR,
 )
 from snapshot_runtime.core.errors import ErrorCode, SnapshotError
-from snapshot_runtime.core.redact import scrub
-from snapshot_runtime.core.retention import (  # pure and small: argparse defaults
-    DEFAULT_RETENTION_DAYS,
-    DEFAULT_RETENTION_KEEP,
-    RetentionPolicy,
-)
+
+# typing (~2 ms) is not imported for --help: NoReturn is only an annotation.
+# mypy treats a name TYPE_CHECKING as true wherever it comes from.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import typing
 
 # Each command imports what it needs when it runs (``--help`` and argument
 # errors import none of it): benchmarks/startup.py measures the difference.
@@ -277,7 +279,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--spool-max-bytes",
         type=_positive_int,
-        default=None,  # the spool's DEFAULT_MAX_BYTES, resolved by `run` (its import)
+        default=None,  # DEFAULT_SPOOL_MAX_BYTES, resolved by `run`
         help="cap on the whole spool; beyond it log lines and spans are dropped and counted",
     )
     r.add_argument(
@@ -321,6 +323,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415 - per command, not for --help
+
     # Imported per command: `trace` and `recover` need none of the job's
     # dependencies (azure-storage-blob alone costs ~0.5 s to import).
     from snapshot_runtime.job.preflight import preflight  # noqa: PLC0415
@@ -367,17 +371,18 @@ def _settings_usage_error(path: str) -> str | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415 - per command, not for --help
+
     problem = _settings_usage_error(args.settings)
     if problem is not None:
         print(f"snapshot-runtime run: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     from snapshot_runtime.core.interrupt import JobInterrupted  # noqa: PLC0415
+    from snapshot_runtime.core.retention import RetentionPolicy  # noqa: PLC0415
     from snapshot_runtime.job.housekeeping import prune_state_dir  # noqa: PLC0415
     from snapshot_runtime.job.records import JobOptions  # noqa: PLC0415
     from snapshot_runtime.job.run import run_job  # noqa: PLC0415
     from snapshot_runtime.job.summary import report_json, report_text  # noqa: PLC0415
-    from snapshot_runtime.telemetry.job_log import DEFAULT_LOG_PATH  # noqa: PLC0415
-    from snapshot_runtime.telemetry.spool import DEFAULT_MAX_BYTES  # noqa: PLC0415
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         # systemd stopping the unit, a hangup: end the job as cleanly as Ctrl-C does.
@@ -403,7 +408,7 @@ def _run(args: argparse.Namespace) -> int:
         console=None if (args.quiet or args.json) else sys.stderr,
         telemetry=not args.no_telemetry,
         spool_dir=args.spool or DEFAULT_SPOOL_DIR,
-        spool_max_bytes=args.spool_max_bytes or DEFAULT_MAX_BYTES,
+        spool_max_bytes=args.spool_max_bytes or DEFAULT_SPOOL_MAX_BYTES,
         traceparent=env.get(TRACEPARENT) or None,
         otlp_endpoint=otlp_traces_endpoint(env),
         otlp_timeout_seconds=_otlp_timeout(env),
@@ -428,6 +433,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _trace(args: argparse.Namespace) -> int:
     import dataclasses  # noqa: PLC0415
+    import json  # noqa: PLC0415 - per command, not for --help
     import shutil  # noqa: PLC0415
 
     from snapshot_runtime.telemetry.trace_view import load_job, rows, waterfall  # noqa: PLC0415
@@ -458,6 +464,7 @@ def _trace(args: argparse.Namespace) -> int:
 
 def _recover(args: argparse.Namespace) -> int:
     import dataclasses  # noqa: PLC0415
+    import json  # noqa: PLC0415 - per command, not for --help
 
     from snapshot_runtime.job.summary import table  # noqa: PLC0415
     from snapshot_runtime.telemetry.spool_recovery import recover_interrupted  # noqa: PLC0415
@@ -490,11 +497,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import logging  # noqa: PLC0415 - not for --help
 
-    from loguru import logger  # noqa: PLC0415
+    from snapshot_runtime.telemetry.loguru_logger import root_logger  # noqa: PLC0415
 
     # loguru's default handler writes to stderr outside the freeze gate (I1):
     # the job installs its own gated sinks.
-    logger.remove()
+    root_logger().remove()
     # The OTel SDK and exporter log through stdlib logging; without a handler the
     # last-resort handler would print to stderr. Failures are in the job record.
     logging.getLogger("opentelemetry").addHandler(logging.NullHandler())
@@ -514,6 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # never a traceback: report and exit non-zero
+        from snapshot_runtime.core.redact import scrub  # noqa: PLC0415 - not for --help
+
         print(
             f"{ErrorCode.INTERNAL_ERROR.value}: {scrub(type(exc).__name__ + ': ' + str(exc))}",
             file=sys.stderr,

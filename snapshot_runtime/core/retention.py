@@ -25,6 +25,8 @@ import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from snapshot_runtime.core import defaults
+
 __all__ = [
     "DEFAULT_RETENTION_DAYS",
     "DEFAULT_RETENTION_KEEP",
@@ -33,9 +35,10 @@ __all__ = [
     "files_to_prune",
 ]
 
-# The reference keeps 60 .status/.settings files in the agent's folders.
-DEFAULT_RETENTION_KEEP = 60
-DEFAULT_RETENTION_DAYS = 90.0
+# The reference keeps 60 .status/.settings files in the agent's folders (the
+# values live in core/defaults.py, which --help reads without this module).
+DEFAULT_RETENTION_KEEP = defaults.DEFAULT_RETENTION_KEEP
+DEFAULT_RETENTION_DAYS = defaults.DEFAULT_RETENTION_DAYS
 _DAY = 86400.0
 
 

@@ -10,25 +10,30 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from snapshot_runtime import __version__
 from snapshot_runtime.core.defaults import (
     DEFAULT_FREEZE_TIMEOUT,
+    DEFAULT_LOG_PATH,
     DEFAULT_RUN_DIR,
+    DEFAULT_SNAPSHOT_BACKENDS,
+    DEFAULT_SPOOL_MAX_BYTES,
     DEFAULT_STATE_DIR,
+    REFERENCE_NAME,
 )
 from snapshot_runtime.core.errors import ErrorCode, SnapshotError
 from snapshot_runtime.core.phases import PhaseRecord
-from snapshot_runtime.freeze.state import FreezeResult
-from snapshot_runtime.job.status_document import REFERENCE_NAME
-from snapshot_runtime.job.workload import WorkloadOutcome
-from snapshot_runtime.scripts.runner import ScriptResult
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
-from snapshot_runtime.snapshot.registry import DEFAULT_BACKENDS
-from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
-from snapshot_runtime.telemetry.job_log import DEFAULT_LOG_PATH
-from snapshot_runtime.telemetry.spool import DEFAULT_MAX_BYTES
+
+if TYPE_CHECKING:
+    # Only named in the report's fields: a job's start-up (JobOptions, before
+    # its first phase) must not import the freezer, the script runner or the
+    # workload quiescers for them (issue 15, docs/startup.md).
+    from snapshot_runtime.freeze.state import FreezeResult
+    from snapshot_runtime.job.workload import WorkloadOutcome
+    from snapshot_runtime.scripts.runner import ScriptResult
+    from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
 
 __all__ = [
     "SNAPSHOT_DEADLINE_MARGIN",
@@ -73,12 +78,12 @@ class JobOptions:
     blob_policy: BlobPolicy = field(default_factory=BlobPolicy)
     # Snapshot backends by registry name, in order of preference: the first
     # whose decide() accepts is used (docs/snapshot-backends.md).
-    snapshot_backends: tuple[str, ...] = DEFAULT_BACKENDS
+    snapshot_backends: tuple[str, ...] = DEFAULT_SNAPSHOT_BACKENDS
     console: TextIO | None = None
     # Telemetry (docs/telemetry.md). spool_dir None: <run_dir>/spool.
     telemetry: bool = True
     spool_dir: str | None = None
-    spool_max_bytes: int = DEFAULT_MAX_BYTES
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     traceparent: str | None = None
     otlp_endpoint: str | None = None
     otlp_timeout_seconds: float = 5.0

@@ -31,36 +31,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from snapshot_runtime.core.consistency import (
-    Verdict,
-    decide_after_pre_script,
-    job_refused,
-    settings_rejected,
-)
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
 from snapshot_runtime.core.interrupt import JobInterrupted, interrupt_name
 from snapshot_runtime.core.phases import PhaseRecorder
 from snapshot_runtime.core.redact import Redactor
 from snapshot_runtime.core.window import WindowObserver
-from snapshot_runtime.freeze.freezer import Freezer, FreezerFactory
-from snapshot_runtime.freeze.mounts import FreezePlan, parse_mountinfo, plan_freeze, read_mountinfo
-from snapshot_runtime.freeze.session import FreezeSession
 from snapshot_runtime.inputs.machine import machine_id
-from snapshot_runtime.inputs.plugin_config import load_plugin_config
 from snapshot_runtime.inputs.plugin_config_file import find_config_path
 from snapshot_runtime.inputs.settings import HandlerSettings, load_settings_file
-from snapshot_runtime.inputs.workload_conf import (
-    DEFAULT_WORKLOAD_CONF,
-    WORKLOAD_CONF_ENV,
-    load_workload_conf,
-)
-from snapshot_runtime.job.frozen_window import FrozenWindowSequence
 from snapshot_runtime.job.lock import JOB_LOCK_FILE, JobLock, LockHolder
 from snapshot_runtime.job.records import JobOptions, JobReport
 from snapshot_runtime.job.state import (
@@ -72,21 +57,30 @@ from snapshot_runtime.job.state import (
     post_script_due,
     script_error,
 )
-from snapshot_runtime.job.status_document import TEMP_TERMINAL_CODE, TEMP_TERMINAL_MESSAGE
-from snapshot_runtime.job.status_report import JobStatusWriter, StatusName
-from snapshot_runtime.job.workload import WorkloadSession
-from snapshot_runtime.scripts.runner import ScriptResult, run_script
-from snapshot_runtime.snapshot.backend import SnapshotterFactory
-from snapshot_runtime.snapshot.host import plan_host_mode
-from snapshot_runtime.snapshot.registry import BACKENDS
 from snapshot_runtime.telemetry.job_log import JobLog
 from snapshot_runtime.telemetry.job_telemetry import JobTelemetry, TelemetryOptions
 from snapshot_runtime.telemetry.record import RecordFacts
-from snapshot_runtime.telemetry.span_attributes import root_attributes
 from snapshot_runtime.telemetry.spool_recovery import recover_interrupted
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
+
+    from snapshot_runtime.core.consistency import Verdict
+    from snapshot_runtime.freeze.freezer import Freezer, FreezerFactory
+    from snapshot_runtime.freeze.mounts import FreezePlan
+    from snapshot_runtime.job.status_report import JobStatusWriter, StatusName
+    from snapshot_runtime.job.workload import WorkloadSession
+    from snapshot_runtime.scripts.runner import ScriptResult
+    from snapshot_runtime.snapshot.backend import SnapshotterFactory
+
+# Start-up (issue 15, docs/startup.md): what the first phase does not need is
+# imported where it is first needed (the plugin config and workload.conf
+# readers, the status writer, the mount planner, the freeze session, the
+# frozen-window sequence, the script runner, the quiescers, the host mode
+# planner, the backend table, the verdict rules): after the first phase and
+# always before the first FIFREEZE
+# (tests/job/test_startup_imports.py). Never inside the frozen window, where an
+# import is file I/O.
 
 __all__ = [
     "run_job",
@@ -99,11 +93,11 @@ class _Job:
         options: JobOptions,
         *,
         span_exporter: SpanExporter | None = None,
-        backends: Mapping[str, SnapshotterFactory] = BACKENDS,
+        backends: Mapping[str, SnapshotterFactory] | None = None,
         freezer_factory: FreezerFactory | None = None,
     ) -> None:
         self.options = options
-        self.backends = backends
+        self.backends = backends  # None: registry.BACKENDS, looked up before the freeze
         self.freezer_factory = freezer_factory
         self.redactor = Redactor()
         self.backend_names: tuple[str, ...] = ()  # set by the host mode decision
@@ -151,14 +145,6 @@ class _Job:
             redactor=self.redactor,
             console=options.console,
         )
-        self.status = JobStatusWriter(
-            options,
-            self.state,
-            phases=self.phases,
-            log=self.log,
-            redactor=self.redactor,
-            machine_id=self.machine_id,
-        )
         self.telemetry: JobTelemetry | None = None
         if options.telemetry:
             self.telemetry = JobTelemetry(
@@ -183,6 +169,20 @@ class _Job:
                 started_at=self.started_at,
                 started_monotonic=self.started,
             )
+
+    @functools.cached_property
+    def status(self) -> JobStatusWriter:
+        """Built at the first status write (the status document's modules: see top)."""
+        from snapshot_runtime.job.status_report import JobStatusWriter  # noqa: PLC0415
+
+        return JobStatusWriter(
+            self.options,
+            self.state,
+            phases=self.phases,
+            log=self.log,
+            redactor=self.redactor,
+            machine_id=self.machine_id,
+        )
 
     # -- phases ---------------------------------------------------------
 
@@ -218,6 +218,8 @@ class _Job:
         Only for settings carrying host inputs (includedDisks, snapshotTaskToken);
         a contradictory disk request is refused like invalid settings.
         """
+        from snapshot_runtime.snapshot.host import plan_host_mode  # noqa: PLC0415 - see top
+
         choice, names, why = plan_host_mode(settings)
         if not names:
             raise ConfigError(ErrorCode.INVALID_DISK_LIST, why)
@@ -233,6 +235,8 @@ class _Job:
             self.log.phase("settings").warning("ignored: {}", note)
 
     def load_plugin_config(self) -> None:
+        from snapshot_runtime.inputs.plugin_config import load_plugin_config  # noqa: PLC0415
+
         log = self.log.phase("plugin_config")
         with self.phases.phase("plugin_config") as ph:
             explicit = self.options.config_path
@@ -263,6 +267,12 @@ class _Job:
 
     def load_workload(self) -> None:
         """workload.conf naming a database replaces the pre/post scripts (docs/workloads.md)."""
+        from snapshot_runtime.inputs.workload_conf import (  # noqa: PLC0415 - see top
+            DEFAULT_WORKLOAD_CONF,
+            WORKLOAD_CONF_ENV,
+            load_workload_conf,
+        )
+
         path = os.environ.get(WORKLOAD_CONF_ENV) or DEFAULT_WORKLOAD_CONF
         conf = load_workload_conf(path)
         settings = self.state.settings
@@ -279,6 +289,8 @@ class _Job:
             return
         self.redactor.add(conf.secrets)
         self.state.workload_conf = conf
+        from snapshot_runtime.job.workload import WorkloadSession  # noqa: PLC0415 - see top
+
         self.workload = WorkloadSession(conf, phases=self.phases, log=self.log)
         self.state.workload = self.workload.outcome
         log.info(
@@ -301,6 +313,12 @@ class _Job:
             )
 
     def plan_mounts(self) -> FreezePlan:
+        from snapshot_runtime.freeze.mounts import (  # noqa: PLC0415 - see top
+            parse_mountinfo,
+            plan_freeze,
+            read_mountinfo,
+        )
+
         mounts = parse_mountinfo(read_mountinfo(self.options.mountinfo_path))
         return plan_freeze(
             mounts,
@@ -309,6 +327,8 @@ class _Job:
         )
 
     def run_script_phase(self, which: str) -> ScriptResult | None:
+        from snapshot_runtime.scripts.runner import run_script  # noqa: PLC0415 - see top
+
         config = self.state.config
         assert config is not None
         spec = config.pre if which == "pre" else config.post
@@ -359,6 +379,10 @@ class _Job:
     def freeze_and_snapshot(self, freeze_enabled: bool) -> None:
         # Subscription order: telemetry flushes before the gate closes, and the
         # gate releases the held lines before telemetry writes its spans.
+        # Before the freeze: FrozenWindowSequence imports the backends' modules.
+        from snapshot_runtime.job.frozen_window import FrozenWindowSequence  # noqa: PLC0415
+        from snapshot_runtime.snapshot.registry import BACKENDS  # noqa: PLC0415
+
         observers: list[WindowObserver] = []
         if self.workload is not None:
             # First: it quiesces before the log gate closes, releases after it reopens.
@@ -375,7 +399,7 @@ class _Job:
                 self.state,
                 log=self.log,
                 phases=self.phases,
-                backends=self.backends,
+                backends=self.backends if self.backends is not None else BACKENDS,
                 freezer_factory=self.freezer_factory or self.default_freezer,
                 observers=observers,
             ).run(freeze_enabled)
@@ -385,6 +409,9 @@ class _Job:
 
     def default_freezer(self, plan: FreezePlan) -> Freezer:
         """A ``FreezeSession`` whose watchdog reports to the spool (docs/spool.md)."""
+        # Called by FrozenWindowSequence to build the freezer, before it freezes.
+        from snapshot_runtime.freeze.session import FreezeSession  # noqa: PLC0415
+
         spool = self.telemetry.spool if self.telemetry else None
         wanted = spool.watchdog_dir if spool is not None else self.options.run_dir
         report_dir: str | None = wanted
@@ -429,6 +456,8 @@ class _Job:
             f"another job is running: {who} holds the single-job lock; this job for task "
             f"{self.state.task_id} starts nothing (one freeze at a time)"
         )
+        from snapshot_runtime.core.consistency import job_refused  # noqa: PLC0415 - see top
+
         final = job_refused(ErrorCode.JOB_ALREADY_RUNNING)
         self.final = final
         self.log.phase("job").error("{}", message)
@@ -459,6 +488,8 @@ class _Job:
         telemetry = self.telemetry
         if telemetry is None or telemetry.ended:
             return
+        from snapshot_runtime.telemetry.span_attributes import root_attributes  # noqa: PLC0415
+
         self.final = final
         freeze = self.state.freeze
         snap = self.state.snapshot
@@ -494,6 +525,11 @@ class _Job:
 
     def _run(self) -> JobReport:
         settings_ok = self.load_settings()
+        from snapshot_runtime.core.consistency import (  # noqa: PLC0415 - see top
+            decide_after_pre_script,
+            settings_rejected,
+        )
+
         for line in self.recovered:
             self.log.phase("recover").warning("{}", line)
         if not settings_ok:
@@ -513,6 +549,12 @@ class _Job:
                 self.lock.set_holder(pid=os.getpid(), task_id=settings.task_id, seq=None)
         self.load_plugin_config()
         self.load_workload()
+        from snapshot_runtime.freeze.mounts import FreezePlan  # noqa: PLC0415 - see top
+        from snapshot_runtime.job.status_document import (  # noqa: PLC0415
+            TEMP_TERMINAL_CODE,
+            TEMP_TERMINAL_MESSAGE,
+        )
+
         with self.phases.phase("status_start") as ph:
             # The reference's interim report: "success" with code 4 (status_document).
             ph.attributes["status"] = "success"
@@ -606,14 +648,14 @@ def run_job(
     *,
     on_report: Callable[[JobReport], None] | None = None,
     span_exporter: SpanExporter | None = None,
-    backends: Mapping[str, SnapshotterFactory] = BACKENDS,
+    backends: Mapping[str, SnapshotterFactory] | None = None,
     freezer_factory: FreezerFactory | None = None,
 ) -> JobReport:
     """Run one snapshot job to completion; never raises for job failures.
 
     ``span_exporter`` receives every span of the job once, after the job
     (after the thaw), in addition to the spool and OTLP (tests, embedders).
-    ``backends``: the snapshot backend table (``registry.BACKENDS``), where
+    ``backends``: the snapshot backend table (None: ``registry.BACKENDS``), where
     ``options.snapshot_backends`` names are looked up; ``freezer_factory``
     builds the ``Freezer`` for the plan (default: a ``FreezeSession`` with the
     thaw watchdog).

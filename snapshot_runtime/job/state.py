@@ -10,23 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from snapshot_runtime.core.consistency import ConfigState, Verdict, verdict
 from snapshot_runtime.core.errors import ConfigError, ErrorCode
 from snapshot_runtime.core.phases import PhaseRecord
-from snapshot_runtime.freeze.mounts import FreezePlan
-from snapshot_runtime.freeze.state import FreezeResult
-from snapshot_runtime.inputs.plugin_config import PluginConfig
 from snapshot_runtime.inputs.settings import HandlerSettings
-from snapshot_runtime.inputs.workload_conf import WorkloadConf
 from snapshot_runtime.job.records import GuestAttempt, JobReport
-from snapshot_runtime.job.workload import WorkloadOutcome
-from snapshot_runtime.scripts.runner import ScriptResult
-from snapshot_runtime.snapshot.host import HostSnapshotResult, fallback_reason, snapshot_path
-from snapshot_runtime.snapshot.registry import BackendDeclined
-from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
 from snapshot_runtime.telemetry.record import RecordFacts
+
+if TYPE_CHECKING:
+    from snapshot_runtime.core.consistency import ConfigState, Verdict
+
+    # Only named in annotations: the job's state is built at start-up, before
+    # the freezer, the script runner and the quiescers are imported (docs/startup.md).
+    from snapshot_runtime.freeze.mounts import FreezePlan
+    from snapshot_runtime.freeze.state import FreezeResult
+    from snapshot_runtime.inputs.plugin_config import PluginConfig
+    from snapshot_runtime.inputs.workload_conf import WorkloadConf
+    from snapshot_runtime.job.workload import WorkloadOutcome
+    from snapshot_runtime.scripts.runner import ScriptResult
+    from snapshot_runtime.snapshot.registry import BackendDeclined
+    from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
 
 __all__ = [
     "JobState",
@@ -122,10 +126,16 @@ def post_script_due(state: JobState) -> bool:
 
 def job_verdict(state: JobState) -> Verdict:
     """``consistency.verdict`` over the facts the phases gathered."""
+    from snapshot_runtime.core.consistency import verdict  # noqa: PLC0415 - at the end
+
     config = state.config
     snap = state.snapshot
     freeze = state.freeze
     disks_total = len(state.settings.disk_sas_urls) if state.settings else 0
+    # The host path's module (and http.client under it) is not a start-up
+    # import (docs/startup.md); the job imported it before any freeze.
+    from snapshot_runtime.snapshot.host import HostSnapshotResult  # noqa: PLC0415
+
     if isinstance(snap, HostSnapshotResult):
         # The host path has no guest disk URL: its disks are the LUNs it asked for.
         disks_total = len(snap.disks)
@@ -158,6 +168,8 @@ def job_verdict(state: JobState) -> Verdict:
 def _workload_verdict(state: JobState, disks_total: int) -> Verdict:
     """A named workload replaces the scripts (as in the reference): the freeze
     always runs, and the quiesce's success, not a script's, decides application."""
+    from snapshot_runtime.core.consistency import verdict  # noqa: PLC0415 - at the end
+
     snap = state.snapshot
     freeze = state.freeze
     outcome = state.workload
@@ -308,6 +320,8 @@ def job_record_facts(
     """The job's part of the telemetry record (telemetry adds its own counters)."""
     snap = state.snapshot
     plan = state.plan
+    from snapshot_runtime.snapshot.host import fallback_reason, snapshot_path  # noqa: PLC0415
+
     return RecordFacts(
         task_id=state.task_id,
         started_at=started_at,

@@ -75,6 +75,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from snapshot_runtime.core import defaults
 from snapshot_runtime.core.atomic_file import write_atomic
 from snapshot_runtime.core.consistency import Consistency
 from snapshot_runtime.core.errors import Health
@@ -102,7 +103,7 @@ ARM_VM_TYPE = "microsoft.compute/virtualmachines"
 TEMP_TERMINAL_CODE = 4
 TEMP_TERMINAL_MESSAGE = "Transitioning state in extension"
 # The published extension name (reference VMBackup/manifest.xml).
-REFERENCE_NAME = "Microsoft.Azure.RecoveryServices.VMSnapshotLinux"
+REFERENCE_NAME = defaults.REFERENCE_NAME
 STATUS_FILE_MODE = 0o600
 
 _STATUSES = frozenset({"transitioning", "success", "error"})

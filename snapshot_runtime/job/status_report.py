@@ -30,7 +30,6 @@ from snapshot_runtime.job.status_document import (
     write_status_file,
 )
 from snapshot_runtime.snapshot.failures import BlobOpError
-from snapshot_runtime.snapshot.host import HostSnapshotResult, host_telemetry
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult
 from snapshot_runtime.telemetry.job_log import JobLog
 
@@ -64,6 +63,9 @@ def status_snapshots(
     The host path reports the host's entries as the reference maps them
     (``HostSnapshotResult.status_entries``, docs/host-snapshot.md).
     """
+    # Not a start-up import (docs/startup.md): loaded by the job before any freeze.
+    from snapshot_runtime.snapshot.host import HostSnapshotResult  # noqa: PLC0415
+
     if isinstance(snapshot, HostSnapshotResult):
         return [dict(entry) for entry in snapshot.status_entries]
     return [
@@ -123,6 +125,8 @@ def status_telemetry(
     if state.status_upload.startswith("failed"):
         data["statusBlobUploadError"] = state.status_upload
     declined = [(d.name, d.reason) for d in state.backends_declined]
+    from snapshot_runtime.snapshot.host import host_telemetry  # noqa: PLC0415
+
     data.update(host_telemetry(state.snapshot, state.backend, declined))
     workload = workload_facts(state.workload)
     if workload is not None:
@@ -204,12 +208,12 @@ class JobStatusWriter:
         if not self.options.upload_status:
             state.status_upload = "skipped: UploadStatusAndLog is off"
             return
-        # The Azure SDK and requests (~40 ms, ~10 MiB) only when a status is
-        # uploaded: a job that never uploads never imports them (issue 15).
-        from snapshot_runtime.snapshot.blob_requests import upload_block_blob  # noqa: PLC0415
+        # Not through the Azure SDK (~35 MiB, ~40 ms to import): status_upload.py;
+        # http.client and ssl under it are not start-up imports either (docs/startup.md).
+        from snapshot_runtime.job.status_upload import upload_status_blob  # noqa: PLC0415
 
         try:
-            upload_block_blob(
+            upload_status_blob(
                 settings.status_blob_uri, render(doc), policy=self.options.blob_policy
             )
             state.status_upload = "ok"

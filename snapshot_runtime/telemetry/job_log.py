@@ -31,14 +31,17 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
-from loguru import logger as _root_logger
+from snapshot_runtime.core import defaults
+from snapshot_runtime.telemetry.loguru_logger import root_logger
 
 if TYPE_CHECKING:
     from loguru import Logger, Message, Record
 
+_root_logger = root_logger()
+
 __all__ = ["DEFAULT_LOG_PATH", "FreezeGate", "GatedSink", "JobLog", "LineSink"]
 
-DEFAULT_LOG_PATH = "/var/log/azure/Microsoft.Azure.RecoveryServices.VMSnapshotLinux/extension.log"
+DEFAULT_LOG_PATH = defaults.DEFAULT_LOG_PATH
 
 _RESERVED = {"task_id", "trace_id", "span_id", "phase", "seq", "json", "job_log"}
 

@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from snapshot_runtime.core import defaults
 from snapshot_runtime.core.atomic_file import write_atomic
 from snapshot_runtime.telemetry.sealing import parse_versions
 from snapshot_runtime.telemetry.spool_schema import (
@@ -67,7 +68,7 @@ __all__ = [
     "record_bytes",
 ]
 
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_BYTES = defaults.DEFAULT_SPOOL_MAX_BYTES
 _MAX_DIR_SUFFIX = 1000
 
 

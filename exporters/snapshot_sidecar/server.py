@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import hashlib
 import hmac
 import logging
@@ -167,17 +166,16 @@ class _Handler(BaseHTTPRequestHandler):
                 {"WWW-Authenticate": 'Basic realm="snapshot-sidecar"'},
             )
             return
+        compress = gzip_accepted(self.headers.get("Accept-Encoding", ""))
         try:
-            body, content_type = self.server.exposition.render(self.headers.get("Accept", ""))
+            body, content_type = self.server.exposition.render(
+                self.headers.get("Accept", ""), gzip=compress
+            )
         except Exception:
             _log.exception("rendering /metrics failed")
             self._send(500, b"error\n", "text/plain; charset=utf-8")
             return
-        headers = {}
-        if gzip_accepted(self.headers.get("Accept-Encoding", "")):
-            body = gzip.compress(body, compresslevel=5)
-            headers["Content-Encoding"] = "gzip"
-        self._send(200, body, content_type, headers)
+        self._send(200, body, content_type, {"Content-Encoding": "gzip"} if compress else None)
 
     def _send(
         self, code: int, body: bytes, content_type: str, headers: Mapping[str, str] | None = None

@@ -7,16 +7,25 @@ import datetime as dt
 import gzip
 import ipaddress
 import ssl
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from snapshot_sidecar.collectors import build_registry, stable_collectors, volatile_registry
+from snapshot_sidecar.exposition import CachedExposition
 from snapshot_sidecar.server import (
     BasicAuth,
     MetricsServer,
@@ -24,9 +33,13 @@ from snapshot_sidecar.server import (
     parse_listen,
     tls_context,
 )
+from snapshot_sidecar.sidecar import Sidecar
+from snapshot_sidecar.state import Ledger
 
+from snapshot_runtime import __version__
 from tests.sidecar.conftest import Rig
 
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 SAS_SIG = "sig=Zm9vYmFyc2VjcmV0c2lnbmF0dXJlMTIzNDU2Nzg5MA%3D%3D"
 
 
@@ -199,3 +212,106 @@ def test_cached_exposition_renders_once_per_state_version(rig: Rig) -> None:
     assert exposition.misses == 2 and b"vmsnap_sidecar_records_ingested_total 1.0" in third
     text, text_type = exposition.render("")
     assert text_type.startswith("text/plain") and b"# EOF" not in text
+
+
+class _Fixed:
+    """A volatile part whose value does not change (the process collector's does)."""
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily("process_open_fds", "Number of open file descriptors.")
+        gauge.add_metric([], 7.0)
+        yield gauge
+
+
+def _stable_collectors(sidecar: Sidecar) -> list[Any]:
+    from snapshot_sidecar.collectors import BuildInfoCollector, ValuesCollector
+
+    ledger = sidecar.ledger
+    return [ValuesCollector(lambda: ledger.published), BuildInfoCollector(__version__)]
+
+
+def _registry(*collectors: Any) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in collectors:
+        registry.register(collector)
+    return registry
+
+
+def _assert_bodies_match_generate_latest(
+    exposition: CachedExposition, everything: CollectorRegistry
+) -> None:
+    for accept, reference in (
+        ("", generate_latest(everything)),
+        (OPENMETRICS, openmetrics_latest(everything)),
+    ):
+        body, _ = exposition.render(accept)
+        assert body == reference
+        compressed, _ = exposition.render(accept, gzip=True)
+        assert compressed[:2] == b"\x1f\x8b" and gzip.decompress(compressed) == reference
+
+
+def test_cached_body_is_byte_identical_to_prometheus_client(rig: Rig) -> None:
+    job = rig.gen.job("with-exemplars", error="Pre-ScriptTimeout", outcome="failed")
+    rig.gen.log_lines(job, 3)
+    sidecar = rig.sidecar()
+    sidecar.ingest()
+    stable = _stable_collectors(sidecar)
+    everything = _registry(*stable, _Fixed())
+    ledger = sidecar.ledger
+    exposition = CachedExposition(_registry(*stable), _registry(_Fixed()), lambda: ledger.version)
+    _assert_bodies_match_generate_latest(exposition, everything)  # rendered on the scrape
+    _assert_bodies_match_generate_latest(exposition, everything)  # from the cache
+    assert exposition.renders == 2  # one per format, gzip from the same rendering
+    # With the renderer thread, after a commit (and alone: no volatile part).
+    stop = threading.Event()
+    alone = CachedExposition(_registry(*stable), None, lambda: ledger.version)
+    alone.start_renderer(ledger.changed, stop)
+    try:
+        rig.gen.job("second")
+        sidecar.ingest()
+        _wait_rendered(alone, ledger)
+        _assert_bodies_match_generate_latest(alone, _registry(*stable))
+        assert alone.misses == 0
+    finally:
+        stop.set()
+        ledger.changed.set()
+
+
+def _wait_rendered(exposition: CachedExposition, ledger: Ledger) -> None:
+    deadline = time.monotonic() + 10
+    while not exposition.rendered(ledger.version):
+        assert time.monotonic() < deadline, "the renderer did not render the last commit"
+        time.sleep(0.01)
+
+
+def test_renderer_thread_renders_commits_so_scrapes_never_render(rig: Rig) -> None:
+    sidecar = rig.sidecar()
+    ledger = sidecar.ledger
+    exposition = CachedExposition(
+        build_registry(stable_collectors(lambda: ledger.published, __version__)),
+        volatile_registry(),
+        lambda: ledger.version,
+    )
+    stop = threading.Event()
+    thread = exposition.start_renderer(ledger.changed, stop)
+    try:
+        _wait_rendered(exposition, ledger)
+        first, _ = exposition.render(OPENMETRICS)
+        assert b"vmsnap_sidecar_records_ingested_total 0.0" in first
+        for n in (1, 2, 3):
+            rig.gen.job(f"job-{n}")
+            sidecar.ingest()  # one commit: the renderer renders it, not the scrape
+            _wait_rendered(exposition, ledger)
+            for accept in ("", OPENMETRICS):
+                body, _ = exposition.render(accept)
+                assert f"vmsnap_sidecar_records_ingested_total {n}.0".encode() in body
+                assert b"process_resident_memory_bytes" in body  # volatile, per scrape
+                zipped, _ = exposition.render(accept, gzip=True)
+                assert gzip.decompress(zipped).startswith(body[:200])
+        assert exposition.misses == 0 and exposition.hits == 13
+        assert first.count(b"# EOF\n") == 1 and first.endswith(b"# EOF\n")
+    finally:
+        stop.set()
+        ledger.changed.set()
+    thread.join(5)
+    assert not thread.is_alive()

@@ -242,7 +242,7 @@ def _assert_bodies_match_generate_latest(
 ) -> None:
     for accept, reference in (
         ("", generate_latest(everything)),
-        (OPENMETRICS, openmetrics_latest(everything)),
+        (OPENMETRICS, openmetrics_latest(everything)),  # type: ignore[no-untyped-call]
     ):
         body, _ = exposition.render(accept)
         assert body == reference

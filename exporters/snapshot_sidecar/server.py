@@ -148,6 +148,11 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
     timeout = 30.0  # per-connection socket timeout (idle keep-alive, slow clients)
+    # Buffered: the status line, headers and body leave in one send when the
+    # handler flushes (unbuffered, the body was a second small write that
+    # Nagle's algorithm may hold until the client's delayed ACK on a kept-alive
+    # connection, tens of ms).
+    wbufsize = 256 * 1024
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]

@@ -8,10 +8,11 @@
   path])`` on the same file, under the same load (it blocks in waitpid:
   the floor of any runner). Goal (issue 15): p95 <= 10 ms under the busy
   loops. ``--repeats`` times idle then busy; the p95 is of every sample of
-  every repeat (pooled), beside each repeat's own p95 and load average. Two ``VERDICT`` lines: completion detection proper
-  (the script's last command writes the wall clock to a file; from then to
-  ``run_script``'s return) and the whole call minus the sleep (spawn, trust
-  checks and detection: what the issue's figures measured).
+  every repeat (pooled), beside each repeat's own p95 and load average.
+  Two ``VERDICT`` lines: completion detection proper (the script's last
+  command writes the wall clock to a file; from then to ``run_script``'s
+  return) and the whole call minus the sleep (spawn, trust checks and
+  detection: what the issue's figures measured).
 * Memory for 100 MB of output: peak RSS (VmHWM) growth of a fresh Python
   process running the script once, after a warm-up run of a script that
   prints one line (so imports are not counted). Baseline: the same

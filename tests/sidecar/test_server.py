@@ -315,3 +315,48 @@ def test_renderer_thread_renders_commits_so_scrapes_never_render(rig: Rig) -> No
         ledger.changed.set()
     thread.join(5)
     assert not thread.is_alive()
+
+
+class _Recording:
+    """A volatile part that records the thread each collection ran on."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    def collect(self) -> Iterator[Metric]:
+        self.threads.append(threading.current_thread().name)
+        yield from _Fixed().collect()
+
+
+def test_renderer_refreshes_the_volatile_part_so_scrapes_read_no_proc(rig: Rig) -> None:
+    sidecar = rig.sidecar()
+    ledger = sidecar.ledger
+    recording = _Recording()
+    exposition = CachedExposition(
+        _registry(*_stable_collectors(sidecar)), _registry(recording), lambda: ledger.version
+    )
+    stop = threading.Event()
+    thread = exposition.start_renderer(ledger.changed, stop)
+    try:
+        _wait_rendered(exposition, ledger)
+        for _ in range(20):
+            for accept in ("", OPENMETRICS):
+                body, _ = exposition.render(accept, gzip=False)
+                assert body.endswith(b"process_open_fds 7.0\n" if not accept else b"# EOF\n")
+        assert set(recording.threads) == {"metrics-render"}
+        # Refreshed by the renderer every VOLATILE_REFRESH_SECONDS, not once.
+        seen = len(recording.threads)
+        deadline = time.monotonic() + 10
+        while len(recording.threads) == seen:
+            assert time.monotonic() < deadline, "the volatile part was never refreshed"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        ledger.changed.set()
+    thread.join(5)
+    # Without the renderer a scrape renders the volatile part itself, every time.
+    before = len(recording.threads)
+    exposition.render("")
+    exposition.render("")
+    assert len(recording.threads) == before + 2
+    assert recording.threads[-1] == threading.current_thread().name

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import gzip
 import ipaddress
+import socket
 import ssl
 import threading
 import time
@@ -360,3 +361,103 @@ def test_renderer_refreshes_the_volatile_part_so_scrapes_read_no_proc(rig: Rig) 
     exposition.render("")
     assert len(recording.threads) == before + 2
     assert recording.threads[-1] == threading.current_thread().name
+
+
+def _raw(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _exchange(server: MetricsServer, request: bytes, *, pause_after: int | None = None) -> bytes:
+    """Send ``request`` (in two parts with a pause when asked) and read until close."""
+    with socket.create_connection(server.address, timeout=10) as sock:
+        if pause_after is None:
+            sock.sendall(request)
+        else:
+            sock.sendall(request[:pause_after])
+            time.sleep(0.3)  # the accept thread has seen an incomplete head by now
+            sock.sendall(request[pause_after:])
+        return _raw(sock)
+
+
+def _split(response: bytes) -> tuple[str, dict[str, str], bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return status, headers, body
+
+
+def _get_request(path: str, *extra: str) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: x", "Connection: close", *extra, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def test_scrapes_answered_on_the_accept_thread_match_the_threaded_answers() -> None:
+    server = MetricsServer(_registry(_Fixed()), "127.0.0.1:0")
+    server.start()
+    try:
+        for path, extra in (
+            ("/metrics", ()),
+            ("/metrics", (f"Accept: {OPENMETRICS}", "Accept-Encoding: gzip")),
+            ("/metrics?x=1", ("accept-encoding: identity",)),
+            ("/healthz", ()),
+            ("/nope", ()),
+        ):
+            request = _get_request(path, *extra)
+            inline = _split(_exchange(server, request))
+            threaded = _split(_exchange(server, request, pause_after=5))
+            assert inline[1]["connection"] == "close" and "connection" not in threaded[1]
+            assert inline[0] == threaded[0]
+            for name in ("content-type", "content-length", "content-encoding", "server"):
+                assert inline[1].get(name) == threaded[1].get(name), name
+            assert inline[2] == threaded[2] and len(inline[2]) == int(inline[1]["content-length"])
+        status, _, body = _split(_exchange(server, _get_request("/metrics")))
+        assert status == "HTTP/1.1 200 OK" and body == generate_latest(_registry(_Fixed()))
+        # Not a simple GET: the threaded handler answers, as before.
+        post = (
+            b"POST /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        assert _exchange(server, post).startswith(b"HTTP/1.1 501 ")
+    finally:
+        server.close()
+
+
+class _Large:
+    """An exposition of a few MB: more than a socket buffer holds."""
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily("big", "A large family.", labels=["n"])
+        for n in range(40_000):
+            gauge.add_metric([f"{n:060d}"], float(n))
+        yield gauge
+
+
+def test_a_slow_client_holds_up_no_other_scrape() -> None:
+    server = MetricsServer(_registry(_Large()), "127.0.0.1:0")
+    server.start()
+    try:
+        # One client sends half a request, one sends a whole one and reads nothing.
+        half = socket.create_connection(server.address, timeout=30)
+        half.sendall(b"GET /metr")
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.settimeout(30)
+        stalled.connect(server.address)
+        stalled.sendall(_get_request("/metrics"))
+        time.sleep(0.3)
+        # Others are still answered in full, inline.
+        for _ in range(2):
+            status, headers, body = _split(_exchange(server, _get_request("/healthz")))
+            assert status == "HTTP/1.1 200 OK" and body == b"ok\n"
+        # The stalled reader gets the whole body once it reads.
+        status, headers, body = _split(_raw(stalled))
+        assert status == "HTTP/1.1 200 OK" and len(body) == int(headers["content-length"]) > 2**21
+        half.sendall(b"ics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status, _, body = _split(_raw(half))
+        assert status == "HTTP/1.1 200 OK" and body.startswith(b"# HELP big")
+        half.close()
+        stalled.close()
+    finally:
+        server.close()

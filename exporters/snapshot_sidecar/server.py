@@ -16,7 +16,14 @@
 * What is served is the registry's metrics: label values are bounded enums,
   no task id, VM, URL or SAS ever appears (the catalogue has no such label).
 
-Threads: one per connection (``ThreadingHTTPServer``, daemon threads).
+Threads: a plain-HTTP GET whose request head has fully arrived by the time
+it is accepted (every scraper's, in practice) is answered on the accept
+thread itself, with ``Connection: close``: the body is cached bytes (see
+``exposition``), so this is four system calls, and no thread is started and
+waited for. Everything else (TLS, basic auth, a request still arriving,
+another method, a kept-alive connection's next request) gets a thread per
+connection (``ThreadingHTTPServer``, daemon threads), as does the rest of a
+response a slow reader has not taken.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ For each it measures the latency of ``GET /metrics`` (sequential requests
 from this process, a new connection each, in three formats: Prometheus text,
 OpenMetrics, and OpenMetrics with ``Accept-Encoding: gzip``, which is what a
 Prometheus server asks for) in ``--rounds`` rounds of ``--requests`` per
-format, and the sidecar's RSS (/proc/<pid>/status VmRSS). A figure is the p99
+format, each round lasting ``--round-seconds`` (1.5) at least, and the
+sidecar's RSS (/proc/<pid>/status VmRSS). A figure is the p99
 of every sample of every round (pooled), beside the spread of the per-round
 p99s (min/median/max) and the load average, so one noisy round neither hides
 nor fakes a result. Then, on the loaded sidecar, the ingest lag: one job at a
@@ -23,7 +24,8 @@ pass (reads, commits, cleanup). Goals: p99 ≤ 10 ms after 10,000 jobs and
 while ingesting 100 jobs/s (issue 15), RSS ≤ 80 MB (issue 5).
 
 Prints figures, ratios and ``VERDICT`` lines; no assertions.
-Run: ``.venv/bin/python -m benchmarks.sidecar_metrics [--jobs N] [--requests N] [--rounds N]``.
+Run: ``.venv/bin/python -m benchmarks.sidecar_metrics [--jobs N] [--requests N] [--rounds N]
+[--round-seconds S]``.
 """
 
 from __future__ import annotations
@@ -142,10 +144,14 @@ FORMATS = (
 )
 
 
-def _latencies_ms(base: str, n: int, fmt: Format) -> tuple[list[float], int]:
+def _latencies_ms(
+    base: str, n: int, fmt: Format, min_seconds: float = 0.0
+) -> tuple[list[float], int]:
+    """At least ``n`` scrapes, and for at least ``min_seconds``."""
     samples = []
     size = 0
-    for _ in range(n):
+    until = time.perf_counter() + min_seconds
+    while len(samples) < n or time.perf_counter() < until:
         start = time.perf_counter()
         size = len(_get(base + "/metrics", fmt.accept, gzip_ok=fmt.gzip))
         samples.append((time.perf_counter() - start) * 1000)
@@ -161,8 +167,11 @@ def _load() -> str:
     return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
-def _measure(label: str, base: str, pid: int, requests: int, rounds: int) -> dict[str, float]:
-    """``rounds`` rounds of ``requests`` per format; pooled p99 and the per-round spread."""
+def _measure(
+    label: str, base: str, pid: int, requests: int, rounds: int, round_seconds: float
+) -> dict[str, float]:
+    """``rounds`` rounds of ``requests`` per format (a round lasting ``round_seconds``
+    at least); pooled p99 and the per-round spread."""
     for fmt in FORMATS:
         _latencies_ms(base, 10, fmt)  # warm up
     pooled: dict[str, list[float]] = {f.name: [] for f in FORMATS}
@@ -171,11 +180,17 @@ def _measure(label: str, base: str, pid: int, requests: int, rounds: int) -> dic
     load_before = _load()
     for _ in range(rounds):
         for fmt in FORMATS:
-            samples, sizes[fmt.name] = _latencies_ms(base, requests, fmt)
+            samples, sizes[fmt.name] = _latencies_ms(
+                base, requests, fmt, round_seconds / len(FORMATS)
+            )
             pooled[fmt.name] += samples
             per_round[fmt.name].append(_p99(samples))
     rss = _rss_mb(pid)
-    print(f"  {label}: {rounds} rounds x {requests} scrapes per format ({load_before}; {_load()})")
+    count = sum(len(samples) for samples in pooled.values())
+    print(
+        f"  {label}: {rounds} rounds of >= {requests} scrapes per format and >= "
+        f"{round_seconds:g} s, {count} in all ({load_before}; {_load()})"
+    )
     for fmt in FORMATS:
         samples = pooled[fmt.name]
         print(
@@ -245,10 +260,17 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=300, help="per format and round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--round-seconds",
+        type=float,
+        default=1.5,
+        help="a round's least duration (> the 1 s poll interval: each meets an ingest pass)",
+    )
     parser.add_argument("--lag-samples", type=int, default=10)
     parser.add_argument("--ingest-rate", type=float, default=100.0, help="jobs/s while scraping")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
+    scrapes = (args.requests, args.rounds, args.round_seconds)
     try:
         print(
             f"sidecar /metrics and memory, {args.rounds} rounds of {args.requests} "
@@ -258,7 +280,9 @@ def main() -> None:
         Keys.load_or_create(empty_state).publish(empty_spool)
         proc, base = _start(empty_spool, empty_state, root / "empty.log")
         try:
-            baseline = _measure("baseline", base, proc.pid, args.requests, args.rounds)
+            baseline = _measure(
+                "baseline", base, proc.pid, args.requests, args.rounds, args.round_seconds
+            )
         finally:
             proc.terminate()
             proc.wait(10)
@@ -283,7 +307,9 @@ def main() -> None:
             handled = time.perf_counter() - start
             print(f"  all {args.jobs} job directories handled and removed after {handled:.1f} s")
             time.sleep(2.0)  # steady state: what a scrape meets between jobs
-            loaded = _measure("loaded", base, proc.pid, args.requests, args.rounds)
+            loaded = _measure(
+                "loaded", base, proc.pid, args.requests, args.rounds, args.round_seconds
+            )
 
             gen = SpoolGen(spool)
             lags: list[float] = []
@@ -308,7 +334,9 @@ def main() -> None:
             started = time.perf_counter()
             with _ingesting(spool, args.ingest_rate) as made:
                 time.sleep(2.0)  # the sidecar at its steady ingest rate
-                busy = _measure("ingesting", base, proc.pid, args.requests, args.rounds)
+                busy = _measure(
+                    "ingesting", base, proc.pid, args.requests, args.rounds, args.round_seconds
+                )
                 counted = _ingested(base) - before
             seconds = time.perf_counter() - started
             print(

@@ -148,7 +148,7 @@ def _latencies_ms(
     base: str, n: int, fmt: Format, min_seconds: float = 0.0
 ) -> tuple[list[float], int]:
     """At least ``n`` scrapes, and for at least ``min_seconds``."""
-    samples = []
+    samples: list[float] = []
     size = 0
     until = time.perf_counter() + min_seconds
     while len(samples) < n or time.perf_counter() < until:
@@ -280,9 +280,7 @@ def main() -> None:
         Keys.load_or_create(empty_state).publish(empty_spool)
         proc, base = _start(empty_spool, empty_state, root / "empty.log")
         try:
-            baseline = _measure(
-                "baseline", base, proc.pid, args.requests, args.rounds, args.round_seconds
-            )
+            baseline = _measure("baseline", base, proc.pid, *scrapes)
         finally:
             proc.terminate()
             proc.wait(10)
@@ -307,9 +305,7 @@ def main() -> None:
             handled = time.perf_counter() - start
             print(f"  all {args.jobs} job directories handled and removed after {handled:.1f} s")
             time.sleep(2.0)  # steady state: what a scrape meets between jobs
-            loaded = _measure(
-                "loaded", base, proc.pid, args.requests, args.rounds, args.round_seconds
-            )
+            loaded = _measure("loaded", base, proc.pid, *scrapes)
 
             gen = SpoolGen(spool)
             lags: list[float] = []
@@ -334,9 +330,7 @@ def main() -> None:
             started = time.perf_counter()
             with _ingesting(spool, args.ingest_rate) as made:
                 time.sleep(2.0)  # the sidecar at its steady ingest rate
-                busy = _measure(
-                    "ingesting", base, proc.pid, args.requests, args.rounds, args.round_seconds
-                )
+                busy = _measure("ingesting", base, proc.pid, *scrapes)
                 counted = _ingested(base) - before
             seconds = time.perf_counter() - started
             print(

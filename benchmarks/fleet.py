@@ -57,6 +57,7 @@ from snapshot_sidecar.collectors.build_info import BuildInfoCollector
 from snapshot_sidecar.collectors.values import ValuesCollector
 from snapshot_sidecar.metrics import MetricValues
 
+from snapshot_runtime.core.errors import error_group
 from snapshot_runtime.core.phases import PHASES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,23 +107,20 @@ class FakeVM:
                 values.inc("vmsnap_script_failures_total", ["pre"])
                 pre_seconds = 30.0
                 outcome, consistency, error = "failed", "none", "Pre-ScriptTimeout"
-            values.observe("vmsnap_script_duration_seconds", pre_seconds, ["pre"])
-            values.observe("vmsnap_phase_duration_seconds", pre_seconds, ["pre_script"])
+            values.observe("vmsnap_script_duration_seconds", pre_seconds)
+            values.inc("vmsnap_phase_seconds_total", ["pre_script"], pre_seconds)
             for phase in PHASES:
                 if phase not in {"pre_script", "freeze", "snapshot", "thaw", "post_script"}:
-                    values.observe(
-                        "vmsnap_phase_duration_seconds", rng.uniform(0.001, 0.05), [phase]
-                    )
+                    values.inc("vmsnap_phase_seconds_total", [phase], rng.uniform(0.001, 0.05))
             if outcome == "success":
                 window = rng.lognormvariate(math.log(0.15), 0.7) * (25 if self.slow else 1)
                 window = min(window, 60.0)
                 values.observe("vmsnap_freeze_duration_seconds", window, exemplar=trace)
                 values.inc("vmsnap_freezes_total", ["runtime"])
-                values.observe("vmsnap_phase_duration_seconds", window * 0.1, ["freeze"])
-                values.observe("vmsnap_phase_duration_seconds", window * 0.85, ["snapshot"])
-                values.observe("vmsnap_phase_duration_seconds", window * 0.05, ["thaw"])
+                values.inc("vmsnap_phase_seconds_total", ["freeze"], window * 0.1)
+                values.inc("vmsnap_phase_seconds_total", ["snapshot"], window * 0.85)
+                values.inc("vmsnap_phase_seconds_total", ["thaw"], window * 0.05)
                 for _ in range(self.disks):
-                    values.inc("vmsnap_disk_snapshots_total")
                     values.inc("vmsnap_disk_snapshot_attempts_total")
                     values.observe(
                         "vmsnap_disk_snapshot_duration_seconds",
@@ -130,7 +128,7 @@ class FakeVM:
                         exemplar=trace,
                     )
                     if rng.random() < 0.005:
-                        values.inc("vmsnap_disk_snapshot_failures_total", ["transient"])
+                        values.inc("vmsnap_disk_snapshot_failures_total", ["retryable"])
                         outcome, consistency, error = "failed", "none", "SnapshotPartiallyFailed"
                 post_seconds = rng.lognormvariate(math.log(0.3), 0.6)
                 values.inc("vmsnap_script_runs_total", ["post"])
@@ -139,12 +137,13 @@ class FakeVM:
                     post_seconds = 30.0
                     if error is None:
                         consistency, error = "filesystem", None
-                        values.inc("vmsnap_job_warnings_total", ["Post-ScriptTimeout"])
-                values.observe("vmsnap_script_duration_seconds", post_seconds, ["post"])
-                values.observe("vmsnap_phase_duration_seconds", post_seconds, ["post_script"])
+                        values.inc("vmsnap_job_warnings_total", [error_group("Post-ScriptTimeout")])
+                values.observe("vmsnap_script_duration_seconds", post_seconds)
+                values.inc("vmsnap_phase_seconds_total", ["post_script"], post_seconds)
             values.inc("vmsnap_jobs_total", [outcome, consistency])
             if error is not None:
-                values.inc("vmsnap_job_errors_total", [error])
+                values.inc("vmsnap_job_errors_total", [error_group(error)])
+            values.replace("vmsnap_last_job_info", [outcome, consistency, error or "none"])
             values.observe("vmsnap_job_duration_seconds", rng.uniform(2, 40))
             values.set_max("vmsnap_last_job_timestamp_seconds", now)
             if outcome == "success":

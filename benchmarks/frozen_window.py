@@ -10,22 +10,28 @@ default worker count), each round measures:
 * ``cpu``: CPU time this process (runtime, not Azurite or the proxy) used
   from just before the syncs and FIFREEZE to the end of the thaw;
 * ``storage side alone``: the same N requests sent at once on raw sockets by
-  one thread, no freeze and next to no client CPU: what Azurite behind the
-  proxy needs on this machine, whatever the client does;
+  one thread, no freeze and next to no client CPU, just before each window
+  with latency: what Azurite behind the proxy needs on this machine,
+  whatever the client does; ``window - (FIFREEZE + that + FITHAW)``, paired
+  round by round, is the runtime's share of an N-disk window;
 * ``floor``: that round's own FIFREEZE time + its FITHAW time + the snapshot
   request of a 1-disk run measured alone (no freeze) through the same path in
   the same round. Nothing can do better than that with one disk.
 
 Both with no injected latency and with ``--latency`` (50 ms) added to every
-storage request by a TCP delay proxy (tests/support/faultproxy.py) run in a
-child process, so its threads do not compete with the runtime for the GIL.
+storage request, in a child process: by default a single-threaded relay
+(``_delay_relay``), whose own CPU barely competes with the runtime for the 2
+cores; ``--latency-by faultproxy`` uses tests/support/faultproxy.py's threaded
+proxy instead (two threads per connection: with 64 disks its CPU distorts
+the figures).
 
 Goals (issue 15), each ending in a ``VERDICT`` line:
 
 1. one disk, 50 ms latency: median(window - floor) <= 10 ms;
 2. flat: median window(64 disks) - median window(1 disk) <= 20 ms, 50 ms latency.
 
-Run: ``.venv/bin/python -m benchmarks.frozen_window [--rounds N] [--latency S]``.
+Run: ``.venv/bin/python -m benchmarks.frozen_window [--rounds N] [--latency S]
+[--latency-by relay|faultproxy]``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from urllib.parse import urlsplit
 from azure.storage.blob import BlobClient
 
 from benchmarks._delay_proxy import delay_proxy
+from benchmarks._delay_relay import delay_relay
 from benchmarks._verdict import spread, verdict
 from snapshot_runtime.freeze.mounts import parse_mountinfo, plan_freeze, read_mountinfo
 from snapshot_runtime.freeze.session import FreezeSession
@@ -62,9 +69,19 @@ class Samples:
     fifreeze: list[float] = field(default_factory=list)
     fithaw: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)  # this process's CPU in the window
+    # The same N requests at once on raw sockets from one thread, no freeze, measured
+    # just before this round's window: what the storage side needs for N.
+    raw: list[float] = field(default_factory=list)
 
     def over_floor(self) -> list[float]:
         return [w - f for w, f in zip(self.window, self.floor, strict=True)]
+
+    def over_raw(self) -> list[float]:
+        """window - (FIFREEZE + the N raw requests + FITHAW), per round: the runtime's share."""
+        return [
+            w - (fz + r + th)
+            for w, fz, r, th in zip(self.window, self.fifreeze, self.raw, self.fithaw, strict=True)
+        ]
 
 
 def _alone_ms(url: str) -> float:
@@ -151,28 +168,32 @@ def _raw_parallel_ms(urls: list[str], api_version: str) -> float:
             sock.close()
 
 
-def storage_side(urls_for: dict[int, list[str]], rounds: int) -> dict[int, list[float]]:
+def report_storage(samples: dict[int, Samples]) -> None:
+    print(
+        "  storage side alone (raw sockets, one thread, no freeze, just before each window): "
+        "N requests at once"
+    )
+    one = statistics.median(samples[min(samples)].raw)
+    for disks, s in samples.items():
+        extra = statistics.median(s.raw) - one
+        print(f"  {disks:>5}  {spread(s.raw):<44} vs 1 disk: {extra:+.1f} ms")
+    print(
+        "  the runtime's share, round by round: window - (FIFREEZE + the N raw requests + FITHAW)"
+    )
+    for disks, s in samples.items():
+        print(f"  {disks:>5}  {spread(s.over_raw())}")
+
+
+def measure(
+    mountpoint: str, urls_for: dict[int, list[str]], rounds: int, *, raw: bool = False
+) -> dict[int, Samples]:
     api_version = str(BlobClient.from_blob_url(urls_for[1][0]).api_version)
-    out: dict[int, list[float]] = {n: [] for n in urls_for}
-    for _ in range(rounds):
-        for disks, urls in urls_for.items():
-            out[disks].append(_raw_parallel_ms(urls, api_version))
-    return out
-
-
-def report_storage(samples: dict[int, list[float]]) -> None:
-    print("  storage side alone (raw sockets, one thread, no freeze): N requests at once")
-    one = statistics.median(samples[min(samples)])
-    for disks, ms in samples.items():
-        extra = statistics.median(ms) - one
-        print(f"  {disks:>5}  {spread(ms):<44} vs 1 disk: {extra:+.1f} ms")
-
-
-def measure(mountpoint: str, urls_for: dict[int, list[str]], rounds: int) -> dict[int, Samples]:
     out = {n: Samples() for n in urls_for}
     for _ in range(rounds):
         for disks, urls in urls_for.items():
             alone = _alone_ms(urls[0])
+            if raw:
+                out[disks].raw.append(_raw_parallel_ms(urls, api_version))
             window, fifreeze, fithaw, cpu = _window_ms(mountpoint, urls)
             s = out[disks]
             s.window.append(window)
@@ -202,7 +223,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per request")
+    parser.add_argument(
+        "--latency-by",
+        choices=("relay", "faultproxy"),
+        default="relay",
+        help="the latency injector: the one-thread relay, or the threaded FaultProxy",
+    )
     args = parser.parse_args()
+    injector = delay_relay if args.latency_by == "relay" else delay_proxy
     most = max(DISK_COUNTS)
     print(
         f"frozen window, {args.rounds} rounds, ext4 loop fs, Azurite; "
@@ -216,26 +244,34 @@ def main() -> None:
         direct = {n: [azurite.sas_url(container, b) for b in blobs[:n]] for n in DISK_COUNTS}
         plain = measure(fs.mountpoint, direct, args.rounds)
         report("no injected latency (Azurite on loopback)", plain)
-        with delay_proxy(azurite.port, args.latency) as port:
+        with injector(azurite.port, args.latency) as port:
             endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
             proxied = {
                 n: [azurite.sas_url(container, b, endpoint=endpoint) for b in blobs[:n]]
                 for n in DISK_COUNTS
             }
-            slow = measure(fs.mountpoint, proxied, args.rounds)
-            raw = storage_side(proxied, args.rounds)
-        report(f"{args.latency * 1000:g} ms injected per storage request (delay proxy)", slow)
-        report_storage(raw)
+            slow = measure(fs.mountpoint, proxied, args.rounds, raw=True)
+        report(
+            f"{args.latency * 1000:g} ms injected per storage request (by {args.latency_by})",
+            slow,
+        )
+        report_storage(slow)
     latency_ms = args.latency * 1000
     print(f"\ngoal 1: window <= floor + 10 ms, 1 disk, {latency_ms:g} ms latency")
     verdict("1 disk, median(window - floor)", statistics.median(slow[1].over_floor()), 10.0)
     print(f"goal 2: window({most}) - window(1) <= 20 ms, {latency_ms:g} ms latency")
     flat = statistics.median(slow[most].window) - statistics.median(slow[1].window)
     verdict(f"window({most}) - window(1), medians", flat, 20.0)
-    storage = statistics.median(raw[most]) - statistics.median(raw[1])
+    storage = statistics.median(slow[most].raw) - statistics.median(slow[1].raw)
     print(
         f"  of which the storage side alone (Azurite and the proxy on this machine's "
         f"cores) takes {storage:.1f} ms more for {most} requests than for 1"
+    )
+    share = statistics.median(slow[most].over_raw())
+    print(
+        f"  the runtime's share of a {most}-disk window, paired per round: median {share:.1f} ms "
+        f"over FIFREEZE + the {most} raw requests + FITHAW "
+        f"(its CPU in the window: median {statistics.median(slow[most].cpu):.1f} ms)"
     )
 
 

@@ -10,8 +10,9 @@ Grafana's file provisioning needs no Python (deploy/grafana/provisioning/).
 Three dashboards, each with a fixed uid (links, alerts and bookmarks use them):
 
 * vmsnap-fleet-freeze   fleet frozen-window quantiles, heatmap with job exemplars, top VMs
-* vmsnap-script-health  pre/post-script timeouts, retries, failures by error code, durations
-* vmsnap-job-detail     one VM: last success, phases, disk latency, consistency, sidecar
+* vmsnap-script-health  pre/post-script timeouts, retries, failures by error group, durations
+* vmsnap-job-detail     one VM: last success, last job's code, phases, disk latency, consistency,
+                        sidecar
 
 Every metric name used here is in the sidecar's catalogue (exporters/metrics.py,
 docs/telemetry.md) or is a recording rule in deploy/prometheus/rules/;
@@ -809,7 +810,7 @@ def script_health() -> dash.Dashboard:
     d = base(
         "vmsnap-script-health",
         "snapshot-runtime / Script health",
-        "Pre/post-scripts across the fleet: timeouts, retries, failures by error code and "
+        "Pre/post-scripts across the fleet: timeouts, retries, failures by error group and "
         "durations.",
     )
     for variable in [*fleet_variables(with_instance=True), window_variable()]:
@@ -945,13 +946,15 @@ def script_health() -> dash.Dashboard:
     d = d.with_panel(
         series_panel(
             ids,
-            "Failed jobs by error code",
-            "Jobs per interval by the error code they reported (snapshot_runtime/errors.py).",
+            "Failed jobs by error group",
+            "Jobs per interval by the group of the error code they reported "
+            "(snapshot_runtime/core/errors.py ERROR_GROUPS). The exact code of each VM's "
+            'latest job: vmsnap_last_job_info (Job detail, "Last job").',
             [
                 query(
-                    f"sum by (error) (increase(vmsnap_job_errors_total{{{FLEET_VMS}}}"
+                    f"sum by (group) (increase(vmsnap_job_errors_total{{{FLEET_VMS}}}"
                     "[$__interval])) > 0",
-                    "{{error}}",
+                    "{{group}}",
                 )
             ],
             bars=True,
@@ -962,12 +965,12 @@ def script_health() -> dash.Dashboard:
     d = d.with_panel(
         bar_gauge_panel(
             ids,
-            "Error codes in the time range",
-            "Jobs by reported error code over the whole time range.",
+            "Error groups in the time range",
+            "Jobs by the group of their error code over the whole time range.",
             query(
-                f"sort_desc(round(sum by (error) (increase(vmsnap_job_errors_total"
+                f"sort_desc(round(sum by (group) (increase(vmsnap_job_errors_total"
                 f"{{{FLEET_VMS}}}[$__range]))) > 0)",
-                "{{error}}",
+                "{{group}}",
                 instant=True,
             ),
             color="orange",
@@ -982,19 +985,20 @@ def script_health() -> dash.Dashboard:
         series_panel(
             ids,
             "Script duration p50 / p99 ($window rate)",
-            "Wall time of a script, all attempts included. From the recording rules "
+            "Wall time of a pre- or post-script (one histogram for both), all attempts "
+            "included; bounds 10, 60 and 300 s. From the recording rules "
             "cluster:vmsnap_script_duration_seconds_bucket:rate<window>; region/cluster only.",
             [
                 query(
-                    "histogram_quantile(0.50, sum by (script, le) ("
+                    "histogram_quantile(0.50, sum by (le) ("
                     f"cluster:vmsnap_script_duration_seconds_bucket:rate$window{{{RECORDED}}}))",
-                    "{{script}} p50",
+                    "p50",
                     "A",
                 ),
                 query(
-                    "histogram_quantile(0.99, sum by (script, le) ("
+                    "histogram_quantile(0.99, sum by (le) ("
                     f"cluster:vmsnap_script_duration_seconds_bucket:rate$window{{{RECORDED}}}))",
-                    "{{script}} p99",
+                    "p99",
                     "B",
                 ),
             ],
@@ -1130,13 +1134,14 @@ def job_detail() -> dash.Dashboard:
         series_panel(
             ids,
             "Phase breakdown per job",
-            "Mean duration of each phase over each interval (one job per interval, "
-            "normally). Phases: snapshot_runtime/phases.py.",
+            "Seconds spent in each phase per job, over each interval (one job per "
+            "interval, normally): vmsnap_phase_seconds_total divided by the jobs. "
+            "Phases: snapshot_runtime/core/phases.py; the job's trace has each phase span.",
             [
                 query(
-                    f"sum by (phase) (increase(vmsnap_phase_duration_seconds_sum{{{ONE_VM}}}"
-                    "[$__interval])) / sum by (phase) (increase("
-                    f"vmsnap_phase_duration_seconds_count{{{ONE_VM}}}[$__interval]))",
+                    f"sum by (phase) (increase(vmsnap_phase_seconds_total{{{ONE_VM}}}"
+                    "[$__interval])) / ignoring (phase) group_left sum(increase("
+                    f"vmsnap_jobs_total{{{ONE_VM}}}[$__interval]))",
                     "{{phase}}",
                 )
             ],
@@ -1152,11 +1157,11 @@ def job_detail() -> dash.Dashboard:
         bar_gauge_panel(
             ids,
             "Mean phase duration in the time range",
-            "Where a job's time goes, averaged over the time range.",
+            "Where a job's time goes: seconds per job in each phase, averaged over the time range.",
             query(
-                f"sum by (phase) (increase(vmsnap_phase_duration_seconds_sum{{{ONE_VM}}}"
-                "[$__range])) / sum by (phase) (increase("
-                f"vmsnap_phase_duration_seconds_count{{{ONE_VM}}}[$__range]))",
+                f"sum by (phase) (increase(vmsnap_phase_seconds_total{{{ONE_VM}}}"
+                "[$__range])) / ignoring (phase) group_left sum(increase("
+                f"vmsnap_jobs_total{{{ONE_VM}}}[$__range]))",
                 "{{phase}}",
                 instant=True,
             ),
@@ -1227,16 +1232,18 @@ def job_detail() -> dash.Dashboard:
     d = d.with_panel(
         table_panel(
             ids,
-            "Error and warning codes in the time range",
-            "Error codes reported by failed jobs and warnings reported by any job.",
+            "Error and warning groups in the time range",
+            "Error codes reported by failed jobs and warnings reported by any job, by "
+            "group (snapshot_runtime/core/errors.py ERROR_GROUPS). The exact codes: "
+            '"Last job", the job record and its trace.',
             [
                 table_query(
-                    f"round(sum by (error) (increase(vmsnap_job_errors_total{{{ONE_VM}}}"
+                    f"round(sum by (group) (increase(vmsnap_job_errors_total{{{ONE_VM}}}"
                     "[$__range]))) > 0",
                     "A",
                 ),
                 table_query(
-                    "round(sum by (warning) (increase("
+                    "round(sum by (group) (increase("
                     f"vmsnap_job_warnings_total{{{ONE_VM}}}[$__range]))) > 0",
                     "B",
                 ),
@@ -1244,6 +1251,21 @@ def job_detail() -> dash.Dashboard:
             rename={"Value #A": "failed jobs", "Value #B": "warnings"},
             sort_by="failed jobs",
             link_instance=False,
+            width=6,
+            height=8,
+        )
+    )
+    d = d.with_panel(
+        table_panel(
+            ids,
+            "Last job",
+            "The latest completed job (by end time): its outcome, consistency and exact "
+            "error code (none: it reported none), from vmsnap_last_job_info.",
+            [table_query(f"vmsnap_last_job_info{{{ONE_VM}}}", "A")],
+            rename={"Value": "jobs", "__name__": "metric"},
+            sort_by="error",
+            link_instance=False,
+            width=6,
             height=8,
         )
     )
@@ -1354,8 +1376,9 @@ def job_detail() -> dash.Dashboard:
         series_panel(
             ids,
             "Ingestion and losses",
-            "Job records ingested, invalid records, jobs whose runtime died before "
-            "completing its record, and spool drops (log lines, spans).",
+            "Job records ingested, invalid records (the sidecar's log says why), jobs "
+            "whose runtime died before completing its record, and spool drops (log "
+            "lines, spans).",
             [
                 query(
                     f"increase(vmsnap_sidecar_records_ingested_total{{{ONE_VM}}}[$__interval])",
@@ -1363,9 +1386,8 @@ def job_detail() -> dash.Dashboard:
                     "A",
                 ),
                 query(
-                    f"sum by (reason) (increase(vmsnap_sidecar_records_invalid_total"
-                    f"{{{ONE_VM}}}[$__interval])) > 0",
-                    "invalid: {{reason}}",
+                    f"increase(vmsnap_sidecar_records_invalid_total{{{ONE_VM}}}[$__interval]) > 0",
+                    "invalid records",
                     "B",
                 ),
                 query(

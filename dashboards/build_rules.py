@@ -274,13 +274,13 @@ def alerts(cfg: Any) -> list[Alert]:
         ),
         Alert(
             "VmsnapRecordsInvalid",
-            f"sum by ({PER_VM}, reason) (increase({m('vmsnap_sidecar_records_invalid_total')}"
-            "[1d])) > 0",
+            f"increase({m('vmsnap_sidecar_records_invalid_total')}[1d]) > 0",
             "warning",
             "The sidecar on {{ $labels.instance }} could not ingest job records",
             "In the last day the sidecar on {{ $labels.instance }} could not ingest\n"
-            '{{ $value | printf "%.0f" }} job record(s) ({{ $labels.reason }}): those jobs'
-            " are missing\nfrom the job metrics.",
+            '{{ $value | printf "%.0f" }} job record(s): those jobs are missing from the job'
+            " metrics.\nThe sidecar's log names each file and why (json, schema, io, size,"
+            " depth).",
             vm_detail,
         ),
         Alert(
@@ -295,15 +295,13 @@ def alerts(cfg: Any) -> list[Alert]:
         ),
         Alert(
             "VmsnapLogMirrorAbandoned",
-            f"sum by ({PER_VM}, error) (\n"
-            f"  increase({m('vmsnap_sidecar_log_mirror_abandoned_total')}[1d])\n"
-            ") > 0",
+            f"increase({m('vmsnap_sidecar_log_mirror_abandoned_total')}[1d]) > 0",
             "warning",
-            "The sidecar gave up mirroring a job's log on {{ $labels.instance }}"
-            " ({{ $labels.error }})",
+            "The sidecar gave up mirroring a job's log on {{ $labels.instance }}",
             "In the last day the sidecar on {{ $labels.instance }} stopped mirroring\n"
-            '{{ $value | printf "%.0f" }} job log(s) to their logsBlobUri for good'
-            " ({{ $labels.error }}).\nThose logs are only on the VM.",
+            '{{ $value | printf "%.0f" }} job log(s) to their logsBlobUri for good.'
+            " Those logs are only on\nthe VM. The sidecar's log says why (expired SAS,"
+            " missing container, ...).",
             vm_detail,
         ),
         Alert(
@@ -468,9 +466,7 @@ groups:
       - record: cluster:vmsnap_freeze_duration_seconds_bucket:rate1h
         expr: sum by (job, region, cluster, le) (rate({freeze_bucket}[1h]))
       - record: cluster:vmsnap_script_duration_seconds_bucket:rate1h
-        expr: |
-          sum by (job, region, cluster, script, le) (
-            rate({script_bucket}[1h]))
+        expr: sum by (job, region, cluster, le) (rate({script_bucket}[1h]))
 
   - name: vmsnap-freeze-long
     interval: 5m
@@ -486,13 +482,9 @@ groups:
       - record: cluster:vmsnap_freeze_duration_seconds:p99_rate6h
         expr: histogram_quantile(0.99, cluster:vmsnap_freeze_duration_seconds_bucket:rate6h)
       - record: cluster:vmsnap_script_duration_seconds_bucket:rate6h
-        expr: |
-          sum by (job, region, cluster, script, le) (
-            rate({script_bucket}[6h]))
+        expr: sum by (job, region, cluster, le) (rate({script_bucket}[6h]))
       - record: cluster:vmsnap_script_duration_seconds_bucket:rate1d
-        expr: |
-          sum by (job, region, cluster, script, le) (
-            rate({script_bucket}[1d]))
+        expr: sum by (job, region, cluster, le) (rate({script_bucket}[1d]))
       - record: job:vmsnap_freeze_duration_seconds:p99_rate1d
         expr: |
           histogram_quantile(0.99,
@@ -505,9 +497,11 @@ groups:
         expr: |
           sum by (job, region, cluster, outcome, consistency) (
             increase({m("vmsnap_jobs_total")}[1d]))
+      # By error group (core/errors.py ERROR_GROUPS): the exact code of each VM's
+      # latest job is vmsnap_last_job_info.
       - record: cluster:vmsnap_job_errors:increase1d
         expr: |
-          sum by (job, region, cluster, error) (
+          sum by (job, region, cluster, group) (
             increase({m("vmsnap_job_errors_total")}[1d]))
       - record: cluster:vmsnap_script_runs:increase6h
         expr: |

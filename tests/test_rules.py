@@ -48,14 +48,12 @@ TARGET_LABELS = frozenset(
 )  # fmt: skip
 
 # Series that are not in the catalogue but are on every scrape: Prometheus's own
-# up, prometheus-client's process collector, the sidecar's collector wrapper.
+# up, prometheus-client's process collector.
 EXTRA_SERIES: dict[str, frozenset[str]] = {
     "up": frozenset(),
     "process_resident_memory_bytes": frozenset(),
     "process_cpu_seconds_total": frozenset(),
     "process_start_time_seconds": frozenset(),
-    "vmsnap_sidecar_collector_success": frozenset({"collector"}),
-    "vmsnap_sidecar_collector_duration_seconds": frozenset({"collector"}),
 }
 
 PROMQL_WORDS = frozenset(

@@ -51,6 +51,7 @@ from snapshot_sidecar.sidecar import (
     Sidecar,
     SidecarConfig,
     StateDirLocked,
+    collector_failure_counter,
     lock_state_dir,
     standard_forwarders,
 )
@@ -306,7 +307,10 @@ def _run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return 0
 
     exposition = CachedExposition(
-        build_registry(stable_collectors(lambda: ledger.published, __version__)),
+        build_registry(
+            stable_collectors(lambda: ledger.published, __version__),
+            on_failure=collector_failure_counter(ledger),
+        ),
         volatile_registry(),
         lambda: ledger.version,
     )

@@ -6,8 +6,17 @@ sidecar, inside the same ledger transaction that marks the run as counted.
 
 from __future__ import annotations
 
+from snapshot_runtime.core.errors import error_group
 from snapshot_runtime.core.phases import PHASES
-from snapshot_sidecar.metrics import CONSISTENCIES, SCRIPTS, WORKLOADS, MetricValues
+from snapshot_sidecar.metrics import (
+    CONSISTENCIES,
+    NO_ERROR,
+    SCRIPTS,
+    WATCHDOG_REASONS,
+    WORKLOADS,
+    MetricValues,
+    blob_failure_group,
+)
 from snapshot_sidecar.spool_reader import JobRecord, WatchdogReport
 
 __all__ = ["apply_record", "apply_watchdog_report", "watchdog_reason"]
@@ -27,9 +36,9 @@ def apply_record(values: MetricValues, record: JobRecord) -> None:
     values.inc("vmsnap_jobs_total", (outcome, consistency))
     values.inc("vmsnap_sidecar_records_ingested_total")
     if record.error:
-        values.inc("vmsnap_job_errors_total", (record.error,))
+        values.inc("vmsnap_job_errors_total", (error_group(record.error),))
     for warning in record.warnings:
-        values.inc("vmsnap_job_warnings_total", (warning,))
+        values.inc("vmsnap_job_warnings_total", (error_group(warning),))
     if record.started_at is not None and record.ended_at is not None:
         values.observe(
             "vmsnap_job_duration_seconds",
@@ -37,6 +46,9 @@ def apply_record(values: MetricValues, record: JobRecord) -> None:
             exemplar=exemplar,
         )
     if record.ended_at is not None:
+        # The latest job by end time (a record ingested late does not replace it).
+        if record.ended_at >= values.gauges["vmsnap_last_job_timestamp_seconds"].get((), 0.0):
+            values.replace("vmsnap_last_job_info", (outcome, consistency, record.error or NO_ERROR))
         values.set_max("vmsnap_last_job_timestamp_seconds", record.ended_at)
         if outcome == "success":
             values.set_max("vmsnap_last_success_timestamp_seconds", record.ended_at)
@@ -44,7 +56,7 @@ def apply_record(values: MetricValues, record: JobRecord) -> None:
     for phase in record.phases:
         name, seconds = phase.get("name"), _num(phase.get("seconds"))
         if name in PHASES and seconds is not None and phase.get("status") != "skipped":
-            values.observe("vmsnap_phase_duration_seconds", seconds, (name,), exemplar=exemplar)
+            values.inc("vmsnap_phase_seconds_total", (name,), seconds)
 
     freeze = record.freeze
     if freeze is not None:
@@ -73,22 +85,19 @@ def apply_record(values: MetricValues, record: JobRecord) -> None:
             values.inc("vmsnap_script_failures_total", (which,))
         seconds = _num(script.get("seconds"))
         if seconds is not None:
-            values.observe("vmsnap_script_duration_seconds", seconds, (which,), exemplar=exemplar)
+            values.observe("vmsnap_script_duration_seconds", seconds, exemplar=exemplar)
 
     workload = record.workload
     if workload is not None:
         stall = _num(workload.get("write_stall_seconds"))
-        name = workload.get("name")
-        if stall is not None and name in WORKLOADS:
-            values.observe(
-                "vmsnap_workload_write_stall_seconds", stall, (str(name),), exemplar=exemplar
-            )
+        if stall is not None and workload.get("name") in WORKLOADS:
+            values.observe("vmsnap_workload_write_stall_seconds", stall, exemplar=exemplar)
 
     for disk in record.disks:
-        values.inc("vmsnap_disk_snapshots_total")
         values.inc("vmsnap_disk_snapshot_attempts_total", (), _num(disk.get("attempts")) or 1)
         if disk.get("ok") is not True:
-            values.inc("vmsnap_disk_snapshot_failures_total", (str(disk.get("error_kind")),))
+            kind = blob_failure_group(str(disk.get("error_kind")))
+            values.inc("vmsnap_disk_snapshot_failures_total", (kind,))
         seconds = _num(disk.get("seconds"))
         if seconds is not None:
             values.observe("vmsnap_disk_snapshot_duration_seconds", seconds, exemplar=exemplar)
@@ -113,11 +122,9 @@ def apply_record(values: MetricValues, record: JobRecord) -> None:
 
 
 def watchdog_reason(raw: object) -> str:
-    """Bound the watchdog's trigger text: eof, deadline, signal, protocol_error, other."""
+    """Bound the watchdog's trigger text: eof, deadline, other (signals, protocol errors)."""
     text = str(raw or "")
-    if text.startswith("signal"):
-        return "signal"
-    return text if text in ("eof", "deadline", "protocol_error") else "other"
+    return text if text in WATCHDOG_REASONS else "other"
 
 
 def apply_watchdog_report(values: MetricValues, report: WatchdogReport) -> None:

@@ -14,7 +14,15 @@ Pure module: no I/O, no prometheus-client objects.
   timestamps) are kept too; the others are live values set by the workers.
 
 Every label value is bounded: a value outside a family's known set is mapped to
-its ``other`` value (for ``error``: ``Unknown``) or dropped, never exposed as is.
+its ``other`` value or dropped, never exposed as is. Labels are paid for from
+the budget of 150 series per VM (issue 16, docs/telemetry.md "Series budget"):
+error codes are counted by group (``core.errors.error_group``; the exact code of
+the latest job is in ``vmsnap_last_job_info``), blob failures by
+``blob_failure_group``.
+
+``migrate_legacy_metrics`` carries values persisted by an older sidecar (state
+schema 1: a label per error code, per-kind mirror and disk failures, the phase
+histogram, finer freeze/script buckets) over to this catalogue.
 """
 
 from __future__ import annotations
@@ -26,26 +34,32 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from snapshot_runtime.core.errors import ErrorCode
+from snapshot_runtime.core.errors import ERROR_GROUPS, OTHER_ERROR_GROUP, ErrorCode, error_group
 from snapshot_runtime.core.phases import PHASES
 from snapshot_runtime.core.snapshot_mode import FALLBACK_REASONS, SNAPSHOT_PATHS
 from snapshot_runtime.snapshot.failures import FailureKind
 
 __all__ = [
-    "ABANDON_REASONS",
+    "BLOB_FAILURE_GROUPS",
     "CONSISTENCIES",
-    "ERROR_LABELS",
+    "ERROR_GROUP_LABELS",
     "FAMILIES",
     "FAMILY_BY_NAME",
     "FREEZE_BUCKETS",
-    "MIRROR_ERRORS",
+    "LAST_JOB_ERRORS",
+    "MIRROR_ERROR_GROUPS",
+    "NO_ERROR",
     "OUTCOMES",
     "SCRIPTS",
+    "WATCHDOG_REASONS",
     "WORKLOADS",
     "WORKLOAD_STALL_BUCKETS",
     "Family",
     "HistogramValue",
     "MetricValues",
+    "blob_failure_group",
+    "migrate_legacy_metrics",
+    "mirror_error_group",
 ]
 
 Kind = Literal["counter", "gauge", "histogram"]
@@ -53,50 +67,65 @@ Labels = tuple[str, ...]
 
 OUTCOMES: tuple[str, ...] = ("success", "failed")
 CONSISTENCIES: tuple[str, ...] = ("application", "filesystem", "crash", "none")
+# Errors and warnings are counted by group (core/errors.py ERROR_GROUPS);
+# a name this runtime does not know is "other".
+ERROR_GROUP_LABELS: tuple[str, ...] = tuple(ERROR_GROUPS)
+# vmsnap_last_job_info's error: the exact code of the latest job, "none" when it
+# reported none, "Unknown" for a name this runtime does not know.
+NO_ERROR = "none"
 UNKNOWN_ERROR = "Unknown"
-ERROR_LABELS: tuple[str, ...] = (*(code.value for code in ErrorCode), UNKNOWN_ERROR)
+LAST_JOB_ERRORS: tuple[str, ...] = (NO_ERROR, *(code.value for code in ErrorCode), UNKNOWN_ERROR)
 SCRIPTS: tuple[str, ...] = ("pre", "post")
 # Workloads whose quiesce blocks commits (workload.conf; PostgreSQL never does).
+# The stall histogram has no workload label (one VM runs one database); the
+# name is in the job record and its trace.
 WORKLOADS: tuple[str, ...] = ("mariadb", "mysql")
 THAWED_BY: tuple[str, ...] = ("runtime", "deadline", "watchdog")
 BLOB_KINDS: tuple[str, ...] = typing.get_args(FailureKind)
-WATCHDOG_REASONS: tuple[str, ...] = ("eof", "deadline", "signal", "protocol_error", "other")
+# Blob request failures as the metrics tell them: whether a retry may help
+# (throttled, transient, timeout), or the two an operator fixes (the SAS, the
+# blob's existence); "limit" and anything else is "other".
+BLOB_FAILURE_GROUPS: tuple[str, ...] = ("retryable", "auth", "not_found", "other")
+_RETRYABLE_KINDS = frozenset({"throttled", "transient", "timeout"})
+# The watchdog's trigger: the runtime died (eof) or overran (deadline); signals
+# and protocol errors are "other" (the exact text is in the watchdog report).
+WATCHDOG_REASONS: tuple[str, ...] = ("eof", "deadline", "other")
 DROPPED_KINDS: tuple[str, ...] = ("log_lines", "spans")
-# Log-mirror failures: the blob request kinds plus the sidecar's own reasons.
-MIRROR_ERRORS: tuple[str, ...] = (
-    *BLOB_KINDS,
-    "unseal",  # credentials.sealed could not be opened (wrong key, tampered)
-    "conflict",  # the blob grew by bytes that are not our log (a foreign writer)
-    "block_limit",  # the blob reached the sidecar's block budget (~40,000 blocks)
-    "expired",  # gave up: the job's log was not mirrored within --give-up-after
-)
-# Why mirroring stopped for good: only final failures (mirror.py _FINAL_KINDS,
-# any other 4xx as "other") and the sidecar's own stops. Retryable kinds
-# (throttled, transient, timeout) and "conflict" never stop it, so they cost no
-# series here (they still count in vmsnap_sidecar_log_mirror_errors_total).
-ABANDON_REASONS: tuple[str, ...] = (
-    "auth", "not_found", "limit", "other", "unseal", "block_limit", "expired",
-)  # fmt: skip
+# Log-mirror failures: the blob groups plus "conflict" (the blob grew by bytes
+# that are not our log: a foreign writer, alerted on). The sidecar's own stops
+# (unseal, block_limit, expired) are "other"; their reason is in the sidecar log.
+MIRROR_ERROR_GROUPS: tuple[str, ...] = ("retryable", "auth", "not_found", "conflict", "other")
 SPAN_DROP_REASONS: tuple[str, ...] = ("backlog", "expired", "invalid")
-# Why a spool file could not be read (spool_schema.SpoolFormatError.reason, or io).
-INVALID_REASONS: tuple[str, ...] = ("json", "schema", "io", "size", "depth")
 BACKSTOP_RESULTS: tuple[str, ...] = ("thawed", "not_frozen", "error")
-COMPONENTS: tuple[str, ...] = ("ingest", "mirror", "spans", "backstop", "state")
+COMPONENTS: tuple[str, ...] = ("ingest", "mirror", "spans", "backstop", "state", "collector")
+
+
+def blob_failure_group(kind: str) -> str:
+    """A blob request's failure kind (snapshot.failures.FailureKind) as a metric label."""
+    if kind in _RETRYABLE_KINDS:
+        return "retryable"
+    return kind if kind in BLOB_FAILURE_GROUPS else "other"
+
+
+def mirror_error_group(kind: str) -> str:
+    """A log-mirror error (a failure kind, "conflict", or a reason of its own) as a label."""
+    return "conflict" if kind == "conflict" else blob_failure_group(kind)
+
 
 # 100 ms to 60 s. Boundaries sit exactly on the alert/SLO thresholds (1 s, the
-# 5 s p99 and 10 s window goals, 30 s, the 60 s freeze deadline) so `le` ratios
-# are exact; 60 keeps overruns of the deadline in a bucket of their own below
-# +Inf. Below 1 s the 0.1/0.25/0.5 split shows a healthy window's spread; finer
-# (10-50 ms) cost a series per VM each and no panel or alert read them.
-FREEZE_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# 5 s p99 and 10 s window goals (deploy/mixin/config.json), 30 s, the 60 s
+# freeze deadline) so `le` ratios are exact; 60 keeps overruns of the deadline
+# in a bucket of their own below +Inf. 0.1 and 0.5 show a healthy window's
+# spread; 0.25 and 2.5 were dropped for the series budget (no rule reads them).
+FREEZE_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
 # Series budget (issue 16, docs/telemetry.md "Series budget"): a VM takes a
 # few snapshots a day, so per-VM histograms are sparse; every bucket is paid on
-# every VM. Phases: the dashboards read only _sum/_count (mean per phase), so
-# the phase histogram keeps its +Inf bucket alone (and the exemplar on it).
-PHASE_BUCKETS: tuple[float, ...] = ()
-# Scripts run up to the plug-in host's 1800 s cap; 30 and 60 s are the usual
-# configured timeouts, 1 and 10 s split quick scripts from database flushes.
-SCRIPT_BUCKETS: tuple[float, ...] = (1.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+# every VM. Phases: the dashboards read the seconds spent per phase, a counter
+# (vmsnap_phase_seconds_total), one series per phase.
+# Pre/post-scripts together (no script label: the per-script counters say which
+# one timed out): 10 s splits quick scripts from database flushes, 60 s is the
+# usual configured timeout, 300 s a long flush; the plug-in host caps at 1800 s.
+SCRIPT_BUCKETS: tuple[float, ...] = (10.0, 60.0, 300.0)
 # One disk's snapshot: normally well under a second; 10 s is slow, 60 s the
 # request budget.
 DISK_BUCKETS: tuple[float, ...] = (0.1, 1.0, 10.0, 60.0)
@@ -104,7 +133,7 @@ DISK_BUCKETS: tuple[float, ...] = (0.1, 1.0, 10.0, 60.0)
 JOB_BUCKETS: tuple[float, ...] = (60.0, 300.0, 1800.0)
 # Commits blocked by a workload quiesce (MariaDB/MySQL): measured 60-270 ms here;
 # 0.25 s splits a healthy stall from a slow one, 1 s is the alerting point. Two
-# bounds only (issue 16's budget: 5 series per workload); _sum/_count give the mean.
+# bounds only (issue 16's budget: 5 series); _sum/_count give the mean.
 WORKLOAD_STALL_BUCKETS: tuple[float, ...] = (0.25, 1.0)
 
 
@@ -129,6 +158,11 @@ class Family:
     persisted: bool = True
     other: Mapping[str, str] = field(default_factory=dict)
     zero_init: bool = True
+
+    @property
+    def bounded(self) -> bool:
+        """Its label values are known (all but build_info, whose version is free)."""
+        return all(self.label_values)
 
     def combos(self) -> list[Labels]:
         if not self.labels:
@@ -171,18 +205,30 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "vmsnap_job_errors_total",
         "counter",
-        "Completed jobs by the error code they reported (the product's error code names).",
-        ("error",),
-        (ERROR_LABELS,),
-        other={"error": UNKNOWN_ERROR},
+        "Completed jobs that reported an error, by the error code's group "
+        "(the code itself: vmsnap_last_job_info, the job record, the trace).",
+        ("group",),
+        (ERROR_GROUP_LABELS,),
+        other={"group": OTHER_ERROR_GROUP},
     ),
     Family(
         "vmsnap_job_warnings_total",
         "counter",
-        "Warnings reported by completed jobs, by error code name.",
-        ("warning",),
-        (ERROR_LABELS,),
-        other={"warning": UNKNOWN_ERROR},
+        "Warnings reported by completed jobs, by the warning code's group.",
+        ("group",),
+        (ERROR_GROUP_LABELS,),
+        other={"group": OTHER_ERROR_GROUP},
+    ),
+    Family(
+        "vmsnap_last_job_info",
+        "gauge",
+        "The latest completed job (by end time): 1, labelled with its outcome, "
+        "consistency and exact error code (none: no error). Absent before the first job.",
+        ("outcome", "consistency", "error"),
+        (OUTCOMES, CONSISTENCIES, LAST_JOB_ERRORS),
+        persisted=True,
+        other={"outcome": "failed", "consistency": "none", "error": UNKNOWN_ERROR},
+        zero_init=False,
     ),
     _c(
         "vmsnap_jobs_abandoned_total",
@@ -207,10 +253,9 @@ FAMILIES: tuple[Family, ...] = (
         "vmsnap_freeze_timeouts_total",
         "Freeze windows that reached the freeze deadline and were thawed regardless.",
     ),
-    _h(
-        "vmsnap_phase_duration_seconds",
-        "Duration of each job phase.",
-        PHASE_BUCKETS,
+    _c(
+        "vmsnap_phase_seconds_total",
+        "Seconds spent in each job phase (skipped phases add nothing).",
         phase=PHASES,
     ),
     # -- scripts --------------------------------------------------------------
@@ -228,21 +273,16 @@ FAMILIES: tuple[Family, ...] = (
     ),
     _h(
         "vmsnap_script_duration_seconds",
-        "Wall time of a pre/post-script, all attempts included.",
+        "Wall time of a pre- or post-script, all attempts included.",
         SCRIPT_BUCKETS,
-        script=SCRIPTS,
     ),
     # -- workloads (workload.conf) ----------------------------------------------
-    Family(
+    _h(
         "vmsnap_workload_write_stall_seconds",
-        "histogram",
         "Commits blocked by a workload quiesce, quiesce to release (MariaDB/MySQL).",
-        ("workload",),
-        (WORKLOADS,),
         WORKLOAD_STALL_BUCKETS,
     ),
     # -- disks ----------------------------------------------------------------
-    _c("vmsnap_disk_snapshots_total", "Disk snapshots attempted (one per disk per job)."),
     _c(
         "vmsnap_disk_snapshot_attempts_total",
         "Snapshot requests sent, retries included.",
@@ -250,9 +290,9 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "vmsnap_disk_snapshot_failures_total",
         "counter",
-        "Disk snapshots that failed, by failure kind.",
+        "Disk snapshots that failed, by failure group (retryable, auth, not_found, other).",
         ("kind",),
-        (BLOB_KINDS,),
+        (BLOB_FAILURE_GROUPS,),
         other={"kind": "other"},
     ),
     _h(
@@ -289,7 +329,8 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "vmsnap_watchdog_thaws_total",
         "counter",
-        "Thaws performed by the runtime's watchdog process (from its reports), by trigger.",
+        "Thaws performed by the runtime's watchdog process (from its reports), by trigger "
+        "(eof: the runtime died; deadline; other).",
         ("reason",),
         (WATCHDOG_REASONS,),
         other={"reason": "other"},
@@ -307,8 +348,7 @@ FAMILIES: tuple[Family, ...] = (
     _c("vmsnap_sidecar_records_ingested_total", "Complete job records ingested (exactly once)."),
     _c(
         "vmsnap_sidecar_records_invalid_total",
-        "Job records that could not be ingested, by reason.",
-        reason=INVALID_REASONS,
+        "Job records that could not be ingested (the reason is in the sidecar log).",
     ),
     _c(
         "vmsnap_sidecar_jobs_quarantined_total",
@@ -320,26 +360,24 @@ FAMILIES: tuple[Family, ...] = (
         "Files in the spool's watchdog directory that are not readable reports.",
     ),
     _c("vmsnap_sidecar_log_mirror_bytes_total", "Log bytes mirrored to logsBlobUri."),
-    _c("vmsnap_sidecar_log_mirror_lines_total", "Log lines mirrored to logsBlobUri."),
-    _c("vmsnap_sidecar_log_mirror_writes_total", "Blob writes (append blocks, blocks, pages)."),
-    _c(
-        "vmsnap_sidecar_log_mirror_errors_total",
-        "Failed log-mirror requests and decisions, by kind.",
-        error=MIRROR_ERRORS,
-    ),
     Family(
-        "vmsnap_sidecar_log_mirror_abandoned_total",
+        "vmsnap_sidecar_log_mirror_errors_total",
         "counter",
-        "Jobs whose log mirroring was stopped for good, by the error that stopped it.",
+        "Failed log-mirror requests and decisions, by group "
+        "(retryable, auth, not_found, conflict, other).",
         ("error",),
-        (ABANDON_REASONS,),
+        (MIRROR_ERROR_GROUPS,),
         other={"error": "other"},
+    ),
+    _c(
+        "vmsnap_sidecar_log_mirror_abandoned_total",
+        "Jobs whose log mirroring was stopped for good (the reason is in the sidecar log "
+        "and the job's state).",
     ),
     _g(
         "vmsnap_sidecar_log_mirror_backlog_bytes",
         "Log bytes in the spool not yet mirrored.",
     ),
-    _g("vmsnap_sidecar_log_mirror_backlog_jobs", "Jobs with log lines not yet mirrored."),
     _c("vmsnap_sidecar_spans_exported_total", "Spans exported over OTLP."),
     _c("vmsnap_sidecar_span_export_errors_total", "Failed OTLP export calls."),
     _c(
@@ -348,7 +386,6 @@ FAMILIES: tuple[Family, ...] = (
         reason=SPAN_DROP_REASONS,
     ),
     _g("vmsnap_sidecar_span_backlog_bytes", "spans.jsonl bytes in the spool not yet exported."),
-    _g("vmsnap_sidecar_span_backlog_max_bytes", "The span backlog bound (--span-backlog-bytes)."),
     _g("vmsnap_sidecar_spool_jobs", "Job directories currently in the spool."),
     _g(
         "vmsnap_sidecar_ingest_lag_seconds",
@@ -479,10 +516,18 @@ class MetricValues:
 
     def set(self, name: str, value: float, labels: Sequence[str] = ()) -> None:
         family = self._family(name, "gauge")
-        key = tuple(labels) if not family.zero_init else family.bound(labels)
+        key = family.bound(labels) if family.bounded else tuple(labels)
         if key is None or not math.isfinite(value):
             return
         self.gauges[name][key] = value
+
+    def replace(self, name: str, labels: Sequence[str], value: float = 1.0) -> None:
+        """The gauge has this one series only (an info metric about the latest thing)."""
+        family = self._family(name, "gauge")
+        key = family.bound(labels) if family.bounded else tuple(labels)
+        if key is None or not math.isfinite(value):
+            return
+        self.gauges[name] = {key: value}
 
     def set_max(self, name: str, value: float, labels: Sequence[str] = ()) -> None:
         """Gauge = max(current, value): for "last ... timestamp" gauges."""
@@ -575,7 +620,7 @@ def _rows(rows: object, family: Family) -> Iterable[tuple[Labels, Any]]:
         raw_key = tuple(str(v) for v in row[0])
         if len(raw_key) != len(family.labels):
             continue
-        key = family.bound(raw_key) if family.zero_init else raw_key
+        key = family.bound(raw_key) if family.bounded else raw_key
         if key is None:
             continue
         value = row[1]
@@ -597,3 +642,126 @@ def _histogram(raw: object, family: Family) -> HistogramValue | None:
             if isinstance(index, int) and 0 <= index < len(counts):
                 hist.exemplars[index] = (str(trace_id), float(value), float(ts))
     return hist
+
+
+# -- state written by an older sidecar (state schema 1) -------------------------------
+
+# Histogram bounds of schema 1 where they differ; the new bounds are a subset,
+# so re-binning is exact.
+_LEGACY_BUCKETS: dict[str, tuple[float, ...]] = {
+    "vmsnap_freeze_duration_seconds": (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    "vmsnap_script_duration_seconds": (1.0, 10.0, 30.0, 60.0, 300.0, 1800.0),
+}
+
+
+def _legacy_label(name: str, old: Labels) -> Labels | None:
+    """A schema-1 series' labels in this catalogue (None: the family is gone)."""
+    if name in ("vmsnap_job_errors_total", "vmsnap_job_warnings_total") and len(old) == 1:
+        return (old[0] if old[0] in ERROR_GROUP_LABELS else error_group(old[0]),)
+    if name == "vmsnap_sidecar_log_mirror_errors_total" and len(old) == 1:
+        return (old[0] if old[0] in MIRROR_ERROR_GROUPS else mirror_error_group(old[0]),)
+    if name == "vmsnap_disk_snapshot_failures_total" and len(old) == 1:
+        return (blob_failure_group(old[0]),)
+    if name == "vmsnap_watchdog_thaws_total" and len(old) == 1:
+        return (old[0] if old[0] in WATCHDOG_REASONS else "other",)
+    if name in (
+        "vmsnap_sidecar_log_mirror_abandoned_total",
+        "vmsnap_sidecar_records_invalid_total",
+        "vmsnap_script_duration_seconds",
+        "vmsnap_workload_write_stall_seconds",
+    ):
+        return ()  # the label was dropped: its series are summed
+    return old
+
+
+def _rebin(counts: list[float], old: tuple[float, ...], new: tuple[float, ...]) -> list[float]:
+    """Non-cumulative counts on ``old`` bounds moved onto ``new`` (a subset of them)."""
+    out = [0.0] * (len(new) + 1)
+    for bound, count in zip((*old, math.inf), counts, strict=True):
+        index = next((i for i, b in enumerate(new) if bound <= b), len(new))
+        out[index] += count
+    return out
+
+
+def migrate_legacy_metrics(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Schema-1 persisted metrics as this catalogue persists them. Pure.
+
+    Counters are summed into their new label sets (errors by group, mirror and
+    disk failures by group, unlabelled abandons and invalid records); the phase
+    histogram's ``_sum`` becomes ``vmsnap_phase_seconds_total``; histograms
+    whose bounds or labels changed are re-binned and summed. Rows that do not
+    fit are left for ``MetricValues.from_json`` to drop.
+    """
+    counters: dict[str, dict[Labels, float]] = {}
+    histograms: dict[str, dict[Labels, dict[str, Any]]] = {}
+
+    def add_counter(name: str, key: Labels, value: float) -> None:
+        series = counters.setdefault(name, {})
+        series[key] = series.get(key, 0.0) + value
+
+    for name, rows in _items(doc.get("counters")):
+        for key, value in _legacy_rows(rows):
+            new_key = _legacy_label(name, key)
+            if new_key is not None and isinstance(value, int | float):
+                add_counter(name, new_key, float(value))
+    for name, rows in _items(doc.get("histograms")):
+        for key, raw in _legacy_rows(rows):
+            if not isinstance(raw, dict) or not isinstance(raw.get("counts"), list):
+                continue
+            if name == "vmsnap_phase_duration_seconds":
+                add_counter("vmsnap_phase_seconds_total", key, float(raw.get("sum", 0.0)))
+                continue
+            new_key = _legacy_label(name, key)
+            family = FAMILY_BY_NAME.get(name)
+            if new_key is None or family is None:
+                continue
+            counts = [float(c) for c in raw["counts"]]
+            exemplars = [e for e in raw.get("exemplars", []) if isinstance(e, list) and len(e) == 4]
+            old = _LEGACY_BUCKETS.get(name)
+            if old is not None and len(counts) == len(old) + 1:
+                counts = _rebin(counts, old, family.buckets)
+                exemplars = [
+                    [_rebin_index(e[0], old, family.buckets), *e[1:]]
+                    for e in exemplars
+                    if isinstance(e[0], int) and 0 <= e[0] <= len(old)
+                ]
+            merged = histograms.setdefault(name, {}).get(new_key)
+            if merged is None:
+                histograms[name][new_key] = {
+                    "counts": counts,
+                    "sum": float(raw.get("sum", 0.0)),
+                    "exemplars": exemplars,
+                }
+            elif len(merged["counts"]) == len(counts):
+                merged["counts"] = [a + b for a, b in zip(merged["counts"], counts, strict=True)]
+                merged["sum"] += float(raw.get("sum", 0.0))
+                merged["exemplars"] += exemplars
+    for series in histograms.values():
+        for hist in series.values():
+            latest: dict[int, list[Any]] = {}
+            for entry in hist["exemplars"]:  # the latest exemplar per bucket
+                if entry[0] not in latest or float(entry[3]) >= float(latest[entry[0]][3]):
+                    latest[entry[0]] = entry
+            hist["exemplars"] = [latest[i] for i in sorted(latest)]
+    return {
+        "counters": {
+            name: [[list(k), v] for k, v in series.items()] for name, series in counters.items()
+        },
+        "gauges": doc.get("gauges") or {},
+        "histograms": {
+            name: [[list(k), h] for k, h in series.items()] for name, series in histograms.items()
+        },
+    }
+
+
+def _rebin_index(index: int, old: tuple[float, ...], new: tuple[float, ...]) -> int:
+    bound = old[index] if index < len(old) else math.inf
+    return next((i for i, b in enumerate(new) if bound <= b), len(new))
+
+
+def _legacy_rows(rows: object) -> Iterable[tuple[Labels, Any]]:
+    if not isinstance(rows, list):
+        return
+    for row in rows:
+        if isinstance(row, list) and len(row) == 2 and isinstance(row[0], list):
+            yield tuple(str(v) for v in row[0]), row[1]

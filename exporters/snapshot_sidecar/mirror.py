@@ -33,8 +33,8 @@ Failures: retryable ones (timeouts, 5xx, resets, throttling) are retried by
 ``call_with_retries`` and then, across steps, with a capped exponential
 backoff; auth (expired or forbidden SAS), not-found, limits and other 4xx stop
 the job's mirroring for good: counted in
-``vmsnap_sidecar_log_mirror_abandoned_total{error}`` and never retried. A job
-whose log is still not mirrored ``give_up_seconds`` after it completed is
+``vmsnap_sidecar_log_mirror_abandoned_total`` (the reason in the sidecar log) and
+never retried. A job whose log is still not mirrored ``give_up_seconds`` after it completed is
 abandoned (``expired``): with the spool's own size cap that bounds the backlog,
 which ``vmsnap_sidecar_log_mirror_backlog_bytes`` shows.
 
@@ -71,6 +71,7 @@ from snapshot_sidecar.blob_targets import (
 from snapshot_sidecar.forwarders import ForwardResult, Guard
 from snapshot_sidecar.keys import Keys
 from snapshot_sidecar.log_resume import Resume, resume_point
+from snapshot_sidecar.metrics import mirror_error_group
 from snapshot_sidecar.spool_reader import RecordError, SpoolReader
 from snapshot_sidecar.state import TERMINAL, JobProgress, Ledger
 
@@ -202,7 +203,7 @@ class LogMirror:
         self.update_backlog()
 
     def update_backlog(self) -> None:
-        backlog_bytes, backlog_jobs = 0, 0
+        backlog_bytes = 0
         with self.ledger.locked() as state:
             pending = [
                 (n, j.log.offset) for n, j in state.jobs.items() if j.log.status not in TERMINAL
@@ -211,9 +212,7 @@ class LogMirror:
             waiting = self.reader.file_size(name, LOG_FILE) - offset
             if waiting > 0:
                 backlog_bytes += waiting
-                backlog_jobs += 1
         self.ledger.live("vmsnap_sidecar_log_mirror_backlog_bytes", backlog_bytes)
-        self.ledger.live("vmsnap_sidecar_log_mirror_backlog_jobs", backlog_jobs)
 
     def close(self) -> None:
         for job in self._jobs.values():
@@ -397,8 +396,6 @@ class LogMirror:
                 job.log.seq = seq
             job.log.blob_offset = size
             state.metrics.inc("vmsnap_sidecar_log_mirror_bytes_total", (), len(data))
-            state.metrics.inc("vmsnap_sidecar_log_mirror_lines_total", (), lines)
-            state.metrics.inc("vmsnap_sidecar_log_mirror_writes_total")
 
     def _resolve(self, name: str, job: JobProgress, size: int, target: LogTarget) -> bool:
         """The blob ends at ``size``, not at our offset: did our write land? True: go on."""
@@ -440,7 +437,8 @@ class LogMirror:
         if failure.error_code == "BlockCountExceedsLimit":
             kind = "limit"
         with self.ledger.transaction() as state:
-            state.metrics.inc("vmsnap_sidecar_log_mirror_errors_total", (kind,))
+            group = mirror_error_group(kind)
+            state.metrics.inc("vmsnap_sidecar_log_mirror_errors_total", (group,))
         final = kind in _FINAL_KINDS or (
             kind == "other" and failure.status_code is not None and 400 <= failure.status_code < 500
         )
@@ -467,7 +465,10 @@ class LogMirror:
             if job is not None:
                 job.log.status = "failed"
                 job.log.error = redact_then_truncate(f"{reason}: {text}", 300, mem.redact or scrub)
-            state.metrics.inc("vmsnap_sidecar_log_mirror_abandoned_total", (reason,))
+            # The reason is in the log line above and the job's state, not a label.
+            state.metrics.inc("vmsnap_sidecar_log_mirror_abandoned_total")
             if reason in ("unseal", "block_limit", "expired"):
-                state.metrics.inc("vmsnap_sidecar_log_mirror_errors_total", (reason,))
+                state.metrics.inc(
+                    "vmsnap_sidecar_log_mirror_errors_total", (mirror_error_group(reason),)
+                )
         mem.close()

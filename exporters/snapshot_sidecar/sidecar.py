@@ -52,6 +52,7 @@ __all__ = [
     "Sidecar",
     "SidecarConfig",
     "StateDirLocked",
+    "collector_failure_counter",
     "standard_forwarders",
 ]
 
@@ -96,6 +97,17 @@ def standard_forwarders(
         LogMirror(reader, ledger, keys, config.mirror, stop=stop),
         SpanForwarder(reader, ledger, exporter, config.spans, stop=stop),
     ]
+
+
+def collector_failure_counter(ledger: Ledger) -> Callable[[str], None]:
+    """``build_registry``'s ``on_failure``: a collector that raised during a scrape is
+    counted in ``vmsnap_sidecar_errors_total{component="collector"}`` (persisted)."""
+
+    def count(_collector: str) -> None:
+        with ledger.transaction() as state:
+            state.metrics.inc("vmsnap_sidecar_errors_total", ("collector",))
+
+    return count
 
 
 def lock_state_dir(state_dir: str | os.PathLike[str]) -> int:
@@ -326,7 +338,8 @@ class Sidecar:
             self._invalid_seen.add((name, reason))
             _log.warning("job %s: %s not ingestible (%s): %s", name, path, reason, error)
             with self.ledger.transaction() as state:
-                state.metrics.inc("vmsnap_sidecar_records_invalid_total", (reason,))
+                # The reason is in the warning above: one series, not one per reason.
+                state.metrics.inc("vmsnap_sidecar_records_invalid_total")
         if job.finished:
             return
         if lock_free(self.reader.job_path(name)) is False:

@@ -181,7 +181,6 @@ class SpanForwarder:
         self.backoff = 0.0
         self._done: list[str] = []
         self._guard = Guard(ledger)
-        ledger.live("vmsnap_sidecar_span_backlog_max_bytes", config.backlog_bytes)
 
     def step(self) -> ForwardResult:
         """One pass over every job with spans to export (never raises: ``Forwarder``)."""

@@ -38,13 +38,16 @@ from pathlib import Path
 from typing import Any
 
 from snapshot_runtime.core.atomic_file import write_atomic
-from snapshot_sidecar.metrics import MetricValues
+from snapshot_sidecar.metrics import MetricValues, migrate_legacy_metrics
 
 __all__ = ["STATE_FILE", "JobProgress", "Ledger", "LogProgress", "SidecarState", "SpanProgress"]
 
 STATE_FILE = "state.json"
 STATE_SCHEMA = "snapshot-sidecar/state"
-STATE_VERSION = 1
+# 2: the series-budget catalogue (issue 16). A version-1 file (an older sidecar)
+# is migrated on load: its counts carried over to the new label sets.
+STATE_VERSION = 2
+LEGACY_STATE_VERSIONS = frozenset({1})
 
 # Terminal statuses: nothing more will be done for that part of the job.
 TERMINAL = frozenset({"done", "failed", "none"})
@@ -137,9 +140,13 @@ class SidecarState:
     def from_json(cls, doc: object) -> SidecarState:
         if not isinstance(doc, dict) or doc.get("schema") != STATE_SCHEMA:
             raise ValueError("not a snapshot-sidecar state file")
-        if doc.get("schema_version") != STATE_VERSION:
-            raise ValueError(f"unknown state schema_version {doc.get('schema_version')!r}")
-        metrics = MetricValues.from_json(doc.get("metrics") or {})
+        version = doc.get("schema_version")
+        if version != STATE_VERSION and version not in LEGACY_STATE_VERSIONS:
+            raise ValueError(f"unknown state schema_version {version!r}")
+        persisted = doc.get("metrics") or {}
+        if version in LEGACY_STATE_VERSIONS and isinstance(persisted, dict):
+            persisted = migrate_legacy_metrics(persisted)
+        metrics = MetricValues.from_json(persisted)
         jobs = {
             str(name): JobProgress.from_json(job)
             for name, job in (doc.get("jobs") or {}).items()

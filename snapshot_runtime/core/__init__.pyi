@@ -17,12 +17,15 @@ from .defaults import DEFAULT_FREEZE_TIMEOUT as DEFAULT_FREEZE_TIMEOUT
 from .defaults import DEFAULT_RUN_DIR as DEFAULT_RUN_DIR
 from .defaults import DEFAULT_SPOOL_DIR as DEFAULT_SPOOL_DIR
 from .defaults import DEFAULT_STATE_DIR as DEFAULT_STATE_DIR
+from .errors import ERROR_GROUPS as ERROR_GROUPS
+from .errors import OTHER_ERROR_GROUP as OTHER_ERROR_GROUP
 from .errors import BlobError as BlobError
 from .errors import ConfigError as ConfigError
 from .errors import ErrorCode as ErrorCode
 from .errors import FreezeError as FreezeError
 from .errors import Health as Health
 from .errors import SnapshotError as SnapshotError
+from .errors import error_group as error_group
 from .interrupt import JobInterrupted as JobInterrupted
 from .interrupt import interrupt_name as interrupt_name
 from .permissions import check_config_mode as check_config_mode
@@ -61,7 +64,9 @@ __all__ = [
     "DEFAULT_RUN_DIR",
     "DEFAULT_SPOOL_DIR",
     "DEFAULT_STATE_DIR",
+    "ERROR_GROUPS",
     "MAX_TICKS",
+    "OTHER_ERROR_GROUP",
     "PHASES",
     "BlobError",
     "ConfigError",
@@ -93,6 +98,7 @@ __all__ = [
     "decide_after_pre_script",
     "decide_path",
     "drop_partial_run",
+    "error_group",
     "files_to_prune",
     "interrupt_name",
     "read_at_most",

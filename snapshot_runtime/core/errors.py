@@ -22,6 +22,8 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "ERROR_GROUPS",
+    "OTHER_ERROR_GROUP",
     "BlobError",
     "ConfigError",
     "ErrorCode",
@@ -29,6 +31,7 @@ __all__ = [
     "Health",
     "ScriptError",
     "SnapshotError",
+    "error_group",
 ]
 
 
@@ -152,6 +155,90 @@ _NUMBERS: dict[ErrorCode, int] = {
     ErrorCode.PROTECTED_SETTINGS_INVALID: 16,
     ErrorCode.INTERNAL_ERROR: 2,
 }
+
+# The metric label for an error or warning (issue 16, series budget): a VM pays
+# one series per label value, so the counters say which part of a job failed
+# (9 values) and the exact code stays in the job record, the status, the spans
+# and vmsnap_last_job_info. Every code is in exactly one group (checked below,
+# at import). "other" also takes names this runtime does not know.
+OTHER_ERROR_GROUP = "other"
+ERROR_GROUPS: dict[str, tuple[ErrorCode, ...]] = {
+    "settings": (
+        ErrorCode.INVALID_SETTINGS,
+        ErrorCode.INVALID_DISK_LIST,
+        ErrorCode.COMMAND_TOO_LATE,
+        ErrorCode.ALREADY_PROCESSED,
+        ErrorCode.JOB_ALREADY_RUNNING,
+    ),
+    "plugin_config": (
+        ErrorCode.INCORRECT_PLUGINHOST_FILE,
+        ErrorCode.INCORRECT_JSON_CONFIG,
+        ErrorCode.PLUGIN_CONFIG_VALUE_ADJUSTED,
+        ErrorCode.PLUGIN_CONFIG_VALUE_CONVERTED,
+    ),
+    "pre_script": (
+        ErrorCode.PRE_SCRIPT_FAILED,
+        ErrorCode.PRE_SCRIPT_NOT_FOUND,
+        ErrorCode.PRE_SCRIPT_PERMISSION,
+        ErrorCode.PRE_SCRIPT_TIMEOUT,
+    ),
+    "post_script": (
+        ErrorCode.POST_SCRIPT_FAILED,
+        ErrorCode.POST_SCRIPT_NOT_FOUND,
+        ErrorCode.POST_SCRIPT_PERMISSION,
+        ErrorCode.POST_SCRIPT_TIMEOUT,
+    ),
+    "freeze": (
+        ErrorCode.FS_FREEZE_FAILED,
+        ErrorCode.FS_FREEZE_TIMEOUT,
+        ErrorCode.FS_FREEZE_NOT_OWNED,
+        ErrorCode.UNABLE_TO_OPEN_MOUNT,
+        ErrorCode.THAW_FAILED,
+    ),
+    "snapshot": (
+        ErrorCode.SNAPSHOT_FAILED,
+        ErrorCode.SNAPSHOT_PARTIALLY_FAILED,
+        ErrorCode.SNAPSHOT_RATE_EXCEEDED,
+        ErrorCode.SNAPSHOT_LIMIT_REACHED,
+    ),
+    "workload": (
+        ErrorCode.WORKLOAD_PRE_ERROR,
+        ErrorCode.WORKLOAD_CONF_PARSING,
+        ErrorCode.WORKLOAD_INVALID_ROLE,
+        ErrorCode.WORKLOAD_INVALID_NAME,
+        ErrorCode.WORKLOAD_POST_ERROR,
+        ErrorCode.WORKLOAD_AUTH_MISSING,
+        ErrorCode.WORKLOAD_CONNECTION,
+        ErrorCode.WORKLOAD_QUIESCING_ERROR,
+        ErrorCode.WORKLOAD_QUIESCING_TIMEOUT,
+        ErrorCode.WORKLOAD_UNSUPPORTED,
+        ErrorCode.WORKLOAD_REPLACES_SCRIPTS,
+    ),
+    # The extension handler's environment and the status hand-back.
+    "host": (
+        ErrorCode.HANDLER_ENVIRONMENT_INVALID,
+        ErrorCode.CERTIFICATE_NOT_FOUND,
+        ErrorCode.PROTECTED_SETTINGS_INVALID,
+        ErrorCode.STATUS_UPLOAD_FAILED,
+    ),
+    OTHER_ERROR_GROUP: (ErrorCode.INTERNAL_ERROR,),
+}
+_GROUP_BY_NAME: dict[str, str] = {
+    code.value: group for group, codes in ERROR_GROUPS.items() for code in codes
+}
+# A new ErrorCode must be given a group: importing this module fails until it is.
+_ungrouped = [code.value for code in ErrorCode if code.value not in _GROUP_BY_NAME]
+assert not _ungrouped, f"ErrorCode(s) in no ERROR_GROUPS entry: {_ungrouped}"
+assert sum(len(codes) for codes in ERROR_GROUPS.values()) == len(ErrorCode), (
+    "an ErrorCode is in more than one ERROR_GROUPS entry"
+)
+
+
+def error_group(code: str | ErrorCode) -> str:
+    """The metric group of an error code, given as the enum or its public name."""
+    name = code.value if isinstance(code, ErrorCode) else code
+    return _GROUP_BY_NAME.get(name, OTHER_ERROR_GROUP)
+
 
 # Reference ExtensionErrorCodeDict; every number not listed is yellow, which
 # also covers the reference's KeyError bug for unlisted codes (556).

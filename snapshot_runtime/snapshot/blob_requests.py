@@ -11,14 +11,10 @@ and the two it builds on, ``blob_errors`` (classification, pure) and
 * ``translate`` is the context manager that re-raises request failures as
   ``BlobOpError`` (``raise ... from exc``), naming the URL via ``strip_sas``.
 * ``upload_block_blob`` writes the status blob.
-* ``PreparedSnapshot`` is the one request that does not go through the SDK:
-  the first attempt of a disk's Snapshot Blob inside the frozen window, built
-  (target, headers) and connected before the freeze, sent with ``http.client``.
-  Why: through the SDK a request costs 1.5-2 ms of CPU under the GIL
-  (pipeline policies, serialisation, ``requests``/``urllib3``); 64 of them
-  made a 64-disk window ~100 ms longer than a 1-disk one with 50 ms storage
-  latency on 2 cores (benchmarks/frozen_window.py). Every other request
-  (preflight, retries, the status blob) stays on azure-storage-blob.
+* The first in-window attempt of a disk's Snapshot Blob is the one request
+  that does not go through the SDK: ``blob_wire`` (prepared before the freeze,
+  all disks sent from one thread). Every other request (preflight, retries,
+  the status blob) stays on azure-storage-blob.
 
 Contracts:
 
@@ -42,20 +38,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import http.client
 import logging
-import re
-import select
-import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import certifi
 import requests
-from azure.core import exceptions as azure_exc
 from azure.storage.blob import BlobClient, ContentSettings
 
 from snapshot_runtime.core.errors import ErrorCode
@@ -66,10 +56,7 @@ from snapshot_runtime.snapshot.blob_retry import call_with_retries
 from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError
 
 __all__ = [
-    "PreparedSnapshot",
-    "SnapshotAnswerError",
     "blob_client",
-    "prepared_snapshot",
     "sas_redactor",
     "silenced_transport_logs",
     "translate",
@@ -278,158 +265,3 @@ def upload_block_blob(
             f"attempt(s): {outcome.failure.message}",
             outcome.failure,
         )
-
-
-class SnapshotAnswerError(azure_exc.HttpResponseError):
-    """A prepared Snapshot Blob request answered with something other than 201.
-
-    Carries ``status_code`` and ``error_code`` as the SDK's errors do, so
-    ``blob_errors.classify`` treats it exactly like one of theirs.
-    """
-
-    def __init__(self, status: int, error_code: str | None, message: str) -> None:
-        super().__init__(message=message)
-        self.status_code = status
-        self.error_code = error_code
-
-
-_XML_MESSAGE = re.compile(rb"<Message>(.*?)</Message>", re.DOTALL)
-
-
-def _dropped(sock: Any) -> bool:
-    """The idle connection was closed by the peer (or holds stray bytes): not reusable.
-
-    One poll, no I/O when the socket is quiet. Readable can also mean a TLS
-    1.3 session ticket arrived after the handshake: a non-blocking read
-    consumes it and finds no application data (``SSLWantReadError``).
-    """
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    if not poller.poll(0):
-        return False
-    timeout = sock.gettimeout()
-    sock.setblocking(False)
-    try:
-        sock.recv(1)
-    except (ssl.SSLWantReadError, BlockingIOError):
-        return False
-    except OSError:
-        return True
-    finally:
-        sock.settimeout(timeout)
-    return True  # EOF, or bytes nobody asked for
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    # The SDK's CA bundle (requests uses certifi's), loaded once per process
-    # (~10 ms of CPU each time), before the freeze.
-    return ssl.create_default_context(cafile=certifi.where())
-
-
-class PreparedSnapshot:
-    """One disk's Snapshot Blob request, prepared before the freeze, sent in it.
-
-    ``open`` (before the freeze) connects, TLS included; ``send`` (inside it)
-    writes the prepared request and reads the answer: no DNS, no file, no
-    new connection unless the peer closed the idle one. ``send`` raises what
-    ``classify`` reads: ``SnapshotAnswerError`` for a non-201 answer,
-    ``OSError`` (timeouts, resets) from the socket, ``ServiceResponseError``
-    for a malformed answer. Use from one thread at a time.
-
-    ``prepared_snapshot`` returns None where this path does not apply (a
-    proxy, non-ASCII metadata): the SDK then sends every attempt.
-    """
-
-    def __init__(
-        self,
-        sas_url: str,
-        *,
-        api_version: str,
-        request_id: str,
-        metadata: dict[str, str],
-        server_timeout: int,
-        connect_timeout: float,
-    ) -> None:
-        parts = urlsplit(sas_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("not an http(s) blob URL")
-        query = f"&{parts.query}" if parts.query else ""
-        self._target = f"{parts.path}?comp=snapshot&timeout={server_timeout}{query}"
-        self._headers = {
-            "x-ms-version": api_version,
-            "x-ms-client-request-id": request_id,
-            "Content-Length": "0",
-        }
-        self._headers.update({f"x-ms-meta-{k}": v for k, v in metadata.items()})
-        self._connection: http.client.HTTPConnection
-        if parts.scheme == "https":
-            self._connection = http.client.HTTPSConnection(
-                parts.hostname, parts.port, timeout=connect_timeout, context=_tls_context()
-            )
-        else:
-            self._connection = http.client.HTTPConnection(
-                parts.hostname, parts.port, timeout=connect_timeout
-            )
-
-    def open(self) -> None:
-        """Connect (and handshake) now, before the freeze. Raises OSError."""
-        self._connection.connect()
-
-    def send(self, budget: float) -> dict[str, Any]:
-        """Send the request, wait at most ``budget`` s per read; ``{"snapshot": stamp}``."""
-        connection = self._connection
-        try:
-            if connection.sock is not None and _dropped(connection.sock):
-                connection.close()
-            if connection.sock is None:
-                connection.connect()  # a new connection: what a retry would need too
-            connection.sock.settimeout(budget)
-            connection.request("PUT", self._target, headers=self._headers)
-            answer = connection.getresponse()
-            body = answer.read()
-        except http.client.HTTPException as exc:
-            connection.close()
-            raise azure_exc.ServiceResponseError(
-                f"malformed answer to Snapshot Blob: {type(exc).__name__}"
-            ) from None
-        except OSError:
-            connection.close()
-            raise
-        if answer.will_close:
-            connection.close()
-        if answer.status != 201:
-            found = _XML_MESSAGE.search(body)
-            text = found.group(1).decode("utf-8", "replace").strip() if found else answer.reason
-            code = answer.getheader("x-ms-error-code")
-            raise SnapshotAnswerError(answer.status, code, f"{text}\nErrorCode:{code}")
-        return {"snapshot": answer.getheader("x-ms-snapshot")}
-
-    def close(self) -> None:
-        self._connection.close()
-
-
-def prepared_snapshot(
-    sas_url: str,
-    *,
-    api_version: str,
-    request_id: str,
-    metadata: dict[str, str],
-    policy: BlobPolicy,
-) -> PreparedSnapshot | None:
-    """A ``PreparedSnapshot`` for this URL, or None where only the SDK applies."""
-    if requests.utils.get_environ_proxies(sas_url):
-        return None  # the SDK's session knows the proxy; this path does not
-    if not all((k + v).isascii() for k, v in metadata.items()):
-        return None  # the SDK encodes what a raw header cannot carry
-    try:
-        return PreparedSnapshot(
-            sas_url,
-            api_version=api_version,
-            request_id=request_id,
-            metadata=metadata,
-            server_timeout=max(1, int(policy.request_timeout)),
-            connect_timeout=policy.connect_timeout,
-        )
-    except ValueError:
-        return None

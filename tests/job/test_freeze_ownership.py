@@ -84,7 +84,7 @@ def test_a_mount_frozen_by_someone_else_is_at_most_crash_and_stays_frozen(
     apply_record(values, JobRecord.parse(record))
     assert values.counter("vmsnap_jobs_total", ("success", "crash")) == 1
     assert values.counter("vmsnap_jobs_total", ("success", "application")) == 0
-    assert values.counter("vmsnap_job_warnings_total", ("FsFreezeNotOwned",)) == 1
+    assert values.counter("vmsnap_job_warnings_total", ("freeze",)) == 1  # FsFreezeNotOwned
 
 
 HOLDING_PRE_SCRIPT = """\

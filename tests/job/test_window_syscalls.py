@@ -232,6 +232,89 @@ def test_frozen_window_syscalls(
         assert uuidd_connects and all(c.result.startswith("-1 ENOENT") for c in uuidd_connects)
 
 
+SIXTEEN = 16
+_SNAPSHOT_SENDS = frozenset({"send", "sendto", "sendmsg", "sendmmsg", "write", "writev"})
+
+
+@pytest.mark.root
+@pytest.mark.azurite
+def test_sixteen_disks_one_thread_sends_them_all_and_nothing_connects_opens_or_starts(
+    azurite: Azurite,
+    ws: Workspace,
+    frozen_fs: tuple[LoopFs, LoopFs],
+    uuidd: None,
+    strace: str,
+) -> None:
+    """16 disks under strace: all 16 snapshot requests leave from ONE thread inside the
+    window (blob_wire.send_all: one wave, no worker per disk), and inside the window
+    not one connect (of any kind, even to the snapshot endpoint), not one open (of any
+    file, in any mode), not one thread or process started."""
+    ext4, _ = frozen_fs
+    trace_path = ws.root / "strace-16.txt"
+    with (
+        FaultProxy(azurite.host, azurite.port, max_lifetime=120) as proxy,
+        syscall_trace.tmpfs_mount(str(ws.root / "run16")) as tmpfs,
+    ):
+        disks = jobkit.make_disks(
+            azurite, SIXTEEN, endpoints=dict.fromkeys(range(SIXTEEN), proxy.endpoint())
+        )
+        settings = ws.settings(disks, task_id="window-sixteen_1")
+        args = [
+            "run",
+            "--settings",
+            settings,
+            "--config",
+            ws.config(),
+            "--mounts",
+            ext4.mountpoint,
+            "--log-file",
+            str(ws.log_path),
+            "--state-dir",
+            str(ws.state_dir),
+            "--spool",
+            os.path.join(tmpfs, "spool"),
+            "--freeze-timeout",
+            "30",
+            "--json",
+        ]
+        traced = [*STRACE_ARGS, "-s", STRACE_STRING_BYTES, "-o", str(trace_path)]
+        result = ws.cli(*traced, "--", jobkit.CLI, *args, program=strace, timeout=120)
+        mounts = syscall_trace.read_mounts()
+
+    calls = syscall_trace.parse(trace_path.read_text(errors="replace"))
+    window = syscall_trace.frozen_window(calls)
+    assert window is not None, "no successful FIFREEZE/FITHAW in the trace"
+    peers = {f"127.0.0.1:{proxy.port}"}
+    violations = syscall_trace.window_violations(
+        calls, window, frozen_mounts=[ext4.mountpoint], allowed_peers=peers, mounts=mounts
+    )
+    if violations:
+        pytest.fail("\n".join(scrub(str(v)) for v in violations), pytrace=False)
+    inside = [c for c in calls if window.contains(c)]
+    stricter = [
+        c
+        for c in inside
+        if c.name in {"connect", "open", "openat", "openat2", "creat"}
+        or c.name in {"clone", "clone3", "fork", "vfork", "execve", "execveat"}
+    ]
+    assert not stricter, "\n".join(scrub(c.describe()) for c in stricter)
+
+    assert result.returncode == 0, scrub(result.output[-4000:])
+    report = result.json
+    assert (report["consistency"], report["snapshotTaken"]) == ("application", True), report
+    sent = syscall_trace.snapshot_request_sends(calls, window, peers)
+    names = sorted(t.rsplit("/", 1)[-1] for t in sent)
+    assert names == sorted(f"disk{i}.vhd" for i in range(SIXTEEN))
+    assert set(sent.values()) == {1}  # one attempt each, no retry
+    senders = {c.pid for c in inside if c.name in _SNAPSHOT_SENDS and "comp=snapshot" in c.args}
+    print(
+        f"\n[I1 syscalls, {SIXTEEN} disks] {len(inside)} syscalls in the window, "
+        f"{sum(sent.values())} snapshot requests from {len(senders)} thread(s), "
+        f"frozen window {report['freezeSeconds'] * 1000:.1f} ms under strace"
+    )
+    assert len(senders) == 1, senders
+
+
 # -- the classifier on its own: one trace with every kind of syscall it judges --------
 
 _MNT = "/tmp/snaprt-ext4-x/mnt"

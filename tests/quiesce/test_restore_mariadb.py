@@ -78,7 +78,7 @@ def assert_dba_facts(rig: Rig, report: JobReport, task_id: str, name: str) -> No
     assert float(data["workloadWriteStallSeconds"]) == workload["write_stall_seconds"]
     values = MetricValues()
     apply_record(values, JobRecord.parse(record))
-    hist = values.histograms["vmsnap_workload_write_stall_seconds"][(name,)]
+    hist = values.histograms["vmsnap_workload_write_stall_seconds"][()]  # no workload label
     assert sum(hist.counts) == 1 and hist.sum == workload["write_stall_seconds"]
 
 

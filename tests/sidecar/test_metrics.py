@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from snapshot_sidecar.metrics import CONSISTENCIES, FAMILIES, FREEZE_BUCKETS, OUTCOMES, MetricValues
@@ -11,7 +12,7 @@ from snapshot_sidecar.spool_reader import SpoolReader
 from snapshot_sidecar.state import STATE_FILE
 
 from snapshot_runtime import __version__
-from snapshot_runtime.core.errors import ErrorCode
+from snapshot_runtime.core.errors import ERROR_GROUPS
 from snapshot_runtime.core.phases import PHASES
 from snapshot_runtime.telemetry.spool_schema import LOG_FILE
 from tests.sidecar.conftest import Rig
@@ -62,17 +63,20 @@ def test_metric_values_after_ingesting_jobs(rig: Rig) -> None:
     assert v("vmsnap_jobs_total", outcome="success", consistency="filesystem") == 1
     assert v("vmsnap_jobs_total", outcome="failed", consistency="none") == 1
     assert v("vmsnap_jobs_total", outcome="failed", consistency="crash") == 0
-    assert v("vmsnap_job_errors_total", error="Pre-ScriptTimeout") == 1
-    assert v("vmsnap_job_errors_total", error="Post-ScriptTimeout") == 0
-    assert v("vmsnap_job_warnings_total", warning="Post-ScriptExecutionFailed") == 1
+    # Errors and warnings by group; the exact code of the latest job in the info metric.
+    assert v("vmsnap_job_errors_total", group="pre_script") == 1
+    assert v("vmsnap_job_errors_total", group="post_script") == 0
+    assert v("vmsnap_job_warnings_total", group="post_script") == 1
+    assert v("vmsnap_job_warnings_total", group="pre_script") == 0
     assert v("vmsnap_script_runs_total", script="pre") == 1 + 3 + 1
     assert v("vmsnap_script_retries_total", script="pre") == 2
     assert v("vmsnap_script_timeouts_total", script="pre") == 1
     assert v("vmsnap_script_timeouts_total", script="post") == 0
     assert v("vmsnap_script_failures_total", script="pre") == 1
-    assert v("vmsnap_script_duration_seconds_count", script="pre") == 3
-    assert v("vmsnap_script_duration_seconds_bucket", script="pre", le="60.0") == 3
-    assert v("vmsnap_script_duration_seconds_bucket", script="pre", le="30.0") == 2
+    # Pre- and post-scripts in one histogram: five took 0.02 s, the pre-script timeout 30.5 s.
+    assert v("vmsnap_script_duration_seconds_count") == 6
+    assert v("vmsnap_script_duration_seconds_bucket", le="10.0") == 5
+    assert v("vmsnap_script_duration_seconds_bucket", le="60.0") == 6
 
     # The frozen window: two jobs froze (0.04 s, 12 s); the timeout job never froze.
     assert v("vmsnap_freeze_duration_seconds_count") == 2
@@ -85,10 +89,9 @@ def test_metric_values_after_ingesting_jobs(rig: Rig) -> None:
     assert v("vmsnap_freezes_total", thawed_by="deadline") == 1
     assert v("vmsnap_freeze_timeouts_total") == 1
 
-    assert v("vmsnap_phase_duration_seconds_count", phase="freeze") == 3
-    assert v("vmsnap_disk_snapshots_total") == 1 + 2
+    assert v("vmsnap_phase_seconds_total", phase="freeze") == pytest.approx(3 * 0.01)
     assert v("vmsnap_disk_snapshot_attempts_total") == 1 + 1 + 4
-    assert v("vmsnap_disk_snapshot_failures_total", kind="throttled") == 1
+    assert v("vmsnap_disk_snapshot_failures_total", kind="retryable") == 1  # throttled
     assert v("vmsnap_disk_snapshot_failures_total", kind="auth") == 0
     assert v("vmsnap_disk_snapshot_duration_seconds_count") == 3
     assert v("vmsnap_spool_dropped_total", kind="log_lines") == 7
@@ -99,6 +102,13 @@ def test_metric_values_after_ingesting_jobs(rig: Rig) -> None:
     ]
     ends = [r.ended_at for r in records if r is not None and r.ended_at is not None]
     assert v("vmsnap_last_job_timestamp_seconds") == max(ends)
+    latest = max((r for r in records if r is not None), key=lambda r: r.ended_at or 0.0)
+    info = {
+        "outcome": latest.outcome or "",
+        "consistency": latest.consistency or "",
+        "error": latest.error or "none",
+    }
+    assert v("vmsnap_last_job_info", **info) == 1
     assert v("vmsnap_last_success_timestamp_seconds") == max(
         r.ended_at for r in records if r is not None and r.outcome == "success" and r.ended_at
     )
@@ -106,8 +116,7 @@ def test_metric_values_after_ingesting_jobs(rig: Rig) -> None:
     assert v("vmsnap_sidecar_records_ingested_total") == 3
     lag = v("vmsnap_sidecar_ingest_lag_seconds")
     assert lag is not None and 0 <= lag < 60
-    assert v("vmsnap_sidecar_collector_success", collector="values") == 1
-    assert v("vmsnap_sidecar_collector_success", collector="process") == 1
+    assert v("vmsnap_sidecar_errors_total", component="collector") == 0
 
 
 def test_every_known_label_combination_exists_at_zero(rig: Rig) -> None:
@@ -116,11 +125,11 @@ def test_every_known_label_combination_exists_at_zero(rig: Rig) -> None:
     for outcome in OUTCOMES:
         for consistency in CONSISTENCIES:
             assert v("vmsnap_jobs_total", outcome=outcome, consistency=consistency) == 0
-    for code in ErrorCode:
-        assert v("vmsnap_job_errors_total", error=code.value) == 0
+    for group in ERROR_GROUPS:
+        assert v("vmsnap_job_errors_total", group=group) == 0
+        assert v("vmsnap_job_warnings_total", group=group) == 0
     for phase in PHASES:
-        assert v("vmsnap_phase_duration_seconds_count", phase=phase) == 0
-        assert v("vmsnap_phase_duration_seconds_bucket", phase=phase, le="+Inf") == 0
+        assert v("vmsnap_phase_seconds_total", phase=phase) == 0
     for script in ("pre", "post"):
         for name in (
             "vmsnap_script_runs_total",
@@ -133,10 +142,14 @@ def test_every_known_label_combination_exists_at_zero(rig: Rig) -> None:
     assert v("vmsnap_backstop_thaws_total") == 0
     assert v("vmsnap_disk_snapshot_failures_total", kind="auth") == 0
     assert v("vmsnap_last_success_timestamp_seconds") == 0
-    # Every family of the catalogue is exposed before any job ran.
+    # Every family of the catalogue is exposed before any job ran, but the
+    # last-job info, which has no job to describe yet.
     text = generate_latest(rig.registry(sidecar)).decode()
     for family in FAMILIES:
-        assert f"# TYPE {family.name} " in text, family.name
+        if family.name == "vmsnap_last_job_info":
+            assert f"# TYPE {family.name} " not in text
+        else:
+            assert f"# TYPE {family.name} " in text, family.name
 
 
 def test_unknown_label_values_are_bounded(rig: Rig) -> None:
@@ -151,7 +164,7 @@ def test_unknown_label_values_are_bounded(rig: Rig) -> None:
     text = generate_latest(rig.registry(sidecar)).decode()
     assert "SomethingNew" not in text and "weird" not in text and "cosmic" not in text
     assert "not_a_phase" not in text
-    assert rig.value(sidecar, "vmsnap_job_errors_total", error="Unknown") == 1
+    assert rig.value(sidecar, "vmsnap_job_errors_total", group="other") == 1
     assert rig.value(sidecar, "vmsnap_jobs_total", outcome="failed", consistency="none") == 1
     assert rig.value(sidecar, "vmsnap_disk_snapshot_failures_total", kind="other") == 1
     # No per-job label anywhere: the task ids and trace ids are not label values.
@@ -173,7 +186,7 @@ def test_counters_survive_restart_and_nothing_is_counted_twice(rig: Rig) -> None
     after = generate_latest(rig.registry(second)).decode()
 
     def stable(text: str) -> list[str]:
-        skip = ("process_", "vmsnap_sidecar_collector_duration", "vmsnap_sidecar_ingest_lag")
+        skip = ("process_", "vmsnap_sidecar_ingest_lag")
         return [line for line in text.splitlines() if not line.startswith(skip)]
 
     assert stable(after) == stable(before)
@@ -248,8 +261,8 @@ def test_invalid_records_are_counted_once(rig: Rig) -> None:
     sidecar = rig.sidecar()
     sidecar.run_once()
     sidecar.run_once()
-    assert rig.value(sidecar, "vmsnap_sidecar_records_invalid_total", reason="schema") == 1
-    assert rig.value(sidecar, "vmsnap_sidecar_records_invalid_total", reason="json") == 1
+    # One each (schema, json): the reasons are in the sidecar log, not a label.
+    assert rig.value(sidecar, "vmsnap_sidecar_records_invalid_total") == 2
     assert rig.value(sidecar, "vmsnap_sidecar_records_ingested_total") == 0
 
 
@@ -260,7 +273,7 @@ def test_watchdog_reports_counted_once_across_restarts(rig: Rig) -> None:
     sidecar.run_once()
     sidecar.run_once()
     assert rig.value(sidecar, "vmsnap_watchdog_thaws_total", reason="eof") == 2
-    assert rig.value(sidecar, "vmsnap_watchdog_thaws_total", reason="signal") == 1
+    assert rig.value(sidecar, "vmsnap_watchdog_thaws_total", reason="other") == 1  # the signal
     again = rig.sidecar()
     again.run_once()
     assert rig.value(again, "vmsnap_watchdog_thaws_total", reason="eof") == 2
@@ -287,13 +300,15 @@ def test_handled_job_directories_are_removed(rig: Rig) -> None:
 def test_state_round_trip_keeps_histograms_and_exemplars() -> None:
     values = MetricValues()
     values.observe("vmsnap_freeze_duration_seconds", 0.3, exemplar=("ab" * 16, 123.0))
-    values.inc("vmsnap_job_errors_total", ("Pre-ScriptTimeout",), 2)
+    values.inc("vmsnap_job_errors_total", ("pre_script",), 2)
+    values.replace("vmsnap_last_job_info", ("failed", "none", "Pre-ScriptTimeout"))
     values.set_max("vmsnap_last_success_timestamp_seconds", 99.0)
     restored = MetricValues.from_json(json.loads(json.dumps(values.to_json())))
     hist = restored.histograms["vmsnap_freeze_duration_seconds"][()]
     assert hist.counts == values.histograms["vmsnap_freeze_duration_seconds"][()].counts
-    assert hist.exemplars == {2: ("ab" * 16, 0.3, 123.0)}  # le="0.5"
-    assert restored.counters["vmsnap_job_errors_total"][("Pre-ScriptTimeout",)] == 2
+    assert hist.exemplars == {1: ("ab" * 16, 0.3, 123.0)}  # le="0.5"
+    assert restored.counters["vmsnap_job_errors_total"][("pre_script",)] == 2
+    assert restored.gauges["vmsnap_last_job_info"] == {("failed", "none", "Pre-ScriptTimeout"): 1}
     assert restored.gauges["vmsnap_last_success_timestamp_seconds"][()] == 99.0
 
 
@@ -351,3 +366,31 @@ def test_snapshot_path_and_fallbacks_are_counted_with_bounded_labels(rig: Rig) -
     text = generate_latest(rig.registry(sidecar)).decode()
     assert "moon" not in text and "cosmic" not in text
     assert v("vmsnap_jobs_total", outcome="success", consistency="application") == 4
+
+
+def test_a_failing_collector_is_counted_and_the_scrape_goes_on(rig: Rig) -> None:
+    from prometheus_client.metrics_core import Metric
+    from snapshot_sidecar.collectors import NamedCollector, build_registry, stable_collectors
+    from snapshot_sidecar.sidecar import collector_failure_counter
+
+    class Broken:
+        name = "broken"
+
+        def collect(self) -> list[Metric]:
+            raise RuntimeError("boom")
+
+    sidecar = rig.sidecar()
+    ledger = sidecar.ledger
+    collectors: list[NamedCollector] = [
+        Broken(),
+        *stable_collectors(lambda: ledger.published, __version__),
+    ]
+    registry = build_registry(collectors, on_failure=collector_failure_counter(ledger))
+    text = generate_latest(registry).decode()
+    # The other collectors were served; no per-collector self-metrics exist.
+    assert f'vmsnap_build_info{{version="{__version__}"}} 1.0' in text
+    assert "vmsnap_sidecar_collector_" not in text
+    # The failure is counted (and persisted): the next scrape shows it.
+    assert ledger.published.counter("vmsnap_sidecar_errors_total", ("collector",)) == 1
+    generate_latest(registry)
+    assert rig.value(sidecar, "vmsnap_sidecar_errors_total", component="collector") == 2

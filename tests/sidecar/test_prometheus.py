@@ -12,7 +12,7 @@ import pytest
 from snapshot_sidecar.backstop import Backstop
 from snapshot_sidecar.collectors import build_registry, default_collectors
 from snapshot_sidecar.keys import Keys
-from snapshot_sidecar.metrics import ERROR_LABELS
+from snapshot_sidecar.metrics import ERROR_GROUP_LABELS
 from snapshot_sidecar.mirror import LogMirror
 from snapshot_sidecar.server import BasicAuth, MetricsServer, hash_password
 from snapshot_sidecar.sidecar import Sidecar, SidecarConfig
@@ -119,20 +119,21 @@ def test_prometheus_scrapes_the_sidecar_after_real_jobs(
             q = prom.value
             assert q('vmsnap_jobs_total{outcome="success",consistency="application"}') == 2
             assert q('vmsnap_jobs_total{outcome="failed",consistency="none"}') == 1
-            assert q('vmsnap_job_errors_total{error="Pre-ScriptTimeout"}') == 1
-            assert q('vmsnap_job_errors_total{error="Post-ScriptTimeout"}') == 0
-            assert q("count(vmsnap_job_errors_total)") == len(ERROR_LABELS)
+            assert q('vmsnap_job_errors_total{group="pre_script"}') == 1
+            assert q('vmsnap_job_errors_total{group="post_script"}') == 0
+            assert q("count(vmsnap_job_errors_total)") == len(ERROR_GROUP_LABELS)
+            assert q("count(vmsnap_last_job_info)") == 1
             assert q('vmsnap_script_timeouts_total{script="pre"}') == 1
             assert q('vmsnap_script_timeouts_total{script="post"}') == 0
             assert q('vmsnap_script_runs_total{script="pre"}') == 3
             assert q("vmsnap_freeze_duration_seconds_count") == 2
             assert q('vmsnap_freeze_duration_seconds_bucket{le="10.0"}') == 2
-            assert q("vmsnap_disk_snapshots_total") == 3
+            assert q("vmsnap_disk_snapshot_duration_seconds_count") == 3
             assert q("vmsnap_disk_snapshot_failures_total") is not None
             assert q("sum(vmsnap_disk_snapshot_failures_total)") == 0
-            assert q('vmsnap_phase_duration_seconds_count{phase="snapshot"}') == 2
+            assert (q('vmsnap_phase_seconds_total{phase="snapshot"}') or 0) > 0
             assert q("vmsnap_sidecar_records_ingested_total") == 3
-            assert q("vmsnap_sidecar_log_mirror_lines_total") == len(mirrored.splitlines())
+            assert q("vmsnap_sidecar_log_mirror_bytes_total") == len(mirrored)
             assert q(f'vmsnap_build_info{{version="{__version__}"}}') == 1
             last = q("vmsnap_last_success_timestamp_seconds")
             assert last is not None and time.time() - 600 < last <= time.time()

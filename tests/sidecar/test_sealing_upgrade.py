@@ -110,10 +110,8 @@ def test_old_runtime_and_new_runtime_jobs_are_both_mirrored_once(
             assert log.status == "done" and log.seq == job.seq and log.error is None
         assert (old_job.seq, new_job.seq) == (150, 120)
         for sidecar_ in (sidecar, restarted):
-            abandoned = rig.value(
-                sidecar_, "vmsnap_sidecar_log_mirror_abandoned_total", error="unseal"
-            )
-            assert abandoned in (None, 0.0)
+            # Neither job's mirroring was given up (unseal or otherwise).
+            assert rig.value(sidecar_, "vmsnap_sidecar_log_mirror_abandoned_total") == 0
     finally:
         for sidecar_ in rig.sidecars:
             sidecar_.close()

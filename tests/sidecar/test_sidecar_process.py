@@ -97,8 +97,8 @@ def test_sigkill_mid_mirroring_then_restart_gives_the_exact_log(
     assert [json.loads(line)["seq"] for line in lines] == list(range(1, 4001))
     state = json.loads((rig.state / STATE_FILE).read_text())
     assert state["jobs"]["killed"]["log"]["seq"] == 4000
-    counted = state["metrics"]["counters"]["vmsnap_sidecar_log_mirror_lines_total"]
-    assert counted == [[[], 4000.0]]  # the metric is exactly-once too
+    counted = state["metrics"]["counters"]["vmsnap_sidecar_log_mirror_bytes_total"]
+    assert counted == [[[], float(len(data))]]  # the metric is exactly-once too
 
 
 def test_once_ingests_and_exits(rig: Rig, tmp_path: Path) -> None:

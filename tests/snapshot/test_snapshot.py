@@ -14,15 +14,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from azure.storage.blob import BlobClient
 
 from snapshot_runtime.core.errors import ErrorCode
+from snapshot_runtime.snapshot import azure_blob
 from snapshot_runtime.snapshot.azure_blob import AzureBlobSnapshotter
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
-from snapshot_runtime.snapshot.blob_requests import prepared_snapshot
+from snapshot_runtime.snapshot.blob_wire import PreparedSnapshot, prepared_snapshot
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult, aggregate
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
@@ -202,7 +204,8 @@ def test_the_in_window_request_does_not_go_through_the_sdk(
 
 
 def test_one_worker_per_disk_and_no_connection_in_the_window(disks, proxy: FaultProxy) -> None:
-    """By default every disk has its worker (one wave); snapshot_all opens no connection."""
+    """By default every disk has a worker (retries, SDK-only disks); the first attempts
+    go out in one wave on the connections prepare() opened: snapshot_all opens none."""
     urls = disks(20, endpoint=proxy.endpoint())  # more than the old default of 16 workers
     with AzureBlobSnapshotter(urls, policy=FAST, metadata=META) as snapper:
         snapper.prepare()
@@ -217,6 +220,39 @@ def test_one_worker_per_disk_and_no_connection_in_the_window(disks, proxy: Fault
     assert len(workers) == 20
     assert before.connections == after.connections == 40
     assert after.requests - before.requests == 20  # one request per disk, nothing else
+
+
+def test_snapshot_all_sends_first_attempts_itself_and_retries_on_a_worker(
+    disks, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One wave from the calling thread (blob_wire.send_all); a failed first attempt
+    is retried through the SDK on a worker, never by the calling thread."""
+    urls = disks(5, endpoint=proxy.endpoint())
+    proxy.fail_next(1, status=500, error_code="InternalError", match="comp=snapshot")
+    send_all_on: list[str] = []
+    sdk_on: list[str] = []
+    real_send_all = azure_blob.send_all
+    real_create = BlobClient.create_snapshot
+
+    def recording_send_all(*args: Any, **kwargs: Any) -> Any:
+        send_all_on.append(threading.current_thread().name)
+        return real_send_all(*args, **kwargs)
+
+    def recording_create(self: BlobClient, *args: Any, **kwargs: Any) -> Any:
+        sdk_on.append(threading.current_thread().name)
+        return real_create(self, *args, **kwargs)
+
+    def no_blocking_send(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a worker sent a prepared first attempt")
+
+    monkeypatch.setattr(azure_blob, "send_all", recording_send_all)
+    monkeypatch.setattr(BlobClient, "create_snapshot", recording_create)
+    monkeypatch.setattr(PreparedSnapshot, "send", no_blocking_send)
+    _, result, _ = run(urls)
+    assert result.ok and sorted(d.attempts for d in result.disks) == [1, 1, 1, 1, 2]
+    assert send_all_on == [threading.current_thread().name]
+    assert len(sdk_on) == 1 and sdk_on[0].startswith("snapshot-")
+    assert proxy.stats.failures == 1
 
 
 def test_a_failed_prepared_attempt_is_retried_through_the_sdk(disks, proxy: FaultProxy) -> None:

@@ -5,20 +5,22 @@ Nothing registers itself on import: ``build_registry`` builds a private
 catalogue's values, build info; rendered once per ledger version, see
 ``snapshot_sidecar.exposition``) and, in ``volatile_registry``, prometheus-client's
 process collector (every scrape). Each stable collector runs
-wrapped, so one that raises does not break the scrape: it is reported by
-``vmsnap_sidecar_collector_success{collector}`` = 0 (and logged), the others
-are served (node_exporter's ``execute()`` pattern).
+wrapped, so one that raises does not break the scrape: it is logged and
+counted in ``vmsnap_sidecar_errors_total{component="collector"}`` (through
+``on_failure``), the others are served (node_exporter's ``execute()``
+pattern). Per-collector success and duration gauges are not exported: they
+cost a series per collector on every VM and no panel or alert read them
+(issue 16, series budget).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 
 from snapshot_sidecar.collectors.build_info import BuildInfoCollector
 from snapshot_sidecar.collectors.values import ValuesCollector
@@ -96,41 +98,44 @@ class _Safe:
         yield from metrics
 
 
-class _Executor:
-    """Runs every collector; reports success and duration per collector."""
+def _ignore(name: str) -> None:
+    """Default ``on_failure``: the failure is logged only."""
 
-    def __init__(self, collectors: Sequence[NamedCollector]) -> None:
+
+class _Executor:
+    """Runs every collector; a failing one is logged, reported to ``on_failure``, skipped."""
+
+    def __init__(
+        self, collectors: Sequence[NamedCollector], on_failure: Callable[[str], None]
+    ) -> None:
         self._collectors = list(collectors)
+        self._on_failure = on_failure
 
     def collect(self) -> Iterator[Metric]:
-        success = GaugeMetricFamily(
-            "vmsnap_sidecar_collector_success",
-            "1 if the collector ran without error during this scrape.",
-            labels=["collector"],
-        )
-        duration = GaugeMetricFamily(
-            "vmsnap_sidecar_collector_duration_seconds",
-            "How long the collector took during this scrape.",
-            labels=["collector"],
-        )
         for collector in self._collectors:
-            start = time.perf_counter()
             try:
                 metrics = list(collector.collect())
             except Exception:
                 _log.exception("collector %s failed", collector.name)
-                metrics, ok = [], 0.0
-            else:
-                ok = 1.0
-            success.add_metric([collector.name], ok)
-            duration.add_metric([collector.name], time.perf_counter() - start)
+                self._report(collector.name)
+                continue
             yield from metrics
-        yield success
-        yield duration
+
+    def _report(self, name: str) -> None:
+        try:
+            self._on_failure(name)
+        except Exception:  # counting must not break the scrape either
+            _log.exception("counting the failure of collector %s failed", name)
 
 
-def build_registry(collectors: Sequence[NamedCollector]) -> CollectorRegistry:
-    """A private registry serving ``collectors`` (never the global REGISTRY)."""
+def build_registry(
+    collectors: Sequence[NamedCollector], on_failure: Callable[[str], None] = _ignore
+) -> CollectorRegistry:
+    """A private registry serving ``collectors`` (never the global REGISTRY).
+
+    ``on_failure(collector_name)`` is called when a collector raises (the
+    sidecar counts it in ``vmsnap_sidecar_errors_total{component="collector"}``).
+    """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Executor(collectors))
+    registry.register(_Executor(collectors, on_failure))
     return registry

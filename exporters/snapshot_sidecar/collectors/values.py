@@ -39,8 +39,12 @@ class ValuesCollector:
             if family.kind == "counter":
                 yield self._scalar(CounterMetricFamily, family, values.counters[family.name])
             elif family.kind == "gauge":
-                if family.zero_init:  # the others (build_info) have their own collector
-                    yield self._scalar(GaugeMetricFamily, family, values.gauges[family.name])
+                # A gauge without zero-initialised series is absent until set
+                # (vmsnap_last_job_info before the first job); build_info is
+                # never set here: it has its own collector.
+                series = values.gauges[family.name]
+                if family.zero_init or series:
+                    yield self._scalar(GaugeMetricFamily, family, series)
             else:
                 yield self._histogram(family, values.histograms[family.name])
 

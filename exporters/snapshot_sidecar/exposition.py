@@ -93,7 +93,8 @@ class RegistryExposition:
 
 
 def _gzip(body: bytes) -> bytes:
-    return gzip.compress(body, compresslevel=GZIP_LEVEL)
+    # mtime 0, as the cached stream's header has: the same body, the same bytes.
+    return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
 
 
 def _gzip_compressor() -> zlib._Compress:

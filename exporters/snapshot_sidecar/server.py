@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import email.utils
 import hashlib
 import hmac
@@ -238,6 +239,15 @@ class _Server(ThreadingHTTPServer):
     exposition: Exposition
     auth: BasicAuth | None
     tls: ssl.SSLContext | None = None
+
+    def server_bind(self) -> None:
+        super().server_bind()
+        # The kernel hands a connection to accept() once its first bytes have
+        # arrived (HTTP and TLS clients speak first), so the request head is
+        # there when the accept thread looks for it (the fast path below);
+        # a connection silent for a second is accepted anyway. Linux only.
+        with contextlib.suppress(AttributeError, OSError):
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
 
     def process_request(
         self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any

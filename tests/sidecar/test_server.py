@@ -413,6 +413,8 @@ def test_scrapes_answered_on_the_accept_thread_match_the_threaded_answers() -> N
             for name in ("content-type", "content-length", "content-encoding", "server"):
                 assert inline[1].get(name) == threaded[1].get(name), name
             assert inline[2] == threaded[2] and len(inline[2]) == int(inline[1]["content-length"])
+            if inline[1].get("content-encoding") == "gzip":
+                assert gzip.decompress(inline[2]) == openmetrics_latest(_registry(_Fixed()))  # type: ignore[no-untyped-call]
         status, _, body = _split(_exchange(server, _get_request("/metrics")))
         assert status == "HTTP/1.1 200 OK" and body == generate_latest(_registry(_Fixed()))
         # Not a simple GET: the threaded handler answers, as before.

@@ -126,6 +126,11 @@ class CachedExposition:
         self._lock = threading.Lock()
         self._cache: dict[str, _Rendering] = {}
         self._volatile_cache: dict[str, tuple[float, bytes]] = {}  # (monotonic, bytes)
+        # An Accept header per content type served: the renderer keeps every
+        # format a scraper asked for current (escaping variants are their own).
+        self._accepts: dict[str, str] = {
+            choose_encoder(a)[1]: a for a in (_ACCEPT_OPENMETRICS, _ACCEPT_TEXT)
+        }
         self._renderer: threading.Thread | None = None
         self.hits = 0
         self.misses = 0
@@ -147,8 +152,10 @@ class CachedExposition:
             # Cleared before the version is read: a change after the read sets
             # it again, so no version is left unrendered.
             changed.clear()
+            with self._lock:
+                accepts = list(self._accepts.values())
             try:
-                for accept in (_ACCEPT_OPENMETRICS, _ACCEPT_TEXT):
+                for accept in accepts:
                     self._refresh(accept)
                     if self._volatile is not None:
                         self._refresh_volatile(accept)
@@ -171,6 +178,7 @@ class CachedExposition:
         gzip_head = compressor.compress(head)
         rendering = _Rendering(version, body, head, gzip_head, compressor)
         with self._lock:
+            self._accepts.setdefault(content_type, accept)
             current = self._cache.get(content_type)
             if current is None or current.version <= version:
                 self._cache[content_type] = rendering
@@ -194,10 +202,11 @@ class CachedExposition:
         return self._refresh_volatile(accept)
 
     def rendered(self, version: int) -> bool:
-        """Both formats' stable parts are rendered at ``version`` or later."""
+        """Every format served so far is rendered at ``version`` or later."""
         with self._lock:
-            formats = list(self._cache.values())
-        return len(formats) == 2 and all(r.version >= version for r in formats)
+            wanted = set(self._accepts)
+            formats = {t: r for t, r in self._cache.items() if r.version >= version}
+        return wanted <= set(formats)
 
     # -- a scrape ----------------------------------------------------------------------
 

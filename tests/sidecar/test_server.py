@@ -310,6 +310,15 @@ def test_renderer_thread_renders_commits_so_scrapes_never_render(rig: Rig) -> No
                 zipped, _ = exposition.render(accept, gzip=True)
                 assert gzip.decompress(zipped).startswith(body[:200])
         assert exposition.misses == 0 and exposition.hits == 13
+        # A format variant first asked for by a scrape is kept current too.
+        utf8 = "application/openmetrics-text; version=1.0.0; escaping=allow-utf-8"
+        assert b"records_ingested_total 3.0" in exposition.render(utf8)[0]
+        rig.gen.job("job-4")
+        sidecar.ingest()
+        _wait_rendered(exposition, ledger)
+        body, content_type = exposition.render(utf8)
+        assert "escaping=allow-utf-8" in content_type and b"records_ingested_total 4.0" in body
+        assert exposition.misses == 1  # the variant's first scrape only
         assert first.count(b"# EOF\n") == 1 and first.endswith(b"# EOF\n")
     finally:
         stop.set()

@@ -169,8 +169,10 @@ class Ledger:
         self.state = self._load()
         self.published: MetricValues = self.state.metrics.copy()
         # Changes whenever what a scrape shows may change (commit, live gauge):
-        # the exposition caches its rendering per version.
+        # the exposition caches its rendering per version, and its renderer
+        # thread waits on ``changed`` to render the new one at once.
         self.version = 0
+        self.changed = threading.Event()
 
     def _load(self) -> SidecarState:
         try:
@@ -227,6 +229,7 @@ class Ledger:
             self.state.metrics.set(name, value)
             self.published.set(name, value)
             self.version += 1
+            self.changed.set()
 
     def _commit(self) -> None:
         doc = self.state.to_json()
@@ -236,3 +239,4 @@ class Ledger:
         self._dirty = False
         self.published = self.state.metrics.copy()
         self.version += 1
+        self.changed.set()

@@ -6,17 +6,27 @@ import base64
 import datetime as dt
 import gzip
 import ipaddress
+import socket
 import ssl
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from snapshot_sidecar.collectors import build_registry, stable_collectors, volatile_registry
+from snapshot_sidecar.exposition import CachedExposition
 from snapshot_sidecar.server import (
     BasicAuth,
     MetricsServer,
@@ -24,9 +34,13 @@ from snapshot_sidecar.server import (
     parse_listen,
     tls_context,
 )
+from snapshot_sidecar.sidecar import Sidecar
+from snapshot_sidecar.state import Ledger
 
+from snapshot_runtime import __version__
 from tests.sidecar.conftest import Rig
 
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 SAS_SIG = "sig=Zm9vYmFyc2VjcmV0c2lnbmF0dXJlMTIzNDU2Nzg5MA%3D%3D"
 
 
@@ -199,3 +213,262 @@ def test_cached_exposition_renders_once_per_state_version(rig: Rig) -> None:
     assert exposition.misses == 2 and b"vmsnap_sidecar_records_ingested_total 1.0" in third
     text, text_type = exposition.render("")
     assert text_type.startswith("text/plain") and b"# EOF" not in text
+
+
+class _Fixed:
+    """A volatile part whose value does not change (the process collector's does)."""
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily("process_open_fds", "Number of open file descriptors.")
+        gauge.add_metric([], 7.0)
+        yield gauge
+
+
+def _stable_collectors(sidecar: Sidecar) -> list[Any]:
+    from snapshot_sidecar.collectors import BuildInfoCollector, ValuesCollector
+
+    ledger = sidecar.ledger
+    return [ValuesCollector(lambda: ledger.published), BuildInfoCollector(__version__)]
+
+
+def _registry(*collectors: Any) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in collectors:
+        registry.register(collector)
+    return registry
+
+
+def _assert_bodies_match_generate_latest(
+    exposition: CachedExposition, everything: CollectorRegistry
+) -> None:
+    for accept, reference in (
+        ("", generate_latest(everything)),
+        (OPENMETRICS, openmetrics_latest(everything)),  # type: ignore[no-untyped-call]
+    ):
+        body, _ = exposition.render(accept)
+        assert body == reference
+        compressed, _ = exposition.render(accept, gzip=True)
+        assert compressed[:2] == b"\x1f\x8b" and gzip.decompress(compressed) == reference
+
+
+def test_cached_body_is_byte_identical_to_prometheus_client(rig: Rig) -> None:
+    job = rig.gen.job("with-exemplars", error="Pre-ScriptTimeout", outcome="failed")
+    rig.gen.log_lines(job, 3)
+    sidecar = rig.sidecar()
+    sidecar.ingest()
+    stable = _stable_collectors(sidecar)
+    everything = _registry(*stable, _Fixed())
+    ledger = sidecar.ledger
+    exposition = CachedExposition(_registry(*stable), _registry(_Fixed()), lambda: ledger.version)
+    _assert_bodies_match_generate_latest(exposition, everything)  # rendered on the scrape
+    _assert_bodies_match_generate_latest(exposition, everything)  # from the cache
+    assert exposition.renders == 2  # one per format, gzip from the same rendering
+    # With the renderer thread, after a commit (and alone: no volatile part).
+    stop = threading.Event()
+    alone = CachedExposition(_registry(*stable), None, lambda: ledger.version)
+    alone.start_renderer(ledger.changed, stop)
+    try:
+        rig.gen.job("second")
+        sidecar.ingest()
+        _wait_rendered(alone, ledger)
+        _assert_bodies_match_generate_latest(alone, _registry(*stable))
+        assert alone.misses == 0
+    finally:
+        stop.set()
+        ledger.changed.set()
+
+
+def _wait_rendered(exposition: CachedExposition, ledger: Ledger) -> None:
+    deadline = time.monotonic() + 10
+    while not exposition.rendered(ledger.version):
+        assert time.monotonic() < deadline, "the renderer did not render the last commit"
+        time.sleep(0.01)
+
+
+def test_renderer_thread_renders_commits_so_scrapes_never_render(rig: Rig) -> None:
+    sidecar = rig.sidecar()
+    ledger = sidecar.ledger
+    exposition = CachedExposition(
+        build_registry(stable_collectors(lambda: ledger.published, __version__)),
+        volatile_registry(),
+        lambda: ledger.version,
+    )
+    stop = threading.Event()
+    thread = exposition.start_renderer(ledger.changed, stop)
+    try:
+        _wait_rendered(exposition, ledger)
+        first, _ = exposition.render(OPENMETRICS)
+        assert b"vmsnap_sidecar_records_ingested_total 0.0" in first
+        for n in (1, 2, 3):
+            rig.gen.job(f"job-{n}")
+            sidecar.ingest()  # one commit: the renderer renders it, not the scrape
+            _wait_rendered(exposition, ledger)
+            for accept in ("", OPENMETRICS):
+                body, _ = exposition.render(accept)
+                assert f"vmsnap_sidecar_records_ingested_total {n}.0".encode() in body
+                assert b"process_resident_memory_bytes" in body  # volatile, per scrape
+                zipped, _ = exposition.render(accept, gzip=True)
+                assert gzip.decompress(zipped).startswith(body[:200])
+        assert exposition.misses == 0 and exposition.hits == 13
+        # A format variant first asked for by a scrape is kept current too.
+        utf8 = "application/openmetrics-text; version=1.0.0; escaping=allow-utf-8"
+        assert b"records_ingested_total 3.0" in exposition.render(utf8)[0]
+        rig.gen.job("job-4")
+        sidecar.ingest()
+        _wait_rendered(exposition, ledger)
+        body, content_type = exposition.render(utf8)
+        assert "escaping=allow-utf-8" in content_type and b"records_ingested_total 4.0" in body
+        assert exposition.misses == 1  # the variant's first scrape only
+        assert first.count(b"# EOF\n") == 1 and first.endswith(b"# EOF\n")
+    finally:
+        stop.set()
+        ledger.changed.set()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+class _Recording:
+    """A volatile part that records the thread each collection ran on."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    def collect(self) -> Iterator[Metric]:
+        self.threads.append(threading.current_thread().name)
+        yield from _Fixed().collect()
+
+
+def test_renderer_refreshes_the_volatile_part_so_scrapes_read_no_proc(rig: Rig) -> None:
+    sidecar = rig.sidecar()
+    ledger = sidecar.ledger
+    recording = _Recording()
+    exposition = CachedExposition(
+        _registry(*_stable_collectors(sidecar)), _registry(recording), lambda: ledger.version
+    )
+    stop = threading.Event()
+    thread = exposition.start_renderer(ledger.changed, stop)
+    try:
+        _wait_rendered(exposition, ledger)
+        for _ in range(20):
+            for accept in ("", OPENMETRICS):
+                body, _ = exposition.render(accept, gzip=False)
+                assert body.endswith(b"process_open_fds 7.0\n" if not accept else b"# EOF\n")
+        assert set(recording.threads) == {"metrics-render"}
+        # Refreshed by the renderer every VOLATILE_REFRESH_SECONDS, not once.
+        seen = len(recording.threads)
+        deadline = time.monotonic() + 10
+        while len(recording.threads) == seen:
+            assert time.monotonic() < deadline, "the volatile part was never refreshed"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        ledger.changed.set()
+    thread.join(5)
+    # Without the renderer a scrape renders the volatile part itself, every time.
+    before = len(recording.threads)
+    exposition.render("")
+    exposition.render("")
+    assert len(recording.threads) == before + 2
+    assert recording.threads[-1] == threading.current_thread().name
+
+
+def _raw(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _exchange(server: MetricsServer, request: bytes, *, pause_after: int | None = None) -> bytes:
+    """Send ``request`` (in two parts with a pause when asked) and read until close."""
+    with socket.create_connection(server.address, timeout=10) as sock:
+        if pause_after is None:
+            sock.sendall(request)
+        else:
+            sock.sendall(request[:pause_after])
+            time.sleep(0.3)  # the accept thread has seen an incomplete head by now
+            sock.sendall(request[pause_after:])
+        return _raw(sock)
+
+
+def _split(response: bytes) -> tuple[str, dict[str, str], bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return status, headers, body
+
+
+def _get_request(path: str, *extra: str) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: x", "Connection: close", *extra, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def test_scrapes_answered_on_the_accept_thread_match_the_threaded_answers() -> None:
+    server = MetricsServer(_registry(_Fixed()), "127.0.0.1:0")
+    server.start()
+    try:
+        for path, extra in (
+            ("/metrics", ()),
+            ("/metrics", (f"Accept: {OPENMETRICS}", "Accept-Encoding: gzip")),
+            ("/metrics?x=1", ("accept-encoding: identity",)),
+            ("/healthz", ()),
+            ("/nope", ()),
+        ):
+            request = _get_request(path, *extra)
+            inline = _split(_exchange(server, request))
+            threaded = _split(_exchange(server, request, pause_after=5))
+            assert inline[1]["connection"] == "close" and "connection" not in threaded[1]
+            assert inline[0] == threaded[0]
+            for name in ("content-type", "content-length", "content-encoding", "server"):
+                assert inline[1].get(name) == threaded[1].get(name), name
+            assert inline[2] == threaded[2] and len(inline[2]) == int(inline[1]["content-length"])
+            if inline[1].get("content-encoding") == "gzip":
+                assert gzip.decompress(inline[2]) == openmetrics_latest(_registry(_Fixed()))  # type: ignore[no-untyped-call]
+        status, _, body = _split(_exchange(server, _get_request("/metrics")))
+        assert status == "HTTP/1.1 200 OK" and body == generate_latest(_registry(_Fixed()))
+        # Not a simple GET: the threaded handler answers, as before.
+        post = (
+            b"POST /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        assert _exchange(server, post).startswith(b"HTTP/1.1 501 ")
+    finally:
+        server.close()
+
+
+class _Large:
+    """An exposition of a few MB: more than a socket buffer holds."""
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily("big", "A large family.", labels=["n"])
+        for n in range(40_000):
+            gauge.add_metric([f"{n:060d}"], float(n))
+        yield gauge
+
+
+def test_a_slow_client_holds_up_no_other_scrape() -> None:
+    server = MetricsServer(_registry(_Large()), "127.0.0.1:0")
+    server.start()
+    try:
+        # One client sends half a request, one sends a whole one and reads nothing.
+        half = socket.create_connection(server.address, timeout=30)
+        half.sendall(b"GET /metr")
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.settimeout(30)
+        stalled.connect(server.address)
+        stalled.sendall(_get_request("/metrics"))
+        time.sleep(0.3)
+        # Others are still answered in full, inline.
+        for _ in range(2):
+            status, headers, body = _split(_exchange(server, _get_request("/healthz")))
+            assert status == "HTTP/1.1 200 OK" and body == b"ok\n"
+        # The stalled reader gets the whole body once it reads.
+        status, headers, body = _split(_raw(stalled))
+        assert status == "HTTP/1.1 200 OK" and len(body) == int(headers["content-length"]) > 2**21
+        half.sendall(b"ics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status, _, body = _split(_raw(half))
+        assert status == "HTTP/1.1 200 OK" and body.startswith(b"# HELP big")
+        half.close()
+        stalled.close()
+    finally:
+        server.close()

@@ -28,8 +28,8 @@ def _modules() -> list[str]:
     )
 
 
-# Minutes-long by design: only when asked for by name.
-ONLY_WHEN_NAMED = frozenset({"fleet"})
+# Minutes-long (fleet, fleet_scale) or serving until stopped (fleet_sim): only when named.
+ONLY_WHEN_NAMED = frozenset({"fleet", "fleet_scale", "fleet_sim"})
 
 
 def main(argv: list[str]) -> int:

@@ -482,8 +482,9 @@ def measure(
     series_per_vm = int(ready["series_per_vm"])
     samples_per_day_per_vm = series_per_vm * 86400 / interval_s
     disk_day_per_vm = (chunks / head_samples) * samples_per_day_per_vm + index / vms
+    # A group that never evaluated (a run shorter than its interval) has not held.
     groups_ok = all(
-        g.interval > 0 and g.max_duration < g.interval and g.missed == 0
+        g.interval > 0 and g.iterations >= 1 and g.max_duration < g.interval and g.missed == 0
         for g in central_watch.groups.values()
     )
     holds = success >= 0.999 and groups_ok and bool(central_watch.groups)
@@ -525,7 +526,13 @@ def measure(
         f"({len(durations):,} scrapes)"
     )
     for name, g in sorted(central_watch.groups.items()):
-        verdict = "ok" if g.max_duration < g.interval and g.missed == 0 else "OVER"
+        verdict = (
+            "ok"
+            if g.iterations >= 1 and g.max_duration < g.interval and g.missed == 0
+            else "NOT EVALUATED"
+            if g.iterations < 1
+            else "OVER"
+        )
         lines.append(
             f"  rule group {name.rsplit(';', 1)[-1]}: max {g.max_duration * 1000:,.0f} ms of "
             f"{g.interval:.0f} s interval, {g.iterations:.0f} iterations, {g.missed:.0f} missed "
@@ -605,6 +612,20 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(result.lines), flush=True)
             print("JSON " + json.dumps(result.figures), flush=True)
             shutil.rmtree(root / f"{args.mode}-{vms}", ignore_errors=True)
+    if len(results) > 1:
+        # The marginal cost: what each added VM costs, the fixed start-up cost removed.
+        first, last = results[0].figures, results[-1].figures
+        added = last["vms"] - first["vms"]
+        for name in last["servers"]:
+            a, b = first["servers"][name], last["servers"][name]
+            rss = (b["rss_end_mib"] - a["rss_end_mib"]) / added
+            cores = (b["cores"] - a["cores"]) / added
+            series = (b["head_series"] - a["head_series"]) / added
+            print(
+                f"marginal per VM ({name}, {first['vms']} -> {last['vms']} VMs): "
+                f"{rss * 1024:.0f} KiB RSS, {cores * 1000:.3f} millicores, {series:.0f} series; "
+                f"per series {rss * 2**20 / max(series, 1):,.0f} B RSS"
+            )
     holding = [r.vms for r in results if r.holds]
     print(f"largest size that holds ({args.mode}): {max(holding) if holding else 'none'}")
     return 0

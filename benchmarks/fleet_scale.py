@@ -78,7 +78,8 @@ def single_config(file_sd: Path, scrape_interval: str) -> str:
         {
             "global": {
                 "scrape_interval": scrape_interval,
-                "scrape_timeout": "10s",
+                # Prometheus refuses a timeout longer than the interval.
+                "scrape_timeout": f"{min(10.0, parse_interval(scrape_interval)):g}s",
                 "evaluation_interval": "1m",
             },
             "rule_files": [str(p) for p in sorted(RULES_DIR.glob("*.yml"))],

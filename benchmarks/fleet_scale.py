@@ -460,6 +460,10 @@ def measure(
             watch.sample()
         sim_cpu = cpu_seconds(sim.pid) - sim_cpu_start
         wall = ended - began
+        if mode == "agent":
+            # Samples up to `ended` may still be in the agent's queue: let them
+            # land, so both scrape counts below read the same data.
+            time.sleep(15)
         # Every target has been scraped at least floor(window/interval) times
         # in a window that starts one interval in (scrapes are spread over it).
         window = int(wall - interval_s)

@@ -3,10 +3,12 @@
 Each module in ``benchmarks/`` with a ``main()`` is run with its own default
 arguments (``python -m benchmarks NAME...`` runs only those), all of them in
 under 10 minutes on 2 cores; ``fleet`` (Prometheus scraping 200 fake sidecars
-for 330 s) runs only when named. A module that fails is reported and the
-others still run; the exit status says whether all of them completed. Figures
-only: benchmarks assert nothing; each prints ``VERDICT MET`` / ``VERDICT NOT
-MET`` lines for its goals, collected again at the end.
+for 330 s), ``fleet_scale`` (1k/5k/10k simulated VMs, 10 minutes each) and
+``fleet_sim`` (its simulator, which serves until stopped) run only when named.
+A module that fails is reported and the others still run; the exit status
+says whether all of them completed. Figures only: benchmarks assert nothing;
+each prints ``VERDICT MET`` / ``VERDICT NOT MET`` lines for its goals,
+collected again at the end.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ def _modules() -> list[str]:
     )
 
 
-# Minutes-long by design: only when asked for by name.
-ONLY_WHEN_NAMED = frozenset({"fleet"})
+# Minutes-long (fleet, fleet_scale) or serving until stopped (fleet_sim): only when named.
+ONLY_WHEN_NAMED = frozenset({"fleet", "fleet_scale", "fleet_sim"})
 
 
 def main(argv: list[str]) -> int:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["delay_proxy"]
+__all__ = ["delay_proxy", "latency_child"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,20 +29,17 @@ proxy.close()
 
 
 @contextlib.contextmanager
-def delay_proxy(target_port: int, latency: float) -> Iterator[int]:
-    """A FaultProxy with ``latency`` per request, in its own process; yields its port."""
+def latency_child(argv: list[str], what: str) -> Iterator[int]:
+    """Run ``argv`` (a child that prints its port, then serves until stdin
+    closes); yields the port. The relay and the proxy both start this way."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _PROXY_MAIN, str(target_port), str(latency)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        cwd=ROOT,
-        text=True,
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, text=True
     )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line.strip():
-            raise RuntimeError("the delay proxy did not start")
+            raise RuntimeError(f"the {what} did not start")
         yield int(line)
     finally:
         if proc.stdin is not None:
@@ -52,3 +49,12 @@ def delay_proxy(target_port: int, latency: float) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def delay_proxy(target_port: int, latency: float) -> Iterator[int]:
+    """A FaultProxy with ``latency`` per request, in its own process; yields its port."""
+    with latency_child(
+        [sys.executable, "-c", _PROXY_MAIN, str(target_port), str(latency)], "delay proxy"
+    ) as port:
+        yield port

@@ -21,12 +21,13 @@ import collections
 import contextlib
 import selectors
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from benchmarks._delay_proxy import latency_child
 
 __all__ = ["delay_relay"]
 
@@ -150,27 +151,9 @@ class _Relay:
 @contextlib.contextmanager
 def delay_relay(target_port: int, latency: float) -> Iterator[int]:
     """The relay with ``latency`` per request, in its own process; yields its port."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks._delay_relay", str(target_port), str(latency)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        cwd=ROOT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.strip():
-            raise RuntimeError("the delay relay did not start")
-        yield int(line)
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    argv = [sys.executable, "-m", "benchmarks._delay_relay", str(target_port), str(latency)]
+    with latency_child(argv, "delay relay") as port:
+        yield port
 
 
 def main() -> None:

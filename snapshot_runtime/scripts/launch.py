@@ -14,9 +14,10 @@ by the child (``pass_fds``) and the child executes ``/proc/self/fd/N``.
 So ``$0`` (``sys.argv[0]``...) is ``/proc/self/fd/N``; scripts that need
 their own location use ``SNAPSHOT_SCRIPT_PATH``.
 
-Each attempt starts in a new session (``setsid``): a script's ``kill 0``
-cannot reach the runtime. stdin is ``/dev/null``, cwd is ``/``, stdout and
-stderr are unbuffered pipes. ``spawn`` and ``open_pidfd`` raise
+Each attempt leads a process group of its own (``setpgid``; a new session,
+``setsid``, on Python 3.10, whose ``Popen`` lacks ``process_group``): a
+script's ``kill 0`` cannot reach the runtime. stdin is ``/dev/null``, cwd is
+``/``, stdout and stderr are unbuffered pipes. ``spawn`` and ``open_pidfd`` raise
 ``LaunchError`` (never run a script that cannot be watched); ``script_argv``
 is pure.
 """
@@ -25,11 +26,24 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Sequence
+from typing import Any
 
 from snapshot_runtime.scripts.trust import DEFAULT_SHELL, OpenedScript
 
 __all__ = ["LaunchError", "open_pidfd", "script_argv", "spawn"]
+
+# setpgid(0, 0) in the child, not setsid(): a new session also creates a new
+# scheduler autogroup (kernel.sched_autogroup_enabled, the default on most
+# distributions), and under CPU contention the child's move into it delays
+# the exec the parent waits for by several ms (docs/performance.md, goal 6).
+# A process group of its own is what keeps a script's ``kill 0`` away from
+# the runtime. Popen has process_group only from Python 3.11; 3.10 keeps
+# setsid (vfork stays usable, unlike with preexec_fn=os.setpgrp).
+_OWN_GROUP: dict[str, Any] = (
+    {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+)
 
 
 class LaunchError(Exception):
@@ -63,8 +77,8 @@ def spawn(
             env=env,
             cwd="/",
             pass_fds=(opened.fd,),
-            start_new_session=True,
             bufsize=0,
+            **_OWN_GROUP,
         )
     except (OSError, ValueError) as exc:
         raise LaunchError(f"could not be started: {exc}") from exc

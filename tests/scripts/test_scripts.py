@@ -27,7 +27,7 @@ import pytest
 
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.core.redact import Redactor
-from snapshot_runtime.scripts import output_capture, proctree
+from snapshot_runtime.scripts import launch, output_capture, proctree
 from snapshot_runtime.scripts import trust as script_check
 from snapshot_runtime.scripts.environment import build_script_env
 from snapshot_runtime.scripts.runner import ScriptResult, run_script
@@ -577,3 +577,64 @@ def test_runtime_with_closed_stdin_still_runs_the_script(sdir: Path) -> None:
         timeout=30,
     )
     assert out.stdout == "True 'from-script\\n'\n"
+
+
+# Each attempt leads a process group of its own: setpgid on Python >= 3.11 (a new
+# session would also create a scheduler autogroup, slow to start under CPU load),
+# setsid on 3.10. Both spawn modes are tested on whatever Python runs the tests.
+GROUP_MODES: dict[str, dict[str, object]] = {
+    "process_group": {"process_group": 0},
+    "setsid": {"start_new_session": True},
+}
+GROUP_MODE_IDS = sorted(GROUP_MODES)  # with neither option, both tests below fail
+
+
+def test_default_group_mode_follows_the_python_version() -> None:
+    expected = "process_group" if sys.version_info >= (3, 11) else "setsid"
+    used = launch._OWN_GROUP
+    assert used == GROUP_MODES[expected]
+
+
+@pytest.mark.parametrize("mode", GROUP_MODE_IDS)
+def test_script_leads_its_own_process_group(
+    sdir: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if mode == "process_group" and sys.version_info < (3, 11):
+        pytest.skip("Popen(process_group=) is Python >= 3.11; 3.10 uses setsid")
+    monkeypatch.setattr(launch, "_OWN_GROUP", GROUP_MODES[mode])
+    # /proc/$$/stat: pid (comm) state ppid pgrp session ...; comm is "sh" here.
+    path = make(sdir, "group.sh", "echo $$\nawk '{print $5, $6}' /proc/$$/stat\n")
+    r = run(path)
+    assert r.ok, r
+    pid, pgrp, session = (int(x) for x in r.stdout.split())
+    assert pgrp == pid and pgrp != os.getpgrp()
+    assert (session == pid) is (mode == "setsid")
+
+
+@pytest.mark.parametrize("mode", GROUP_MODE_IDS)
+def test_kill_0_in_a_script_does_not_reach_the_runtime(sdir: Path, mode: str) -> None:
+    if mode == "process_group" and sys.version_info < (3, 11):
+        pytest.skip("Popen(process_group=) is Python >= 3.11; 3.10 uses setsid")
+    path = make(sdir, "killall.sh", "echo before\nkill -TERM 0\necho after\n")
+    probe = (
+        "import json, sys\n"
+        "from snapshot_runtime.scripts import launch\n"
+        "from snapshot_runtime.scripts.runner import run_script\n"
+        f"launch._OWN_GROUP = {GROUP_MODES[mode]!r}\n"
+        f"r = run_script({path!r}, [], phase='pre', retries=0, budget_seconds=10)\n"
+        "print(json.dumps({'signal': r.attempts[0].signal, 'stdout': r.stdout}))\n"
+    )
+    # The runtime stands in its own session, so that a leak would hit it, not pytest.
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, (out.returncode, out.stderr)
+    m = json.loads(out.stdout)
+    assert m == {"signal": signal.SIGTERM, "stdout": "before\n"}

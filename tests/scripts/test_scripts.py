@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -638,3 +639,78 @@ def test_kill_0_in_a_script_does_not_reach_the_runtime(sdir: Path, mode: str) ->
     assert out.returncode == 0, (out.returncode, out.stderr)
     m = json.loads(out.stdout)
     assert m == {"signal": signal.SIGTERM, "stdout": "before\n"}
+
+
+# --- one wake-up per exit: the runtime holds the pipes' write ends until the pidfd fires
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_script_pipes_release_and_close_are_idempotent() -> None:
+    before = _open_fds()
+    pipes = launch.ScriptPipes()
+    assert len(_open_fds() - before) == 4
+    pipes.release()
+    assert pipes.writers == []
+    assert os.read(pipes.stdout, 1) == b""  # no writer left: EOF at once
+    pipes.close()
+    pipes.close()
+    assert _open_fds() <= before
+
+
+def test_exit_wakes_the_runner_once_by_the_pidfd(
+    sdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from snapshot_runtime.scripts import attempt
+
+    # What each select returned, as tags: "exited" for the pidfd, "pipe" for either pipe.
+    seen: list[list[str]] = []
+
+    class Recording(selectors.DefaultSelector):
+        def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+            ready = super().select(timeout)
+            seen.append(["exited" if k.data is attempt._EXITED else "pipe" for k, _ in ready])
+            return ready
+
+    monkeypatch.setattr(selectors, "DefaultSelector", Recording)  # attempt.py reads it per call
+    # Silent: nothing but the exit (sh's, then its pipes' hang-up) can wake the runner.
+    path = make(sdir, "silent.sh", "sleep 0.05\n")
+    for _ in range(5):
+        seen.clear()
+        assert run(path, poll_seconds=0).ok
+        # First the pidfd alone (the pipes did not hang up before it: the runtime
+        # still held their write ends), then both EOFs at once while draining.
+        assert seen[0] == ["exited"], seen
+        assert sorted(seen[1]) == ["pipe", "pipe"], seen
+
+
+def test_script_closing_its_output_early_is_still_waited_for(sdir: Path) -> None:
+    marker = sdir / "done"
+    path = make(
+        sdir, "closer.sh", f'echo out\necho err >&2\nexec >&- 2>&-\nsleep 0.2\ntouch "{marker}"\n'
+    )
+    r = run(path)
+    assert r.ok and r.stdout == "out\n" and r.stderr == "err\n"
+    assert marker.exists()  # returned after the exit, not at the pipes' EOF
+
+
+@pytest.mark.parametrize(
+    ("body", "params", "kw"),
+    [
+        ("echo fine\n", None, {}),
+        ("echo failing\nexit 2\n", None, {"retries": 2}),
+        ("echo hanging\nsleep 30\n", None, {"budget_seconds": 0.3, "kill_grace_seconds": 0.3}),
+        ("echo never\n", ["nul\0byte"], {}),  # cannot be started
+    ],
+    ids=["ok", "failed-with-retries", "timeout", "launch-error"],
+)
+def test_no_descriptor_is_left_open(
+    sdir: Path, body: str, params: list[str] | None, kw: dict[str, object]
+) -> None:
+    path = make(sdir, "s.sh", body)
+    run(path, params, **kw)  # first run: lazy imports and caches may open files for good
+    before = _open_fds()
+    r = run(path, params, **kw)
+    assert _open_fds() == before, r

@@ -37,8 +37,8 @@ from snapshot_runtime.scripts.trust import DEFAULT_SHELL, OpenedScript
 __all__ = ["LaunchError", "ScriptPipes", "open_pidfd", "script_argv", "spawn"]
 
 # setpgid(0, 0) in the child, not setsid(): a new session also creates a new
-# scheduler autogroup (kernel.sched_autogroup_enabled, the default on most
-# distributions), and under CPU contention the child's move into it delays
+# scheduler autogroup (kernel.sched_autogroup_enabled, on by default in many
+# distribution kernels), and under CPU contention the child's move into it delays
 # the exec the parent waits for by several ms (docs/performance.md, goal 6).
 # A process group of its own is what keeps a script's ``kill 0`` away from
 # the runtime. Popen has process_group only from Python 3.11; 3.10 keeps

@@ -12,7 +12,11 @@
   Two ``VERDICT`` lines: completion detection proper (the script's last
   command writes the wall clock to a file; from then to ``run_script``'s
   return) and the whole call minus the sleep (spawn, trust checks and
-  detection: what the issue's figures measured).
+  detection: what the issue's figures measured). Beside the whole call, the
+  caller's voluntary context switches per call (``getrusage``): each is a
+  blocking wait, and under the busy loops each wake-up from one waits for a
+  scheduler slice. ``subprocess.run`` blocks twice (the vfork until the
+  child's exec, then ``waitpid``); the runner should not block more.
 * Memory for 100 MB of output: peak RSS (VmHWM) growth of a fresh Python
   process running the script once, after a warm-up run of a script that
   prints one line (so imports are not counted). Baseline: the same
@@ -32,6 +36,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -95,14 +100,17 @@ def _script(directory: Path, name: str, body: str) -> str:
     return str(path)
 
 
-def _overheads(call: Callable[[], object], rounds: int) -> list[float]:
+def _overheads(call: Callable[[], object], rounds: int) -> tuple[list[float], list[int]]:
+    """Wall minus the sleep, and the caller's voluntary context switches, per call."""
     call()  # warm the page cache
-    samples = []
+    samples, switches = [], []
     for _ in range(rounds):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
         t0 = time.monotonic()
         call()
         samples.append(time.monotonic() - t0 - SCRIPT_SECONDS)
-    return samples
+        switches.append(resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - before)
+    return samples, switches
 
 
 def _detections(call: Callable[[], object], stamp: Path, rounds: int) -> list[float]:
@@ -176,6 +184,7 @@ def main() -> None:
             return subprocess.run(["/bin/sh", stamped], check=True)
 
         rows: dict[str, list[float]] = {name: [] for name in ROWS}
+        blocks: dict[str, list[int]] = {name: [] for name in ROWS}
         detect: dict[str, list[float]] = {name: [] for name in ROWS}
         detect_p95: dict[str, list[float]] = {name: [] for name in ROWS}
         calls = {
@@ -191,7 +200,9 @@ def main() -> None:
                     loops = max(loops, count)
                     for how, (call, stamped_call) in calls.items():
                         name = f"{how}, {load}"
-                        rows[name] += _overheads(call, args.rounds)
+                        overheads, switches = _overheads(call, args.rounds)
+                        rows[name] += overheads
+                        blocks[name] += switches
                         samples = _detections(stamped_call, stamp, args.rounds)
                         detect[name] += samples
                         detect_p95[name].append(_p95(samples) * 1000)
@@ -215,12 +226,15 @@ def main() -> None:
             f"\nwhole-call overhead (wall minus the {SCRIPT_SECONDS * 1000:.0f} ms sleep, "
             "spawn included)"
         )
-        print(f"{'':>22} {'min ms':>8} {'median ms':>10} {'p95 ms':>8} {'max ms':>8}")
+        print(
+            f"{'':>22} {'min ms':>8} {'median ms':>10} {'p95 ms':>8} {'max ms':>8}   "
+            "blocking waits per call (mean)"
+        )
         for name, samples in rows.items():
             ms = [x * 1000 for x in samples]
             print(
                 f"{name:>22} {min(ms):>8.1f} {statistics.median(ms):>10.1f} "
-                f"{_p95(ms):>8.1f} {max(ms):>8.1f}"
+                f"{_p95(ms):>8.1f} {max(ms):>8.1f}   {statistics.mean(blocks[name]):.2f}"
             )
         busy = detect["run_script, busy"]
         ratio = _p95(busy) / max(_p95(detect["subprocess.run, busy"]), 1e-9)

@@ -8,7 +8,10 @@ started or watched, and re-raises whatever interrupts it (KeyboardInterrupt,
 an exception from a signal handler) after killing the tree as on a timeout.
 
 Completion is seen as it happens: a selector waits on the child's pidfd and
-both pipes, with no polling delay. ``poll_seconds`` only sets how often a
+both pipes, with no polling delay. The runtime holds the pipes' write ends
+until the pidfd reports the exit (``launch.ScriptPipes``), so an exit wakes
+the runner once, as ``waitpid`` would, not once per pipe hang-up and again
+for the pidfd. ``poll_seconds`` only sets how often a
 ``script.running`` heartbeat event is emitted (``<= 0``: none). When the
 script exits while a background descendant still holds a pipe, the runner
 drains for at most ``DRAIN_SECONDS``, closes its ends and returns; only a
@@ -32,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from snapshot_runtime.scripts.environment import CONTRACT_KEYS, Phase, build_script_env
-from snapshot_runtime.scripts.launch import open_pidfd, spawn
+from snapshot_runtime.scripts.launch import ScriptPipes, open_pidfd, spawn
 from snapshot_runtime.scripts.output_capture import OutputCapture
 from snapshot_runtime.scripts.proctree import SIGKILL_WAIT_SECONDS, kill_tree, pidfd_exited
 from snapshot_runtime.scripts.trust import OpenedScript
@@ -107,7 +110,7 @@ class AttemptRunner:
             self.output.mark_attempt(n)
         marker = frozenset(os.fsencode(f"{k}={env[k]}") for k in CONTRACT_KEYS)
         started_at, t0 = time.time(), time.monotonic()
-        proc = spawn(self.opened, self.params, env)
+        proc, pipes = spawn(self.opened, self.params, env)
         timed_out = False
         pidfd: int | None = None
         try:
@@ -116,7 +119,7 @@ class AttemptRunner:
             try:
                 self.emit("script.attempt.start", {"attempt": n, "pid": proc.pid})
                 pidfd = open_pidfd(proc)
-                timed_out = self._watch(proc, pidfd, n, t0, marker)
+                timed_out = self._watch(proc, pipes, pidfd, n=n, t0=t0, marker=marker)
             except BaseException:
                 # Interrupted: never leave the script running behind the caller.
                 with selectors.DefaultSelector() as spare:
@@ -126,9 +129,7 @@ class AttemptRunner:
                 if pidfd is not None:
                     os.close(pidfd)
         finally:
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+            pipes.close()
             try:
                 rc: int | None = proc.wait(timeout=SIGKILL_WAIT_SECONDS)
             except subprocess.TimeoutExpired:  # stuck in D state even after SIGKILL
@@ -157,18 +158,18 @@ class AttemptRunner:
     def _watch(
         self,
         proc: subprocess.Popen[bytes],
+        pipes: ScriptPipes,
         pidfd: int,
+        *,
         n: int,
         t0: float,
         marker: frozenset[bytes],
     ) -> bool:
         """Pump both pipes until the script exits (True: it timed out and was killed)."""
-        assert proc.stdout is not None and proc.stderr is not None
         output = self.output
         with selectors.DefaultSelector() as sel:
             sel.register(pidfd, selectors.EVENT_READ, _EXITED)
-            pipes = output.attach(proc.stdout.fileno(), proc.stderr.fileno())
-            for fd, excerpt in pipes.items():
+            for fd, excerpt in output.attach(pipes.stdout, pipes.stderr).items():
                 sel.register(fd, selectors.EVENT_READ, excerpt)
 
             def on_pipe(fd: int) -> None:
@@ -186,6 +187,7 @@ class AttemptRunner:
                         timed_out = True
                         sel.unregister(pidfd)
                         self._kill(proc.pid, sel, n, marker, on_pipe=on_pipe, elapsed=now - t0)
+                        pipes.release()
                         exited_at = time.monotonic()
                         continue
                     if now >= next_beat:
@@ -211,6 +213,7 @@ class AttemptRunner:
                     if key.data is _EXITED:
                         exited_at = time.monotonic()
                         sel.unregister(pidfd)
+                        pipes.release()  # now the pipes can reach EOF
                     else:
                         on_pipe(key.fd)
         return timed_out

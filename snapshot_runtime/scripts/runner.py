@@ -20,7 +20,7 @@ The parts, each with its own contract:
   no symlink, root-owned 700-style file, root-only parent directories, an
   interpreter that exists); the file stays open and is what runs.
 * ``launch``: exec through the checked fd (``/proc/self/fd/N``), shebang or
-  ``/bin/sh``, in a new session, stdin ``/dev/null``, cwd ``/``.
+  ``/bin/sh``, in a process group of its own, stdin ``/dev/null``, cwd ``/``.
 * ``script_env``: the environment contract (a fixed PATH/LANG/HOME and the
   ``SNAPSHOT_*`` variables; nothing of the runtime's own environment).
 * ``script_attempt``: one attempt, completion seen as it happens (pidfd),

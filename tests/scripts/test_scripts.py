@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -27,7 +28,7 @@ import pytest
 
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.core.redact import Redactor
-from snapshot_runtime.scripts import output_capture, proctree
+from snapshot_runtime.scripts import launch, output_capture, proctree
 from snapshot_runtime.scripts import trust as script_check
 from snapshot_runtime.scripts.environment import build_script_env
 from snapshot_runtime.scripts.runner import ScriptResult, run_script
@@ -577,3 +578,139 @@ def test_runtime_with_closed_stdin_still_runs_the_script(sdir: Path) -> None:
         timeout=30,
     )
     assert out.stdout == "True 'from-script\\n'\n"
+
+
+# Each attempt leads a process group of its own: setpgid on Python >= 3.11 (a new
+# session would also create a scheduler autogroup, slow to start under CPU load),
+# setsid on 3.10. Both spawn modes are tested on whatever Python runs the tests.
+GROUP_MODES: dict[str, dict[str, object]] = {
+    "process_group": {"process_group": 0},
+    "setsid": {"start_new_session": True},
+}
+GROUP_MODE_IDS = sorted(GROUP_MODES)  # with neither option, both tests below fail
+
+
+def test_default_group_mode_follows_the_python_version() -> None:
+    expected = "process_group" if sys.version_info >= (3, 11) else "setsid"
+    used = launch._OWN_GROUP
+    assert used == GROUP_MODES[expected]
+
+
+@pytest.mark.parametrize("mode", GROUP_MODE_IDS)
+def test_script_leads_its_own_process_group(
+    sdir: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if mode == "process_group" and sys.version_info < (3, 11):
+        pytest.skip("Popen(process_group=) is Python >= 3.11; 3.10 uses setsid")
+    monkeypatch.setattr(launch, "_OWN_GROUP", GROUP_MODES[mode])
+    # /proc/$$/stat: pid (comm) state ppid pgrp session ...; comm is "sh" here.
+    path = make(sdir, "group.sh", "echo $$\nawk '{print $5, $6}' /proc/$$/stat\n")
+    r = run(path)
+    assert r.ok, r
+    pid, pgrp, session = (int(x) for x in r.stdout.split())
+    assert pgrp == pid and pgrp != os.getpgrp()
+    assert (session == pid) is (mode == "setsid")
+
+
+@pytest.mark.parametrize("mode", GROUP_MODE_IDS)
+def test_kill_0_in_a_script_does_not_reach_the_runtime(sdir: Path, mode: str) -> None:
+    if mode == "process_group" and sys.version_info < (3, 11):
+        pytest.skip("Popen(process_group=) is Python >= 3.11; 3.10 uses setsid")
+    path = make(sdir, "killall.sh", "echo before\nkill -TERM 0\necho after\n")
+    probe = (
+        "import json, sys\n"
+        "from snapshot_runtime.scripts import launch\n"
+        "from snapshot_runtime.scripts.runner import run_script\n"
+        f"launch._OWN_GROUP = {GROUP_MODES[mode]!r}\n"
+        f"r = run_script({path!r}, [], phase='pre', retries=0, budget_seconds=10)\n"
+        "print(json.dumps({'signal': r.attempts[0].signal, 'stdout': r.stdout}))\n"
+    )
+    # The runtime stands in its own session, so that a leak would hit it, not pytest.
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, (out.returncode, out.stderr)
+    m = json.loads(out.stdout)
+    assert m == {"signal": signal.SIGTERM, "stdout": "before\n"}
+
+
+# --- one wake-up per exit: the runtime holds the pipes' write ends until the pidfd fires
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_script_pipes_release_and_close_are_idempotent() -> None:
+    before = _open_fds()
+    pipes = launch.ScriptPipes()
+    assert len(_open_fds() - before) == 4
+    pipes.release()
+    assert pipes.writers == []
+    assert os.read(pipes.stdout, 1) == b""  # no writer left: EOF at once
+    pipes.close()
+    pipes.close()
+    assert _open_fds() <= before
+
+
+def test_exit_wakes_the_runner_once_by_the_pidfd(
+    sdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from snapshot_runtime.scripts import attempt
+
+    # What each select returned, as tags: "exited" for the pidfd, "pipe" for either pipe.
+    seen: list[list[str]] = []
+
+    class Recording(selectors.DefaultSelector):
+        def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+            ready = super().select(timeout)
+            seen.append(["exited" if k.data is attempt._EXITED else "pipe" for k, _ in ready])
+            return ready
+
+    monkeypatch.setattr(selectors, "DefaultSelector", Recording)  # attempt.py reads it per call
+    # Silent: nothing but the exit (sh's, then its pipes' hang-up) can wake the runner.
+    path = make(sdir, "silent.sh", "sleep 0.05\n")
+    for _ in range(5):
+        seen.clear()
+        assert run(path, poll_seconds=0).ok
+        # First the pidfd alone (the pipes did not hang up before it: the runtime
+        # still held their write ends), then both EOFs at once while draining.
+        assert seen[0] == ["exited"], seen
+        assert sorted(seen[1]) == ["pipe", "pipe"], seen
+
+
+def test_script_closing_its_output_early_is_still_waited_for(sdir: Path) -> None:
+    marker = sdir / "done"
+    path = make(
+        sdir, "closer.sh", f'echo out\necho err >&2\nexec >&- 2>&-\nsleep 0.2\ntouch "{marker}"\n'
+    )
+    r = run(path)
+    assert r.ok and r.stdout == "out\n" and r.stderr == "err\n"
+    assert marker.exists()  # returned after the exit, not at the pipes' EOF
+
+
+@pytest.mark.parametrize(
+    ("body", "params", "kw"),
+    [
+        ("echo fine\n", None, {}),
+        ("echo failing\nexit 2\n", None, {"retries": 2}),
+        ("echo hanging\nsleep 30\n", None, {"budget_seconds": 0.3, "kill_grace_seconds": 0.3}),
+        ("echo never\n", ["nul\0byte"], {}),  # cannot be started
+    ],
+    ids=["ok", "failed-with-retries", "timeout", "launch-error"],
+)
+def test_no_descriptor_is_left_open(
+    sdir: Path, body: str, params: list[str] | None, kw: dict[str, object]
+) -> None:
+    path = make(sdir, "s.sh", body)
+    run(path, params, **kw)  # first run: lazy imports and caches may open files for good
+    before = _open_fds()
+    r = run(path, params, **kw)
+    assert _open_fds() == before, r

@@ -56,6 +56,7 @@ from azure.storage.blob import BlobClient
 
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.core.redact import Redactor, redact_then_truncate, scrub, strip_sas
+from snapshot_runtime.snapshot.blob_errors import SDK_ERRORS
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.snapshot.blob_requests import blob_client, sas_redactor
 from snapshot_runtime.snapshot.blob_retry import Attempt, call_with_retries
@@ -382,6 +383,7 @@ class LogMirror:
     def _call(self, mem: _Job, op: Callable[[float], T]) -> Attempt[T]:
         return call_with_retries(
             op,
+            errors=SDK_ERRORS,
             policy=self.config.policy,
             redact=mem.redact or (lambda s: s),
             stop=self.stop,

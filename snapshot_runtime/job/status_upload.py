@@ -34,17 +34,17 @@ request timeout)`` plus the backoff. Never called inside the frozen window.
 from __future__ import annotations
 
 import http.client
-import os
 import re
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.core.redact import Redactor, redact_then_truncate, scrub, strip_sas
-from snapshot_runtime.snapshot.blob_policy import BlobPolicy
+from snapshot_runtime.snapshot.blob_policy import SDK_DEFAULT_API_VERSION, BlobPolicy
+from snapshot_runtime.snapshot.blob_wire import proxy_configured
 from snapshot_runtime.snapshot.failures import (
     MAX_MESSAGE,
     RETRYABLE_KINDS,
@@ -63,23 +63,12 @@ __all__ = [
     "upload_status_blob",
 ]
 
-# azure-storage-blob 12.27's default service version (its
-# _serialize._SUPPORTED_API_VERSIONS[-1]); tests/job/test_status_upload.py
-# fails when an SDK upgrade changes it, so both paths send the same version.
-SDK_DEFAULT_API_VERSION = "2026-10-06"
-_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 _XML_CODE = re.compile(rb"<Code>(.*?)</Code>", re.DOTALL)
 _XML_MESSAGE = re.compile(rb"<Message>(.*?)</Message>", re.DOTALL)
 _THROTTLE_CODES = frozenset({"serverbusy", "snapshotoperationrateexceeded", "toomanyrequests"})
 _AUTH_CODES = frozenset({"authenticationfailed", "invalidauthenticationinfo"})
 _TIMEOUT_CODES = frozenset({"operationtimedout"})
 _MAX_ANSWER = 64 * 1024  # an error body is a short XML document; never read more
-
-
-def proxy_configured(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether any proxy variable is set (any case): then the SDK path uploads. Pure."""
-    env = os.environ if environ is None else environ
-    return any(env.get(name) or env.get(name.upper()) for name in _PROXY_VARIABLES)
 
 
 def _sas_redactor(url: str) -> Redactor:

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BlobPolicy"]
+__all__ = ["SDK_DEFAULT_API_VERSION", "BlobPolicy"]
+
+# azure-storage-blob 12.27's default service version (its
+# _serialize._SUPPORTED_API_VERSIONS[-1]), sent by the SDK-free requests
+# (blob_wire, job/status_upload) so that both paths send the same version;
+# tests/job/test_status_upload.py fails when an SDK upgrade changes it.
+SDK_DEFAULT_API_VERSION = "2026-10-06"
 
 
 @dataclass(frozen=True)

@@ -256,7 +256,8 @@ class _Answer:
         The SDK's message (process_storage_error): the XML ``<Message>`` and
         ``<Code>`` when the answer has a body, else azure-core's
         ``Operation returned an invalid status '<reason>'`` and the
-        ``x-ms-error-code`` header; then ``ErrorCode:<code>``.
+        ``x-ms-error-code`` header (the bare reason without a code); then
+        ``ErrorCode:<code>``.
         """
         found = _XML_MESSAGE.search(self._body)
         code_found = _XML_CODE.search(self._body)
@@ -267,8 +268,10 @@ class _Answer:
         ) or None
         if found:
             text = found.group(1).decode("utf-8", "replace").strip()
-        else:
+        elif code:
             text = f"Operation returned an invalid status '{self.reason}'"
+        else:  # no code anywhere: the SDK takes the reason phrase as the message
+            text = self.reason
         return SnapshotAnswerError(self.status, code, f"{text}\nErrorCode:{code}")
 
     def value(self) -> dict[str, Any]:

@@ -61,7 +61,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import certifi
 
@@ -69,12 +69,14 @@ from snapshot_runtime.snapshot.blob_policy import SDK_DEFAULT_API_VERSION, BlobP
 from snapshot_runtime.snapshot.blob_rules import StorageAnswerError
 
 __all__ = [
+    "SDK_SAS_PARAMETERS",
     "MalformedAnswerError",
     "PreparedSnapshot",
     "SendOutcome",
     "SnapshotAnswerError",
     "prepared_snapshot",
     "proxy_configured",
+    "sas_token",
     "send_all",
 ]
 
@@ -86,6 +88,62 @@ _READ_SIZE = 65536
 _XML_MESSAGE = re.compile(rb"<Message>(.*?)</Message>", re.DOTALL)
 _XML_CODE = re.compile(rb"<Code>(.*?)</Code>", re.DOTALL)
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+# The query parameters azure-storage-blob keeps from a SAS URL (12.27,
+# _shared/shared_access_signature.QueryStringConstants.to_list()); it drops
+# every other one and keeps the first of a repeated one.
+# tests/snapshot/test_blob_wire_sdk.py fails when an SDK upgrade changes it.
+SDK_SAS_PARAMETERS = frozenset(
+    [
+        "sig",
+        "sp",
+        "st",
+        "se",
+        "sr",
+        "si",
+        "sip",
+        "spr",
+        "sv",
+        "rscc",
+        "rscd",
+        "rsce",
+        "rscl",
+        "rsct",
+        "spk",
+        "srk",
+        "epk",
+        "erk",
+        "srt",
+        "ss",
+        "skoid",
+        "sktid",
+        "skt",
+        "ske",
+        "sks",
+        "skv",
+        "ses",
+        "srh",
+        "srq",
+        "skdutid",
+        "sduoid",
+        "saoid",
+        "suoid",
+        "scid",
+        "sdd",
+    ]
+)
+
+
+def sas_token(query: str) -> str:
+    """The SAS query as the SDK sends it (base_client.parse_query). Pure.
+
+    Known SAS parameters only, the first value of each, in their order,
+    re-quoted (``quote(value, safe="")``): what the storage service sees is
+    the same on both paths, a repeated ``sig`` included.
+    """
+    first: dict[str, str] = {}
+    for name, value in parse_qsl(query):
+        first.setdefault(name, value)
+    return "&".join(f"{k}={quote(v, safe='')}" for k, v in first.items() if k in SDK_SAS_PARAMETERS)
 
 
 def proxy_configured(environ: Mapping[str, str] | None = None) -> bool:
@@ -349,7 +407,8 @@ class PreparedSnapshot:
         default_port = 443 if self._tls else 80
         self._port = parts.port or default_port
         self._connect_timeout = connect_timeout
-        query = f"&{parts.query}" if parts.query else ""
+        token = sas_token(parts.query)
+        query = f"&{token}" if token else ""
         target = f"{parts.path}?comp=snapshot&timeout={server_timeout}{query}"
         # The Host header as http.client writes it: the port only when not the default.
         host = f"[{self._host}]" if ":" in self._host else self._host

@@ -299,3 +299,24 @@ def test_the_sdk_exception_name_table_matches_the_sdk(status: int, code: str | N
     wire_error = answer.error()
     assert wire_error.sdk_name == type(sdk_error).__name__
     assert blob_rules.classify_wire(wire_error) == classify(sdk_error)
+
+
+def test_the_sas_parameters_are_the_sdks() -> None:
+    from azure.storage.blob._shared.shared_access_signature import QueryStringConstants
+
+    assert frozenset(QueryStringConstants.to_list()) == blob_wire.SDK_SAS_PARAMETERS
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "sv=2021-08-06&sr=b&sp=rw&se=2099-01-01T00%3A00%3A00Z&sig=a%2Bb%2Fc%3D",
+        "sig=first%3D&sv=2021-08-06&sig=second%3D",  # a repeated sig: the first is sent
+        "sv=2021-08-06&sig=a+b&foo=bar&snapshot=2026-01-01",  # unknown ones dropped
+        "",
+    ],
+)
+def test_the_sas_query_is_sent_as_the_sdk_sends_it(query: str) -> None:
+    from azure.storage.blob._shared.base_client import parse_query
+
+    assert blob_wire.sas_token(query) == (parse_query(query)[1] or "")

@@ -18,7 +18,7 @@ on every snapshot. Each round, as subprocesses of this one:
   VmHWM, sampled while it runs);
 * the baselines, in the same run: a bare interpreter (``python -c pass``),
   and the peak RSS of an interpreter that only imports azure.storage.blob
-  (what the SDK alone costs: job/status_upload.py's reason to avoid it).
+  (what the SDK alone costs: snapshot/block_upload.py's and blob_wire.py's reason to avoid it).
 
 Goals (issue 15), each ending in a ``VERDICT`` line: --help <= 50 ms, exec to
 the first phase <= 100 ms, peak RSS of a 1-disk job <= 35 MiB, on the host

@@ -23,7 +23,7 @@ Contracts:
   none of it then. The preflight is a HEAD on the disk's prepared
   connection, the retries ``PreparedSnapshot.send``, classified and worded
   by ``blob_rules`` exactly as the SDK's failures (``blob_errors``). With a
-  proxy (``blob_wire.proxy_configured``), or for a disk ``blob_wire`` cannot
+  proxy (``blob_policy.proxy_configured``), or for a disk ``blob_wire`` cannot
   express (non-ASCII metadata), the disk's every request goes through the SDK
   (``blob_requests.blob_client``), imported in ``prepare``.
 * I1 - ``snapshot_all`` performs no file writes, no logging, no imports, no
@@ -78,14 +78,13 @@ from typing import TYPE_CHECKING, Any
 
 from snapshot_runtime.core.redact import Redactor, strip_sas
 from snapshot_runtime.snapshot.backend import BackendDecision
-from snapshot_runtime.snapshot.blob_policy import BlobPolicy
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy, proxy_configured
 from snapshot_runtime.snapshot.blob_retry import call_with_retries
 from snapshot_runtime.snapshot.blob_rules import WIRE_ERRORS, Classifier, sas_redactor
 from snapshot_runtime.snapshot.blob_wire import (
     PreparedSnapshot,
     SendOutcome,
     prepared_snapshot,
-    proxy_configured,
     send_all,
 )
 from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError
@@ -144,7 +143,7 @@ class AzureBlobSnapshotter:
     - clock: monotonic seconds; must advance in real time (deadlines use it).
     - sdk: True sends every request through azure-storage-blob, False
       through ``blob_wire`` where it can; None, the default: the SDK only
-      when a proxy is configured (``blob_wire.proxy_configured``).
+      when a proxy is configured (``blob_policy.proxy_configured``).
     """
 
     def __init__(

@@ -14,9 +14,9 @@ and the two it builds on, ``blob_errors`` (classification, pure) and
 * The guest path's Snapshot Blob requests (and their preflight) do not go
   through the SDK when no proxy is configured: ``blob_wire`` (prepared before
   the freeze, all disks sent from one thread), for ~35 MiB of RSS
-  (docs/startup.md); nor does the status blob (job/status_upload.py).
-  With a proxy, and for the job log and the sidecar's mirror, requests stay
-  on azure-storage-blob.
+  (docs/startup.md); nor do the status blob and the job's own log
+  (``block_upload``). With a proxy, and for the sidecar's mirror, requests
+  stay on azure-storage-blob.
 
 Contracts:
 

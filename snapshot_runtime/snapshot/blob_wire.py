@@ -11,7 +11,7 @@ worker thread: a retry, or a first attempt whose connection was dropped
 while idle (both connect again).
 
 Why not azure-storage-blob at all on this path (when no proxy is
-configured, ``proxy_configured``): importing it (azure-core, requests,
+configured, ``blob_policy.proxy_configured``): importing it (azure-core, requests,
 urllib3) is ~35 MiB of the guest job's peak RSS, 52 MiB against a 35 MiB
 goal (docs/startup.md, benchmarks/startup.py). Its retries are
 ``blob_retry.call_with_retries`` with ``blob_rules.WIRE_ERRORS``: the same
@@ -52,31 +52,32 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import re
 import select
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import urlsplit
 
 import certifi
 
-from snapshot_runtime.snapshot.blob_policy import SDK_DEFAULT_API_VERSION, BlobPolicy
+from snapshot_runtime.snapshot.blob_policy import (
+    SDK_DEFAULT_API_VERSION,
+    BlobPolicy,
+    proxy_configured,
+    sas_token,
+)
 from snapshot_runtime.snapshot.blob_rules import StorageAnswerError
 
 __all__ = [
-    "SDK_SAS_PARAMETERS",
     "MalformedAnswerError",
     "PreparedSnapshot",
     "SendOutcome",
     "SnapshotAnswerError",
     "prepared_snapshot",
-    "proxy_configured",
-    "sas_token",
     "send_all",
 ]
 
@@ -87,73 +88,6 @@ _MAX_BODY = 1024 * 1024
 _READ_SIZE = 65536
 _XML_MESSAGE = re.compile(rb"<Message>(.*?)</Message>", re.DOTALL)
 _XML_CODE = re.compile(rb"<Code>(.*?)</Code>", re.DOTALL)
-_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
-# The query parameters azure-storage-blob keeps from a SAS URL (12.27,
-# _shared/shared_access_signature.QueryStringConstants.to_list()); it drops
-# every other one and keeps the first of a repeated one.
-# tests/snapshot/test_blob_wire_sdk.py fails when an SDK upgrade changes it.
-SDK_SAS_PARAMETERS = frozenset(
-    [
-        "sig",
-        "sp",
-        "st",
-        "se",
-        "sr",
-        "si",
-        "sip",
-        "spr",
-        "sv",
-        "rscc",
-        "rscd",
-        "rsce",
-        "rscl",
-        "rsct",
-        "spk",
-        "srk",
-        "epk",
-        "erk",
-        "srt",
-        "ss",
-        "skoid",
-        "sktid",
-        "skt",
-        "ske",
-        "sks",
-        "skv",
-        "ses",
-        "srh",
-        "srq",
-        "skdutid",
-        "sduoid",
-        "saoid",
-        "suoid",
-        "scid",
-        "sdd",
-    ]
-)
-
-
-def sas_token(query: str) -> str:
-    """The SAS query as the SDK sends it (base_client.parse_query). Pure.
-
-    Known SAS parameters only, the first value of each, in their order,
-    re-quoted (``quote(value, safe="")``): what the storage service sees is
-    the same on both paths, a repeated ``sig`` included.
-    """
-    first: dict[str, str] = {}
-    for name, value in parse_qsl(query):
-        first.setdefault(name, value)
-    return "&".join(f"{k}={quote(v, safe='')}" for k, v in first.items() if k in SDK_SAS_PARAMETERS)
-
-
-def proxy_configured(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether any proxy variable is set (any case): then the SDK sends. Pure.
-
-    The SDK honours proxies; this module never talks to one, so a request
-    never goes direct where it would have gone through a proxy.
-    """
-    env = os.environ if environ is None else environ
-    return any(env.get(name) or env.get(name.upper()) for name in _PROXY_VARIABLES)
 
 
 class SnapshotAnswerError(StorageAnswerError):

@@ -43,7 +43,7 @@ DEFERRED = (
     "snapshot_runtime.scripts.runner",
     "snapshot_runtime.snapshot.host",
     "snapshot_runtime.job.status_report",
-    "snapshot_runtime.job.status_upload",
+    "snapshot_runtime.snapshot.block_upload",
     "snapshot_runtime.inputs.plugin_config",
     "snapshot_runtime.snapshot.registry",
     "snapshot_runtime.core.consistency",
@@ -228,7 +228,7 @@ def test_host_job_loads_the_deferred_modules_before_its_first_fifreeze_and_none_
         assert name not in first, f"{name} imported before the first phase"
         assert name in freeze, f"{name} not imported before the first FIFREEZE"
     assert _loaded(first, (*HEAVY, "asyncio")) == []
-    # The status blob went up without the SDK (job/status_upload.py).
+    # The status blob went up without the SDK (snapshot/block_upload.py).
     assert _loaded(modules, SDK_PACKAGES) == []
     assert [m for m in modules if m.startswith(WORKLOAD_ONLY)] == []
     blob = azurite.service().get_blob_client(container, "status.json")
@@ -241,11 +241,14 @@ def test_guest_job_never_loads_the_sdk_without_a_proxy_and_nothing_while_frozen(
     ws: Workspace, ext4: LoopFs, azurite: Azurite, tmp_path: Path
 ) -> None:
     """The guest path without a proxy sends its snapshot requests (preflight,
-    retries) without azure-storage-blob (snapshot/blob_wire.py): neither the SDK
-    nor requests is ever loaded; the backend is loaded after the first phase,
-    before the first FIFREEZE; the window imports nothing."""
+    retries) without azure-storage-blob (snapshot/blob_wire.py), and its status
+    blob and its own log (no sidecar here) too (snapshot/block_upload.py):
+    neither the SDK nor requests is ever loaded; the backend is loaded after
+    the first phase, before the first FIFREEZE; the window imports nothing."""
     disks = jobkit.make_disks(azurite, 1)
-    settings = ws.settings(disks)
+    container, _, status_url = jobkit.status_blob_url(azurite)
+    logs_url = azurite.sas_url(container, "job.log")
+    settings = ws.settings(disks, status_url=status_url, logs_url=logs_url)
     args = ws.run_args(settings, config=ws.config(), mounts=[ext4.mountpoint])
     doc = _run_probe(tmp_path, *args, env=_without_proxies())
     assert doc["code"] == 0
@@ -258,6 +261,9 @@ def test_guest_job_never_loads_the_sdk_without_a_proxy_and_nothing_while_frozen(
     assert "snapshot_runtime.job.frozen_window" in freeze
     assert _loaded(modules, (*SDK_PACKAGES, "urllib3")) == []
     _assert_snapshotted(azurite, disks)
+    status = json.loads(jobkit.blob_bytes(azurite, container, "job.Status.txt"))
+    assert status[0]["status"]["status"] == "success"
+    assert jobkit.blob_bytes(azurite, container, "job.log")  # the log went up, no SDK
 
 
 @pytest.mark.root

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from snapshot_runtime.snapshot import blob_rules, blob_wire
+from snapshot_runtime.snapshot import blob_policy, blob_rules, blob_wire
 from snapshot_runtime.snapshot.azure_blob import AzureBlobSnapshotter
 from snapshot_runtime.snapshot.blob_errors import classify
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
@@ -121,7 +121,7 @@ def test_no_sdk_is_used_without_a_proxy_and_the_sdk_with_one(
         assert [d.client for d in snapper._disks] == [None]
         assert snapper.snapshot_all().ok
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # never reached: Azurite is http
-    assert blob_wire.proxy_configured()
+    assert blob_policy.proxy_configured()
     with AzureBlobSnapshotter([url], policy=FAST) as snapper:
         snapper.prepare()
         assert [d.fast for d in snapper._disks] == [None]
@@ -304,7 +304,7 @@ def test_the_sdk_exception_name_table_matches_the_sdk(status: int, code: str | N
 def test_the_sas_parameters_are_the_sdks() -> None:
     from azure.storage.blob._shared.shared_access_signature import QueryStringConstants
 
-    assert frozenset(QueryStringConstants.to_list()) == blob_wire.SDK_SAS_PARAMETERS
+    assert frozenset(QueryStringConstants.to_list()) == blob_policy.SDK_SAS_PARAMETERS
 
 
 @pytest.mark.parametrize(
@@ -319,4 +319,4 @@ def test_the_sas_parameters_are_the_sdks() -> None:
 def test_the_sas_query_is_sent_as_the_sdk_sends_it(query: str) -> None:
     from azure.storage.blob._shared.base_client import parse_query
 
-    assert blob_wire.sas_token(query) == (parse_query(query)[1] or "")
+    assert blob_policy.sas_token(query) == (parse_query(query)[1] or "")

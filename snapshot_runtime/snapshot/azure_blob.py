@@ -72,7 +72,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +120,9 @@ class _Disk:
     client: BlobClient | None = None
     errors: Classifier = WIRE_ERRORS  # blob_errors.SDK_ERRORS with a client
     preflight: DiskSnapshot | None = None
+    # Held while a thread uses the connection or client: a warm-up prepare()
+    # stopped waiting for must not share the socket with the snapshot request.
+    busy: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -241,20 +244,24 @@ class AzureBlobSnapshotter:
         except BlobOpError as exc:
             disk.preflight = self._failed(disk, exc.failure, attempts=0, started_at=now)
 
+    def _probe(self, disk: _Disk, probe_id: str) -> None:
+        if disk.client is not None:
+            disk.client.get_blob_properties(client_request_id=probe_id)
+            return
+        assert disk.fast is not None
+        # Connect, then the preflight on that connection: it is warm (TLS
+        # included) for the snapshot request in the window.
+        disk.fast.open()
+        disk.fast.probe(self._policy.request_timeout, probe_id)
+
     def _warm(self, disk: _Disk, done: queue.SimpleQueue[int]) -> None:
         started = self._clock()
         # Our own id: left to the SDK it is a uuid1(), and libuuid keeps a
         # per-thread fd on its clock file that a finished worker leaks.
         probe_id = str(uuid.uuid4())
         try:
-            if disk.client is not None:
-                disk.client.get_blob_properties(client_request_id=probe_id)
-            else:
-                assert disk.fast is not None
-                # Connect, then the preflight on that connection: it is warm
-                # (TLS included) for the snapshot request in the window.
-                disk.fast.open()
-                disk.fast.probe(self._policy.request_timeout, probe_id)
+            with disk.busy:
+                self._probe(disk, probe_id)
         except Exception as exc:
             failure = disk.errors.classify(exc, disk.redact)
             code = (failure.error_code or "").lower()
@@ -304,8 +311,17 @@ class AzureBlobSnapshotter:
         for disk in todo:
             if disk.fast is None:
                 on_worker(disk)
-        # Every prepared first attempt from this thread, in one wave (blob_wire).
-        prepared = [d for d in todo if d.fast is not None]
+        # Every prepared first attempt from this thread, in one wave (blob_wire);
+        # a disk whose warm-up still holds its connection goes to a worker,
+        # which waits for it.
+        prepared: list[_Disk] = []
+        for disk in todo:
+            if disk.fast is None:
+                continue
+            if disk.busy.acquire(blocking=False):
+                prepared.append(disk)
+            else:
+                on_worker(disk)
         for disk in prepared:
             progress[disk.index].started_at = start
             progress[disk.index].attempts = 1  # all sent at once, answered or not
@@ -315,8 +331,10 @@ class AzureBlobSnapshotter:
             request_timeout=self._policy.request_timeout,
             clock=self._clock,
         )
+        held = {d.index: d for d in prepared}
         for sent in outcomes_sent:
             disk = prepared[sent.position]
+            held.pop(disk.index).busy.release()  # before a worker may need it
             if not sent.sent:
                 # Its connection was gone, nothing was sent: a worker connects again.
                 progress[disk.index].attempts = 0
@@ -326,6 +344,8 @@ class AzureBlobSnapshotter:
                 on_worker(disk, sent.error)  # classified and retried there, as always
             else:
                 outcomes[disk.index] = self._succeeded(disk, sent, start)
+        for disk in held.values():  # unanswered at the deadline
+            disk.busy.release()
 
         deadline_hit = False
         while len(outcomes) < len(self._disks):
@@ -395,17 +415,18 @@ class AzureBlobSnapshotter:
             if replay:
                 raise replay.pop()  # attempt 1, made by send_all (progress counts it)
             progress.attempts += 1
-            if fast is not None:
-                return fast.send(budget)  # reconnects when the connection is gone
-            assert client is not None
-            reply: dict[str, Any] = client.create_snapshot(
-                metadata=self._metadata or None,
-                timeout=server_timeout,
-                read_timeout=budget,
-                connection_timeout=min(self._policy.connect_timeout, budget),
-                client_request_id=disk.request_id,  # not a uuid1() in the window
-            )
-            return reply
+            with disk.busy:
+                if fast is not None:
+                    return fast.send(budget)  # reconnects when the connection is gone
+                assert client is not None
+                reply: dict[str, Any] = client.create_snapshot(
+                    metadata=self._metadata or None,
+                    timeout=server_timeout,
+                    read_timeout=budget,
+                    connection_timeout=min(self._policy.connect_timeout, budget),
+                    client_request_id=disk.request_id,  # not a uuid1() in the window
+                )
+                return reply
 
         try:
             with self._quiet():

@@ -541,3 +541,40 @@ def test_aggregate_message_is_bounded() -> None:
     disks = [_disk(i, "transient") for i in range(64)]
     _, message = aggregate(disks, deadline_hit=False)
     assert message is not None and message.endswith("; and 56 more")
+
+
+def test_a_warm_up_prepare_stopped_waiting_for_keeps_its_connection_to_itself(
+    disks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prepare() waits for the warm-ups for a bounded time; a preflight still running
+    then holds the disk's connection, so its snapshot request waits for it on a worker
+    (never interleaved with the preflight on one socket), and still succeeds."""
+    policy = BlobPolicy(request_timeout=0.5, connect_timeout=0.2, retries=0)
+    events: list[str] = []
+    real_probe, real_send = PreparedSnapshot.probe, PreparedSnapshot.send
+    release = threading.Event()
+
+    def slow_probe(self: PreparedSnapshot, budget: float, request_id: str) -> None:
+        real_probe(self, budget, request_id)
+        release.wait(30)  # past prepare()'s wait: until snapshot_all has started
+        events.append("preflight done")
+
+    def send(self: PreparedSnapshot, budget: float) -> Any:
+        events.append("snapshot sent")
+        return real_send(self, budget)
+
+    real_send_all = azure_blob.send_all
+
+    def send_all_then_release(*args: Any, **kwargs: Any) -> Any:
+        yield from real_send_all(*args, **kwargs)
+        release.set()
+
+    monkeypatch.setattr(PreparedSnapshot, "probe", slow_probe)
+    monkeypatch.setattr(PreparedSnapshot, "send", send)
+    monkeypatch.setattr(azure_blob, "send_all", send_all_then_release)
+    urls = disks(1)
+    with AzureBlobSnapshotter(urls, policy=policy, deadline_seconds=30) as snapper:
+        assert snapper.prepare() == []
+        result = snapper.snapshot_all()
+    assert result.ok and result.disks[0].attempts == 1
+    assert events == ["preflight done", "snapshot sent"]

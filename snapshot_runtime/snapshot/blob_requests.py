@@ -59,7 +59,6 @@ from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError
 
 __all__ = [
     "blob_client",
-    "sas_redactor",
     "silenced_transport_logs",
     "translate",
     "upload_block_blob",

@@ -59,10 +59,8 @@ from snapshot_runtime.snapshot.blob_rules import (
 from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError
 
 __all__ = [
-    "SDK_DEFAULT_API_VERSION",
     "BlockPut",
     "classify_answer",
-    "proxy_configured",
     "put_block",
     "upload_block_blob_direct",
 ]

@@ -16,14 +16,13 @@ import traceback
 import pytest
 
 from snapshot_runtime.core.errors import ErrorCode
-from snapshot_runtime.snapshot.blob_policy import BlobPolicy
-from snapshot_runtime.snapshot.blob_requests import upload_block_blob
-from snapshot_runtime.snapshot.block_upload import (
+from snapshot_runtime.snapshot.blob_policy import (
     SDK_DEFAULT_API_VERSION,
-    BlockPut,
-    classify_answer,
+    BlobPolicy,
     proxy_configured,
 )
+from snapshot_runtime.snapshot.blob_requests import upload_block_blob
+from snapshot_runtime.snapshot.block_upload import BlockPut, classify_answer
 from snapshot_runtime.snapshot.block_upload import (
     upload_block_blob_direct as upload_status_blob,
 )

@@ -9,19 +9,20 @@ on every snapshot. Each round, as subprocesses of this one:
   in production), on both snapshot paths: the host path (the reference's
   default mode: one WireServer ``dosnapshot``, answered by the host-service
   emulator of tests/support/host_service.py snapshotting an Azurite page
-  blob) and the guest path (the disk's SAS URL, snapshotted through the Azure
-  SDK). For each: from just before exec to the first phase's ``started_at``
+  blob) and the guest path (the disk's SAS URL, snapshotted without the Azure
+  SDK when no proxy is set: snapshot/blob_wire.py); and the guest path with a
+  ``logsBlobUri`` and no sidecar (the runtime uploads its own log after the
+  thaw: RSS only). For each: from just before exec to the first phase's ``started_at``
   in the job's record, to the freeze phase's (what start-up defers is paid
   before it: the honest total), and the runtime process's own peak RSS (its
   VmHWM, sampled while it runs);
 * the baselines, in the same run: a bare interpreter (``python -c pass``),
   and the peak RSS of an interpreter that only imports azure.storage.blob
-  (what the SDK alone costs: job/status_upload.py's reason to avoid it).
+  (what the SDK alone costs: snapshot/block_upload.py's and blob_wire.py's reason to avoid it).
 
 Goals (issue 15), each ending in a ``VERDICT`` line: --help <= 50 ms, exec to
-the first phase <= 100 ms, peak RSS of a 1-disk job <= 35 MiB (the host path,
-the default; the guest path's figures are printed beside it, and its peak
-holds the SDK its snapshots need).
+the first phase <= 100 ms, peak RSS of a 1-disk job <= 35 MiB, on the host
+path (the default) and on the guest path.
 
 Run: ``.venv/bin/python -m benchmarks.startup [--rounds N] [--cli PATH] [--compare PATH]``
 (root, loop devices, Azurite: ``make system-deps``). ``--cli`` measures
@@ -148,13 +149,16 @@ def _job(
     mountpoint: str,
     cli: list[str],
     host: HostService | None = None,
+    *,
+    logs: bool = False,
 ) -> tuple[float, float, int]:
     """(exec to first phase, exec to the freeze phase, both seconds; peak RSS KiB) of one
     1-disk CLI job. The second is the honest companion of the first: what start-up
     leaves out is imported later, before the freeze (docs/startup.md).
 
     ``host``: the host path through this emulator (its LUN 0 is a fresh page
-    blob each job); otherwise the guest path.
+    blob each job); otherwise the guest path. ``logs``: a ``logsBlobUri`` too
+    (guest path; no sidecar here, so the runtime uploads its log itself).
     """
     container = azurite.container()
     azurite.create_page_blob(container, "disk0.vhd")
@@ -168,7 +172,10 @@ def _job(
         env[VMBACKUP_CONF_ENV] = str(work / "no-vmbackup.conf")
     else:
         doc = settings_doc(
-            [azurite.sas_url(container, "disk0.vhd")], task_id=task_id, status_url=status_url
+            [azurite.sas_url(container, "disk0.vhd")],
+            task_id=task_id,
+            status_url=status_url,
+            logs_url=azurite.sas_url(container, "log.ndjson") if logs else None,
         )
     settings = _write(work / f"{task_id}.settings", json.dumps(doc), 0o600)
     spool = os.path.join(_spool_root(), "spool")
@@ -219,6 +226,7 @@ class _Samples:
     firsts: dict[str, list[float]] = field(default_factory=lambda: {"host": [], "guest": []})
     freezes: dict[str, list[float]] = field(default_factory=lambda: {"host": [], "guest": []})
     rss: dict[str, list[float]] = field(default_factory=lambda: {"host": [], "guest": []})
+    rss_guest_log: list[float] = field(default_factory=list)  # MiB: + its own log upload
 
     def report(self, bare_ms: float) -> None:
         print(f"  {' '.join(self.cli)}")
@@ -228,6 +236,7 @@ class _Samples:
             print(f"    run, {path:<5} exec to first phase: {spread(self.firsts[path])}")
             print(f"    run, {path:<5} exec to freeze:      {spread(self.freezes[path])}")
             print("  " + _rss_line(f"run, {path:<5} peak RSS (1 disk):", self.rss[path]))
+        print("  " + _rss_line("run, guest + log upload, peak RSS:", self.rss_guest_log))
         print(
             f"    ratios to the bare interpreter: --help "
             f"{statistics.median(self.helps) / bare_ms:.1f}x, host first phase "
@@ -300,6 +309,9 @@ def main() -> None:
                     one.firsts[path].append(first * 1000)
                     one.freezes[path].append(freeze * 1000)
                     one.rss[path].append(peak / 1024)
+                one.rss_guest_log.append(
+                    _job(azurite, work, fs.mountpoint, one.cli, logs=True)[2] / 1024
+                )
     print(f"start-up, {args.rounds} rounds (subprocesses of this one)")
     print(f"  baseline python -c pass:        {spread(bare)}")
     print(_rss_line("baseline python -c pass, RSS:", bare_rss))
@@ -315,12 +327,15 @@ def main() -> None:
             f"    --help {med(new.helps) / med(old.helps):.2f}x, host first phase "
             f"{med(new.firsts['host']) / med(old.firsts['host']):.2f}x, host freeze "
             f"{med(new.freezes['host']) / med(old.freezes['host']):.2f}x, host peak RSS "
-            f"{med(new.rss['host']) / med(old.rss['host']):.2f}x"
+            f"{med(new.rss['host']) / med(old.rss['host']):.2f}x, guest freeze "
+            f"{med(new.freezes['guest']) / med(old.freezes['guest']):.2f}x, guest peak RSS "
+            f"{med(new.rss['guest']) / med(old.rss['guest']):.2f}x"
         )
     first = measured[0]
     verdict("--help, median", med(first.helps), 50.0)
     verdict("exec to the first phase (host path), median", med(first.firsts["host"]), 100.0)
     verdict("peak RSS of a 1-disk job (host path), median", med(first.rss["host"]), 35.0, "MiB")
+    verdict("peak RSS of a 1-disk job (guest path), median", med(first.rss["guest"]), 35.0, "MiB")
 
 
 if __name__ == "__main__":

@@ -56,9 +56,11 @@ from azure.storage.blob import BlobClient
 
 from snapshot_runtime.core.errors import ErrorCode
 from snapshot_runtime.core.redact import Redactor, redact_then_truncate, scrub, strip_sas
+from snapshot_runtime.snapshot.blob_errors import SDK_ERRORS
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
-from snapshot_runtime.snapshot.blob_requests import blob_client, sas_redactor
+from snapshot_runtime.snapshot.blob_requests import blob_client
 from snapshot_runtime.snapshot.blob_retry import Attempt, call_with_retries
+from snapshot_runtime.snapshot.blob_rules import sas_redactor
 from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError
 from snapshot_runtime.telemetry.spool_schema import LOG_FILE, line_seq
 from snapshot_sidecar.blob_targets import (
@@ -382,6 +384,7 @@ class LogMirror:
     def _call(self, mem: _Job, op: Callable[[float], T]) -> Attempt[T]:
         return call_with_retries(
             op,
+            errors=SDK_ERRORS,
             policy=self.config.policy,
             redact=mem.redact or (lambda s: s),
             stop=self.stop,

@@ -208,12 +208,14 @@ class JobStatusWriter:
         if not self.options.upload_status:
             state.status_upload = "skipped: UploadStatusAndLog is off"
             return
-        # Not through the Azure SDK (~35 MiB, ~40 ms to import): status_upload.py;
+        # Not through the Azure SDK (~35 MiB, ~40 ms to import): snapshot/block_upload.py;
         # http.client and ssl under it are not start-up imports either (docs/startup.md).
-        from snapshot_runtime.job.status_upload import upload_status_blob  # noqa: PLC0415
+        from snapshot_runtime.snapshot.block_upload import (  # noqa: PLC0415
+            upload_block_blob_direct,
+        )
 
         try:
-            upload_status_blob(
+            upload_block_blob_direct(
                 settings.status_blob_uri, render(doc), policy=self.options.blob_policy
             )
             state.status_upload = "ok"

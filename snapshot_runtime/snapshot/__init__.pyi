@@ -8,10 +8,10 @@ from .backend import Snapshotter as Snapshotter
 from .backend import SnapshotterFactory as SnapshotterFactory
 from .blob_policy import BlobPolicy as BlobPolicy
 from .blob_requests import blob_client as blob_client
-from .blob_requests import sas_redactor as sas_redactor
 from .blob_requests import upload_block_blob as upload_block_blob
 from .blob_retry import Attempt as Attempt
 from .blob_retry import call_with_retries as call_with_retries
+from .blob_rules import sas_redactor as sas_redactor
 from .failures import BlobFailure as BlobFailure
 from .failures import BlobOpError as BlobOpError
 from .failures import FailureKind as FailureKind

@@ -16,14 +16,23 @@ disk. There is no cross-blob atomicity either way, so the order buys nothing.
 
 Contracts:
 
+* Two transports. With no proxy configured (the usual case) every request
+  of a disk goes over ``blob_wire``, without azure-storage-blob: the SDK
+  (with azure-core, requests, urllib3) is ~35 MiB of a guest job's peak RSS
+  (52 MiB against the 35 MiB goal, docs/startup.md), and this module imports
+  none of it then. The preflight is a HEAD on the disk's prepared
+  connection, the retries ``PreparedSnapshot.send``, classified and worded
+  by ``blob_rules`` exactly as the SDK's failures (``blob_errors``). With a
+  proxy (``blob_policy.proxy_configured``), or for a disk ``blob_wire`` cannot
+  express (non-ASCII metadata), the disk's every request goes through the SDK
+  (``blob_requests.blob_client``), imported in ``prepare``.
 * I1 - ``snapshot_all`` performs no file writes, no logging, no imports, no
   thread creation and no new connections on the happy path: ``prepare`` has
-  imported everything, built one ``BlobClient`` (one ``requests`` session) per
-  disk, started the worker threads, opened each disk's connection with a
-  ``get_blob_properties`` and drawn each disk's ``x-ms-client-request-id``;
-  it has also built each disk's first snapshot attempt
-  (``blob_wire.PreparedSnapshot``: request bytes, an open connection),
-  which inside the window costs a fraction of the SDK's CPU per request.
+  imported everything, started the worker threads, drawn each disk's
+  ``x-ms-client-request-id`` and built each disk's snapshot request
+  (``blob_wire.PreparedSnapshot``: request bytes, a connection opened and
+  warmed by the preflight) or, on the SDK transport, one ``BlobClient`` (one
+  ``requests`` session) per disk, warmed by a ``get_blob_properties``.
   (Left to the SDK, that id is a ``uuid1()`` made per request: libuuid then
   asks uuidd over /run/uuidd/request or, with no daemon, rewrites
   /var/lib/libuuid/clock.txt, a write that blocks on a frozen root
@@ -45,9 +54,10 @@ Contracts:
   6-8 ms from one thread; benchmarks/frozen_window.py). One pool of
   ``min(max_workers, disks)`` daemon threads, started in ``prepare``, does
   the rest: the preflight, the retries after a failed first attempt (through
-  the SDK, backoff included), a disk whose idle connection was dropped, and
-  every attempt of a disk without a prepared request (a proxy, non-ASCII
-  metadata). Every disk has its own client, used by one thread at a time.
+  the same policy as the SDK's, backoff included), a disk whose idle
+  connection was dropped, and every attempt of a disk on the SDK transport
+  (a proxy, non-ASCII metadata). Every disk has its own connection or
+  client, used by one thread at a time.
   The snapshotter's methods must be called from one thread.
 * Raises - ``snapshot_all`` and ``prepare`` report request failures in their
   results and never raise them; calling out of order raises ``RuntimeError``.
@@ -55,28 +65,22 @@ Contracts:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
-
-from azure.storage.blob import BlobClient
+from typing import TYPE_CHECKING, Any
 
 from snapshot_runtime.core.redact import Redactor, strip_sas
 from snapshot_runtime.snapshot.backend import BackendDecision
-from snapshot_runtime.snapshot.blob_errors import classify
-from snapshot_runtime.snapshot.blob_policy import BlobPolicy
-from snapshot_runtime.snapshot.blob_requests import (
-    blob_client,
-    sas_redactor,
-    silenced_transport_logs,
-)
+from snapshot_runtime.snapshot.blob_policy import BlobPolicy, proxy_configured
 from snapshot_runtime.snapshot.blob_retry import call_with_retries
+from snapshot_runtime.snapshot.blob_rules import WIRE_ERRORS, Classifier, sas_redactor
 from snapshot_runtime.snapshot.blob_wire import (
     PreparedSnapshot,
     SendOutcome,
@@ -86,6 +90,9 @@ from snapshot_runtime.snapshot.blob_wire import (
 from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError
 from snapshot_runtime.snapshot.results import DiskSnapshot, SnapshotResult, aggregate
 from snapshot_runtime.snapshot.worker_pool import WorkerPool
+
+if TYPE_CHECKING:
+    from azure.storage.blob import BlobClient
 
 __all__ = [
     "AzureBlobSnapshotter",
@@ -107,11 +114,15 @@ class _Disk:
     # x-ms-client-request-id of this disk's snapshot request, the same on each
     # of our retries: drawn before the freeze (uuid4: getrandom(2), no file).
     request_id: str
-    client: BlobClient | None = None
-    # The first in-window attempt, sent without the SDK (blob_wire.PreparedSnapshot);
-    # None: the SDK sends every attempt.
+    # Exactly one of the two once prepared (unless the URL was refused): the
+    # request sent without the SDK (blob_wire), or the SDK's client.
     fast: PreparedSnapshot | None = None
+    client: BlobClient | None = None
+    errors: Classifier = WIRE_ERRORS  # blob_errors.SDK_ERRORS with a client
     preflight: DiskSnapshot | None = None
+    # Held while a thread uses the connection or client: a warm-up prepare()
+    # stopped waiting for must not share the socket with the snapshot request.
+    busy: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -133,6 +144,9 @@ class AzureBlobSnapshotter:
       are all sent at once from the calling thread, whatever this is.
     - metadata: ``x-ms-meta-*`` set on every snapshot.
     - clock: monotonic seconds; must advance in real time (deadlines use it).
+    - sdk: True sends every request through azure-storage-blob, False
+      through ``blob_wire`` where it can; None, the default: the SDK only
+      when a proxy is configured (``blob_policy.proxy_configured``).
     """
 
     def __init__(
@@ -144,6 +158,7 @@ class AzureBlobSnapshotter:
         max_workers: int | None = None,
         metadata: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sdk: bool | None = None,
     ) -> None:
         if not sas_urls:
             raise ValueError("no disks to snapshot")
@@ -157,6 +172,10 @@ class AzureBlobSnapshotter:
         self._max_workers = max_workers
         self._metadata = dict(metadata or {})
         self._clock = clock
+        self._sdk = sdk
+        # Drops the SDK's and urllib3's log records on a worker (I1); only the
+        # SDK transport logs anything.
+        self._quiet: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
         self._disks: list[_Disk] = []
         self._pool: WorkerPool | None = None
         self._closed = False
@@ -182,25 +201,20 @@ class AzureBlobSnapshotter:
         if self._pool is not None:
             raise RuntimeError("prepare() was already called")
         now = self._clock()
+        use_sdk = proxy_configured() if self._sdk is None else self._sdk
         for index, url in enumerate(self._urls):
             disk = _Disk(index, strip_sas(url), sas_redactor(url), str(uuid.uuid4()))
-            try:
-                disk.client = blob_client(url, self._policy)
-            except BlobOpError as exc:
-                disk.preflight = self._failed(disk, exc.failure, attempts=0, started_at=now)
-            else:
+            if not use_sdk:
                 disk.fast = prepared_snapshot(
-                    url,
-                    api_version=disk.client.api_version,
-                    request_id=disk.request_id,
-                    metadata=self._metadata,
-                    policy=self._policy,
+                    url, request_id=disk.request_id, metadata=self._metadata, policy=self._policy
                 )
+            if disk.fast is None:
+                self._sdk_client(disk, url, now)
             self._disks.append(disk)
         self._pool = WorkerPool(min(self._max_workers, len(self._disks)), "snapshot")
 
         done: queue.SimpleQueue[int] = queue.SimpleQueue()
-        pending = [d for d in self._disks if d.client is not None]
+        pending = [d for d in self._disks if d.preflight is None]
         for disk in pending:
             self._pool.submit(functools.partial(self._warm, disk, done))
         # Bounded: each warm-up is one request with the policy's timeouts.
@@ -213,22 +227,43 @@ class AzureBlobSnapshotter:
                 break
         return [d.preflight for d in self._disks if d.preflight is not None]
 
+    def _sdk_client(self, disk: _Disk, url: str, now: float) -> None:
+        """Put ``disk`` on the SDK transport: imported here, before the freeze."""
+        # Here, not at the top: the SDK's ~35 MiB only for a job that needs it
+        # (docs/startup.md).
+        from snapshot_runtime.snapshot.blob_errors import SDK_ERRORS  # noqa: PLC0415
+        from snapshot_runtime.snapshot.blob_requests import (  # noqa: PLC0415
+            blob_client,
+            silenced_transport_logs,
+        )
+
+        self._quiet = silenced_transport_logs
+        disk.errors = SDK_ERRORS
+        try:
+            disk.client = blob_client(url, self._policy)
+        except BlobOpError as exc:
+            disk.preflight = self._failed(disk, exc.failure, attempts=0, started_at=now)
+
+    def _probe(self, disk: _Disk, probe_id: str) -> None:
+        if disk.client is not None:
+            disk.client.get_blob_properties(client_request_id=probe_id)
+            return
+        assert disk.fast is not None
+        # Connect, then the preflight on that connection: it is warm (TLS
+        # included) for the snapshot request in the window.
+        disk.fast.open()
+        disk.fast.probe(self._policy.request_timeout, probe_id)
+
     def _warm(self, disk: _Disk, done: queue.SimpleQueue[int]) -> None:
         started = self._clock()
+        # Our own id: left to the SDK it is a uuid1(), and libuuid keeps a
+        # per-thread fd on its clock file that a finished worker leaks.
+        probe_id = str(uuid.uuid4())
         try:
-            assert disk.client is not None
-            # Our own id: left to the SDK it is a uuid1(), and libuuid keeps a
-            # per-thread fd on its clock file that a finished worker leaks.
-            disk.client.get_blob_properties(client_request_id=str(uuid.uuid4()))
-            if disk.fast is not None:
-                try:
-                    disk.fast.open()
-                except OSError:
-                    # Not reachable this way: leave every attempt to the SDK.
-                    disk.fast.close()
-                    disk.fast = None
+            with disk.busy:
+                self._probe(disk, probe_id)
         except Exception as exc:
-            failure = classify(exc, disk.redact)
+            failure = disk.errors.classify(exc, disk.redact)
             code = (failure.error_code or "").lower()
             if failure.kind == "not_found" or (
                 failure.kind == "auth" and code in _DEFINITIVE_CODES
@@ -272,12 +307,21 @@ class AzureBlobSnapshotter:
                 )
             )
 
-        # Disks without a prepared request: every attempt on the SDK, on a worker.
+        # Disks on the SDK transport: every attempt on a worker.
         for disk in todo:
             if disk.fast is None:
                 on_worker(disk)
-        # Every prepared first attempt from this thread, in one wave (blob_wire).
-        prepared = [d for d in todo if d.fast is not None]
+        # Every prepared first attempt from this thread, in one wave (blob_wire);
+        # a disk whose warm-up still holds its connection goes to a worker,
+        # which waits for it.
+        prepared: list[_Disk] = []
+        for disk in todo:
+            if disk.fast is None:
+                continue
+            if disk.busy.acquire(blocking=False):
+                prepared.append(disk)
+            else:
+                on_worker(disk)
         for disk in prepared:
             progress[disk.index].started_at = start
             progress[disk.index].attempts = 1  # all sent at once, answered or not
@@ -287,8 +331,10 @@ class AzureBlobSnapshotter:
             request_timeout=self._policy.request_timeout,
             clock=self._clock,
         )
+        held = {d.index: d for d in prepared}
         for sent in outcomes_sent:
             disk = prepared[sent.position]
+            held.pop(disk.index).busy.release()  # before a worker may need it
             if not sent.sent:
                 # Its connection was gone, nothing was sent: a worker connects again.
                 progress[disk.index].attempts = 0
@@ -298,6 +344,8 @@ class AzureBlobSnapshotter:
                 on_worker(disk, sent.error)  # classified and retried there, as always
             else:
                 outcomes[disk.index] = self._succeeded(disk, sent, start)
+        for disk in held.values():  # unanswered at the deadline
+            disk.busy.release()
 
         deadline_hit = False
         while len(outcomes) < len(self._disks):
@@ -359,8 +407,7 @@ class AzureBlobSnapshotter:
         if progress.started_at is None:
             progress.started_at = self._clock()
         started = progress.started_at
-        client = disk.client
-        assert client is not None
+        client, fast = disk.client, disk.fast
         server_timeout = max(1, int(self._policy.request_timeout))
         replay = [first_error] if first_error is not None else []
 
@@ -368,22 +415,24 @@ class AzureBlobSnapshotter:
             if replay:
                 raise replay.pop()  # attempt 1, made by send_all (progress counts it)
             progress.attempts += 1
-            if progress.attempts == 1 and disk.fast is not None:
-                return disk.fast.send(budget)
-            # Retries (rare, already slow) take the SDK's well-trodden path.
-            reply: dict[str, Any] = client.create_snapshot(
-                metadata=self._metadata or None,
-                timeout=server_timeout,
-                read_timeout=budget,
-                connection_timeout=min(self._policy.connect_timeout, budget),
-                client_request_id=disk.request_id,  # not a uuid1() in the window
-            )
-            return reply
+            with disk.busy:
+                if fast is not None:
+                    return fast.send(budget)  # reconnects when the connection is gone
+                assert client is not None
+                reply: dict[str, Any] = client.create_snapshot(
+                    metadata=self._metadata or None,
+                    timeout=server_timeout,
+                    read_timeout=budget,
+                    connection_timeout=min(self._policy.connect_timeout, budget),
+                    client_request_id=disk.request_id,  # not a uuid1() in the window
+                )
+                return reply
 
         try:
-            with silenced_transport_logs():
+            with self._quiet():
                 outcome = call_with_retries(
                     snap,
+                    errors=disk.errors,
                     policy=self._policy,
                     redact=disk.redact,
                     deadline=deadline,
@@ -409,7 +458,7 @@ class AzureBlobSnapshotter:
                 failure = outcome.failure or BlobFailure("other", None, None, False, "other")
                 result = self._failed(disk, failure, attempts=outcome.attempts, started_at=started)
         except Exception as exc:  # a bug, not a request failure: still report the disk
-            failure = classify(exc)
+            failure = disk.errors.classify(exc, disk.redact)
             result = self._failed(disk, failure, attempts=progress.attempts, started_at=started)
         results.put(result)
 

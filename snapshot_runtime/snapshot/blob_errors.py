@@ -23,28 +23,35 @@ Classification (first match wins)::
     timeout    408, OperationTimedOut, connect/read timeouts      retryable
     transient  other 5xx, connection reset/refused/aborted, incomplete read   retryable
     other      everything else (4xx, decode, serialization, misuse)
+
+The answer's rules and the message's wording live in ``blob_rules`` (no SDK
+import), shared with the SDK-free guest path; this module adds what only the
+SDK's, requests' and urllib3's exception types can tell.
 """
 
 from __future__ import annotations
 
-import enum
-import re
 from collections.abc import Callable
 
 import requests
 import urllib3.exceptions
 from azure.core import exceptions as azure_exc
 
-from snapshot_runtime.core.redact import redact_then_truncate, scrub
-from snapshot_runtime.snapshot.failures import (
-    MAX_MESSAGE,
-    RETRYABLE_KINDS,
-    BlobFailure,
-    FailureKind,
+from snapshot_runtime.core.redact import scrub
+from snapshot_runtime.snapshot.blob_rules import (
+    Classifier,
+    StorageAnswerError,
+    answer_kind,
+    describe,
+    error_code_of,
+    status_of,
+    text_of,
 )
+from snapshot_runtime.snapshot.failures import BlobFailure, FailureKind
 
 __all__ = [
     "AZURE_EXCEPTION_KINDS",
+    "SDK_ERRORS",
     "TRANSLATED",
     "classify",
 ]
@@ -84,45 +91,8 @@ TRANSLATED: tuple[type[BaseException], ...] = (
     azure_exc.DeserializationError,
     OSError,  # socket errors, requests.RequestException
     urllib3.exceptions.HTTPError,
+    StorageAnswerError,  # blob_wire's answers
 )
-
-_THROTTLE_CODES = frozenset({"serverbusy", "snapshotoperationrateexceeded", "toomanyrequests"})
-_LIMIT_CODES = frozenset({"snapshotcountexceeded", "snapshotsexceeded"})
-_TIMEOUT_CODES = frozenset({"operationtimedout"})
-_AUTH_CODES = frozenset({"authenticationfailed", "invalidauthenticationinfo"})
-_RATE_TEXT = re.compile(r"(?i)rate of snapshot blob calls is exceeded")
-_LIMIT_TEXT = re.compile(r"(?i)snapshot count\b.*\bexceeded")
-
-
-def _text(exc: BaseException) -> str:
-    try:
-        message = getattr(exc, "message", None)
-        text = message if isinstance(message, str) and message else str(exc)
-    except Exception:  # a half-built exception whose __str__ fails
-        text = ""
-    return text
-
-
-def _status(exc: BaseException) -> int | None:
-    status = getattr(exc, "status_code", None)
-    if status is None:
-        response = getattr(exc, "response", None)
-        status = getattr(response, "status_code", None)
-    return status if isinstance(status, int) else None
-
-
-def _error_code(exc: BaseException) -> str | None:
-    code: object = getattr(exc, "error_code", None)
-    if code is None:
-        response = getattr(exc, "response", None)
-        headers = getattr(response, "headers", None)
-        try:
-            code = headers.get("x-ms-error-code") if headers is not None else None
-        except Exception:
-            code = None
-    if isinstance(code, enum.Enum):
-        code = code.value
-    return str(code) if code else None
 
 
 def _kind_by_type(exc: BaseException) -> FailureKind:
@@ -163,38 +133,14 @@ def _inner_kind(exc: BaseException) -> FailureKind | None:
 
 
 def _kind(exc: BaseException, status: int | None, code: str | None, text: str) -> FailureKind:
-    lowered = (code or "").lower()
-    if lowered in _THROTTLE_CODES or _RATE_TEXT.search(text) or status in (429, 503):
-        return "throttled"
-    if lowered in _LIMIT_CODES or _LIMIT_TEXT.search(text):
-        return "limit"
-    if (
-        status in (401, 403)
-        or lowered in _AUTH_CODES
-        or isinstance(exc, azure_exc.ClientAuthenticationError)
-    ):
-        return "auth"
-    if status == 404:
-        return "not_found"
-    if status == 408 or lowered in _TIMEOUT_CODES:
-        return "timeout"
-    if status is not None and status >= 500:
-        return "transient"
-    if status is not None and status >= 300:
-        # A real response with an unlisted code (400, 409 ...): retrying the
-        # same request cannot help (the reference's #494 called 409 "network").
-        return "other"
+    auth_type = isinstance(exc, azure_exc.ClientAuthenticationError)
+    decided = answer_kind(status, code, text, auth_type=auth_type)
+    if decided is not None:
+        return decided
     kind = _kind_by_type(exc)
     if kind == "other" and type(exc) in (azure_exc.AzureError, azure_exc.HttpResponseError):
         return _inner_kind(exc) or "other"
     return kind
-
-
-def _first_line(text: str, redact: Callable[[str], str]) -> str:
-    """The first line, redacted, then cut to ``MAX_MESSAGE`` (never cut first:
-    an echoed URL's signature cut in half is no longer recognised)."""
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return redact_then_truncate(line, MAX_MESSAGE, redact)
 
 
 def classify(exc: BaseException, redact: Callable[[str], str] = scrub) -> BlobFailure:
@@ -202,23 +148,16 @@ def classify(exc: BaseException, redact: Callable[[str], str] = scrub) -> BlobFa
 
     ``redact`` (default: the patterns) runs on the text before it is cut;
     pass the request's ``sas_redactor`` so its exact ``sig`` value goes too.
+    The rules and the wording are ``blob_rules``' (shared with the SDK-free path).
     """
     try:
-        status = _status(exc)
-        code = _error_code(exc)
-        text = _text(exc)
+        status, code, text = status_of(exc), error_code_of(exc), text_of(exc)
         kind = _kind(exc, status, code, text)
-        detail = _first_line(text, redact) or type(exc).__name__
-        parts = [str(p) for p in (status, code) if p is not None]
-        head = f"{kind} ({' '.join(parts)})" if parts else kind
-        message = redact(f"{head}: {type(exc).__name__}: {detail}")
-        return BlobFailure(
-            kind=kind,
-            status_code=status,
-            error_code=code,
-            retryable=kind in RETRYABLE_KINDS,
-            message=message,
-            exc_type=type(exc).__name__,
-        )
+        return describe(exc, kind, status=status, code=code, text=text, redact=redact)
     except Exception:  # pragma: no cover - defensive: classify must never raise
         return BlobFailure("other", None, None, False, f"other: {type(exc).__name__}", "")
+
+
+# The SDK path: everything azure-storage-blob, requests and urllib3 raise,
+# and what the SDK-free path raises (a disk may mix both).
+SDK_ERRORS = Classifier(classify, TRANSLATED)

@@ -11,10 +11,12 @@ and the two it builds on, ``blob_errors`` (classification, pure) and
 * ``translate`` is the context manager that re-raises request failures as
   ``BlobOpError`` (``raise ... from exc``), naming the URL via ``strip_sas``.
 * ``upload_block_blob`` writes the status blob.
-* The first in-window attempt of a disk's Snapshot Blob is the one request
-  that does not go through the SDK: ``blob_wire`` (prepared before the freeze,
-  all disks sent from one thread). Every other request (preflight, retries,
-  the status blob) stays on azure-storage-blob.
+* The guest path's Snapshot Blob requests (and their preflight) do not go
+  through the SDK when no proxy is configured: ``blob_wire`` (prepared before
+  the freeze, all disks sent from one thread), for ~35 MiB of RSS
+  (docs/startup.md); nor do the status blob and the job's own log
+  (``block_upload``). With a proxy, and for the sidecar's mirror, requests
+  stay on azure-storage-blob.
 
 Contracts:
 
@@ -43,37 +45,24 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import requests
 from azure.storage.blob import BlobClient, ContentSettings
 
 from snapshot_runtime.core.errors import ErrorCode
-from snapshot_runtime.core.redact import Redactor, scrub, strip_sas
-from snapshot_runtime.snapshot.blob_errors import TRANSLATED, classify
+from snapshot_runtime.core.redact import scrub, strip_sas
+from snapshot_runtime.snapshot.blob_errors import SDK_ERRORS, TRANSLATED, classify
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.snapshot.blob_retry import call_with_retries
+from snapshot_runtime.snapshot.blob_rules import sas_redactor
 from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError
 
 __all__ = [
     "blob_client",
-    "sas_redactor",
     "silenced_transport_logs",
     "translate",
     "upload_block_blob",
 ]
-
-
-def sas_redactor(url: str) -> Redactor:
-    """A redactor that knows this URL's exact ``sig`` value (raw and decoded)."""
-    secrets: list[str] = []
-    query = urlsplit(url).query if "?" in url else ""
-    for raw in query.split("&"):
-        name, _, value = raw.partition("=")
-        if name.lower() == "sig" and value:
-            secrets.append(value)
-    secrets.extend(v for k, v in parse_qsl(query) if k.lower() == "sig" and v)
-    return Redactor(secrets)
 
 
 def _scrub_chain(exc: BaseException, redact: Callable[[str], str]) -> None:
@@ -255,7 +244,9 @@ def upload_block_blob(
         )
 
     try:
-        outcome = call_with_retries(put, policy=policy, redact=sas_redactor(sas_url))
+        outcome = call_with_retries(
+            put, errors=SDK_ERRORS, policy=policy, redact=sas_redactor(sas_url)
+        )
     finally:
         client.close()
     if outcome.failure is not None:

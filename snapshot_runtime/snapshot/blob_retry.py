@@ -3,11 +3,13 @@
 ``BlobPolicy`` (blob_policy.py) bounds them. ``call_with_retries``
 runs ``op(budget)`` until it succeeds, fails for good, or time runs out, and
 returns an ``Attempt`` (a value, or the last ``BlobFailure``): it never
-raises for a translated exception (``blob_errors.TRANSLATED``), does no I/O
+raises for an exception its ``Classifier`` translates (``blob_errors.SDK_ERRORS``
+for the SDK's requests, ``blob_rules.WIRE_ERRORS`` for blob_wire's), does no I/O
 besides ``op``, and blocks the calling thread for the attempts plus the
 backoff between them (``backoff_delay``, pure: doubling from
 ``backoff_seconds``, twice that when throttled). ``stop`` cuts a backoff
-short; no backoff is started that would end past ``deadline``.
+short; no backoff is started that would end past ``deadline``. Imports no
+SDK itself: the SDK-free guest path retries through it (docs/startup.md).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from snapshot_runtime.core.redact import scrub
-from snapshot_runtime.snapshot.blob_errors import TRANSLATED, classify
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
+from snapshot_runtime.snapshot.blob_rules import Classifier
 from snapshot_runtime.snapshot.failures import BlobFailure
 
 __all__ = ["Attempt", "backoff_delay", "call_with_retries"]
@@ -50,6 +52,7 @@ def backoff_delay(policy: BlobPolicy, attempt: int, failure: BlobFailure) -> flo
 def call_with_retries(
     op: Callable[[float], T],
     *,
+    errors: Classifier,
     policy: BlobPolicy,
     redact: Callable[[str], str] = scrub,
     deadline: float | None = None,
@@ -62,7 +65,8 @@ def call_with_retries(
     to what is left before ``deadline`` (a ``clock()`` value). Retries only
     retryable failures, at most ``policy.retries`` times, and never starts a
     backoff that would end past the deadline. ``stop`` cuts a backoff short.
-    Does no I/O besides ``op``, and never raises for translated exceptions.
+    Does no I/O besides ``op``, and never raises for the exceptions ``errors``
+    translates (it classifies them).
     """
     attempts = 0
     failure: BlobFailure | None = None
@@ -77,8 +81,8 @@ def call_with_retries(
         attempts += 1
         try:
             return Attempt(op(budget), attempts, None)
-        except TRANSLATED as exc:
-            failure = classify(exc, redact)
+        except errors.translated as exc:
+            failure = errors.classify(exc, redact)
         if not failure.retryable or attempts > policy.retries:
             break
         delay = backoff_delay(policy, attempts, failure)

@@ -1,13 +1,23 @@
-"""The in-window Snapshot Blob request without the SDK: prepared before the freeze, sent in it.
+"""The guest path's Snapshot Blob requests without the SDK: prepared before the freeze, sent in it.
 
-``PreparedSnapshot`` is one disk's first snapshot attempt: its request bytes
+``PreparedSnapshot`` is one disk's snapshot request: its request bytes
 (target, headers, request id) built and its connection opened (TLS
-included) before the freeze. ``send_all`` writes every prepared request and
-reads every answer from the calling thread alone, with ``poll``: one wave,
-no thread hand-off per disk. ``PreparedSnapshot.send`` is the same request,
-blocking, for one disk on a worker thread (its connection was dropped while
-idle, so it needs a new one). Every other request (preflight, retries, the
-status blob) stays on azure-storage-blob (``blob_requests``).
+included) before the freeze. ``probe`` is its preflight (Get Blob
+Properties, a HEAD, on that same connection: it warms it too). ``send_all``
+writes every prepared request and reads every answer from the calling
+thread alone, with ``poll``: one wave, no thread hand-off per disk.
+``PreparedSnapshot.send`` is the same request, blocking, for one disk on a
+worker thread: a retry, or a first attempt whose connection was dropped
+while idle (both connect again).
+
+Why not azure-storage-blob at all on this path (when no proxy is
+configured, ``blob_policy.proxy_configured``): importing it (azure-core, requests,
+urllib3) is ~35 MiB of the guest job's peak RSS, 52 MiB against a 35 MiB
+goal (docs/startup.md, benchmarks/startup.py). Its retries are
+``blob_retry.call_with_retries`` with ``blob_rules.WIRE_ERRORS``: the same
+policy, the same classification and message text as the SDK's requests.
+With a proxy, or for a disk this path cannot express (non-ASCII metadata),
+the SDK sends every request (``blob_requests``).
 
 Why not the SDK in the window: through it a request costs 1.5-2 ms of CPU
 under the GIL (pipeline policies, serialisation, ``requests``/``urllib3``).
@@ -29,10 +39,12 @@ Contracts:
   it has neither), across partial reads and partial writes; TLS connections
   are driven non-blocking too (``SSLWantRead``/``SSLWantWrite`` wait for the
   socket, decrypted bytes still buffered in the TLS layer are drained).
-* Errors are what ``blob_errors.classify`` reads, as from the SDK:
-  ``SnapshotAnswerError`` for an answer other than 201 (its status, its
-  ``x-ms-error-code``, the XML ``<Message>``), ``OSError`` from the socket,
-  ``ServiceResponseError`` for a malformed or truncated answer.
+* Errors are what ``blob_rules.classify_wire`` (and ``blob_errors.classify``)
+  read, as from the SDK: ``SnapshotAnswerError`` for an error answer (its
+  status, its error code, the SDK's message and exception name for it),
+  ``OSError`` from the socket, ``MalformedAnswerError`` (a
+  ``ConnectionError``, named as the SDK's ``ServiceResponseError``) for a
+  malformed or truncated answer.
 * I5: no SAS in any message this module makes: they name no URL.
 """
 
@@ -51,12 +63,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import certifi
-import requests
-from azure.core import exceptions as azure_exc
 
-from snapshot_runtime.snapshot.blob_policy import BlobPolicy
+from snapshot_runtime.snapshot.blob_policy import (
+    SDK_DEFAULT_API_VERSION,
+    BlobPolicy,
+    proxy_configured,
+    sas_token,
+)
+from snapshot_runtime.snapshot.blob_rules import StorageAnswerError
 
 __all__ = [
+    "MalformedAnswerError",
     "PreparedSnapshot",
     "SendOutcome",
     "SnapshotAnswerError",
@@ -70,34 +87,39 @@ _MAX_HEAD = 64 * 1024
 _MAX_BODY = 1024 * 1024
 _READ_SIZE = 65536
 _XML_MESSAGE = re.compile(rb"<Message>(.*?)</Message>", re.DOTALL)
+_XML_CODE = re.compile(rb"<Code>(.*?)</Code>", re.DOTALL)
 
 
-class SnapshotAnswerError(azure_exc.HttpResponseError):
-    """A prepared Snapshot Blob request answered with something other than 201.
+class SnapshotAnswerError(StorageAnswerError):
+    """A prepared request (Snapshot Blob, or its preflight) answered with an error.
 
-    Carries ``status_code`` and ``error_code`` as the SDK's errors do, so
-    ``blob_errors.classify`` treats it exactly like one of theirs.
+    Carries ``status_code``, ``error_code``, the SDK's message and the SDK's
+    exception name for the same answer, so both classifiers treat it exactly
+    like the SDK's exception.
     """
 
-    def __init__(self, status: int, error_code: str | None, message: str) -> None:
-        super().__init__(message=message)
-        self.status_code = status
-        self.error_code = error_code
+
+class MalformedAnswerError(ConnectionError):
+    """A malformed or truncated answer: the SDK raises ``ServiceResponseError`` (transient)."""
+
+    sdk_name = "ServiceResponseError"
 
 
-def _malformed(why: str) -> azure_exc.ServiceResponseError:
-    return azure_exc.ServiceResponseError(f"malformed answer to Snapshot Blob: {why}")
+def _malformed(why: str) -> MalformedAnswerError:
+    return MalformedAnswerError(f"malformed answer to Snapshot Blob: {why}")
 
 
 class _Answer:
     """One HTTP/1.1 answer, parsed incrementally from the bytes fed to it. Pure.
 
     ``feed`` returns True once the answer is complete; ``feed_eof`` says the
-    peer closed. Interim 1xx answers are skipped. Raises ``ServiceResponseError``
-    for a malformed, oversized or truncated answer.
+    peer closed. Interim 1xx answers are skipped. Raises ``MalformedAnswerError``
+    for a malformed, oversized or truncated answer. ``head_only``: the answer
+    to a HEAD (its head is all of it, whatever Content-Length says).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, head_only: bool = False) -> None:
+        self._head_only = head_only
         self._buf = bytearray()
         self._mode = "head"  # head -> length | chunked | eof -> done
         self._left = 0  # length mode: body bytes still to come
@@ -177,7 +199,7 @@ class _Answer:
         self.will_close = "close" in connection or (
             version == "HTTP/1.0" and "keep-alive" not in connection
         )
-        if status in (204, 304):
+        if status in (204, 304) or self._head_only:
             self.done = True
         elif "chunked" in headers.get("transfer-encoding", "").lower():
             self._mode = "chunked"
@@ -220,13 +242,34 @@ class _Answer:
         del self._buf[: start + size + 2]
         return True
 
+    def error(self) -> SnapshotAnswerError:
+        """The error the SDK raises for this answer, as ``SnapshotAnswerError``.
+
+        The SDK's message (process_storage_error): the XML ``<Message>`` and
+        ``<Code>`` when the answer has a body, else azure-core's
+        ``Operation returned an invalid status '<reason>'`` and the
+        ``x-ms-error-code`` header (the bare reason without a code); then
+        ``ErrorCode:<code>``.
+        """
+        found = _XML_MESSAGE.search(self._body)
+        code_found = _XML_CODE.search(self._body)
+        code = (
+            code_found.group(1).decode("utf-8", "replace").strip()
+            if code_found
+            else self.headers.get("x-ms-error-code")
+        ) or None
+        if found:
+            text = found.group(1).decode("utf-8", "replace").strip()
+        elif code:
+            text = f"Operation returned an invalid status '{self.reason}'"
+        else:  # no code anywhere: the SDK takes the reason phrase as the message
+            text = self.reason
+        return SnapshotAnswerError(self.status, code, f"{text}\nErrorCode:{code}")
+
     def value(self) -> dict[str, Any]:
         """``{"snapshot": stamp}`` for a 201; raises ``SnapshotAnswerError`` otherwise."""
         if self.status != 201:
-            found = _XML_MESSAGE.search(self._body)
-            text = found.group(1).decode("utf-8", "replace").strip() if found else self.reason
-            code = self.headers.get("x-ms-error-code")
-            raise SnapshotAnswerError(self.status, code, f"{text}\nErrorCode:{code}")
+            raise self.error()
         return {"snapshot": self.headers.get("x-ms-snapshot")}
 
 
@@ -268,6 +311,9 @@ class PreparedSnapshot:
     window's way) or ``send`` (blocking, one disk on a worker) writes the
     prepared bytes and reads the answer. Use from one thread at a time.
 
+    ``probe`` (before the freeze) is the disk's preflight on the same
+    connection: Get Blob Properties, as the SDK's ``get_blob_properties``.
+
     ``prepared_snapshot`` returns None where this path does not apply (a
     proxy, non-ASCII metadata): the SDK then sends every attempt.
     """
@@ -285,12 +331,18 @@ class PreparedSnapshot:
         parts = urlsplit(sas_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("not an http(s) blob URL")
+        # A container and a blob name, as the SDK's from_blob_url requires; a
+        # URL refused here goes to the SDK, which words the failure.
+        segments = parts.path.strip("/").split("/")
+        if len(segments) < 2 or not segments[-1] or not segments[-2]:
+            raise ValueError("no container and blob name in the URL")
         self._host = parts.hostname
         self._tls = parts.scheme == "https"
         default_port = 443 if self._tls else 80
         self._port = parts.port or default_port
         self._connect_timeout = connect_timeout
-        query = f"&{parts.query}" if parts.query else ""
+        token = sas_token(parts.query)
+        query = f"&{token}" if token else ""
         target = f"{parts.path}?comp=snapshot&timeout={server_timeout}{query}"
         # The Host header as http.client writes it: the port only when not the default.
         host = f"[{self._host}]" if ":" in self._host else self._host
@@ -307,6 +359,9 @@ class PreparedSnapshot:
             raise ValueError("a header or the target would break the request")
         head = f"PUT {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         self.wire = (head + "\r\n").encode("ascii")
+        # The preflight's HEAD: the SDK's get_blob_properties, same version and query.
+        self._probe_target = f"{parts.path}?timeout={server_timeout}{query}"
+        self._probe_headers = {k: headers[k] for k in ("Host", "Accept-Encoding", "x-ms-version")}
         self.sock: socket.socket | None = None
 
     @property
@@ -341,14 +396,32 @@ class PreparedSnapshot:
         Opens a new connection when the prepared one is gone (what a retry
         would need too).
         """
+        return self._exchange(self.wire, budget, head_only=False).value()
+
+    def probe(self, budget: float, request_id: str) -> None:
+        """Get Blob Properties (HEAD) on this connection, blocking; before the freeze.
+
+        Returns for a 200; raises ``SnapshotAnswerError`` (the SDK's message
+        and exception name for the answer), ``OSError`` or ``MalformedAnswerError``.
+        """
+        headers = {**self._probe_headers, "x-ms-client-request-id": request_id}
+        if any(c in request_id for c in "\r\n\0"):
+            raise ValueError("a header would break the request")
+        head = f"HEAD {self._probe_target} HTTP/1.1\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        answer = self._exchange((head + "\r\n").encode("ascii"), budget, head_only=True)
+        if answer.status != 200:
+            raise answer.error()
+
+    def _exchange(self, wire: bytes, budget: float, *, head_only: bool) -> _Answer:
         try:
             if not self.usable():
                 self.sock = self._connect(min(self._connect_timeout, budget))
             sock = self.sock
             assert sock is not None
             sock.settimeout(budget)
-            sock.sendall(self.wire)
-            answer = _Answer()
+            sock.sendall(wire)
+            answer = _Answer(head_only=head_only)
             while True:
                 data = sock.recv(_READ_SIZE)
                 if not data:
@@ -356,12 +429,12 @@ class PreparedSnapshot:
                     break
                 if answer.feed(data):
                     break
-        except (OSError, azure_exc.ServiceResponseError):
+        except (OSError, MalformedAnswerError):
             self.close()
             raise
         if answer.will_close:
             self.close()
-        return answer.value()
+        return answer
 
     def close(self) -> None:
         if self.sock is not None:
@@ -373,20 +446,23 @@ class PreparedSnapshot:
 def prepared_snapshot(
     sas_url: str,
     *,
-    api_version: str,
     request_id: str,
     metadata: dict[str, str],
     policy: BlobPolicy,
+    api_version: str | None = None,
 ) -> PreparedSnapshot | None:
-    """A ``PreparedSnapshot`` for this URL, or None where only the SDK applies."""
-    if requests.utils.get_environ_proxies(sas_url):
+    """A ``PreparedSnapshot`` for this URL, or None where only the SDK applies.
+
+    ``api_version``: None sends the policy's, else the SDK's default.
+    """
+    if proxy_configured():
         return None  # the SDK's session knows the proxy; this path does not
     if not all((k + v).isascii() for k, v in metadata.items()):
         return None  # the SDK encodes what a raw header cannot carry
     try:
         return PreparedSnapshot(
             sas_url,
-            api_version=api_version,
+            api_version=api_version or policy.api_version or SDK_DEFAULT_API_VERSION,
             request_id=request_id,
             metadata=metadata,
             server_timeout=max(1, int(policy.request_timeout)),
@@ -497,7 +573,7 @@ def send_all(
                 error = exc
             if flight.answer.will_close:
                 flight.prepared.close()
-        if isinstance(error, OSError | azure_exc.ServiceResponseError):
+        if isinstance(error, OSError | MalformedAnswerError):
             flight.prepared.close()  # the stream's state is unknown
         elif flight.prepared.sock is not None:
             flight.prepared.sock.settimeout(None)
@@ -547,5 +623,5 @@ def send_all(
                     yield settle(flight, None)
                 elif events & select.POLLNVAL:
                     yield settle(flight, OSError("the connection was closed"))
-            except (OSError, azure_exc.ServiceResponseError) as exc:
+            except (OSError, MalformedAnswerError) as exc:
                 yield settle(flight, exc)

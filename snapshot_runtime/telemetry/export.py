@@ -122,11 +122,14 @@ def upload_job_log(
 
     A failed upload logs one warning (an unexpected exception only the text).
     """
-    # The Azure SDK only when a log is uploaded (after the thaw), not at start-up.
-    from snapshot_runtime.snapshot.blob_requests import upload_block_blob  # noqa: PLC0415
+    # Not through the Azure SDK unless a proxy is set: importing it after the thaw
+    # made a guest job with its own log upload peak at 52 MiB (docs/startup.md).
+    from snapshot_runtime.snapshot.block_upload import upload_block_blob_direct  # noqa: PLC0415
 
     try:
-        upload_block_blob(logs_blob_uri, data, policy=policy, content_type="application/x-ndjson")
+        upload_block_blob_direct(
+            logs_blob_uri, data, policy=policy, content_type="application/x-ndjson"
+        )
     except BlobOpError as exc:
         log.phase("telemetry").warning(
             "job log upload to {} failed: {}", strip_sas(logs_blob_uri), exc.failure.message

@@ -20,7 +20,7 @@ from snapshot_runtime.core.redact import (
 )
 from snapshot_runtime.scripts.output_capture import render_excerpt
 from snapshot_runtime.snapshot.blob_errors import classify
-from snapshot_runtime.snapshot.blob_requests import sas_redactor
+from snapshot_runtime.snapshot.blob_rules import sas_redactor
 from snapshot_runtime.snapshot.failures import MAX_MESSAGE
 
 

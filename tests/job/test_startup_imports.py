@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -42,7 +43,7 @@ DEFERRED = (
     "snapshot_runtime.scripts.runner",
     "snapshot_runtime.snapshot.host",
     "snapshot_runtime.job.status_report",
-    "snapshot_runtime.job.status_upload",
+    "snapshot_runtime.snapshot.block_upload",
     "snapshot_runtime.inputs.plugin_config",
     "snapshot_runtime.snapshot.registry",
     "snapshot_runtime.core.consistency",
@@ -227,7 +228,7 @@ def test_host_job_loads_the_deferred_modules_before_its_first_fifreeze_and_none_
         assert name not in first, f"{name} imported before the first phase"
         assert name in freeze, f"{name} not imported before the first FIFREEZE"
     assert _loaded(first, (*HEAVY, "asyncio")) == []
-    # The status blob went up without the SDK (job/status_upload.py).
+    # The status blob went up without the SDK (snapshot/block_upload.py).
     assert _loaded(modules, SDK_PACKAGES) == []
     assert [m for m in modules if m.startswith(WORKLOAD_ONLY)] == []
     blob = azurite.service().get_blob_client(container, "status.json")
@@ -236,22 +237,69 @@ def test_host_job_loads_the_deferred_modules_before_its_first_fifreeze_and_none_
 
 @pytest.mark.root
 @pytest.mark.azurite
-def test_guest_job_loads_the_sdk_before_its_first_fifreeze_and_nothing_while_frozen(
+def test_guest_job_never_loads_the_sdk_without_a_proxy_and_nothing_while_frozen(
     ws: Workspace, ext4: LoopFs, azurite: Azurite, tmp_path: Path
 ) -> None:
-    """The guest path needs the SDK for its snapshots: loaded after the first
-    phase, before the first FIFREEZE; the window imports nothing."""
+    """The guest path without a proxy sends its snapshot requests (preflight,
+    retries) without azure-storage-blob (snapshot/blob_wire.py), and its status
+    blob and its own log (no sidecar here) too (snapshot/block_upload.py):
+    neither the SDK nor requests is ever loaded; the backend is loaded after
+    the first phase, before the first FIFREEZE; the window imports nothing."""
+    disks = jobkit.make_disks(azurite, 1)
+    container, _, status_url = jobkit.status_blob_url(azurite)
+    logs_url = azurite.sas_url(container, "job.log")
+    settings = ws.settings(disks, status_url=status_url, logs_url=logs_url)
+    args = ws.run_args(settings, config=ws.config(), mounts=[ext4.mountpoint])
+    doc = _run_probe(tmp_path, *args, env=_without_proxies())
+    assert doc["code"] == 0
+    first, modules = doc["first"], doc["modules"]
+    assert isinstance(first, list) and isinstance(modules, list)
+    freeze, _ = _assert_window_imports_nothing(doc)
+    assert _loaded(first, (*HEAVY, "asyncio")) == []
+    assert "snapshot_runtime.snapshot.azure_blob" in freeze
+    assert "snapshot_runtime.snapshot.blob_wire" in freeze
+    assert "snapshot_runtime.job.frozen_window" in freeze
+    assert _loaded(modules, (*SDK_PACKAGES, "urllib3")) == []
+    _assert_snapshotted(azurite, disks)
+    status = json.loads(jobkit.blob_bytes(azurite, container, "job.Status.txt"))
+    assert status[0]["status"]["status"] == "success"
+    assert jobkit.blob_bytes(azurite, container, "job.log")  # the log went up, no SDK
+
+
+@pytest.mark.root
+@pytest.mark.azurite
+def test_guest_job_with_a_proxy_loads_the_sdk_before_its_first_fifreeze_and_nothing_while_frozen(
+    ws: Workspace, ext4: LoopFs, azurite: Azurite, tmp_path: Path
+) -> None:
+    """A proxy variable set: the SDK (which honours proxies) sends the snapshot
+    requests, loaded before the first FIFREEZE; the window imports nothing.
+    NO_PROXY keeps Azurite direct for the SDK, as an operator's exclusions would."""
     disks = jobkit.make_disks(azurite, 1)
     settings = ws.settings(disks)
     args = ws.run_args(settings, config=ws.config(), mounts=[ext4.mountpoint])
-    doc = _run_probe(tmp_path, *args)
+    env = {**_without_proxies(), "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1"}
+    doc = _run_probe(tmp_path, *args, env=env)
     assert doc["code"] == 0
     first = doc["first"]
     assert isinstance(first, list)
     freeze, _ = _assert_window_imports_nothing(doc)
     assert _loaded(first, (*HEAVY, "asyncio")) == []
     assert "azure.storage.blob" in freeze
-    assert "snapshot_runtime.job.frozen_window" in freeze
+    _assert_snapshotted(azurite, disks)
+
+
+def _without_proxies() -> dict[str, str]:
+    proxies = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+    return {k: v for k, v in os.environ.items() if k.lower() not in proxies}
+
+
+def _assert_snapshotted(azurite: Azurite, disk_urls: list[str]) -> None:
+    """Each disk blob has one snapshot in Azurite: the job really took it."""
+    for url in disk_urls:
+        container, name = urlsplit(url).path.rsplit("/", 2)[-2:]
+        listing = azurite.service().get_container_client(container)
+        blobs = listing.list_blobs(name_starts_with=name, include=["snapshots"])
+        assert len([b for b in blobs if b.snapshot]) == 1
 
 
 _LOGURU_PROBE = """

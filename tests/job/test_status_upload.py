@@ -1,4 +1,4 @@
-"""The status blob's prepared PUT (job/status_upload.py) against real Azurite.
+"""The status blob's prepared PUT (snapshot/block_upload.py) against real Azurite.
 
 Each behaviour is checked against the SDK path it replaces
 (``snapshot.blob_requests.upload_block_blob``) on the same Azurite, so the
@@ -16,15 +16,16 @@ import traceback
 import pytest
 
 from snapshot_runtime.core.errors import ErrorCode
-from snapshot_runtime.job.status_upload import (
+from snapshot_runtime.snapshot.blob_policy import (
     SDK_DEFAULT_API_VERSION,
-    StatusPut,
-    classify_answer,
+    BlobPolicy,
     proxy_configured,
-    upload_status_blob,
 )
-from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.snapshot.blob_requests import upload_block_blob
+from snapshot_runtime.snapshot.block_upload import BlockPut, classify_answer
+from snapshot_runtime.snapshot.block_upload import (
+    upload_block_blob_direct as upload_status_blob,
+)
 from snapshot_runtime.snapshot.failures import BlobOpError
 from tests.support.azurite import Azurite
 from tests.support.faultproxy import FaultProxy
@@ -173,7 +174,7 @@ def test_with_a_proxy_configured_the_sdk_path_uploads(
 
 
 def test_the_prepared_request_and_the_pure_classifier() -> None:
-    put = StatusPut.prepare(
+    put = BlockPut.prepare(
         "https://acct.blob.core.windows.net/c/s.json?sv=1&sig=SECRET",
         b"{}",
         policy=FAST,
@@ -188,6 +189,6 @@ def test_the_prepared_request_and_the_pure_classifier() -> None:
     assert classify_answer(409, "InvalidBlobType", "no").retryable is False
     assert classify_answer(500, None, "").retryable is True
     with pytest.raises(ValueError, match="not an http"):
-        StatusPut.prepare("ftp://x/y?sig=S", b"", policy=FAST, content_type="x")
+        BlockPut.prepare("ftp://x/y?sig=S", b"", policy=FAST, content_type="x")
     assert proxy_configured({}) is False
     assert proxy_configured({"https_proxy": "http://p:3128"}) is True

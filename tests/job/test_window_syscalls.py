@@ -13,8 +13,11 @@ it; its docstring is the list of what is allowed, and why.
 The disks are reached through a separate endpoint (a FaultProxy that injects
 nothing) so that "the snapshot endpoints" is one TCP peer the status blob,
 the log blob and the OTLP receiver do not share: any of those inside the
-window is a violation. libuuid (behind Python's uuid1(), which the Azure SDK
-uses for request ids) is exercised both ways it works on a real host: a real
+window is a violation. Both transports of the guest path run: without a
+proxy (snapshot/blob_wire.py: no Azure SDK in the process, and no time UUID
+made at all) and with one configured (the SDK sends every blob request).
+libuuid (behind Python's uuid1(), which the Azure SDK uses for request ids)
+is exercised on the SDK transport both ways it works on a real host: a real
 uuidd serving its socket (Debian's uuid-runtime), and no daemon (the CLI in a
 private mount namespace with an empty /run/uuidd), where libuuid rewrites
 /var/lib/libuuid/clock.txt on the root filesystem instead.
@@ -78,10 +81,12 @@ HIDE_UUIDD = 'mount -t tmpfs -o size=64k,mode=0755 tmpfs "$0" && exec "$@"'
 @pytest.mark.root
 @pytest.mark.azurite
 @pytest.mark.parametrize(
-    ("placement", "uuid_source"),
+    ("placement", "uuid_source", "transport"),
     [
-        ("spool_on_tmpfs", "uuidd"),
-        ("log_state_spool_on_frozen_fs", "libuuid_clock_file"),
+        ("spool_on_tmpfs", "uuidd", "sdk"),
+        ("log_state_spool_on_frozen_fs", "libuuid_clock_file", "sdk"),
+        ("spool_on_tmpfs", "uuidd", "wire"),
+        ("log_state_spool_on_frozen_fs", "libuuid_clock_file", "wire"),
     ],
 )
 def test_frozen_window_syscalls(
@@ -92,6 +97,7 @@ def test_frozen_window_syscalls(
     strace: str,
     placement: str,
     uuid_source: str,
+    transport: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every syscall between the first FIFREEZE and the last FITHAW is allowed.
@@ -99,8 +105,16 @@ def test_frozen_window_syscalls(
     Two real sources of time UUIDs: a uuidd serving libuuid's socket (the host's
     or one started here), and no daemon (the CLI runs in a private mount
     namespace where /run/uuidd is empty), where libuuid rewrites its clock file
-    /var/lib/libuuid/clock.txt on the root filesystem instead.
+    /var/lib/libuuid/clock.txt on the root filesystem instead. ``transport``:
+    ``wire``, no proxy variable (no SDK); ``sdk``, a proxy variable set (the
+    SDK sends; NO_PROXY keeps every local peer direct, as an operator's would).
     """
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    if transport == "sdk":
+        monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     ext4, xfs = frozen_fs
     frozen = [ext4.mountpoint, xfs.mountpoint]
     assert syscall_trace.uuidd_listening()
@@ -174,9 +188,9 @@ def test_frozen_window_syscalls(
     inside = [c for c in calls if window.contains(c)]
     reads = syscall_trace.window_opens_for_read(calls, window)
     print(
-        f"\n[I1 syscalls, {placement}, {uuid_source}] {len(inside)} syscalls in the frozen "
-        f"window ({len({c.pid for c in inside})} threads), {sum(sent.values())} snapshot "
-        f"requests, {len(reads)} opens for reading, {len(violations)} violations; "
+        f"\n[I1 syscalls, {placement}, {uuid_source}, {transport}] {len(inside)} syscalls in "
+        f"the frozen window ({len({c.pid for c in inside})} threads), {sum(sent.values())} "
+        f"snapshot requests, {len(reads)} opens for reading, {len(violations)} violations; "
         f"{len(calls)} syscalls traced, job {result.seconds:.1f} s under strace"
     )
     if violations:
@@ -224,9 +238,13 @@ def test_frozen_window_syscalls(
     assert min(watchdog_lines) < window.start and max(watchdog_lines) > window.end
 
     # Not vacuous either: libuuid's source of time UUIDs was the one this case
-    # is about (outside the window: the SDK's preflight request makes a uuid1()).
+    # is about (outside the window: the SDK's requests make a uuid1()). Without
+    # the SDK, no time UUID is ever made: libuuid is never reached at all.
     uuidd_connects = syscall_trace.unix_connects(calls, syscall_trace.UUIDD_SOCKET)
-    if uuid_source == "uuidd":
+    clock_file = [c for c in calls if "/var/lib/libuuid/clock.txt" in c.args]
+    if transport == "wire":
+        assert uuidd_connects == [] and clock_file == []
+    elif uuid_source == "uuidd":
         assert any(c.result == "0" for c in uuidd_connects), "libuuid never reached uuidd"
     else:
         assert uuidd_connects and all(c.result.startswith("-1 ENOENT") for c in uuidd_connects)

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.core import exceptions as azure_exc
 
 from snapshot_runtime.snapshot import blob_wire
 from snapshot_runtime.snapshot.blob_errors import classify
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
+from snapshot_runtime.snapshot.blob_rules import classify_wire
 from snapshot_runtime.snapshot.blob_wire import (
+    MalformedAnswerError,
     PreparedSnapshot,
     SendOutcome,
     SnapshotAnswerError,
@@ -286,9 +287,12 @@ def test_a_cut_or_malformed_answer_is_a_retryable_failure(data: bytes, kind: str
         prepared = [prepare(s.url())]
         out, _ = run_all(prepared)
     error = out[0].error
-    assert isinstance(error, azure_exc.ServiceResponseError)
+    # The SDK raises ServiceResponseError (transient) for such an answer: same kind, same name.
+    assert isinstance(error, MalformedAnswerError)
     failure = classify(error)
     assert (failure.kind, failure.retryable) == (kind, True)
+    assert failure.message.startswith("transient: ServiceResponseError: malformed answer")
+    assert classify_wire(error) == failure
     assert SIG not in failure.message
 
 
@@ -396,11 +400,11 @@ def test_answer_parser_table() -> None:
         b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXX",
         b"HTTP/1.1 101 Switching\r\n\r\n",
     ):
-        with pytest.raises(azure_exc.ServiceResponseError):
+        with pytest.raises(MalformedAnswerError):
             _parse(bad)
-    with pytest.raises(azure_exc.ServiceResponseError):
+    with pytest.raises(MalformedAnswerError):
         _parse(b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\n\r\nab", eof=True)
-    with pytest.raises(azure_exc.ServiceResponseError):
+    with pytest.raises(MalformedAnswerError):
         _parse(b"HTTP/1.1 201 Created\r\nX: " + b"a" * (70 * 1024))
 
 

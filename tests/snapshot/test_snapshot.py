@@ -210,48 +210,65 @@ def test_one_worker_per_disk_and_no_connection_in_the_window(disks, proxy: Fault
     with AzureBlobSnapshotter(urls, policy=FAST, metadata=META) as snapper:
         snapper.prepare()
         workers = [t for t in threading.enumerate() if t.name.startswith("snapshot-")]
-        # prepare() opened two connections per disk (the SDK's warm-up, the prepared
-        # request's); the proxy's accept loop counts them a little later.
-        wait_until(lambda: proxy.stats.connections >= 40, 10, "the proxy accepted 40 connections")
+        # prepare() opened one connection per disk (its preflight HEAD warmed it for
+        # the snapshot request); the proxy's accept loop counts them a little later.
+        wait_until(lambda: proxy.stats.connections >= 20, 10, "the proxy accepted 20 connections")
         before = proxy.stats
         result = snapper.snapshot_all()
         after = proxy.stats
     assert result.ok and result.ok_count == 20
     assert len(workers) == 20
-    assert before.connections == after.connections == 40
+    assert before.requests == 20  # the preflights
+    assert before.connections == after.connections == 20
     assert after.requests - before.requests == 20  # one request per disk, nothing else
+
+
+def test_with_the_sdk_transport_the_sdk_warms_its_own_connection(disks, proxy: FaultProxy) -> None:
+    """sdk=True (what a configured proxy selects): every request through the SDK,
+    warmed by get_blob_properties on the SDK's connection; the window opens none."""
+    urls = disks(3, endpoint=proxy.endpoint())
+    with AzureBlobSnapshotter(urls, policy=FAST, metadata=META, sdk=True) as snapper:
+        snapper.prepare()
+        wait_until(lambda: proxy.stats.connections >= 3, 10, "the proxy accepted 3 connections")
+        before = proxy.stats
+        result = snapper.snapshot_all()
+        after = proxy.stats
+    assert result.ok and result.ok_count == 3
+    assert before.connections == after.connections == 3
+    assert after.requests - before.requests == 3
 
 
 def test_snapshot_all_sends_first_attempts_itself_and_retries_on_a_worker(
     disks, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One wave from the calling thread (blob_wire.send_all); a failed first attempt
-    is retried through the SDK on a worker, never by the calling thread."""
+    is retried (PreparedSnapshot.send, not the SDK) on a worker, never by the calling thread."""
     urls = disks(5, endpoint=proxy.endpoint())
     proxy.fail_next(1, status=500, error_code="InternalError", match="comp=snapshot")
     send_all_on: list[str] = []
-    sdk_on: list[str] = []
+    sent_on: list[str] = []
     real_send_all = azure_blob.send_all
-    real_create = BlobClient.create_snapshot
+    real_send = PreparedSnapshot.send
 
     def recording_send_all(*args: Any, **kwargs: Any) -> Any:
         send_all_on.append(threading.current_thread().name)
         return real_send_all(*args, **kwargs)
 
-    def recording_create(self: BlobClient, *args: Any, **kwargs: Any) -> Any:
-        sdk_on.append(threading.current_thread().name)
-        return real_create(self, *args, **kwargs)
+    def recording_send(self: PreparedSnapshot, budget: float) -> Any:
+        sent_on.append(threading.current_thread().name)
+        return real_send(self, budget)
 
-    def no_blocking_send(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a worker sent a prepared first attempt")
+    def no_sdk(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the SDK sent a request without a proxy")
 
     monkeypatch.setattr(azure_blob, "send_all", recording_send_all)
-    monkeypatch.setattr(BlobClient, "create_snapshot", recording_create)
-    monkeypatch.setattr(PreparedSnapshot, "send", no_blocking_send)
+    monkeypatch.setattr(PreparedSnapshot, "send", recording_send)
+    monkeypatch.setattr(BlobClient, "create_snapshot", no_sdk)
+    monkeypatch.setattr(BlobClient, "get_blob_properties", no_sdk)
     _, result, _ = run(urls)
     assert result.ok and sorted(d.attempts for d in result.disks) == [1, 1, 1, 1, 2]
     assert send_all_on == [threading.current_thread().name]
-    assert len(sdk_on) == 1 and sdk_on[0].startswith("snapshot-")
+    assert len(sent_on) == 1 and sent_on[0].startswith("snapshot-")
     assert proxy.stats.failures == 1
 
 
@@ -524,3 +541,40 @@ def test_aggregate_message_is_bounded() -> None:
     disks = [_disk(i, "transient") for i in range(64)]
     _, message = aggregate(disks, deadline_hit=False)
     assert message is not None and message.endswith("; and 56 more")
+
+
+def test_a_warm_up_prepare_stopped_waiting_for_keeps_its_connection_to_itself(
+    disks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prepare() waits for the warm-ups for a bounded time; a preflight still running
+    then holds the disk's connection, so its snapshot request waits for it on a worker
+    (never interleaved with the preflight on one socket), and still succeeds."""
+    policy = BlobPolicy(request_timeout=0.5, connect_timeout=0.2, retries=0)
+    events: list[str] = []
+    real_probe, real_send = PreparedSnapshot.probe, PreparedSnapshot.send
+    release = threading.Event()
+
+    def slow_probe(self: PreparedSnapshot, budget: float, request_id: str) -> None:
+        real_probe(self, budget, request_id)
+        release.wait(30)  # past prepare()'s wait: until snapshot_all has started
+        events.append("preflight done")
+
+    def send(self: PreparedSnapshot, budget: float) -> Any:
+        events.append("snapshot sent")
+        return real_send(self, budget)
+
+    real_send_all = azure_blob.send_all
+
+    def send_all_then_release(*args: Any, **kwargs: Any) -> Any:
+        yield from real_send_all(*args, **kwargs)
+        release.set()
+
+    monkeypatch.setattr(PreparedSnapshot, "probe", slow_probe)
+    monkeypatch.setattr(PreparedSnapshot, "send", send)
+    monkeypatch.setattr(azure_blob, "send_all", send_all_then_release)
+    urls = disks(1)
+    with AzureBlobSnapshotter(urls, policy=policy, deadline_seconds=30) as snapper:
+        assert snapper.prepare() == []
+        result = snapper.snapshot_all()
+    assert result.ok and result.disks[0].attempts == 1
+    assert events == ["preflight done", "snapshot sent"]

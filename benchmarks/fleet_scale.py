@@ -72,7 +72,7 @@ AGENT_CENTRAL_URL = "http://prometheus-central:9090/api/v1/write"
 # -- configs --------------------------------------------------------------------------------
 
 
-def single_config(file_sd: Path, scrape_interval: str) -> str:
+def single_config(file_sd: Path, scrape_interval: str, rules_dir: Path = RULES_DIR) -> str:
     """One Prometheus: scrapes the fleet and runs the rules (JSON is YAML)."""
     return json.dumps(
         {
@@ -82,7 +82,7 @@ def single_config(file_sd: Path, scrape_interval: str) -> str:
                 "scrape_timeout": f"{min(10.0, parse_interval(scrape_interval)):g}s",
                 "evaluation_interval": "1m",
             },
-            "rule_files": [str(p) for p in sorted(RULES_DIR.glob("*.yml"))],
+            "rule_files": [str(p) for p in sorted(rules_dir.glob("*.yml"))],
             "scrape_configs": [{"job_name": JOB, "file_sd_configs": [{"files": [str(file_sd)]}]}],
         },
         indent=1,
@@ -105,12 +105,12 @@ def agent_config(file_sd: Path, central_url: str, scrape_interval: str) -> str:
     )
 
 
-def central_config() -> str:
+def central_config(rules_dir: Path = RULES_DIR) -> str:
     """deploy/prometheus/agent-central/central.yml with the rule paths made absolute."""
     text = (AGENT_CENTRAL / "central.yml").read_text()
     if text.count("../rules/") != 2:
         raise SystemExit("central.yml: expected two rule files under ../rules/")
-    return text.replace("../rules/", f"{RULES_DIR}/")
+    return text.replace("../rules/", f"{rules_dir}/")
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -407,6 +407,7 @@ def measure(
     template: Path,
     job_every: float,
     workdir: Path,
+    rules_dir: Path = RULES_DIR,
 ) -> Result:
     interval_s = parse_interval(scrape_interval)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -419,7 +420,7 @@ def measure(
             central = stack.enter_context(
                 prometheus(
                     "central",
-                    central_config(),
+                    central_config(rules_dir),
                     workdir,
                     ["--web.enable-remote-write-receiver", "--web.enable-admin-api"],
                 )
@@ -439,7 +440,7 @@ def measure(
             single = stack.enter_context(
                 prometheus(
                     "prometheus",
-                    single_config(file_sd, scrape_interval),
+                    single_config(file_sd, scrape_interval, rules_dir),
                     workdir,
                     ["--web.enable-admin-api"],
                 )
@@ -590,7 +591,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--job-every", type=float, default=300.0, help="seconds between a VM's simulated jobs"
     )
+    # Another rules directory (e.g. main's rules, copied) prices old against new rules
+    # on the same simulated fleet.
+    parser.add_argument(
+        "--rules-dir",
+        type=Path,
+        default=RULES_DIR,
+        help="the *.yml rule files to load (default: deploy/prometheus/rules/)",
+    )
     args = parser.parse_args(argv)
+    if not sorted(args.rules_dir.glob("*.yml")):
+        parser.error(f"--rules-dir {args.rules_dir}: no *.yml rule files")
     sizes = [int(v) for v in args.vms.split(",")]
     results = []
     with tempfile.TemporaryDirectory(prefix="vmsnap-fleet-scale-") as tmp:
@@ -599,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         template.write_bytes(real_sidecar_exposition(TEMPLATE_JOBS))
         print(
             f"fleet_scale: mode {args.mode}, sizes {sizes}, {args.duration:.0f} s each, "
-            f"scrape interval {args.scrape_interval}; template from a real snapshot-sidecar "
+            f"scrape interval {args.scrape_interval}; rules {args.rules_dir}; template from a real snapshot-sidecar "
             f"after {TEMPLATE_JOBS} jobs",
             flush=True,
         )
@@ -612,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
                 template,
                 args.job_every,
                 root / f"{args.mode}-{vms}",
+                args.rules_dir.resolve(),
             )
             results.append(result)
             print("\n".join(result.lines), flush=True)

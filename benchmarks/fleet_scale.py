@@ -610,8 +610,8 @@ def main(argv: list[str] | None = None) -> int:
         template.write_bytes(real_sidecar_exposition(TEMPLATE_JOBS))
         print(
             f"fleet_scale: mode {args.mode}, sizes {sizes}, {args.duration:.0f} s each, "
-            f"scrape interval {args.scrape_interval}; rules {args.rules_dir}; template from a real snapshot-sidecar "
-            f"after {TEMPLATE_JOBS} jobs",
+            f"scrape interval {args.scrape_interval}; rules {args.rules_dir}; template from a "
+            f"real snapshot-sidecar after {TEMPLATE_JOBS} jobs",
             flush=True,
         )
         for vms in sizes:

@@ -267,6 +267,9 @@ class RuleGroup:
     max_duration: float = 0.0
     missed: float = 0.0
     iterations: float = 0.0
+    # When the slowest evaluation ran (Unix time): a long window holds only the data
+    # scraped until then, so this says how many samples per series it read.
+    max_at: float = 0.0
 
 
 @dataclass
@@ -292,9 +295,18 @@ class Watch:
         except OSError as exc:
             self.errors.append(f"{self.server.name} /metrics: {exc}")
             return
+        evaluated = {
+            label(labels, "rule_group"): value
+            for labels, value in own.get(
+                "prometheus_rule_group_last_evaluation_timestamp_seconds", []
+            )
+        }
         for labels, value in own.get("prometheus_rule_group_last_duration_seconds", []):
-            group = self.groups.setdefault(label(labels, "rule_group"), RuleGroup())
-            group.max_duration = max(group.max_duration, value)
+            name = label(labels, "rule_group")
+            group = self.groups.setdefault(name, RuleGroup())
+            if value > group.max_duration:
+                group.max_duration = value
+                group.max_at = evaluated.get(name, 0.0)
         for labels, value in own.get("prometheus_rule_group_interval_seconds", []):
             self.groups.setdefault(label(labels, "rule_group"), RuleGroup()).interval = value
         for labels, value in own.get("prometheus_rule_group_iterations_missed_total", []):
@@ -397,6 +409,11 @@ class Result:
     lines: list[str]
     holds: bool
     figures: dict[str, Any]
+
+
+def _data_seconds(group: RuleGroup, began: float) -> float:
+    """Seconds of scraped data when the group's slowest evaluation ran (0: unknown)."""
+    return max(0.0, group.max_at - began) if group.max_at else 0.0
 
 
 def measure(
@@ -541,8 +558,9 @@ def measure(
         )
         lines.append(
             f"  rule group {name.rsplit(';', 1)[-1]}: max {g.max_duration * 1000:,.0f} ms of "
-            f"{g.interval:.0f} s interval, {g.iterations:.0f} iterations, {g.missed:.0f} missed "
-            f"[{verdict}]"
+            f"{g.interval:.0f} s interval (at {_data_seconds(g, began):.0f} s of data, "
+            f"~{_data_seconds(g, began) / interval_s:.0f} samples/series), "
+            f"{g.iterations:.0f} iterations, {g.missed:.0f} missed [{verdict}]"
         )
     lines.append(
         f"  disk: head snapshot {chunks / 2**20:.1f} MiB chunks + {index / 2**20:.1f} MiB index "
@@ -572,7 +590,12 @@ def measure(
                 "cores": round((w.cpu_end - w.cpu_start) / wall, 3),
                 "remote_lag_max_s": round(max(w.remote_lag), 1) if w.remote_lag else None,
                 "rule_groups": {
-                    k.rsplit(";", 1)[-1]: [round(g.max_duration, 3), g.interval, g.missed]
+                    k.rsplit(";", 1)[-1]: [
+                        round(g.max_duration, 3),
+                        g.interval,
+                        g.missed,
+                        round(_data_seconds(g, began)),
+                    ]
                     for k, g in w.groups.items()
                 },
             }

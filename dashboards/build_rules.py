@@ -194,6 +194,14 @@ def _recorded_or_short(recorded: str, short: str) -> str:
     return f"max_over_time({recorded}[{SHORT}])\nor\n{short}"
 
 
+_LATE_RECORD = (
+    "A record of a 5-minute group (vmsnap.rules.yml), read as its last value over\n"
+    f"{_spoken(SHORT)}: the next one is written only when that group's evaluation ends, and\n"
+    "a bare selector (5 min lookback) would find nothing in between and restart the\n"
+    "for: {for_}."
+)
+
+
 def alerts(cfg: Any) -> list[Alert]:
     s = _Selectors(cfg)
     m = s.m
@@ -206,8 +214,8 @@ def alerts(cfg: Any) -> list[Alert]:
     return [
         Alert(
             "VmsnapPreScriptTimeoutRateHigh",
-            'cluster:vmsnap_script_timeouts_per_runs:ratio_rate6h{script="pre"}'
-            f" > {_number(t.pre_script_timeout_ratio)}",
+            'last_over_time(cluster:vmsnap_script_timeouts_per_runs:ratio_rate6h{script="pre"}'
+            f"[{SHORT}]) > {_number(t.pre_script_timeout_ratio)}",
             "warning",
             "Pre-script timeouts: {{ $value | humanizePercentage }} of pre-script runs in"
             " {{ $labels.cluster }} ({{ $labels.region }}) over 6 h",
@@ -218,6 +226,7 @@ def alerts(cfg: Any) -> list[Alert]:
             " without\napplication consistency.",
             "/d/vmsnap-script-health",
             for_="5m",
+            comment=_LATE_RECORD.format(for_="5m"),
         ),
         Alert(
             "VmsnapPostScriptTimeout",
@@ -242,7 +251,7 @@ def alerts(cfg: Any) -> list[Alert]:
         ),
         Alert(
             "VmsnapFrozenWindowP99High",
-            "cluster:vmsnap_freeze_duration_seconds:p99_rate6h"
+            f"last_over_time(cluster:vmsnap_freeze_duration_seconds:p99_rate6h[{SHORT}])"
             f" > {_number(t.frozen_window_p99_seconds)}",
             "warning",
             "p99 frozen window {{ $value | humanizeDuration }} in {{ $labels.cluster }}"
@@ -253,6 +262,7 @@ def alerts(cfg: Any) -> list[Alert]:
             "over the last 6 h: a fleet-wide slowdown, not one VM.",
             "/d/vmsnap-fleet-freeze",
             for_="30m",
+            comment=_LATE_RECORD.format(for_="30m"),
         ),
         Alert(
             "VmsnapHostFallbacksRising",

@@ -72,7 +72,7 @@ AGENT_CENTRAL_URL = "http://prometheus-central:9090/api/v1/write"
 # -- configs --------------------------------------------------------------------------------
 
 
-def single_config(file_sd: Path, scrape_interval: str) -> str:
+def single_config(file_sd: Path, scrape_interval: str, rules_dir: Path = RULES_DIR) -> str:
     """One Prometheus: scrapes the fleet and runs the rules (JSON is YAML)."""
     return json.dumps(
         {
@@ -82,7 +82,7 @@ def single_config(file_sd: Path, scrape_interval: str) -> str:
                 "scrape_timeout": f"{min(10.0, parse_interval(scrape_interval)):g}s",
                 "evaluation_interval": "1m",
             },
-            "rule_files": [str(p) for p in sorted(RULES_DIR.glob("*.yml"))],
+            "rule_files": [str(p) for p in sorted(rules_dir.glob("*.yml"))],
             "scrape_configs": [{"job_name": JOB, "file_sd_configs": [{"files": [str(file_sd)]}]}],
         },
         indent=1,
@@ -105,12 +105,12 @@ def agent_config(file_sd: Path, central_url: str, scrape_interval: str) -> str:
     )
 
 
-def central_config() -> str:
+def central_config(rules_dir: Path = RULES_DIR) -> str:
     """deploy/prometheus/agent-central/central.yml with the rule paths made absolute."""
     text = (AGENT_CENTRAL / "central.yml").read_text()
     if text.count("../rules/") != 2:
         raise SystemExit("central.yml: expected two rule files under ../rules/")
-    return text.replace("../rules/", f"{RULES_DIR}/")
+    return text.replace("../rules/", f"{rules_dir}/")
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -267,6 +267,9 @@ class RuleGroup:
     max_duration: float = 0.0
     missed: float = 0.0
     iterations: float = 0.0
+    # When the slowest evaluation ran (Unix time): a long window holds only the data
+    # scraped until then, so this says how many samples per series it read.
+    max_at: float = 0.0
 
 
 @dataclass
@@ -292,9 +295,18 @@ class Watch:
         except OSError as exc:
             self.errors.append(f"{self.server.name} /metrics: {exc}")
             return
+        evaluated = {
+            label(labels, "rule_group"): value
+            for labels, value in own.get(
+                "prometheus_rule_group_last_evaluation_timestamp_seconds", []
+            )
+        }
         for labels, value in own.get("prometheus_rule_group_last_duration_seconds", []):
-            group = self.groups.setdefault(label(labels, "rule_group"), RuleGroup())
-            group.max_duration = max(group.max_duration, value)
+            name = label(labels, "rule_group")
+            group = self.groups.setdefault(name, RuleGroup())
+            if value > group.max_duration:
+                group.max_duration = value
+                group.max_at = evaluated.get(name, 0.0)
         for labels, value in own.get("prometheus_rule_group_interval_seconds", []):
             self.groups.setdefault(label(labels, "rule_group"), RuleGroup()).interval = value
         for labels, value in own.get("prometheus_rule_group_iterations_missed_total", []):
@@ -399,6 +411,11 @@ class Result:
     figures: dict[str, Any]
 
 
+def _data_seconds(group: RuleGroup, began: float) -> float:
+    """Seconds of scraped data when the group's slowest evaluation ran (0: unknown)."""
+    return max(0.0, group.max_at - began) if group.max_at else 0.0
+
+
 def measure(
     vms: int,
     mode: str,
@@ -407,6 +424,7 @@ def measure(
     template: Path,
     job_every: float,
     workdir: Path,
+    rules_dir: Path = RULES_DIR,
 ) -> Result:
     interval_s = parse_interval(scrape_interval)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -419,7 +437,7 @@ def measure(
             central = stack.enter_context(
                 prometheus(
                     "central",
-                    central_config(),
+                    central_config(rules_dir),
                     workdir,
                     ["--web.enable-remote-write-receiver", "--web.enable-admin-api"],
                 )
@@ -439,7 +457,7 @@ def measure(
             single = stack.enter_context(
                 prometheus(
                     "prometheus",
-                    single_config(file_sd, scrape_interval),
+                    single_config(file_sd, scrape_interval, rules_dir),
                     workdir,
                     ["--web.enable-admin-api"],
                 )
@@ -540,8 +558,9 @@ def measure(
         )
         lines.append(
             f"  rule group {name.rsplit(';', 1)[-1]}: max {g.max_duration * 1000:,.0f} ms of "
-            f"{g.interval:.0f} s interval, {g.iterations:.0f} iterations, {g.missed:.0f} missed "
-            f"[{verdict}]"
+            f"{g.interval:.0f} s interval (at {_data_seconds(g, began):.0f} s of data, "
+            f"~{_data_seconds(g, began) / interval_s:.0f} samples/series), "
+            f"{g.iterations:.0f} iterations, {g.missed:.0f} missed [{verdict}]"
         )
     lines.append(
         f"  disk: head snapshot {chunks / 2**20:.1f} MiB chunks + {index / 2**20:.1f} MiB index "
@@ -571,7 +590,12 @@ def measure(
                 "cores": round((w.cpu_end - w.cpu_start) / wall, 3),
                 "remote_lag_max_s": round(max(w.remote_lag), 1) if w.remote_lag else None,
                 "rule_groups": {
-                    k.rsplit(";", 1)[-1]: [round(g.max_duration, 3), g.interval, g.missed]
+                    k.rsplit(";", 1)[-1]: [
+                        round(g.max_duration, 3),
+                        g.interval,
+                        g.missed,
+                        round(_data_seconds(g, began)),
+                    ]
                     for k, g in w.groups.items()
                 },
             }
@@ -590,7 +614,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--job-every", type=float, default=300.0, help="seconds between a VM's simulated jobs"
     )
+    # Another rules directory (e.g. main's rules, copied) prices old against new rules
+    # on the same simulated fleet.
+    parser.add_argument(
+        "--rules-dir",
+        type=Path,
+        default=RULES_DIR,
+        help="the *.yml rule files to load (default: deploy/prometheus/rules/)",
+    )
     args = parser.parse_args(argv)
+    if not sorted(args.rules_dir.glob("*.yml")):
+        parser.error(f"--rules-dir {args.rules_dir}: no *.yml rule files")
     sizes = [int(v) for v in args.vms.split(",")]
     results = []
     with tempfile.TemporaryDirectory(prefix="vmsnap-fleet-scale-") as tmp:
@@ -599,8 +633,8 @@ def main(argv: list[str] | None = None) -> int:
         template.write_bytes(real_sidecar_exposition(TEMPLATE_JOBS))
         print(
             f"fleet_scale: mode {args.mode}, sizes {sizes}, {args.duration:.0f} s each, "
-            f"scrape interval {args.scrape_interval}; template from a real snapshot-sidecar "
-            f"after {TEMPLATE_JOBS} jobs",
+            f"scrape interval {args.scrape_interval}; rules {args.rules_dir}; template from a "
+            f"real snapshot-sidecar after {TEMPLATE_JOBS} jobs",
             flush=True,
         )
         for vms in sizes:
@@ -612,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                 template,
                 args.job_every,
                 root / f"{args.mode}-{vms}",
+                args.rules_dir.resolve(),
             )
             results.append(result)
             print("\n".join(result.lines), flush=True)

@@ -25,7 +25,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["RULES_DIR", "Alert", "alerts", "main", "render_alerts", "render_rules"]
+__all__ = [
+    "RULES_DIR",
+    "Alert",
+    "Recording",
+    "alerts",
+    "long_recordings",
+    "main",
+    "render_alerts",
+    "render_rules",
+]
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "rules"
 
@@ -57,6 +66,23 @@ class Alert:
     dashboard: str  # a path from /d/<uid>, made absolute with grafanaBaseUrl
     for_: str | None = None
     comment: str = ""
+    # In the 5-minute group (LONG_GROUP): tickets over a day, whose answer may come
+    # up to 5 min later. Pages stay in the 1-minute group and read no long window.
+    long: bool = False
+
+
+@dataclass(frozen=True)
+class Recording:
+    record: str
+    expr: str
+    comment: str = ""
+
+
+FAST_GROUP = ("vmsnap-alerts", "1m")
+LONG_GROUP = ("vmsnap-alerts-long", "5m")
+# A page's short window: covers the LONG_GROUP's interval plus its evaluation time and a
+# scrape, so the first event is seen here until the long group's record of it exists.
+SHORT = "10m"
 
 
 def _number(value: float) -> str:
@@ -79,30 +105,117 @@ class _Series:
         return f"{metric}{{{', '.join([self.selector, *matchers])}}}"
 
 
+class _Selectors:
+    """The raw series the alerts and their recordings read, with the mixin's selector."""
+
+    def __init__(self, cfg: Any) -> None:
+        m = _Series(cfg.selector)
+        self.m = m
+        self.frozen = _number(cfg.thresholds.frozen_window_seconds)
+        # Selectors with matchers of their own (3.10: no backslash in f-string fields).
+        self.post_timeouts = m("vmsnap_script_timeouts_total", 'script="post"')
+        self.freeze_count = m("vmsnap_freeze_duration_seconds_count")
+        self.frozen_bucket = m(
+            "vmsnap_freeze_duration_seconds_bucket", f'le=~"{self.frozen}|{self.frozen}\\\\.0"'
+        )
+        self.backstop_thaws = m("vmsnap_backstop_thaws_total")
+        self.watchdog_thaws = m("vmsnap_watchdog_thaws_total")
+        self.failed_jobs = m("vmsnap_jobs_total", 'outcome="failed"')
+        # The host's presnapshot failures only: guest_failed (firstGuestThenHost took the
+        # host after every guest snapshot failed) is a guest failure, not the host's.
+        self.host_fallbacks = m("vmsnap_snapshot_fallbacks_total", 'reason!="guest_failed"')
+        self.host_jobs = m("vmsnap_snapshot_jobs_total", 'path="host"')
+
+    def long_frozen(self, window: str) -> str:
+        """Jobs whose frozen window exceeded the threshold (a bucket boundary, so exact)."""
+        return (
+            "(\n"
+            f"    increase({self.freeze_count}[{window}])\n"
+            "  - ignoring (le)\n"
+            f"    increase({self.frozen_bucket}[{window}])\n"
+            ") > 0.5"
+        )
+
+
+FLEET = "job, region, cluster"
+
+# Recorded in LONG_GROUP, read by the alerts. instance: series exist only for a VM
+# with an event in the window (the rule keeps > 0), so they add no series per VM.
+POST_TIMEOUTS_6H = "instance:vmsnap_script_timeouts:increase6h"
+LONG_FREEZES_6H = "instance:vmsnap_long_freezes:increase6h"
+BACKSTOP_THAWS_6H = "instance:vmsnap_backstop_thaws:increase6h"
+WATCHDOG_THAWS_6H = "instance:vmsnap_watchdog_thaws:increase6h"
+FAILED_JOBS_1D = "instance:vmsnap_failed_jobs:increase1d"
+FLEET_FALLBACKS_1D = "cluster:vmsnap_snapshot_fallbacks:increase1d"
+FLEET_HOST_JOBS_1D = "cluster:vmsnap_snapshot_host_jobs:increase1d"
+
+
+def long_recordings(cfg: Any) -> list[Recording]:
+    """What the alerts read over 6 h or a day, evaluated every 5 minutes, not every minute.
+
+    A [6h] or [1d] range reads every sample of every input series in it (1,440 a day at
+    60 s scrapes), so reading it every minute was the 1-minute group's main cost.
+    """
+    s = _Selectors(cfg)
+    return [
+        Recording(
+            POST_TIMEOUTS_6H,
+            f"increase({s.post_timeouts}[6h]) > 0",
+            "Post-script timeouts only (the pre-script share is cluster-level).",
+        ),
+        Recording(LONG_FREEZES_6H, s.long_frozen("6h")),
+        Recording(BACKSTOP_THAWS_6H, f"increase({s.backstop_thaws}[6h]) > 0"),
+        Recording(
+            WATCHDOG_THAWS_6H,
+            f"sum by ({PER_VM}, reason) (increase({s.watchdog_thaws}[6h])) > 0",
+        ),
+        Recording(
+            FAILED_JOBS_1D,
+            f"sum by (job, instance) (increase({s.failed_jobs}[1d])) > 0",
+        ),
+        Recording(
+            FLEET_FALLBACKS_1D,
+            f"sum by ({FLEET}) (increase({s.host_fallbacks}[1d]))",
+            "VmsnapHostFallbacksRising's operands, each computed once (the alert reads\n"
+            "the fallbacks twice).",
+        ),
+        Recording(FLEET_HOST_JOBS_1D, f"sum by ({FLEET}) (increase({s.host_jobs}[1d]))"),
+    ]
+
+
+def _recorded_or_short(recorded: str, short: str) -> str:
+    """A page over a long window, read cheaply every minute.
+
+    The long window comes from LONG_GROUP's record (max over 10 min, so a late
+    5-minute evaluation leaves no gap); an event newer than that record comes from
+    the raw series over SHORT. The record comes first: its value (the count over the
+    whole window) is what the annotations show.
+    """
+    return f"max_over_time({recorded}[{SHORT}])\nor\n{short}"
+
+
+_LATE_RECORD = (
+    "A record of a 5-minute group (vmsnap.rules.yml), read as its last value over\n"
+    f"{_spoken(SHORT)}: the next one is written only when that group's evaluation ends, and\n"
+    "a bare selector (5 min lookback) would find nothing in between and restart the\n"
+    "for: {for_}."
+)
+
+
 def alerts(cfg: Any) -> list[Alert]:
-    m = _Series(cfg.selector)
+    s = _Selectors(cfg)
+    m = s.m
     t = cfg.thresholds
-    frozen = _number(t.frozen_window_seconds)
+    frozen = s.frozen
     vm_detail = "/d/vmsnap-job-detail?var-instance={{ $labels.instance }}"
-    # Selectors with matchers of their own (3.10: no backslash in f-string fields).
-    post_timeouts = m("vmsnap_script_timeouts_total", 'script="post"')
-    frozen_bucket = m("vmsnap_freeze_duration_seconds_bucket", f'le=~"{frozen}|{frozen}\\\\.0"')
-    failed_jobs = m("vmsnap_jobs_total", 'outcome="failed"')
     downgraded_jobs = m("vmsnap_jobs_total", 'outcome="success"', 'consistency=~"filesystem|crash"')
     pre_runs = m("vmsnap_script_runs_total", 'script="pre"')
     conflicts = m("vmsnap_sidecar_log_mirror_errors_total", 'error="conflict"')
-    fleet = "job, region, cluster"
-    # The host's presnapshot failures only: guest_failed (firstGuestThenHost took the
-    # host after every guest snapshot failed) is a guest failure, not the host's.
-    host_fallbacks = m("vmsnap_snapshot_fallbacks_total", 'reason!="guest_failed"')
-    fleet_fallbacks = f"sum by ({fleet}) (increase({host_fallbacks}[1d]))"
-    host_jobs = m("vmsnap_snapshot_jobs_total", 'path="host"')
-    fleet_host_jobs = f"sum by ({fleet}) (increase({host_jobs}[1d]))"
     return [
         Alert(
             "VmsnapPreScriptTimeoutRateHigh",
-            'cluster:vmsnap_script_timeouts_per_runs:ratio_rate6h{script="pre"}'
-            f" > {_number(t.pre_script_timeout_ratio)}",
+            'last_over_time(cluster:vmsnap_script_timeouts_per_runs:ratio_rate6h{script="pre"}'
+            f"[{SHORT}]) > {_number(t.pre_script_timeout_ratio)}",
             "warning",
             "Pre-script timeouts: {{ $value | humanizePercentage }} of pre-script runs in"
             " {{ $labels.cluster }} ({{ $labels.region }}) over 6 h",
@@ -113,10 +226,11 @@ def alerts(cfg: Any) -> list[Alert]:
             " without\napplication consistency.",
             "/d/vmsnap-script-health",
             for_="5m",
+            comment=_LATE_RECORD.format(for_="5m"),
         ),
         Alert(
             "VmsnapPostScriptTimeout",
-            f"increase({post_timeouts}[6h]) > 0",
+            _recorded_or_short(POST_TIMEOUTS_6H, f"increase({s.post_timeouts}[{SHORT}]) > 0"),
             "critical",
             "Post-script timed out on {{ $labels.instance }}",
             "The post-script on {{ $labels.instance }} hit its timeout in the last 6 h and was\n"
@@ -125,22 +239,19 @@ def alerts(cfg: Any) -> list[Alert]:
         ),
         Alert(
             "VmsnapFrozenWindowTooLong",
-            "(\n"
-            f"    increase({m('vmsnap_freeze_duration_seconds_count')}[6h])\n"
-            "  - ignoring (le)\n"
-            f"    increase({frozen_bucket}[6h])\n"
-            ") > 0.5",
+            _recorded_or_short(LONG_FREEZES_6H, s.long_frozen(SHORT)),
             "warning",
             f"Filesystems on {{{{ $labels.instance }}}} stayed frozen longer than {frozen} s",
             '{{ $value | printf "%.0f" }} job(s) on {{ $labels.instance }} kept the filesystems\n'
             f"frozen for more than {frozen} s in the last 6 h. Every write on the VM blocks for"
             " that long.",
             vm_detail,
-            comment=f"Jobs whose frozen window exceeded {frozen} s (a bucket boundary, so exact).",
+            comment=f"Jobs whose frozen window exceeded {frozen} s (a bucket boundary, so exact),\n"
+            f"over 6 h ({LONG_FREEZES_6H}) or, for the newest, {_spoken(SHORT)}.",
         ),
         Alert(
             "VmsnapFrozenWindowP99High",
-            "cluster:vmsnap_freeze_duration_seconds:p99_rate6h"
+            f"last_over_time(cluster:vmsnap_freeze_duration_seconds:p99_rate6h[{SHORT}])"
             f" > {_number(t.frozen_window_p99_seconds)}",
             "warning",
             "p99 frozen window {{ $value | humanizeDuration }} in {{ $labels.cluster }}"
@@ -151,15 +262,16 @@ def alerts(cfg: Any) -> list[Alert]:
             "over the last 6 h: a fleet-wide slowdown, not one VM.",
             "/d/vmsnap-fleet-freeze",
             for_="30m",
+            comment=_LATE_RECORD.format(for_="30m"),
         ),
         Alert(
             "VmsnapHostFallbacksRising",
             "(\n"
-            f"    {fleet_fallbacks}\n"
+            f"    {FLEET_FALLBACKS_1D}\n"
             "  /\n"
-            f"    ({fleet_fallbacks} + {fleet_host_jobs})\n"
+            f"    ({FLEET_FALLBACKS_1D} + {FLEET_HOST_JOBS_1D})\n"
             f") > {_number(t.host_fallback_ratio)}\n"
-            f"and {fleet_fallbacks} >= {t.host_fallback_min_jobs}",
+            f"and {FLEET_FALLBACKS_1D} >= {t.host_fallback_min_jobs}",
             "warning",
             "Host snapshot fallbacks: {{ $value | humanizePercentage }} of host-path jobs in"
             " {{ $labels.cluster }} ({{ $labels.region }}) over 1 d",
@@ -173,10 +285,11 @@ def alerts(cfg: Any) -> list[Alert]:
             comment="Fleet-wide (per job/region/cluster), over a day: jobs are daily. Of the jobs\n"
             "that tried the host (fallbacks + host-path jobs), the share that fell back; at\n"
             f"least {t.host_fallback_min_jobs} fallbacks, so one VM's bad day stays quiet.",
+            long=True,
         ),
         Alert(
             "VmsnapBackstopThaw",
-            f"increase({m('vmsnap_backstop_thaws_total')}[6h]) > 0",
+            _recorded_or_short(BACKSTOP_THAWS_6H, f"increase({s.backstop_thaws}[{SHORT}]) > 0"),
             "critical",
             "The sidecar's backstop had to thaw filesystems on {{ $labels.instance }}",
             "Neither the runtime nor its watchdog thawed the frozen filesystems on\n"
@@ -186,7 +299,10 @@ def alerts(cfg: Any) -> list[Alert]:
         ),
         Alert(
             "VmsnapWatchdogThaw",
-            f"sum by ({PER_VM}, reason) (increase({m('vmsnap_watchdog_thaws_total')}[6h])) > 0",
+            _recorded_or_short(
+                WATCHDOG_THAWS_6H,
+                f"sum by ({PER_VM}, reason) (increase({s.watchdog_thaws}[{SHORT}])) > 0",
+            ),
             "critical",
             "The runtime's watchdog had to thaw filesystems on {{ $labels.instance }}"
             " ({{ $labels.reason }})",
@@ -203,8 +319,11 @@ def alerts(cfg: Any) -> list[Alert]:
             f"  > {m('vmsnap_last_success_timestamp_seconds')}\n"
             ")\n"
             "and on (job, instance)\n"
-            f"  sum by (job, instance) (increase({failed_jobs}"
-            "[1d])) > 0",
+            "(\n"
+            f"  max_over_time({FAILED_JOBS_1D}[{SHORT}])\n"
+            "  or\n"
+            f"  sum by (job, instance) (increase({s.failed_jobs}[{SHORT}])) > 0\n"
+            ")",
             "critical",
             "The last snapshot job on {{ $labels.instance }} failed: no restore point",
             "The most recent snapshot job on {{ $labels.instance }} failed (it is newer than\n"
@@ -213,7 +332,8 @@ def alerts(cfg: Any) -> list[Alert]:
             vm_detail,
             comment="The last completed job is newer than the last success, and a job failed in\n"
             "the last day (a VM that never succeeded has last success 0). Resolves on the\n"
-            "next success.",
+            f"next success. The day is {FAILED_JOBS_1D}; the newest {_spoken(SHORT)} are read"
+            " raw.",
         ),
         Alert(
             "VmsnapConsistencyDowngraded",
@@ -235,6 +355,7 @@ def alerts(cfg: Any) -> list[Alert]:
             comment="A VM that ran pre-scripts in the last day yet had a job succeed with a\n"
             "filesystem or crash verdict. (A workload configured without scripts has no\n"
             "metric of its own yet: not covered.)",
+            long=True,
         ),
         Alert(
             "VmsnapNoRecentSuccess",
@@ -261,6 +382,7 @@ def alerts(cfg: Any) -> list[Alert]:
             "before writing its job record in the last day. The sidecar counted the job as\n"
             "abandoned; its status may still say transitioning.",
             vm_detail,
+            long=True,
         ),
         Alert(
             "VmsnapSpoolDropped",
@@ -271,6 +393,7 @@ def alerts(cfg: Any) -> list[Alert]:
             'dropped {{ $value | printf "%.0f" }} {{ $labels.kind }}: the sidecar is not'
             " draining it.",
             vm_detail,
+            long=True,
         ),
         Alert(
             "VmsnapRecordsInvalid",
@@ -282,6 +405,7 @@ def alerts(cfg: Any) -> list[Alert]:
             " metrics.\nThe sidecar's log names each file and why (json, schema, io, size,"
             " depth).",
             vm_detail,
+            long=True,
         ),
         Alert(
             "VmsnapLogMirrorConflict",
@@ -292,6 +416,7 @@ def alerts(cfg: Any) -> list[Alert]:
             "in the last day: something else writes to that blob. The sidecar counted the\n"
             "conflict and went on at the blob's end, so the blob holds foreign bytes.",
             vm_detail,
+            long=True,
         ),
         Alert(
             "VmsnapLogMirrorAbandoned",
@@ -303,6 +428,7 @@ def alerts(cfg: Any) -> list[Alert]:
             " Those logs are only on\nthe VM. The sidecar's log says why (expired SAS,"
             " missing container, ...).",
             vm_detail,
+            long=True,
         ),
         Alert(
             "VmsnapLogMirrorFailing",
@@ -368,6 +494,7 @@ def alerts(cfg: Any) -> list[Alert]:
             for_=t.sidecar_vanished_for,
             comment="Seen in the last day, not now: catches a target that left service\n"
             "discovery too (then there is no up series to be 0).",
+            long=True,
         ),
     ]
 
@@ -392,41 +519,79 @@ ALERTS_HEADER = """\
 # Severity: critical = page (data or an application is at risk now);
 #           warning  = ticket (look within a working day).
 #
-# "In the last 6 h" alerts (pages) use increase(...[6h]) > 0: they fire on the
-# evaluation after the event and resolve by themselves 6 h later. "In the last
-# day" alerts (tickets about daily jobs) use [1d], so the ticket stays open for
-# a working day. They rely on the sidecar exporting every counter from 0
-# (zero-initialised series), so that the first event is an increase and not the
-# series appearing at 1.
+# "In the last 6 h" alerts (pages) fire on the evaluation after the event and
+# resolve by themselves 6 h later (up to 15 min more). "In the last day" alerts
+# (tickets about daily jobs) use [1d], so the ticket stays open for a working
+# day. They rely on the sidecar exporting every counter from 0 (zero-initialised
+# series), so that the first event is an increase and not the series appearing
+# at 1; increase() also counts an event after a counter reset (a lost sidecar
+# state file).
+#
+# Cost: a [6h] or [1d] range reads every sample of its input series (1,440 a
+# day per series at 60 s scrapes), so no rule of the 1-minute group reads one.
+# vmsnap-alerts-long (every 5 minutes) reads them: it holds the day's tickets
+# (up to 5 min later to fire or resolve; nothing there pages) and records the
+# pages' long windows (instance:*, only for VMs with an event). A page reads that
+# record, plus the raw series over the last 10 minutes for an event newer than
+# the record (docs/operations.md "Scaling to a fleet").
 """
 
 
+def _alert_lines(cfg: Any, alert: Alert) -> list[str]:
+    lines = [f"      - alert: {alert.name}"]
+    if alert.comment:
+        lines.extend(_block("\n".join(f"# {c}" for c in alert.comment.split("\n")), 8))
+    if "\n" in alert.expr:
+        lines.append("        expr: |")
+        lines.extend(_block(alert.expr, 10))
+    else:
+        lines.append(f"        expr: {alert.expr}")
+    if alert.for_:
+        lines.append(f"        for: {alert.for_}")
+    lines += [
+        "        labels:",
+        f"          severity: {alert.severity}",
+        "        annotations:",
+    ]
+    lines.append(f"          summary: {_quoted(alert.summary)}")
+    lines.append("          description: >-")
+    lines.extend(_block(alert.description, 12))
+    lines.append(f"          runbook_url: {_quoted(cfg.runbook(alert.name))}")
+    lines.append(f"          dashboard: {_quoted(cfg.dashboard(alert.dashboard))}")
+    return lines
+
+
+def _recording_lines(rec: Recording) -> list[str]:
+    lines = [f"      - record: {rec.record}"]
+    if rec.comment:
+        lines.extend(_block("\n".join(f"# {c}" for c in rec.comment.split("\n")), 8))
+    if "\n" in rec.expr:
+        lines.append("        expr: |")
+        lines.extend(_block(rec.expr, 10))
+    else:
+        lines.append(f"        expr: {rec.expr}")
+    return lines
+
+
 def render_alerts(cfg: Any) -> str:
-    lines = [ALERTS_HEADER.rstrip("\n"), "groups:", "  - name: vmsnap-alerts", "    interval: 1m"]
-    lines.append("    rules:")
-    for i, alert in enumerate(alerts(cfg)):
-        if i:
+    every = alerts(cfg)
+    lines = [ALERTS_HEADER.rstrip("\n"), "groups:"]
+    for (name, interval), members in (
+        (FAST_GROUP, [a for a in every if not a.long]),
+        (LONG_GROUP, [a for a in every if a.long]),
+    ):
+        if name == LONG_GROUP[0]:
             lines.append("")
-        lines.append(f"      - alert: {alert.name}")
-        if alert.comment:
-            lines.extend(_block("\n".join(f"# {c}" for c in alert.comment.split("\n")), 8))
-        if "\n" in alert.expr:
-            lines.append("        expr: |")
-            lines.extend(_block(alert.expr, 10))
-        else:
-            lines.append(f"        expr: {alert.expr}")
-        if alert.for_:
-            lines.append(f"        for: {alert.for_}")
-        lines += [
-            "        labels:",
-            f"          severity: {alert.severity}",
-            "        annotations:",
-        ]
-        lines.append(f"          summary: {_quoted(alert.summary)}")
-        lines.append("          description: >-")
-        lines.extend(_block(alert.description, 12))
-        lines.append(f"          runbook_url: {_quoted(cfg.runbook(alert.name))}")
-        lines.append(f"          dashboard: {_quoted(cfg.dashboard(alert.dashboard))}")
+        lines += [f"  - name: {name}", f"    interval: {interval}", "    rules:"]
+        blocks: list[list[str]] = []
+        if name == LONG_GROUP[0]:
+            # First in the group: the alerts below read this evaluation's values.
+            blocks += [_recording_lines(r) for r in long_recordings(cfg)]
+        blocks += [_alert_lines(cfg, a) for a in members]
+        for i, block in enumerate(blocks):
+            if i:
+                lines.append("")
+            lines.extend(block)
     return "\n".join(lines) + "\n"
 
 

@@ -80,7 +80,7 @@ def catalogue() -> dict[str, frozenset[str]]:
     return names
 
 
-_RECORDED = re.compile(r"\b(?:cluster|job):vmsnap_\w+:\w+")
+_RECORDED = re.compile(r"\b(?:instance|cluster|job):vmsnap_\w+:\w+")
 _SELECTOR = re.compile(r"([a-zA-Z_:][\w:]*)\s*\{([^}]*)\}")
 _MATCHER = re.compile(r"(\w+)\s*(?:=~|!~|!=|=)")
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
@@ -208,29 +208,76 @@ def alert_names() -> list[str]:
     return re.findall(r"^\s*- alert:\s*(\w+)\s*$", text, re.MULTILINE)
 
 
+# The 1-minute group (pages, short windows), then the 5-minute group (tickets over a day).
+FAST_ALERTS = [
+    "VmsnapPreScriptTimeoutRateHigh",
+    "VmsnapPostScriptTimeout",
+    "VmsnapFrozenWindowTooLong",
+    "VmsnapFrozenWindowP99High",
+    "VmsnapBackstopThaw",
+    "VmsnapWatchdogThaw",
+    "VmsnapJobFailed",
+    "VmsnapNoRecentSuccess",
+    "VmsnapLogMirrorFailing",
+    "VmsnapLogMirrorBacklogGrowing",
+    "VmsnapSidecarDown",
+    "VmsnapSidecarMetricsMissing",
+]
+LONG_ALERTS = [
+    "VmsnapHostFallbacksRising",
+    "VmsnapConsistencyDowngraded",
+    "VmsnapJobAbandoned",
+    "VmsnapSpoolDropped",
+    "VmsnapRecordsInvalid",
+    "VmsnapLogMirrorConflict",
+    "VmsnapLogMirrorAbandoned",
+    "VmsnapSidecarVanished",
+]
+
+
 def test_alert_list() -> None:
-    assert alert_names() == [
-        "VmsnapPreScriptTimeoutRateHigh",
-        "VmsnapPostScriptTimeout",
-        "VmsnapFrozenWindowTooLong",
-        "VmsnapFrozenWindowP99High",
-        "VmsnapHostFallbacksRising",
-        "VmsnapBackstopThaw",
-        "VmsnapWatchdogThaw",
-        "VmsnapJobFailed",
-        "VmsnapConsistencyDowngraded",
-        "VmsnapNoRecentSuccess",
-        "VmsnapJobAbandoned",
-        "VmsnapSpoolDropped",
-        "VmsnapRecordsInvalid",
-        "VmsnapLogMirrorConflict",
-        "VmsnapLogMirrorAbandoned",
-        "VmsnapLogMirrorFailing",
-        "VmsnapLogMirrorBacklogGrowing",
-        "VmsnapSidecarDown",
-        "VmsnapSidecarMetricsMissing",
-        "VmsnapSidecarVanished",
-    ]
+    assert alert_names() == FAST_ALERTS + LONG_ALERTS
+
+
+def alert_groups() -> dict[str, tuple[str, str]]:
+    """Group name -> (its interval, its text) in vmsnap.alerts.yml."""
+    text = (PROM_DIR / "rules" / "vmsnap.alerts.yml").read_text()
+    groups = re.split(r"^  - name:\s*", text, flags=re.MULTILINE)[1:]
+    found = {}
+    for group in groups:
+        name = group.split()[0]
+        interval = re.search(r"^    interval:\s*(\S+)", group, re.MULTILINE)
+        assert interval, name
+        found[name] = (interval.group(1), group)
+    return found
+
+
+def _seconds(duration: str) -> int:
+    return int(duration[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[duration[-1]]
+
+
+def test_the_one_minute_group_reads_no_long_window() -> None:
+    # A [6h] or [1d] range reads every sample in it (1,440 per series a day at 60 s
+    # scrapes): evaluated every minute over every VM it was the group's main cost
+    # (docs/operations.md "Scaling to a fleet"). At most an hour here.
+    groups = alert_groups()
+    assert set(groups) == {"vmsnap-alerts", "vmsnap-alerts-long"}
+    interval, text = groups["vmsnap-alerts"]
+    assert interval == "1m"
+    assert re.findall(r"^      - alert:\s*(\w+)$", text, re.MULTILINE) == FAST_ALERTS
+    assert "- record:" not in text
+    ranges = re.findall(r"\[(\d+[smhd])\]", text)
+    assert ranges and max(map(_seconds, ranges)) <= 3600, ranges
+
+
+def test_the_five_minute_group_pages_no_one() -> None:
+    # Its alerts may fire or resolve up to 5 min late: tickets only.
+    interval, text = alert_groups()["vmsnap-alerts-long"]
+    assert interval == "5m"
+    assert re.findall(r"^      - alert:\s*(\w+)$", text, re.MULTILINE) == LONG_ALERTS
+    assert re.findall(r"severity:\s*(\w+)", text) == ["warning"] * len(LONG_ALERTS)
+    # Its records come before the alerts that read them (same evaluation).
+    assert text.rindex("- record:") < text.index("- alert:")
 
 
 def test_every_alert_has_firing_and_not_firing_cases() -> None:
@@ -289,7 +336,8 @@ def test_the_name_check_catches_unknown_names() -> None:
 def test_recording_rule_names_follow_level_metric_operations() -> None:
     for name in recorded_names():
         level, metric, ops = name.split(":")
-        assert level in {"cluster", "job"}, name
+        # instance: per VM (only where it had an event: the alerts' long windows).
+        assert level in {"instance", "cluster", "job"}, name
         assert metric.startswith("vmsnap_") and ops, name
 
 
@@ -306,7 +354,7 @@ def test_docs_name_only_real_series() -> None:
     known = catalogue()
     bases = {f.name for f in FAMILIES}
     for doc in (OPERATIONS, ROOT / "docs" / "dashboards.md"):
-        text = re.sub(r"\b(?:cluster|job):vmsnap_\w+", "", doc.read_text())
+        text = re.sub(r"\b(?:instance|cluster|job):vmsnap_\w+", "", doc.read_text())
         for name in set(re.findall(r"\bvmsnap_[a-z0-9_]+", text)):
             assert name in known or name in bases, f"{doc.name}: {name}"
 

@@ -538,14 +538,7 @@ ALERTS_HEADER = """\
 
 
 def _alert_lines(cfg: Any, alert: Alert) -> list[str]:
-    lines = [f"      - alert: {alert.name}"]
-    if alert.comment:
-        lines.extend(_block("\n".join(f"# {c}" for c in alert.comment.split("\n")), 8))
-    if "\n" in alert.expr:
-        lines.append("        expr: |")
-        lines.extend(_block(alert.expr, 10))
-    else:
-        lines.append(f"        expr: {alert.expr}")
+    lines = _rule_head("alert", alert.name, alert.comment, alert.expr)
     if alert.for_:
         lines.append(f"        for: {alert.for_}")
     lines += [
@@ -562,14 +555,19 @@ def _alert_lines(cfg: Any, alert: Alert) -> list[str]:
 
 
 def _recording_lines(rec: Recording) -> list[str]:
-    lines = [f"      - record: {rec.record}"]
-    if rec.comment:
-        lines.extend(_block("\n".join(f"# {c}" for c in rec.comment.split("\n")), 8))
-    if "\n" in rec.expr:
+    return _rule_head("record", rec.record, rec.comment, rec.expr)
+
+
+def _rule_head(key: str, name: str, comment: str, expr: str) -> list[str]:
+    """``- alert:``/``- record:``, its comment and its expr: the same for both kinds."""
+    lines = [f"      - {key}: {name}"]
+    if comment:
+        lines.extend(_block("\n".join(f"# {c}" for c in comment.split("\n")), 8))
+    if "\n" in expr:
         lines.append("        expr: |")
-        lines.extend(_block(rec.expr, 10))
+        lines.extend(_block(expr, 10))
     else:
-        lines.append(f"        expr: {rec.expr}")
+        lines.append(f"        expr: {expr}")
     return lines
 
 

@@ -55,7 +55,7 @@ from snapshot_runtime.snapshot.blob_errors import SDK_ERRORS, TRANSLATED, classi
 from snapshot_runtime.snapshot.blob_policy import BlobPolicy
 from snapshot_runtime.snapshot.blob_retry import call_with_retries
 from snapshot_runtime.snapshot.blob_rules import sas_redactor
-from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError
+from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError, status_upload_failed
 
 __all__ = [
     "blob_client",
@@ -250,9 +250,4 @@ def upload_block_blob(
     finally:
         client.close()
     if outcome.failure is not None:
-        raise BlobOpError(
-            ErrorCode.STATUS_UPLOAD_FAILED,
-            f"status upload to {strip_sas(sas_url)} failed after {outcome.attempts} "
-            f"attempt(s): {outcome.failure.message}",
-            outcome.failure,
-        )
+        raise status_upload_failed(strip_sas(sas_url), outcome.attempts, outcome.failure)

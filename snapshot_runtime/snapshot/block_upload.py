@@ -56,7 +56,7 @@ from snapshot_runtime.snapshot.blob_rules import (
     classify_wire,
     sas_redactor,
 )
-from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError
+from snapshot_runtime.snapshot.failures import BlobFailure, BlobOpError, status_upload_failed
 
 __all__ = [
     "BlockPut",
@@ -194,9 +194,4 @@ def upload_block_blob_direct(
         attempt, errors=WIRE_ERRORS, policy=policy, redact=sas_redactor(sas_url)
     )
     if outcome.failure is not None:
-        raise BlobOpError(
-            ErrorCode.STATUS_UPLOAD_FAILED,
-            f"status upload to {strip_sas(sas_url)} failed after {outcome.attempts} "
-            f"attempt(s): {outcome.failure.message}",
-            outcome.failure,
-        )
+        raise status_upload_failed(strip_sas(sas_url), outcome.attempts, outcome.failure)

@@ -11,7 +11,14 @@ from typing import Literal
 
 from snapshot_runtime.core.errors import BlobError, ErrorCode
 
-__all__ = ["MAX_MESSAGE", "RETRYABLE_KINDS", "BlobFailure", "BlobOpError", "FailureKind"]
+__all__ = [
+    "MAX_MESSAGE",
+    "RETRYABLE_KINDS",
+    "BlobFailure",
+    "BlobOpError",
+    "FailureKind",
+    "status_upload_failed",
+]
 
 FailureKind = Literal["auth", "not_found", "throttled", "limit", "transient", "timeout", "other"]
 
@@ -39,3 +46,15 @@ class BlobOpError(BlobError):
     def __init__(self, code: ErrorCode, message: str, failure: BlobFailure) -> None:
         super().__init__(code, message)
         self.failure = failure
+
+
+def status_upload_failed(target: str, attempts: int, failure: BlobFailure) -> BlobOpError:
+    """The one wording of a failed status upload, for the direct and the SDK path.
+
+    ``target`` is the blob URL without its SAS (``core.redact.strip_sas``).
+    """
+    return BlobOpError(
+        ErrorCode.STATUS_UPLOAD_FAILED,
+        f"status upload to {target} failed after {attempts} attempt(s): {failure.message}",
+        failure,
+    )

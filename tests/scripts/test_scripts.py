@@ -568,16 +568,23 @@ def test_runtime_with_closed_stdin_still_runs_the_script(sdir: Path) -> None:
         f"r = run_script({path!r}, [], phase='pre', retries=0, budget_seconds=5)\n"
         "print(r.ok, repr(r.stdout))\n"
     )
-    out = subprocess.run(
+    out = _run_probe(probe)
+    assert out.returncode == 0, (out.returncode, out.stderr)
+    assert out.stdout == "True 'from-script\\n'\n"
+
+
+def _run_probe(probe: str, *, own_session: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``probe`` in a fresh interpreter that imports this checkout."""
+    return subprocess.run(
         [sys.executable, "-c", probe],
         capture_output=True,
         text=True,
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=True,
+        start_new_session=own_session,
         timeout=30,
+        check=False,
     )
-    assert out.stdout == "True 'from-script\\n'\n"
 
 
 # Each attempt leads a process group of its own: setpgid on Python >= 3.11 (a new
@@ -587,7 +594,9 @@ GROUP_MODES: dict[str, dict[str, object]] = {
     "process_group": {"process_group": 0},
     "setsid": {"start_new_session": True},
 }
-GROUP_MODE_IDS = sorted(GROUP_MODES)  # with neither option, both tests below fail
+# The modes this interpreter's Popen has (process_group= is Python >= 3.11);
+# with neither option, both tests below fail.
+GROUP_MODE_IDS = [m for m in sorted(GROUP_MODES) if m == "setsid" or sys.version_info >= (3, 11)]
 
 
 def test_default_group_mode_follows_the_python_version() -> None:
@@ -600,8 +609,6 @@ def test_default_group_mode_follows_the_python_version() -> None:
 def test_script_leads_its_own_process_group(
     sdir: Path, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if mode == "process_group" and sys.version_info < (3, 11):
-        pytest.skip("Popen(process_group=) is Python >= 3.11; 3.10 uses setsid")
     monkeypatch.setattr(launch, "_OWN_GROUP", GROUP_MODES[mode])
     # /proc/$$/stat: pid (comm) state ppid pgrp session ...; comm is "sh" here.
     path = make(sdir, "group.sh", "echo $$\nawk '{print $5, $6}' /proc/$$/stat\n")
@@ -614,8 +621,6 @@ def test_script_leads_its_own_process_group(
 
 @pytest.mark.parametrize("mode", GROUP_MODE_IDS)
 def test_kill_0_in_a_script_does_not_reach_the_runtime(sdir: Path, mode: str) -> None:
-    if mode == "process_group" and sys.version_info < (3, 11):
-        pytest.skip("Popen(process_group=) is Python >= 3.11; 3.10 uses setsid")
     path = make(sdir, "killall.sh", "echo before\nkill -TERM 0\necho after\n")
     probe = (
         "import json, sys\n"
@@ -626,16 +631,7 @@ def test_kill_0_in_a_script_does_not_reach_the_runtime(sdir: Path, mode: str) ->
         "print(json.dumps({'signal': r.attempts[0].signal, 'stdout': r.stdout}))\n"
     )
     # The runtime stands in its own session, so that a leak would hit it, not pytest.
-    out = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        start_new_session=True,
-        timeout=30,
-        check=False,
-    )
+    out = _run_probe(probe, own_session=True)
     assert out.returncode == 0, (out.returncode, out.stderr)
     m = json.loads(out.stdout)
     assert m == {"signal": signal.SIGTERM, "stdout": "before\n"}

@@ -208,7 +208,7 @@ class JobStatusWriter:
         if not self.options.upload_status:
             state.status_upload = "skipped: UploadStatusAndLog is off"
             return
-        # Not through the Azure SDK (~35 MiB, ~40 ms to import): snapshot/block_upload.py;
+        # Not through the Azure SDK (its import alone peaks at 44 MiB): snapshot/block_upload.py;
         # http.client and ssl under it are not start-up imports either (docs/startup.md).
         from snapshot_runtime.snapshot.block_upload import (  # noqa: PLC0415
             upload_block_blob_direct,
